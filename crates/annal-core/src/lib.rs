@@ -1,0 +1,32 @@
+//! Annal's API: the event data model, the [`EventStore`] trait every backend implements, and the
+//! error type they all return.
+//!
+//! This crate has no runtime and no I/O. The embedded engine (`annal-engine`), the network client
+//! and the PostgreSQL backend all implement [`EventStore`] and pass the same conformance suite,
+//! which lives here behind the `testkit` feature.
+
+mod error;
+mod event;
+mod query;
+mod request;
+mod store;
+mod time;
+pub mod validate;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use error::Error;
+pub use event::{category_of, Metadata, NewEvent, RecordedEvent, DEFAULT_CONTENT_TYPE};
+pub use query::{Query, QueryItem};
+pub use request::{
+    AppendCondition, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, ExpectedRevision,
+    ListCategories, ListStreams, ReadRequest, Source, StreamAppend, StreamAppendResult, StreamInfo,
+    SubscribeFrom, SubscribeRequest, SubscriptionItem,
+};
+pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
+pub use time::Timestamp;
+pub use uuid::Uuid;
+
+/// A shorthand for results whose error is Annal's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

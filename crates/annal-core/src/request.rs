@@ -1,0 +1,313 @@
+use std::fmt;
+
+use crate::{NewEvent, Query, RecordedEvent, Timestamp};
+
+/// What the writer expects of a stream before its batch is appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpectedRevision {
+    /// No check.
+    #[default]
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last revision must be exactly this.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedRevision::Any => f.write_str("any"),
+            ExpectedRevision::NoStream => f.write_str("no stream"),
+            ExpectedRevision::StreamExists => f.write_str("stream exists"),
+            ExpectedRevision::Exact(n) => write!(f, "revision {n}"),
+        }
+    }
+}
+
+impl ExpectedRevision {
+    /// True when a stream whose last revision is `actual` (None: no stream) satisfies this.
+    pub fn accepts(self, actual: Option<u64>) -> bool {
+        match self {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => actual.is_none(),
+            ExpectedRevision::StreamExists => actual.is_some(),
+            ExpectedRevision::Exact(n) => actual == Some(n),
+        }
+    }
+}
+
+/// A batch of events for one stream, with its concurrency check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    pub stream_id: String,
+    pub expected: ExpectedRevision,
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        StreamAppend {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// A Dynamic Consistency Boundary condition: the append fails when any event matching `query`
+/// exists with a position after `after` (anywhere in the log when `after` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendCondition {
+    pub query: Query,
+    pub after: Option<u64>,
+}
+
+/// One atomic append: batches to one or more streams, all written or none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppendRequest {
+    pub streams: Vec<StreamAppend>,
+    pub condition: Option<AppendCondition>,
+}
+
+impl AppendRequest {
+    /// A batch to one stream.
+    pub fn stream(
+        stream_id: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        AppendRequest {
+            streams: vec![StreamAppend::new(stream_id, expected, events)],
+            condition: None,
+        }
+    }
+
+    /// Adds a batch to another stream.
+    pub fn and(mut self, append: StreamAppend) -> Self {
+        self.streams.push(append);
+        self
+    }
+
+    /// Adds a DCB condition.
+    pub fn with_condition(mut self, query: Query, after: Option<u64>) -> Self {
+        self.condition = Some(AppendCondition { query, after });
+        self
+    }
+
+    /// How many events the request carries.
+    pub fn event_count(&self) -> usize {
+        self.streams.iter().map(|s| s.events.len()).sum()
+    }
+}
+
+/// Where one stream's batch landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppendResult {
+    pub stream_id: String,
+    /// The stream's revision after the append (its last event's revision).
+    pub revision: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// One entry per [`StreamAppend`], in request order.
+    pub streams: Vec<StreamAppendResult>,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub recorded_at: Timestamp,
+}
+
+impl AppendResult {
+    /// The new revision of the first (usually only) stream.
+    pub fn revision(&self) -> u64 {
+        self.streams.first().map_or(0, |s| s.revision)
+    }
+}
+
+/// Which way a read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Forward,
+    Backward,
+}
+
+/// Where time travel stops a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Only events at or before this position.
+    Position(u64),
+    /// Only events recorded at or before this instant.
+    Time(Timestamp),
+}
+
+/// What a read or a subscription draws from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The whole log.
+    All,
+    /// One stream; `from` counts stream revisions.
+    Stream(String),
+    /// Every stream of a category (the stream id's prefix before the first `-`).
+    Category(String),
+    /// Events of any of these types.
+    EventTypes(Vec<String>),
+    /// Events matching a tag/type query.
+    Query(Query),
+}
+
+/// A read. `from` is inclusive: a stream revision for [`Source::Stream`], a log position
+/// otherwise; `None` starts at the beginning (forward) or the end (backward).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub source: Source,
+    pub from: Option<u64>,
+    pub direction: Direction,
+    pub limit: Option<u64>,
+    pub as_of: Option<AsOf>,
+}
+
+impl ReadRequest {
+    /// One stream, forward from its first event.
+    pub fn stream(stream_id: impl Into<String>) -> Self {
+        Self::source(Source::Stream(stream_id.into()))
+    }
+
+    /// The whole log, forward from position 0.
+    pub fn all() -> Self {
+        Self::source(Source::All)
+    }
+
+    /// Every stream of a category, forward.
+    pub fn category(category: impl Into<String>) -> Self {
+        Self::source(Source::Category(category.into()))
+    }
+
+    /// Events of these types, forward.
+    pub fn event_types<I: IntoIterator<Item = S>, S: Into<String>>(types: I) -> Self {
+        Self::source(Source::EventTypes(
+            types.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// Events matching a query, forward.
+    pub fn query(query: Query) -> Self {
+        Self::source(Source::Query(query))
+    }
+
+    /// A forward read of a source from its beginning.
+    pub fn source(source: Source) -> Self {
+        ReadRequest {
+            source,
+            from: None,
+            direction: Direction::Forward,
+            limit: None,
+            as_of: None,
+        }
+    }
+
+    pub fn from(mut self, from: u64) -> Self {
+        self.from = Some(from);
+        self
+    }
+
+    pub fn backward(mut self) -> Self {
+        self.direction = Direction::Backward;
+        self
+    }
+
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub fn as_of(mut self, as_of: AsOf) -> Self {
+        self.as_of = Some(as_of);
+        self
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubscribeFrom {
+    /// From the first event of the log.
+    #[default]
+    Start,
+    /// After this position (a checkpoint: the last position already processed).
+    After(u64),
+    /// Only events appended from now on.
+    Now,
+}
+
+/// A subscription: catch up through history, then live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeRequest {
+    /// [`Source::Stream`], [`Source::Category`], [`Source::EventTypes`], [`Source::Query`] or
+    /// [`Source::All`]; positions are log positions whatever the source.
+    pub source: Source,
+    pub from: SubscribeFrom,
+}
+
+impl SubscribeRequest {
+    pub fn new(source: Source, from: SubscribeFrom) -> Self {
+        SubscribeRequest { source, from }
+    }
+}
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionItem {
+    Event(RecordedEvent),
+    /// History is delivered up to `position` (the log's last position then); live events
+    /// follow. Sent once per subscription.
+    CaughtUp { position: Option<u64> },
+}
+
+/// What the store knows of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub stream_id: String,
+    /// The last event's revision.
+    pub revision: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+    /// How many events the stream holds (revision + 1).
+    pub count: u64,
+    pub created_at: Timestamp,
+    pub last_written_at: Timestamp,
+}
+
+/// A page of the stream listing, in stream id order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListStreams {
+    /// Only streams whose id starts with this.
+    pub prefix: Option<String>,
+    /// Start after this stream id (the last one of the previous page).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// A page of the category listing, in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListCategories {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// What the store knows of a category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryInfo {
+    pub category: String,
+    pub stream_count: u64,
+    pub event_count: u64,
+}

@@ -1,0 +1,83 @@
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_core::Stream;
+
+use crate::{
+    AppendRequest, AppendResult, CategoryInfo, ListCategories, ListStreams, ReadRequest,
+    RecordedEvent, Result, StreamInfo, SubscribeRequest, SubscriptionItem, Timestamp,
+};
+
+/// Events of a read, in order, fetched lazily.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent>> + Send>>;
+
+/// Items of a subscription: history, a caught-up marker, then live events.
+pub type SubscriptionStream = Pin<Box<dyn Stream<Item = Result<SubscriptionItem>> + Send>>;
+
+/// An event store: the embedded engine, the network client and the PostgreSQL backend all
+/// implement this and pass the same conformance suite (`testkit` feature).
+pub trait EventStore: Send + Sync {
+    /// Appends atomically, after checking every expected revision and the DCB condition.
+    /// Returns once the events are durable.
+    fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Reads events. The request is validated before the stream is returned.
+    fn read(&self, request: ReadRequest) -> impl Future<Output = Result<EventStream>> + Send;
+
+    /// Subscribes: history from the starting point, a [`SubscriptionItem::CaughtUp`] marker,
+    /// then live events, with no gap and no duplicate.
+    fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> impl Future<Output = Result<SubscriptionStream>> + Send;
+
+    /// What the store knows of one stream; `None` when it has no event.
+    fn stream_info(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<StreamInfo>>> + Send;
+
+    /// A page of streams in id order.
+    fn list_streams(
+        &self,
+        request: ListStreams,
+    ) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
+
+    /// A page of categories in name order.
+    fn list_categories(
+        &self,
+        request: ListCategories,
+    ) -> impl Future<Output = Result<Vec<CategoryInfo>>> + Send;
+
+    /// The last position recorded at or before `at`: the head of the log at that moment.
+    /// `None` when nothing had been written by then.
+    fn position_at(&self, at: Timestamp) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// The log's last position; `None` when the store is empty.
+    fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send;
+}
+
+/// Waits for the next item of a stream (no combinator crate needed).
+pub async fn next_item<S: Stream + Unpin + ?Sized>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Conveniences on top of [`EventStore`].
+pub trait EventStoreExt: EventStore {
+    /// Reads every event the request selects into memory.
+    fn read_to_vec(
+        &self,
+        request: ReadRequest,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send {
+        async move {
+            let mut stream = self.read(request).await?;
+            let mut out = Vec::new();
+            while let Some(e) = next_item(&mut stream).await {
+                out.push(e?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+impl<T: EventStore + ?Sized> EventStoreExt for T {}

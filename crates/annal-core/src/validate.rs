@@ -1,0 +1,217 @@
+//! Input checks shared by every backend, so that a bad request is refused with the same error
+//! wherever it is sent. Every check runs before anything is written: an invalid request is
+//! rejected whole.
+
+use std::collections::HashSet;
+
+use crate::{AppendRequest, Error, Query, ReadRequest, Result, Source, SubscribeRequest};
+
+/// Longest stream id, in bytes.
+pub const MAX_STREAM_ID_LEN: usize = 512;
+/// Longest event type, content type, tag, actor or metadata key, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Default limit on one event's size (data plus everything else it carries).
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
+/// Most events one append request may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 100_000;
+/// Most streams one append request may touch.
+pub const MAX_STREAMS_PER_APPEND: usize = 1_000;
+
+fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, longer than the limit of {max}", value.len()),
+        ));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            format!("'{}' contains the control character {c:?}", value.escape_debug()),
+        ));
+    }
+    Ok(())
+}
+
+/// A stream id: 1 to 512 bytes of UTF-8 with no control characters.
+pub fn stream_id(id: &str) -> Result<()> {
+    check_name("stream id", id, MAX_STREAM_ID_LEN)
+}
+
+/// An event type: 1 to 256 bytes, no control characters.
+pub fn event_type(t: &str) -> Result<()> {
+    check_name("event type", t, MAX_NAME_LEN)
+}
+
+/// A tag: 1 to 256 bytes, no control characters and no white space (`account:42`).
+pub fn tag(t: &str) -> Result<()> {
+    check_name("tag", t, MAX_NAME_LEN)?;
+    if t.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(
+            "tag",
+            format!("'{t}' contains white space"),
+        ));
+    }
+    Ok(())
+}
+
+/// A query: at least one item; every named type and tag valid.
+pub fn query(q: &Query) -> Result<()> {
+    if q.items.is_empty() {
+        return Err(Error::invalid(
+            "query",
+            "has no items; use Query::all() to match every event",
+        ));
+    }
+    for item in &q.items {
+        for t in &item.types {
+            event_type(t)?;
+        }
+        for t in &item.tags {
+            tag(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// A read or subscription source.
+pub fn source(s: &Source) -> Result<()> {
+    match s {
+        Source::All => Ok(()),
+        Source::Stream(id) => stream_id(id),
+        Source::Category(c) => check_name("category", c, MAX_STREAM_ID_LEN),
+        Source::EventTypes(types) => {
+            if types.is_empty() {
+                return Err(Error::invalid("event types", "name at least one type"));
+            }
+            types.iter().try_for_each(|t| event_type(t))
+        }
+        Source::Query(q) => query(q),
+    }
+}
+
+/// A read request.
+pub fn read(r: &ReadRequest) -> Result<()> {
+    source(&r.source)
+}
+
+/// A subscription request.
+pub fn subscribe(r: &SubscribeRequest) -> Result<()> {
+    source(&r.source)
+}
+
+/// An append request, with the per-event size limit of the store it is sent to.
+pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
+    if req.streams.is_empty() {
+        return Err(Error::invalid("append", "names no stream"));
+    }
+    if req.streams.len() > MAX_STREAMS_PER_APPEND {
+        return Err(Error::invalid(
+            "append",
+            format!(
+                "touches {} streams, more than the limit of {MAX_STREAMS_PER_APPEND}",
+                req.streams.len()
+            ),
+        ));
+    }
+    let total = req.event_count();
+    if total > MAX_EVENTS_PER_APPEND {
+        return Err(Error::invalid(
+            "append",
+            format!("carries {total} events, more than the limit of {MAX_EVENTS_PER_APPEND}"),
+        ));
+    }
+    let mut streams = HashSet::new();
+    let mut ids = HashSet::new();
+    for s in &req.streams {
+        stream_id(&s.stream_id)?;
+        if !streams.insert(s.stream_id.as_str()) {
+            return Err(Error::invalid(
+                "append",
+                format!("names stream '{}' twice", s.stream_id),
+            ));
+        }
+        if s.events.is_empty() {
+            return Err(Error::invalid(
+                "append",
+                format!("the batch for stream '{}' is empty", s.stream_id),
+            ));
+        }
+        for e in &s.events {
+            if !ids.insert(e.id) {
+                return Err(Error::invalid(
+                    "event id",
+                    format!("{} appears twice in one request", e.id),
+                ));
+            }
+            if e.id.is_nil() {
+                return Err(Error::invalid("event id", "must not be the nil uuid"));
+            }
+            event_type(&e.event_type)?;
+            check_name("content type", &e.content_type, MAX_NAME_LEN)?;
+            if e.schema_version == 0 {
+                return Err(Error::invalid("schema version", "starts at 1"));
+            }
+            for t in &e.tags {
+                tag(t)?;
+            }
+            if let Some(actor) = &e.metadata.actor {
+                check_name("actor", actor, MAX_NAME_LEN)?;
+            }
+            for k in e.metadata.extra.keys() {
+                check_name("metadata key", k, MAX_NAME_LEN)?;
+            }
+            let size = e.size();
+            if size > max_event_size {
+                return Err(Error::TooLarge {
+                    what: format!("event {}", e.id),
+                    size,
+                    limit: max_event_size,
+                });
+            }
+        }
+    }
+    if let Some(c) = &req.condition {
+        query(&c.query)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpectedRevision, NewEvent};
+
+    fn one(stream: &str, e: NewEvent) -> AppendRequest {
+        AppendRequest::stream(stream, ExpectedRevision::Any, vec![e])
+    }
+
+    #[test]
+    fn rejects_bad_input_with_named_field() {
+        let ok = NewEvent::new("Opened", b"{}".to_vec());
+        assert!(append(&one("account-1", ok.clone()), 1024).is_ok());
+        let err = append(&one("", ok.clone()), 1024).unwrap_err();
+        assert_eq!(err.to_string(), "invalid stream id: must not be empty");
+        let long = "x".repeat(MAX_STREAM_ID_LEN + 1);
+        assert!(append(&one(&long, ok.clone()), 1024)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than the limit of 512"));
+        let err = append(&one("a", ok.clone().with_tag("has space")), 1024).unwrap_err();
+        assert!(err.to_string().contains("white space"), "{err}");
+        let big = NewEvent::new("Big", vec![0u8; 2000]);
+        assert!(matches!(
+            append(&one("a", big), 1024),
+            Err(Error::TooLarge { limit: 1024, .. })
+        ));
+        let empty = AppendRequest::stream("a", ExpectedRevision::Any, vec![]);
+        assert!(append(&empty, 1024).unwrap_err().to_string().contains("empty"));
+        let twice = AppendRequest::stream("a", ExpectedRevision::Any, vec![ok.clone(), ok]);
+        assert!(append(&twice, 1024).unwrap_err().to_string().contains("twice"));
+        assert!(query(&Query::default()).is_err());
+        assert!(query(&Query::all()).is_ok());
+    }
+}
