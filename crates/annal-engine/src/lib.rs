@@ -1,1 +1,20 @@
+//! Annal's embedded storage engine.
+//!
+//! [`Store`] opens a folder and implements [`annal_core::EventStore`]: an append-only log of
+//! segment files with CRC-framed batch records, one writer thread with group commit, indexes
+//! by stream, category, event type, tag, event id, batch and time that are derived from the
+//! log and checkpointed, recovery that cuts a torn tail, and subscriptions that read the log
+//! and wait at its head.
 
+mod checkpoint;
+pub mod format;
+mod heads;
+mod index;
+pub mod io;
+mod log;
+mod read;
+mod recovery;
+mod store;
+mod writer;
+
+pub use store::{Config, Store};

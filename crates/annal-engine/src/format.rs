@@ -1,0 +1,443 @@
+//! The byte layout of segment files. Everything is little-endian. docs/file-format.md gives
+//! the same tables with the reasoning.
+//!
+//! A segment file (`segments/<first position, 20 digits>.seg`) starts with a 64-byte header:
+//!
+//! | offset | size | field                                              |
+//! |--------|------|----------------------------------------------------|
+//! | 0      | 8    | magic `ANNALSEG`                                   |
+//! | 8      | 4    | format version (u32, currently 1)                  |
+//! | 12     | 4    | header length (u32, 64)                            |
+//! | 16     | 8    | first position (u64)                               |
+//! | 24     | 8    | base offset: log offset of the first record (u64)  |
+//! | 32     | 8    | created at, microseconds since the epoch (i64)     |
+//! | 40     | 20   | reserved, zero                                     |
+//! | 60     | 4    | CRC32C of bytes 0..60                              |
+//!
+//! Records follow back to back. A record is one append request (a batch), written whole or
+//! not at all:
+//!
+//! | offset | size | field                                              |
+//! |--------|------|----------------------------------------------------|
+//! | 0      | 4    | payload length n (u32)                             |
+//! | 4      | 4    | CRC32C of the length field and the payload         |
+//! | 8      | n    | payload                                            |
+//!
+//! The payload of a batch:
+//!
+//! | size      | field                                                       |
+//! |-----------|-------------------------------------------------------------|
+//! | 1         | kind: 1 = batch                                             |
+//! | 8         | first position (u64)                                        |
+//! | 8         | recorded at, microseconds (i64)                             |
+//! | 4         | event count (u32)                                           |
+//! | 2         | stream count (u16)                                          |
+//! | per stream| str16 stream id, u64 first revision, u32 event count        |
+//! | per event | the event, below; events in stream order, then batch order  |
+//!
+//! An event: 16-byte id, u32 schema version, str16 event type, str16 content type, u8 flags
+//! (bit 0: correlation id follows, bit 1: causation id, bit 2: actor), [16-byte correlation
+//! id], [16-byte causation id], [str16 actor], u16 count of extra metadata pairs then
+//! (str16 key, str32 value) each, u16 tag count then str16 each, u32 data length then data.
+//! `str16` is a u16 byte length then UTF-8 bytes; `str32` the same with a u32 length.
+//!
+//! The log offset of a record is the segment's base offset plus its offset in the file minus
+//! the header length: offsets run on across segments without gaps.
+
+use annal_core::{Metadata, NewEvent, RecordedEvent, Timestamp, Uuid};
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_MAGIC: &[u8; 8] = b"ANNALSEG";
+pub const SEGMENT_HEADER_LEN: u64 = 64;
+pub const FRAME_HEADER_LEN: usize = 8;
+const KIND_BATCH: u8 = 1;
+const BATCH_FIXED_LEN: usize = 1 + 8 + 8 + 4 + 2;
+
+/// A decoding problem; the caller adds the file and offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+type DResult<T> = Result<T, DecodeError>;
+
+/// A segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u32,
+    pub first_position: u64,
+    pub base_offset: u64,
+    pub created_at: i64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(SEGMENT_MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.first_position.to_le_bytes());
+        b[24..32].copy_from_slice(&self.base_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.created_at.to_le_bytes());
+        let crc = crc32c::crc32c(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header. A version other than ours is returned as is for the caller to
+    /// refuse; the CRC is checked first so that garbage is not taken for a version.
+    pub fn decode(b: &[u8]) -> DResult<SegmentHeader> {
+        if b.len() < SEGMENT_HEADER_LEN as usize {
+            return Err(DecodeError(format!(
+                "segment header is {} bytes, expected {SEGMENT_HEADER_LEN}",
+                b.len()
+            )));
+        }
+        if &b[0..8] != SEGMENT_MAGIC {
+            return Err(DecodeError("not an annal segment (bad magic)".into()));
+        }
+        let crc = u32::from_le_bytes(arr(&b[60..64]));
+        if crc != crc32c::crc32c(&b[0..60]) {
+            return Err(DecodeError("segment header checksum mismatch".into()));
+        }
+        Ok(SegmentHeader {
+            version: u32::from_le_bytes(arr(&b[8..12])),
+            first_position: u64::from_le_bytes(arr(&b[16..24])),
+            base_offset: u64::from_le_bytes(arr(&b[24..32])),
+            created_at: i64::from_le_bytes(arr(&b[32..40])),
+        })
+    }
+}
+
+fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&s[..N]);
+    a
+}
+
+/// The checksum of a frame: the length field, then the payload.
+pub fn frame_crc(len: u32, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), payload)
+}
+
+/// Reads a frame header: (payload length, expected CRC).
+pub fn frame_header(b: &[u8; FRAME_HEADER_LEN]) -> (u32, u32) {
+    (
+        u32::from_le_bytes(arr(&b[0..4])),
+        u32::from_le_bytes(arr(&b[4..8])),
+    )
+}
+
+/// One stream's part of a batch being encoded.
+pub struct BatchStream<'a> {
+    pub stream_id: &'a str,
+    pub first_revision: u64,
+    pub events: &'a [NewEvent],
+}
+
+/// Appends one framed batch record to `out`; returns the record's length.
+pub fn encode_batch(
+    out: &mut Vec<u8>,
+    first_position: u64,
+    recorded_at: Timestamp,
+    streams: &[BatchStream<'_>],
+) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    out.push(KIND_BATCH);
+    out.extend_from_slice(&first_position.to_le_bytes());
+    out.extend_from_slice(&recorded_at.0.to_le_bytes());
+    let count: usize = streams.iter().map(|s| s.events.len()).sum();
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out.extend_from_slice(&(streams.len() as u16).to_le_bytes());
+    for s in streams {
+        put_str16(out, s.stream_id);
+        out.extend_from_slice(&s.first_revision.to_le_bytes());
+        out.extend_from_slice(&(s.events.len() as u32).to_le_bytes());
+    }
+    for s in streams {
+        for e in s.events {
+            encode_event(out, e);
+        }
+    }
+    let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    let crc = frame_crc(len, &out[start + FRAME_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_str32(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s);
+}
+
+fn encode_event(out: &mut Vec<u8>, e: &NewEvent) {
+    out.extend_from_slice(e.id.as_bytes());
+    out.extend_from_slice(&e.schema_version.to_le_bytes());
+    put_str16(out, &e.event_type);
+    put_str16(out, &e.content_type);
+    let m = &e.metadata;
+    let flags = u8::from(m.correlation_id.is_some())
+        | (u8::from(m.causation_id.is_some()) << 1)
+        | (u8::from(m.actor.is_some()) << 2);
+    out.push(flags);
+    if let Some(id) = m.correlation_id {
+        out.extend_from_slice(id.as_bytes());
+    }
+    if let Some(id) = m.causation_id {
+        out.extend_from_slice(id.as_bytes());
+    }
+    if let Some(a) = &m.actor {
+        put_str16(out, a);
+    }
+    out.extend_from_slice(&(m.extra.len() as u16).to_le_bytes());
+    for (k, v) in &m.extra {
+        put_str16(out, k);
+        put_str32(out, v.as_bytes());
+    }
+    out.extend_from_slice(&(e.tags.len() as u16).to_le_bytes());
+    for t in &e.tags {
+        put_str16(out, t);
+    }
+    put_str32(out, &e.data);
+}
+
+/// A bounds-checked reader over a payload.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> DResult<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                DecodeError(format!(
+                    "record ends early: needed {n} bytes at payload offset {}, {} left",
+                    self.at,
+                    self.b.len().saturating_sub(self.at)
+                ))
+            })?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> DResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> DResult<u16> {
+        Ok(u16::from_le_bytes(arr(self.take(2)?)))
+    }
+    fn u32(&mut self) -> DResult<u32> {
+        Ok(u32::from_le_bytes(arr(self.take(4)?)))
+    }
+    fn u64(&mut self) -> DResult<u64> {
+        Ok(u64::from_le_bytes(arr(self.take(8)?)))
+    }
+    fn uuid(&mut self) -> DResult<Uuid> {
+        Ok(Uuid::from_bytes(arr(self.take(16)?)))
+    }
+    fn str_n(&mut self, n: usize) -> DResult<String> {
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("text field is not UTF-8".into()))
+    }
+    fn str16(&mut self) -> DResult<String> {
+        let n = self.u16()? as usize;
+        self.str_n(n)
+    }
+    fn str32(&mut self) -> DResult<String> {
+        let n = self.u32()? as usize;
+        self.str_n(n)
+    }
+}
+
+/// The fixed part of a batch, read without decoding its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub first_position: u64,
+    pub recorded_at: Timestamp,
+    pub event_count: u32,
+}
+
+/// Reads a batch payload's fixed part.
+pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
+    let mut c = Cursor { b: payload, at: 0 };
+    let kind = c.u8()?;
+    if kind != KIND_BATCH {
+        return Err(DecodeError(format!("unknown record kind {kind}")));
+    }
+    Ok(BatchHeader {
+        first_position: c.u64()?,
+        recorded_at: Timestamp(c.u64()? as i64),
+        event_count: c.u32()?,
+    })
+}
+
+/// Decodes every event of a batch payload.
+pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
+    if payload.len() < BATCH_FIXED_LEN {
+        return Err(DecodeError("batch record too short".into()));
+    }
+    let header = decode_batch_header(payload)?;
+    let mut c = Cursor {
+        b: payload,
+        at: BATCH_FIXED_LEN - 2,
+    };
+    let stream_count = c.u16()? as usize;
+    let mut streams = Vec::with_capacity(stream_count.min(1024));
+    let mut total = 0u64;
+    for _ in 0..stream_count {
+        let id = c.str16()?;
+        let first_revision = c.u64()?;
+        let count = c.u32()?;
+        total += u64::from(count);
+        streams.push((id, first_revision, count));
+    }
+    if total != u64::from(header.event_count) {
+        return Err(DecodeError(format!(
+            "batch says {} events but its streams hold {total}",
+            header.event_count
+        )));
+    }
+    let mut events = Vec::with_capacity((total as usize).min(65536));
+    let mut position = header.first_position;
+    for (stream_id, first_revision, count) in streams {
+        for i in 0..u64::from(count) {
+            let id = c.uuid()?;
+            let schema_version = c.u32()?;
+            let event_type = c.str16()?;
+            let content_type = c.str16()?;
+            let flags = c.u8()?;
+            let correlation_id = if flags & 1 != 0 { Some(c.uuid()?) } else { None };
+            let causation_id = if flags & 2 != 0 { Some(c.uuid()?) } else { None };
+            let actor = if flags & 4 != 0 { Some(c.str16()?) } else { None };
+            let mut extra = std::collections::BTreeMap::new();
+            for _ in 0..c.u16()? {
+                let k = c.str16()?;
+                let v = c.str32()?;
+                extra.insert(k, v);
+            }
+            let tag_count = c.u16()?;
+            let mut tags = Vec::with_capacity(tag_count as usize);
+            for _ in 0..tag_count {
+                tags.push(c.str16()?);
+            }
+            let data_len = c.u32()? as usize;
+            let data = c.take(data_len)?.to_vec();
+            events.push(RecordedEvent {
+                id,
+                stream_id: stream_id.clone(),
+                revision: first_revision + i,
+                position,
+                recorded_at: header.recorded_at,
+                event_type,
+                schema_version,
+                content_type,
+                metadata: Metadata {
+                    correlation_id,
+                    causation_id,
+                    actor,
+                    extra,
+                },
+                data,
+                tags,
+            });
+            position += 1;
+        }
+    }
+    if c.at != payload.len() {
+        return Err(DecodeError(format!(
+            "{} unexpected bytes after the last event",
+            payload.len() - c.at
+        )));
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_event() -> impl Strategy<Value = NewEvent> {
+        (
+            "[A-Za-z]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::collection::vec("[a-z:0-9]{1,12}", 0..4),
+            proptest::option::of(any::<u128>()),
+            proptest::option::of("[a-z]{1,10}"),
+            proptest::collection::btree_map("[a-z]{1,5}", ".{0,10}", 0..3),
+            1u32..5,
+        )
+            .prop_map(|(ty, data, tags, corr, actor, extra, v)| {
+                let mut e = NewEvent::new(ty, data).with_schema_version(v);
+                e.tags = tags;
+                e.metadata.correlation_id = corr.map(Uuid::from_u128);
+                e.metadata.actor = actor;
+                e.metadata.extra = extra;
+                e
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn batch_round_trips(
+            a in proptest::collection::vec(arb_event(), 1..5),
+            b in proptest::collection::vec(arb_event(), 0..5),
+            pos in 0u64..1_000_000,
+            rev in 0u64..1000,
+        ) {
+            let mut out = Vec::new();
+            let mut streams = vec![BatchStream { stream_id: "s-1", first_revision: rev, events: &a }];
+            if !b.is_empty() {
+                streams.push(BatchStream { stream_id: "t-2", first_revision: 0, events: &b });
+            }
+            let n = encode_batch(&mut out, pos, Timestamp(42), &streams);
+            prop_assert_eq!(n, out.len());
+            let (len, crc) = frame_header(&arr(&out[0..8]));
+            prop_assert_eq!(len as usize, out.len() - 8);
+            prop_assert_eq!(crc, frame_crc(len, &out[8..]));
+            let events = decode_batch(&out[8..]).unwrap();
+            prop_assert_eq!(events.len(), a.len() + b.len());
+            for (i, (got, want)) in events.iter().zip(a.iter().chain(b.iter())).enumerate() {
+                prop_assert!(got.same_as(want));
+                prop_assert_eq!(got.position, pos + i as u64);
+                prop_assert_eq!(got.recorded_at, Timestamp(42));
+            }
+            prop_assert_eq!(events[0].revision, rev);
+        }
+
+        #[test]
+        fn truncated_payload_is_an_error_not_a_panic(cut in 0usize..400, flip in 0usize..400) {
+            let events = vec![NewEvent::new("A", b"{\"x\":1}".to_vec()).with_tag("t:1")];
+            let mut out = Vec::new();
+            encode_batch(&mut out, 0, Timestamp(1), &[BatchStream { stream_id: "s", first_revision: 0, events: &events }]);
+            let payload = &out[8..];
+            let cut = cut.min(payload.len());
+            if cut < payload.len() {
+                prop_assert!(decode_batch(&payload[..cut]).is_err());
+            }
+            let mut damaged = payload.to_vec();
+            let i = flip % damaged.len();
+            damaged[i] ^= 0x5a;
+            let _ = decode_batch(&damaged);
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let h = SegmentHeader { version: 1, first_position: 7, base_offset: 99, created_at: 5 };
+        let mut b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        b[20] ^= 1;
+        assert!(SegmentHeader::decode(&b).is_err());
+    }
+}

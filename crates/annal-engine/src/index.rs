@@ -1,0 +1,540 @@
+//! The indexes: one log-structured table of `(key, seq, value)` entries that serves every
+//! lookup the engine makes.
+//!
+//! A key is a kind in the top byte and a 56-bit hash of a name below it:
+//!
+//! | kind     | name        | seq               | value                       |
+//! |----------|-------------|-------------------|-----------------------------|
+//! | stream   | stream id   | revision          | position                    |
+//! | category | category    | position          | position                    |
+//! | type     | event type  | position          | position                    |
+//! | tag      | tag         | position          | position                    |
+//! | id       | event id    | 0                 | position                    |
+//! | batch    | (none)      | first position    | log offset of the record    |
+//! | time     | (none)      | recorded at (µs)  | last position of the batch  |
+//!
+//! Hashes can collide, so every reader checks the event it loads against what it asked for.
+//! New entries go to an in-memory table; a checkpoint writes it out as a sorted, immutable
+//! run file, and runs of similar size are merged so that there are only a few of them. Only a
+//! sparse fence (the first entry of every block) of each run stays in memory.
+//!
+//! A run file (`index/run-<id>.idx`):
+//!
+//! | offset | size     | field                                         |
+//! |--------|----------|-----------------------------------------------|
+//! | 0      | 8        | magic `ANNALIDX`                              |
+//! | 8      | 4        | format version (u32)                          |
+//! | 12     | 4        | entries per block (u32)                       |
+//! | 16     | 8        | entry count n (u64)                           |
+//! | 24     | 4        | CRC32C of the fence section                   |
+//! | 28     | 4        | CRC32C of bytes 0..28                         |
+//! | 32     | 24 n     | entries, sorted: key u64, seq u64, value u64  |
+//! | ...    | 24 f     | fences: the first entry of each block         |
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use annal_core::{Direction, Error, Result};
+
+use crate::format::FORMAT_VERSION;
+use crate::io::{FileRef, Fs};
+
+pub const KIND_STREAM: u8 = 1;
+pub const KIND_CATEGORY: u8 = 2;
+pub const KIND_TYPE: u8 = 3;
+pub const KIND_TAG: u8 = 4;
+pub const KIND_ID: u8 = 5;
+pub const KIND_BATCH: u8 = 6;
+pub const KIND_TIME: u8 = 7;
+
+const MAGIC: &[u8; 8] = b"ANNALIDX";
+const HEADER_LEN: u64 = 32;
+const ENTRY_LEN: usize = 24;
+/// Entries per block: a lookup reads one block of 6 KiB per run.
+pub const BLOCK: usize = 256;
+
+/// `(key, seq, value)`.
+pub type Entry = (u64, u64, u64);
+
+/// The key of a name of a kind.
+pub fn key(kind: u8, name: &[u8]) -> u64 {
+    (u64::from(kind) << 56) | (xxhash_rust::xxh3::xxh3_64(name) & ((1 << 56) - 1))
+}
+
+/// The key of a kind that has no name (batch, time).
+pub fn fixed_key(kind: u8) -> u64 {
+    u64::from(kind) << 56
+}
+
+/// Adds the entries of one event.
+pub fn event_entries(
+    out: &mut Vec<Entry>,
+    stream: &str,
+    revision: u64,
+    position: u64,
+    event_type: &str,
+    tags: &[String],
+    id: &annal_core::Uuid,
+) {
+    out.push((key(KIND_STREAM, stream.as_bytes()), revision, position));
+    let category = annal_core::category_of(stream);
+    out.push((key(KIND_CATEGORY, category.as_bytes()), position, position));
+    out.push((key(KIND_TYPE, event_type.as_bytes()), position, position));
+    for t in tags {
+        out.push((key(KIND_TAG, t.as_bytes()), position, position));
+    }
+    out.push((key(KIND_ID, id.as_bytes()), 0, position));
+}
+
+/// Adds the entries of one batch record.
+pub fn batch_entries(
+    out: &mut Vec<Entry>,
+    first_position: u64,
+    last_position: u64,
+    recorded_at: i64,
+    log_offset: u64,
+) {
+    out.push((fixed_key(KIND_BATCH), first_position, log_offset));
+    out.push((fixed_key(KIND_TIME), recorded_at.max(0) as u64, last_position));
+}
+
+fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: path.display().to_string(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+fn decode_entries(bytes: &[u8], out: &mut Vec<Entry>) {
+    for c in bytes.chunks_exact(ENTRY_LEN) {
+        let mut k = [0u8; 8];
+        let mut s = [0u8; 8];
+        let mut v = [0u8; 8];
+        k.copy_from_slice(&c[0..8]);
+        s.copy_from_slice(&c[8..16]);
+        v.copy_from_slice(&c[16..24]);
+        out.push((
+            u64::from_le_bytes(k),
+            u64::from_le_bytes(s),
+            u64::from_le_bytes(v),
+        ));
+    }
+}
+
+/// An immutable sorted run on disk.
+pub struct Run {
+    pub id: u64,
+    pub count: u64,
+    file: FileRef,
+    fences: Vec<Entry>,
+}
+
+impl Run {
+    /// Writes a run of sorted entries and makes it durable.
+    pub fn write(
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        entries: impl Iterator<Item = Result<Entry>>,
+    ) -> Result<Run> {
+        let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), &e);
+        let file = fs.create(path).map_err(|e| io("creating", e))?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut at = HEADER_LEN;
+        let mut count = 0u64;
+        let mut fences = Vec::new();
+        for e in entries {
+            let e = e?;
+            if count % BLOCK as u64 == 0 {
+                fences.push(e);
+            }
+            buf.extend_from_slice(&e.0.to_le_bytes());
+            buf.extend_from_slice(&e.1.to_le_bytes());
+            buf.extend_from_slice(&e.2.to_le_bytes());
+            count += 1;
+            if buf.len() >= 1 << 20 {
+                file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
+                at += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        let fence_start = buf.len();
+        for f in &fences {
+            buf.extend_from_slice(&f.0.to_le_bytes());
+            buf.extend_from_slice(&f.1.to_le_bytes());
+            buf.extend_from_slice(&f.2.to_le_bytes());
+        }
+        let fence_crc = crc32c::crc32c(&buf[fence_start..]);
+        file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        header[0..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&count.to_le_bytes());
+        header[24..28].copy_from_slice(&fence_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&header[0..28]);
+        header[28..32].copy_from_slice(&crc.to_le_bytes());
+        file.write_all_at(&header, 0)
+            .map_err(|e| io("writing", e))?;
+        file.sync_data().map_err(|e| io("syncing", e))?;
+        Ok(Run {
+            id,
+            count,
+            file,
+            fences,
+        })
+    }
+
+    /// Opens a run and loads its fences.
+    pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<Run> {
+        let file = fs
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+        let mut header = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|_| corrupt(path, 0, "index run header is incomplete"))?;
+        if &header[0..8] != MAGIC {
+            return Err(corrupt(path, 0, "not an index run (bad magic)"));
+        }
+        if crc32c::crc32c(&header[0..28]) != u32::from_le_bytes(header[28..32].try_into().unwrap_or_default()) {
+            return Err(corrupt(path, 0, "index run header checksum mismatch"));
+        }
+        let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: path.display().to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let block = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default()) as usize;
+        if block != BLOCK {
+            return Err(corrupt(path, 12, format!("block size {block}, expected {BLOCK}")));
+        }
+        let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+        let fence_count = count.div_ceil(BLOCK as u64);
+        let fence_at = HEADER_LEN + count * ENTRY_LEN as u64;
+        let mut raw = vec![0u8; (fence_count as usize) * ENTRY_LEN];
+        file.read_exact_at(&mut raw, fence_at)
+            .map_err(|_| corrupt(path, fence_at, "index run is shorter than its header says"))?;
+        if crc32c::crc32c(&raw) != u32::from_le_bytes(header[24..28].try_into().unwrap_or_default()) {
+            return Err(corrupt(path, fence_at, "index run fence checksum mismatch"));
+        }
+        let mut fences = Vec::with_capacity(fence_count as usize);
+        decode_entries(&raw, &mut fences);
+        Ok(Run {
+            id,
+            count,
+            file,
+            fences,
+        })
+    }
+
+    /// How many blocks the run has.
+    pub fn blocks(&self) -> usize {
+        self.fences.len()
+    }
+
+    /// The entries of block `i`.
+    pub fn block(&self, i: usize) -> Result<Vec<Entry>> {
+        let start = (i * BLOCK) as u64;
+        let n = (self.count - start).min(BLOCK as u64) as usize;
+        let mut raw = vec![0u8; n * ENTRY_LEN];
+        self.file
+            .read_exact_at(&mut raw, HEADER_LEN + start * ENTRY_LEN as u64)
+            .map_err(|e| Error::io("reading an index block", &e))?;
+        let mut out = Vec::with_capacity(n);
+        decode_entries(&raw, &mut out);
+        Ok(out)
+    }
+
+    /// Entries of `key` with `lo <= seq <= hi`, in `dir` order, at most `limit`.
+    fn scan(
+        &self,
+        key: u64,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let mut taken = 0;
+        match dir {
+            Direction::Forward => {
+                let target = (key, lo, 0);
+                let first = self.fences.partition_point(|f| *f < target).saturating_sub(1);
+                for b in first..self.blocks() {
+                    for e in self.block(b)? {
+                        if e < target {
+                            continue;
+                        }
+                        if e.0 != key || e.1 > hi {
+                            return Ok(());
+                        }
+                        out.push((e.1, e.2));
+                        taken += 1;
+                        if taken >= limit {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            Direction::Backward => {
+                let target = (key, hi, u64::MAX);
+                let end = self.fences.partition_point(|f| *f <= target);
+                for b in (0..end).rev() {
+                    for e in self.block(b)?.into_iter().rev() {
+                        if e > target {
+                            continue;
+                        }
+                        if e.0 != key || e.1 < lo {
+                            return Ok(());
+                        }
+                        out.push((e.1, e.2));
+                        taken += 1;
+                        if taken >= limit {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry in order, block by block.
+    pub fn iter(&self) -> RunIter<'_> {
+        RunIter {
+            run: self,
+            block: 0,
+            buf: Vec::new().into_iter(),
+        }
+    }
+}
+
+/// Iterates a run's entries.
+pub struct RunIter<'a> {
+    run: &'a Run,
+    block: usize,
+    buf: std::vec::IntoIter<Entry>,
+}
+
+impl Iterator for RunIter<'_> {
+    type Item = Result<Entry>;
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            if let Some(e) = self.buf.next() {
+                return Some(Ok(e));
+            }
+            if self.block >= self.run.blocks() {
+                return None;
+            }
+            match self.run.block(self.block) {
+                Ok(b) => self.buf = b.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+            self.block += 1;
+        }
+    }
+}
+
+/// The index: a memtable, at most one frozen memtable being written out, and runs.
+#[derive(Default)]
+pub struct IndexState {
+    pub mem: BTreeSet<Entry>,
+    pub frozen: Option<Arc<BTreeSet<Entry>>>,
+    pub runs: Vec<Arc<Run>>,
+}
+
+fn scan_mem(
+    set: &BTreeSet<Entry>,
+    key: u64,
+    lo: u64,
+    hi: u64,
+    dir: Direction,
+    limit: usize,
+    out: &mut Vec<(u64, u64)>,
+) {
+    let range = set.range((key, lo, 0)..=(key, hi, u64::MAX));
+    match dir {
+        Direction::Forward => out.extend(range.take(limit).map(|e| (e.1, e.2))),
+        Direction::Backward => out.extend(range.rev().take(limit).map(|e| (e.1, e.2))),
+    }
+}
+
+/// The shared index, readable while the writer adds to it.
+#[derive(Default)]
+pub struct Index {
+    pub state: RwLock<IndexState>,
+}
+
+impl Index {
+    /// `(seq, value)` of entries of `key` with `lo <= seq <= hi`, in `dir` order, at most
+    /// `limit`, merged from every part of the index.
+    pub fn scan(
+        &self,
+        key: u64,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>> {
+        if lo > hi || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let runs = {
+            let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+            scan_mem(&s.mem, key, lo, hi, dir, limit, &mut out);
+            if let Some(f) = &s.frozen {
+                scan_mem(f, key, lo, hi, dir, limit, &mut out);
+            }
+            s.runs.clone()
+        };
+        for run in &runs {
+            run.scan(key, lo, hi, dir, limit, &mut out)?;
+        }
+        match dir {
+            Direction::Forward => out.sort_unstable(),
+            Direction::Backward => out.sort_unstable_by(|a, b| b.cmp(a)),
+        }
+        out.dedup();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// The entry of `key` with the greatest seq at or below `seq`.
+    pub fn floor(&self, key: u64, seq: u64) -> Result<Option<(u64, u64)>> {
+        Ok(self
+            .scan(key, 0, seq, Direction::Backward, 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// Adds entries to the memtable.
+    pub fn insert(&self, entries: impl IntoIterator<Item = Entry>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.mem.extend(entries);
+    }
+
+    /// How many entries wait in the memtable.
+    pub fn mem_len(&self) -> usize {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).mem.len()
+    }
+
+    /// Freezes the memtable for writing out; returns it.
+    pub fn freeze(&self) -> Arc<BTreeSet<Entry>> {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mem = Arc::new(std::mem::take(&mut s.mem));
+        s.frozen = Some(mem.clone());
+        mem
+    }
+
+    /// Replaces the frozen memtable with the run written from it.
+    pub fn install(&self, run: Arc<Run>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.frozen = None;
+        s.runs.push(run);
+    }
+
+    /// Puts a frozen memtable back (after its write failed).
+    pub fn thaw(&self) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = s.frozen.take() {
+            s.mem.extend(f.iter().copied());
+        }
+    }
+
+    /// The runs, oldest first.
+    pub fn runs(&self) -> Vec<Arc<Run>> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .runs
+            .clone()
+    }
+
+    /// Replaces runs `from..` with `merged`.
+    pub fn replace_tail(&self, from: usize, merged: Arc<Run>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.runs.truncate(from);
+        s.runs.push(merged);
+    }
+}
+
+/// Merges sorted runs into one sorted stream of entries.
+pub fn merge_runs(runs: &[Arc<Run>]) -> impl Iterator<Item = Result<Entry>> + '_ {
+    let mut iters: Vec<_> = runs.iter().map(|r| r.iter().peekable()).collect();
+    std::iter::from_fn(move || {
+        let mut best: Option<(usize, Entry)> = None;
+        for (i, it) in iters.iter_mut().enumerate() {
+            match it.peek() {
+                Some(Ok(e)) => {
+                    if best.is_none_or(|(_, b)| *e < b) {
+                        best = Some((i, *e));
+                    }
+                }
+                Some(Err(_)) => return it.next(),
+                None => {}
+            }
+        }
+        let (i, _) = best?;
+        iters[i].next()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sim::SimFs;
+
+    #[test]
+    fn run_scans_agree_with_a_sorted_vec() {
+        let fs = SimFs::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for k in 0..5u64 {
+            for s in 0..(k * 300 + 7) {
+                entries.push((k << 56, s * 2, s + 1000 * k));
+            }
+        }
+        entries.sort();
+        let path = Path::new("/x/run-1.idx");
+        Run::write(&fs, path, 1, entries.iter().copied().map(Ok)).unwrap();
+        let run = Run::open(&fs, path, 1).unwrap();
+        assert_eq!(run.count, entries.len() as u64);
+        for k in 0..5u64 {
+            for (lo, hi, limit) in [(0, u64::MAX, 10_000), (5, 101, 7), (300, 900, 1000), (10_000, 20_000, 5)] {
+                for dir in [Direction::Forward, Direction::Backward] {
+                    let mut got = Vec::new();
+                    run.scan(k << 56, lo, hi, dir, limit, &mut got).unwrap();
+                    let mut want: Vec<(u64, u64)> = entries
+                        .iter()
+                        .filter(|e| e.0 == k << 56 && e.1 >= lo && e.1 <= hi)
+                        .map(|e| (e.1, e.2))
+                        .collect();
+                    if dir == Direction::Backward {
+                        want.reverse();
+                    }
+                    want.truncate(limit);
+                    assert_eq!(got, want, "k={k} lo={lo} hi={hi} dir={dir:?}");
+                }
+            }
+        }
+        let merged: Vec<Entry> = merge_runs(&[Arc::new(run)]).map(|e| e.unwrap()).collect();
+        assert_eq!(merged, entries);
+    }
+
+    #[test]
+    fn damaged_run_is_reported() {
+        let fs = SimFs::new();
+        let path = Path::new("/x/run-2.idx");
+        Run::write(&fs, path, 2, (0..1000u64).map(|i| Ok((1, i, i)))).unwrap();
+        let mut bytes = fs.read_file(path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        fs.write_file(path, bytes);
+        assert!(matches!(Run::open(&fs, path, 2), Err(Error::Corruption { .. })));
+    }
+}

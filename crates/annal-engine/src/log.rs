@@ -1,0 +1,234 @@
+//! The segment log: a folder of segment files, each named by its first position, holding
+//! framed batch records back to back (see [`crate::format`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use annal_core::{Error, Result};
+
+use crate::format::{frame_crc, frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::io::FileRef;
+
+/// One segment file.
+pub struct Segment {
+    pub first_position: u64,
+    /// Log offset of the segment's first record.
+    pub base_offset: u64,
+    pub file: FileRef,
+    pub path: PathBuf,
+}
+
+impl Segment {
+    /// The file offset of a log offset in this segment.
+    pub fn file_offset(&self, log_offset: u64) -> u64 {
+        log_offset - self.base_offset + SEGMENT_HEADER_LEN
+    }
+}
+
+/// The file name of the segment that starts at `first_position`.
+pub fn segment_name(first_position: u64) -> String {
+    format!("{first_position:020}.seg")
+}
+
+/// Parses a segment file name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segments, in order.
+#[derive(Default)]
+pub struct Log {
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+}
+
+fn corrupt(seg: &Segment, offset: u64, problem: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: seg.path.display().to_string(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+/// What a sequential read found at the next record.
+pub enum Next<'a> {
+    /// A record: its log offset and payload.
+    Record(u64, &'a [u8]),
+    /// The end of the log.
+    End,
+    /// A record that is cut short or fails its checksum, at this file offset of segment
+    /// number `segment`.
+    Torn {
+        segment: usize,
+        file_offset: u64,
+        problem: String,
+    },
+}
+
+impl Log {
+    /// The segment holding a log offset.
+    pub fn segment_for(&self, log_offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segs.partition_point(|s| s.base_offset <= log_offset);
+        i.checked_sub(1).map(|i| segs[i].clone())
+    }
+
+    pub fn segment_list(&self) -> Vec<Arc<Segment>> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads and checks the record at a log offset. Returns its payload and the log offset of
+    /// the record after it.
+    pub fn read_record(&self, log_offset: u64) -> Result<(Vec<u8>, u64)> {
+        let seg = self.segment_for(log_offset).ok_or_else(|| Error::Corruption {
+            file: "segments".into(),
+            offset: log_offset,
+            problem: "no segment holds this log offset".into(),
+        })?;
+        let at = seg.file_offset(log_offset);
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        seg.file
+            .read_exact_at(&mut h, at)
+            .map_err(|e| corrupt(&seg, at, format!("record header unreadable: {e}")))?;
+        let (len, crc) = frame_header(&h);
+        let mut payload = vec![0u8; len as usize];
+        seg.file
+            .read_exact_at(&mut payload, at + FRAME_HEADER_LEN as u64)
+            .map_err(|e| corrupt(&seg, at, format!("record of {len} bytes unreadable: {e}")))?;
+        if frame_crc(len, &payload) != crc {
+            return Err(corrupt(&seg, at, "record checksum mismatch"));
+        }
+        Ok((payload, log_offset + FRAME_HEADER_LEN as u64 + u64::from(len)))
+    }
+}
+
+/// Reads records in order through a large buffer.
+pub struct SeqReader {
+    segments: Vec<Arc<Segment>>,
+    seg: usize,
+    /// File offset of the next record in the current segment.
+    at: u64,
+    chunk: Vec<u8>,
+    chunk_at: u64,
+    chunk_size: usize,
+}
+
+impl SeqReader {
+    /// Starts at a log offset (which must be a record boundary or the end of the log).
+    pub fn new(segments: Vec<Arc<Segment>>, log_offset: u64) -> SeqReader {
+        let i = segments.partition_point(|s| s.base_offset <= log_offset);
+        let seg = i.saturating_sub(1);
+        let at = segments
+            .get(seg)
+            .map_or(SEGMENT_HEADER_LEN, |s| s.file_offset(log_offset));
+        SeqReader {
+            segments,
+            seg,
+            at,
+            chunk: Vec::new(),
+            chunk_at: 0,
+            chunk_size: 1 << 20,
+        }
+    }
+
+    /// The log offset of the next record.
+    pub fn log_offset(&self) -> u64 {
+        self.segments
+            .get(self.seg)
+            .map_or(0, |s| s.base_offset + self.at - SEGMENT_HEADER_LEN)
+    }
+
+    /// The segment being read and the file offset in it.
+    pub fn position(&self) -> (usize, u64) {
+        (self.seg, self.at)
+    }
+
+    /// Makes `chunk` hold file bytes `[at, at + n)` of the current segment, as far as the
+    /// file has them; returns how many it holds.
+    fn fill(&mut self, at: u64, n: usize) -> Result<usize> {
+        let seg = &self.segments[self.seg];
+        let have_start = at >= self.chunk_at;
+        let have_end = at + n as u64 <= self.chunk_at + self.chunk.len() as u64;
+        if have_start && have_end {
+            return Ok(n);
+        }
+        let want = n.max(self.chunk_size);
+        self.chunk.resize(want, 0);
+        let mut got = 0;
+        while got < want {
+            let r = seg
+                .file
+                .read_at(&mut self.chunk[got..], at + got as u64)
+                .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+            if r == 0 {
+                break;
+            }
+            got += r;
+        }
+        self.chunk.truncate(got);
+        self.chunk_at = at;
+        Ok(got.min(n))
+    }
+
+    /// The next record, the end, or a torn record.
+    pub fn next_record(&mut self) -> Result<Next<'_>> {
+        loop {
+            if self.seg >= self.segments.len() {
+                return Ok(Next::End);
+            }
+            let at = self.at;
+            let got = self.fill(at, FRAME_HEADER_LEN)?;
+            if got == 0 {
+                if self.seg + 1 < self.segments.len() {
+                    self.seg += 1;
+                    self.at = SEGMENT_HEADER_LEN;
+                    self.chunk.clear();
+                    continue;
+                }
+                return Ok(Next::End);
+            }
+            let torn = |problem: String, s: &Self| Next::Torn {
+                segment: s.seg,
+                file_offset: at,
+                problem,
+            };
+            if got < FRAME_HEADER_LEN {
+                return Ok(torn(format!("record header cut short ({got} bytes)"), self));
+            }
+            let off = (at - self.chunk_at) as usize;
+            let mut h = [0u8; FRAME_HEADER_LEN];
+            h.copy_from_slice(&self.chunk[off..off + FRAME_HEADER_LEN]);
+            let (len, crc) = frame_header(&h);
+            let total = FRAME_HEADER_LEN + len as usize;
+            let got = self.fill(at, total)?;
+            if got < total {
+                return Ok(torn(
+                    format!("record of {len} bytes cut short at {got} bytes"),
+                    self,
+                ));
+            }
+            let off = (at - self.chunk_at) as usize;
+            let payload_start = off + FRAME_HEADER_LEN;
+            if frame_crc(len, &self.chunk[payload_start..off + total]) != crc {
+                return Ok(torn("record checksum mismatch".into(), self));
+            }
+            let log_offset = self.log_offset();
+            self.at += total as u64;
+            return Ok(Next::Record(
+                log_offset,
+                &self.chunk[payload_start..off + total],
+            ));
+        }
+    }
+}
+
+/// `segments/` below the store folder.
+pub fn segments_dir(dir: &Path) -> PathBuf {
+    dir.join("segments")
+}

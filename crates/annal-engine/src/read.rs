@@ -1,0 +1,514 @@
+//! The read path: fetching events by position, read cursors over every kind of source, and
+//! subscriptions (a cursor that waits for the log to grow).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use annal_core::{
+    Direction, Error, Query, RecordedEvent, Result, Source, SubscriptionItem,
+};
+use futures_core::Stream;
+use tokio::sync::watch;
+
+use crate::format::{decode_batch, decode_batch_header};
+use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TYPE};
+use crate::log::{Next, SeqReader};
+use crate::store::Shared;
+
+/// Events read per index lookup.
+const PAGE: usize = 256;
+
+fn decode_at(shared: &Shared, log_offset: u64) -> Result<(Vec<RecordedEvent>, u64)> {
+    let (payload, next) = shared.log.read_record(log_offset)?;
+    let events = decode_batch(&payload).map_err(|e| Error::Corruption {
+        file: "segments".into(),
+        offset: log_offset,
+        problem: e.0,
+    })?;
+    Ok((events, next))
+}
+
+/// The whole batch holding `position`.
+pub(crate) fn fetch_batch(shared: &Shared, position: u64) -> Result<Vec<RecordedEvent>> {
+    let (_, offset) = shared
+        .index
+        .floor(fixed_key(KIND_BATCH), position)?
+        .ok_or_else(|| Error::Corruption {
+            file: "index".into(),
+            offset: position,
+            problem: format!("no batch holds position {position}"),
+        })?;
+    Ok(decode_at(shared, offset)?.0)
+}
+
+/// The event at `position`.
+pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEvent> {
+    let batch = fetch_batch(shared, position)?;
+    let first = batch.first().map_or(0, |e| e.position);
+    batch
+        .into_iter()
+        .nth((position - first) as usize)
+        .filter(|e| e.position == position)
+        .ok_or_else(|| Error::Corruption {
+            file: "index".into(),
+            offset: position,
+            problem: format!("the batch found for position {position} does not hold it"),
+        })
+}
+
+/// The stored event with this id, if any.
+pub(crate) fn find_by_id(shared: &Shared, id: &annal_core::Uuid) -> Result<Option<RecordedEvent>> {
+    let hits = shared
+        .index
+        .scan(key(KIND_ID, id.as_bytes()), 0, 0, Direction::Forward, 64)?;
+    for (_, position) in hits {
+        let e = fetch_event(shared, position)?;
+        if e.id == *id {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+enum Plan {
+    /// Every event, in log order.
+    All,
+    /// One stream, by revision.
+    Stream { key: u64 },
+    /// The union of index keys whose seq is the position.
+    Keys(Vec<u64>),
+}
+
+enum Filter {
+    None,
+    Stream(String),
+    Category(String),
+    Types(Vec<String>),
+    Query(Query),
+}
+
+impl Filter {
+    fn accepts(&self, e: &RecordedEvent) -> bool {
+        match self {
+            Filter::None => true,
+            Filter::Stream(s) => e.stream_id == *s,
+            Filter::Category(c) => e.category() == c,
+            Filter::Types(t) => t.contains(&e.event_type),
+            Filter::Query(q) => q.matches(&e.event_type, &e.tags),
+        }
+    }
+}
+
+fn plan_for(source: &Source) -> (Plan, Filter) {
+    match source {
+        Source::All => (Plan::All, Filter::None),
+        Source::Stream(s) => (
+            Plan::Stream {
+                key: key(KIND_STREAM, s.as_bytes()),
+            },
+            Filter::Stream(s.clone()),
+        ),
+        Source::Category(c) => (
+            Plan::Keys(vec![key(KIND_CATEGORY, c.as_bytes())]),
+            Filter::Category(c.clone()),
+        ),
+        Source::EventTypes(types) => (
+            Plan::Keys(types.iter().map(|t| key(KIND_TYPE, t.as_bytes())).collect()),
+            Filter::Types(types.clone()),
+        ),
+        Source::Query(q) => {
+            let mut keys = Vec::new();
+            for item in &q.items {
+                if let Some(tag) = item.tags.first() {
+                    keys.push(key(KIND_TAG, tag.as_bytes()));
+                } else if !item.types.is_empty() {
+                    keys.extend(item.types.iter().map(|t| key(KIND_TYPE, t.as_bytes())));
+                } else {
+                    return (Plan::All, Filter::Query(q.clone()));
+                }
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            (Plan::Keys(keys), Filter::Query(q.clone()))
+        }
+    }
+}
+
+/// A position in a read: where it goes on from, and how far it may go.
+pub(crate) struct Cursor {
+    shared: Arc<Shared>,
+    plan: Plan,
+    filter: Filter,
+    dir: Direction,
+    /// The next revision (stream plan) or position (other plans) to look at; `None` when the
+    /// read has nothing more in its direction.
+    next: Option<u64>,
+    /// The highest position the read may return; `None` returns nothing.
+    pub max_pos: Option<u64>,
+    remaining: u64,
+    buffer: VecDeque<RecordedEvent>,
+    cache: Option<Arc<Vec<RecordedEvent>>>,
+    seq: Option<SeqReader>,
+}
+
+impl Cursor {
+    /// A cursor over `source` starting at `from` (a revision for streams, else a position;
+    /// `None` is the start, or the end when going backward).
+    pub fn new(
+        shared: Arc<Shared>,
+        source: &Source,
+        from: Option<u64>,
+        dir: Direction,
+        limit: Option<u64>,
+        max_pos: Option<u64>,
+    ) -> Cursor {
+        let (plan, filter) = plan_for(source);
+        let next = Some(from.unwrap_or(match dir {
+            Direction::Forward => 0,
+            Direction::Backward => u64::MAX,
+        }));
+        Cursor {
+            shared,
+            plan,
+            filter,
+            dir,
+            next,
+            max_pos,
+            remaining: limit.unwrap_or(u64::MAX),
+            buffer: VecDeque::new(),
+            cache: None,
+            seq: None,
+        }
+    }
+
+    /// The next event, or `None` when there is none up to `max_pos` (for now).
+    pub fn next_event(&mut self) -> Result<Option<RecordedEvent>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        while self.buffer.is_empty() {
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+        self.remaining -= 1;
+        Ok(self.buffer.pop_front())
+    }
+
+    fn fetch(&mut self, position: u64) -> Result<RecordedEvent> {
+        if let Some(batch) = &self.cache {
+            let first = batch.first().map_or(0, |e| e.position);
+            if position >= first {
+                if let Some(e) = batch.get((position - first) as usize) {
+                    return Ok(e.clone());
+                }
+            }
+        }
+        let batch = Arc::new(fetch_batch(&self.shared, position)?);
+        self.cache = Some(batch.clone());
+        let first = batch.first().map_or(0, |e| e.position);
+        batch
+            .get(position.wrapping_sub(first) as usize)
+            .filter(|e| e.position == position)
+            .cloned()
+            .ok_or_else(|| Error::Corruption {
+                file: "index".into(),
+                offset: position,
+                problem: format!("the batch found for position {position} does not hold it"),
+            })
+    }
+
+    fn push(&mut self, e: RecordedEvent) {
+        if self.filter.accepts(&e) {
+            self.buffer.push_back(e);
+        }
+    }
+
+    /// Looks further; false when there is nothing more up to `max_pos` for now.
+    fn fill(&mut self) -> Result<bool> {
+        let (Some(next), Some(max)) = (self.next, self.max_pos) else {
+            return Ok(false);
+        };
+        match (&self.plan, self.dir) {
+            (Plan::All, Direction::Forward) => self.fill_all_forward(next, max),
+            (Plan::All, Direction::Backward) => {
+                let p = next.min(max);
+                let batch = fetch_batch(&self.shared, p)?;
+                let first = batch.first().map_or(0, |e| e.position);
+                for e in batch.into_iter().rev() {
+                    if e.position <= p {
+                        self.push(e);
+                    }
+                }
+                self.next = first.checked_sub(1);
+                Ok(true)
+            }
+            (Plan::Stream { key }, Direction::Forward) => {
+                let key = *key;
+                let mut entries = self
+                    .shared
+                    .index
+                    .scan(key, next, u64::MAX, Direction::Forward, PAGE)?;
+                trim_partial_seq(&mut entries, PAGE);
+                if entries.is_empty() {
+                    return Ok(false);
+                }
+                for (rev, pos) in entries {
+                    if pos > max {
+                        self.next = Some(rev);
+                        return Ok(!self.buffer.is_empty());
+                    }
+                    let e = self.fetch(pos)?;
+                    self.push(e);
+                    self.next = Some(rev + 1);
+                }
+                Ok(true)
+            }
+            (Plan::Stream { key }, Direction::Backward) => {
+                let key = *key;
+                let mut entries = self
+                    .shared
+                    .index
+                    .scan(key, 0, next, Direction::Backward, PAGE)?;
+                trim_partial_seq(&mut entries, PAGE);
+                if entries.is_empty() {
+                    self.next = None;
+                    return Ok(false);
+                }
+                for (rev, pos) in entries {
+                    self.next = rev.checked_sub(1);
+                    if pos <= max {
+                        let e = self.fetch(pos)?;
+                        self.push(e);
+                    }
+                    if self.next.is_none() {
+                        break;
+                    }
+                }
+                Ok(true)
+            }
+            (Plan::Keys(keys), dir) => {
+                let (lo, hi) = match dir {
+                    Direction::Forward => (next, max),
+                    Direction::Backward => (0, next.min(max)),
+                };
+                if lo > hi {
+                    if dir == Direction::Backward {
+                        self.next = None;
+                    }
+                    return Ok(false);
+                }
+                let mut positions = Vec::new();
+                for k in keys.clone() {
+                    for (_, pos) in self.shared.index.scan(k, lo, hi, dir, PAGE)? {
+                        positions.push(pos);
+                    }
+                }
+                match dir {
+                    Direction::Forward => positions.sort_unstable(),
+                    Direction::Backward => positions.sort_unstable_by(|a, b| b.cmp(a)),
+                }
+                positions.dedup();
+                positions.truncate(PAGE);
+                let Some(&last) = positions.last() else {
+                    if dir == Direction::Backward {
+                        self.next = None;
+                    }
+                    return Ok(false);
+                };
+                for pos in positions {
+                    let e = self.fetch(pos)?;
+                    self.push(e);
+                }
+                self.next = match dir {
+                    Direction::Forward => Some(last + 1),
+                    Direction::Backward => last.checked_sub(1),
+                };
+                Ok(true)
+            }
+        }
+    }
+
+    fn fill_all_forward(&mut self, next: u64, max: u64) -> Result<bool> {
+        if next > max {
+            return Ok(false);
+        }
+        if self.seq.is_none() {
+            let (_, offset) = self
+                .shared
+                .index
+                .floor(fixed_key(KIND_BATCH), next)?
+                .ok_or_else(|| Error::Corruption {
+                    file: "index".into(),
+                    offset: next,
+                    problem: format!("no batch holds position {next}"),
+                })?;
+            self.seq = Some(SeqReader::new(self.shared.log.segment_list(), offset));
+        }
+        let mut retried = false;
+        let mut read = 0;
+        while read < PAGE && self.next.is_some_and(|n| n <= max) {
+            let seq = self.seq.as_mut().expect("set above");
+            let events = match seq.next_record()? {
+                Next::Record(offset, payload) => {
+                    let header = decode_batch_header(payload).map_err(|e| Error::Corruption {
+                        file: "segments".into(),
+                        offset,
+                        problem: e.0,
+                    })?;
+                    let want = self.next.unwrap_or(0);
+                    if header.first_position + u64::from(header.event_count) <= want {
+                        continue;
+                    }
+                    decode_batch(payload).map_err(|e| Error::Corruption {
+                        file: "segments".into(),
+                        offset,
+                        problem: e.0,
+                    })?
+                }
+                Next::End | Next::Torn { .. } if !retried => {
+                    // The writer may have moved on to a new segment, or our buffer may hold
+                    // bytes read while a record was being written: look again.
+                    retried = true;
+                    let at = seq.log_offset();
+                    self.seq = Some(SeqReader::new(self.shared.log.segment_list(), at));
+                    continue;
+                }
+                Next::End => {
+                    return Err(Error::Corruption {
+                        file: "segments".into(),
+                        offset: 0,
+                        problem: format!("the log ends before position {max}"),
+                    })
+                }
+                Next::Torn { file_offset, problem, .. } => {
+                    return Err(Error::Corruption {
+                        file: "segments".into(),
+                        offset: file_offset,
+                        problem,
+                    })
+                }
+            };
+            retried = false;
+            let want = self.next.unwrap_or(0);
+            for e in events {
+                if e.position >= want && e.position <= max {
+                    self.next = Some(e.position + 1);
+                    read += 1;
+                    self.push(e);
+                }
+            }
+        }
+        Ok(read > 0)
+    }
+}
+
+/// When a page came back full, drops its last seq's entries so that the next page starts
+/// at that seq again and misses none of them (seqs repeat only on hash collisions).
+fn trim_partial_seq(entries: &mut Vec<(u64, u64)>, page: usize) {
+    if entries.len() < page {
+        return;
+    }
+    if let Some(&(last, _)) = entries.last() {
+        let keep = entries.iter().rposition(|e| e.0 != last).map_or(0, |i| i + 1);
+        if keep > 0 {
+            entries.truncate(keep);
+        }
+    }
+}
+
+/// A read as a stream of events.
+pub(crate) struct ReadStream {
+    pub cursor: Cursor,
+    pub done: bool,
+}
+
+impl Stream for ReadStream {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.cursor.next_event() {
+            Ok(Some(e)) => Poll::Ready(Some(Ok(e))),
+            Ok(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
+type Wait = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
+
+/// A subscription: a forward cursor that, at the head of the log, waits for it to grow.
+pub(crate) struct Subscription {
+    pub cursor: Cursor,
+    pub rx: Option<watch::Receiver<u64>>,
+    pub wait: Option<Wait>,
+    pub caught_up: bool,
+    pub done: bool,
+}
+
+impl Stream for Subscription {
+    type Item = Result<SubscriptionItem>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(w) = this.wait.as_mut() {
+                match w.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(rx) => {
+                        this.rx = Some(rx);
+                        this.wait = None;
+                    }
+                }
+            }
+            if this.cursor.shared.is_closed() {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            let Some(rx) = this.rx.as_mut() else {
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            let head = *rx.borrow_and_update();
+            this.cursor.max_pos = head.checked_sub(1);
+            match this.cursor.next_event() {
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Some(e)) => return Poll::Ready(Some(Ok(SubscriptionItem::Event(e)))),
+                Ok(None) => {
+                    if !this.caught_up {
+                        this.caught_up = true;
+                        return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp {
+                            position: head.checked_sub(1),
+                        })));
+                    }
+                    let Some(mut rx) = this.rx.take() else {
+                        continue;
+                    };
+                    this.wait = Some(Box::pin(async move {
+                        let _ = rx.changed().await;
+                        rx
+                    }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Opening a store: find the segments, load the last checkpoint, replay the log after it,
+//! and cut off a torn tail.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use annal_core::{Error, Result};
+use tracing::{info, warn};
+
+use crate::checkpoint::{load_heads, Manifest};
+use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::heads::Heads;
+use crate::index::{batch_entries, event_entries, Entry, Run};
+use crate::io::Fs;
+use crate::log::{parse_segment_name, segment_name, segments_dir, Next, Segment, SeqReader};
+
+/// Everything the store needs to start from what is on disk.
+pub(crate) struct Recovered {
+    pub heads: Heads,
+    pub segments: Vec<Arc<Segment>>,
+    pub next_position: u64,
+    pub log_end: u64,
+    pub active_len: u64,
+    pub last_recorded_at: i64,
+    pub manifest: Manifest,
+    pub runs: Vec<Arc<Run>>,
+    pub entries: Vec<Entry>,
+}
+
+pub(crate) fn run_path(dir: &Path, id: u64) -> std::path::PathBuf {
+    dir.join("index").join(format!("run-{id:016x}.idx"))
+}
+
+pub(crate) fn heads_path(dir: &Path, id: u64) -> std::path::PathBuf {
+    dir.join(format!("heads-{id:016x}.snap"))
+}
+
+fn io_err(op: &str, path: &Path, e: &std::io::Error) -> Error {
+    Error::io(format!("{op} {}", path.display()), e)
+}
+
+/// Creates a segment file with its header, durably.
+pub(crate) fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    first_position: u64,
+    base_offset: u64,
+) -> Result<Arc<Segment>> {
+    let sdir = segments_dir(dir);
+    let path = sdir.join(segment_name(first_position));
+    let file = fs.create(&path).map_err(|e| io_err("creating", &path, &e))?;
+    let header = SegmentHeader {
+        version: FORMAT_VERSION,
+        first_position,
+        base_offset,
+        created_at: annal_core::Timestamp::now().0,
+    };
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| io_err("writing", &path, &e))?;
+    file.sync_data().map_err(|e| io_err("syncing", &path, &e))?;
+    fs.sync_dir(&sdir).map_err(|e| io_err("syncing", &sdir, &e))?;
+    Ok(Arc::new(Segment {
+        first_position,
+        base_offset,
+        file,
+        path,
+    }))
+}
+
+/// Lists and checks the segment files.
+fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
+    let sdir = segments_dir(dir);
+    let mut names: Vec<(u64, String)> = fs
+        .list(&sdir)
+        .map_err(|e| io_err("listing", &sdir, &e))?
+        .into_iter()
+        .filter_map(|n| parse_segment_name(&n).map(|p| (p, n)))
+        .collect();
+    names.sort();
+    let mut segments: Vec<Arc<Segment>> = Vec::new();
+    let count = names.len();
+    for (i, (first, name)) in names.into_iter().enumerate() {
+        let path = sdir.join(&name);
+        let file = fs.open(&path).map_err(|e| io_err("opening", &path, &e))?;
+        let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
+        let header = file
+            .read_exact_at(&mut raw, 0)
+            .map_err(|e| e.to_string())
+            .and_then(|()| SegmentHeader::decode(&raw).map_err(|e| e.0));
+        let header = match header {
+            Ok(h) => h,
+            Err(problem) if i + 1 == count => {
+                // The header is synced before any record is written: a last segment with a
+                // bad header was being created when the store stopped, and holds nothing.
+                warn!(file = %path.display(), %problem, "removing a segment whose creation did not finish");
+                fs.remove(&path).map_err(|e| io_err("removing", &path, &e))?;
+                fs.sync_dir(&sdir).map_err(|e| io_err("syncing", &sdir, &e))?;
+                continue;
+            }
+            Err(problem) => {
+                return Err(Error::Corruption {
+                    file: path.display().to_string(),
+                    offset: 0,
+                    problem,
+                })
+            }
+        };
+        if header.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: path.display().to_string(),
+                found: header.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if header.first_position != first {
+            return Err(Error::Corruption {
+                file: path.display().to_string(),
+                offset: 16,
+                problem: format!(
+                    "header says first position {}, the file name says {first}",
+                    header.first_position
+                ),
+            });
+        }
+        if let Some(prev) = segments.last() {
+            let len = prev.file.len().map_err(|e| io_err("reading", &prev.path, &e))?;
+            let expected = prev.base_offset + len - SEGMENT_HEADER_LEN;
+            if header.base_offset != expected {
+                return Err(Error::Corruption {
+                    file: path.display().to_string(),
+                    offset: 24,
+                    problem: format!(
+                        "segment starts at log offset {}, but the one before ends at {expected}",
+                        header.base_offset
+                    ),
+                });
+            }
+        }
+        segments.push(Arc::new(Segment {
+            first_position: header.first_position,
+            base_offset: header.base_offset,
+            file,
+            path,
+        }));
+    }
+    Ok(segments)
+}
+
+/// Loads the checkpoint named by the manifest; `None` (after a warning) when any part of it
+/// is unusable, so that the store rebuilds it from the log.
+fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<(Manifest, Heads, Vec<Arc<Run>>)>> {
+    let manifest = match Manifest::load(fs, &dir.join("manifest")) {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(None),
+        Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+        Err(e) => {
+            warn!(error = %e, "the checkpoint manifest is unreadable; rebuilding indexes from the log");
+            return Ok(None);
+        }
+    };
+    let heads = match load_heads(fs, &heads_path(dir, manifest.heads_id)) {
+        Ok(h) => h,
+        Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+        Err(e) => {
+            warn!(error = %e, "the stream heads snapshot is unreadable; rebuilding indexes from the log");
+            return Ok(None);
+        }
+    };
+    let mut runs = Vec::new();
+    for id in &manifest.runs {
+        match Run::open(fs, &run_path(dir, *id), *id) {
+            Ok(r) => runs.push(Arc::new(r)),
+            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "an index run is unreadable; rebuilding indexes from the log");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some((manifest, heads, runs)))
+}
+
+/// Removes files that no checkpoint names (left by a crash during a checkpoint or merge).
+fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
+    let keep_heads = format!("heads-{:016x}.snap", manifest.heads_id);
+    let top = fs.list(dir).unwrap_or_default();
+    for name in top {
+        if (name.starts_with("heads-") && name != keep_heads) || name == "manifest.tmp" {
+            let _ = fs.remove(&dir.join(&name));
+        }
+    }
+    let idir = dir.join("index");
+    for name in fs.list(&idir).unwrap_or_default() {
+        let keep = manifest
+            .runs
+            .iter()
+            .any(|id| name == format!("run-{id:016x}.idx"));
+        if !keep {
+            let _ = fs.remove(&idir.join(&name));
+        }
+    }
+}
+
+/// Opens what is on disk (creating an empty store where there is none).
+pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
+    for d in [dir.to_path_buf(), segments_dir(dir), dir.join("index")] {
+        fs.create_dir_all(&d).map_err(|e| io_err("creating", &d, &e))?;
+    }
+    let mut segments = open_segments(fs, dir)?;
+    let (manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
+    remove_orphans(fs, dir, &manifest);
+    if segments.is_empty() {
+        if manifest.next_position > 0 {
+            return Err(Error::Corruption {
+                file: segments_dir(dir).display().to_string(),
+                offset: 0,
+                problem: format!(
+                    "no segment files, but the checkpoint covers {} events",
+                    manifest.next_position
+                ),
+            });
+        }
+        segments.push(create_segment(fs, dir, 0, 0)?);
+    }
+
+    let mut next_position = manifest.next_position;
+    let mut last_recorded_at = manifest.last_recorded_at;
+    let mut entries = Vec::new();
+    let mut reader = SeqReader::new(segments.clone(), manifest.log_offset);
+    let mut replayed = 0u64;
+    {
+        let (seg, at) = reader.position();
+        let len = segments[seg]
+            .file
+            .len()
+            .map_err(|e| io_err("reading", &segments[seg].path, &e))?;
+        if at > len {
+            return Err(Error::Corruption {
+                file: segments[seg].path.display().to_string(),
+                offset: at,
+                problem: format!(
+                    "the checkpoint covers the log up to here, but the file ends at {len}: acknowledged events are missing"
+                ),
+            });
+        }
+    }
+    loop {
+        match reader.next_record()? {
+            Next::Record(offset, payload) => {
+                let corrupt = |problem: String| Error::Corruption {
+                    file: "segments".into(),
+                    offset,
+                    problem,
+                };
+                let events = decode_batch(payload).map_err(|e| corrupt(e.0))?;
+                let Some(first) = events.first() else {
+                    return Err(corrupt("empty batch".into()));
+                };
+                if first.position != next_position {
+                    return Err(corrupt(format!(
+                        "batch starts at position {}, expected {next_position}",
+                        first.position
+                    )));
+                }
+                let last = next_position + events.len() as u64 - 1;
+                let at = first.recorded_at;
+                batch_entries(&mut entries, next_position, last, at.0, offset);
+                let mut i = 0;
+                while i < events.len() {
+                    let stream = &events[i].stream_id;
+                    let j = i + events[i..]
+                        .iter()
+                        .take_while(|e| e.stream_id == *stream)
+                        .count();
+                    heads.apply(
+                        stream,
+                        events[i].revision,
+                        (j - i) as u64,
+                        events[i].position,
+                        events[j - 1].position,
+                        at,
+                    );
+                    i = j;
+                }
+                for e in &events {
+                    event_entries(
+                        &mut entries,
+                        &e.stream_id,
+                        e.revision,
+                        e.position,
+                        &e.event_type,
+                        &e.tags,
+                        &e.id,
+                    );
+                }
+                next_position = last + 1;
+                last_recorded_at = at.0;
+                replayed += events.len() as u64;
+            }
+            Next::End => break,
+            Next::Torn {
+                segment,
+                file_offset,
+                problem,
+            } => {
+                let seg = &segments[segment];
+                if segment + 1 != segments.len() {
+                    return Err(Error::Corruption {
+                        file: seg.path.display().to_string(),
+                        offset: file_offset,
+                        problem: format!("{problem}, and later segments follow"),
+                    });
+                }
+                let len = seg.file.len().map_err(|e| io_err("reading", &seg.path, &e))?;
+                warn!(
+                    file = %seg.path.display(),
+                    offset = file_offset,
+                    dropped_bytes = len - file_offset,
+                    %problem,
+                    "truncating a torn write at the end of the log"
+                );
+                seg.file
+                    .set_len(file_offset)
+                    .map_err(|e| io_err("truncating", &seg.path, &e))?;
+                seg.file
+                    .sync_data()
+                    .map_err(|e| io_err("syncing", &seg.path, &e))?;
+                break;
+            }
+        }
+    }
+    let last = segments.last().expect("at least one segment");
+    let active_len = last.file.len().map_err(|e| io_err("reading", &last.path, &e))?;
+    let log_end = last.base_offset + active_len - SEGMENT_HEADER_LEN;
+    if replayed > 0 {
+        info!(events = replayed, from = manifest.next_position, "replayed the log after the checkpoint");
+    }
+    Ok(Recovered {
+        heads,
+        segments,
+        next_position,
+        log_end,
+        active_len,
+        last_recorded_at,
+        manifest,
+        runs,
+        entries,
+    })
+}

@@ -1,0 +1,600 @@
+//! The writer thread: the one owner of the log's tail.
+//!
+//! It takes every append request that has queued, checks each against the stream heads, the
+//! event id index and its DCB condition (seeing the requests before it in the same group),
+//! encodes the accepted ones into one buffer, writes it, syncs once, then publishes the new
+//! head and acknowledges them all: group commit. A failed write or sync poisons the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use annal_core::{
+    AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult,
+    Timestamp, Uuid,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::checkpoint::{encode_heads, write_all, Manifest};
+use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
+use crate::heads::Head;
+use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
+use crate::log::Segment;
+use crate::read::{find_by_id, Cursor};
+use crate::recovery::{create_segment, heads_path, run_path, Recovered};
+use crate::store::Shared;
+
+/// Most requests committed by one sync.
+const MAX_GROUP: usize = 1024;
+/// Most runs kept before the oldest are merged regardless of size.
+const MAX_RUNS: usize = 12;
+
+pub(crate) enum Command {
+    Append(AppendRequest, oneshot::Sender<Result<AppendResult>>),
+    Checkpoint(oneshot::Sender<Result<()>>),
+}
+
+/// Where an event of the current group sits.
+struct PendingEvent {
+    stream: String,
+    revision: u64,
+    position: u64,
+    request: usize,
+    stream_index: usize,
+    event_index: usize,
+}
+
+/// What the group has decided so far but not yet made durable.
+#[derive(Default)]
+struct Pending {
+    heads: HashMap<String, Head>,
+    ids: HashMap<Uuid, PendingEvent>,
+    /// (position, request, stream index, event index) of every event of the group.
+    events: Vec<(u64, usize, usize, usize)>,
+    entries: Vec<Entry>,
+    updates: Vec<(String, u64, u64, u64, u64)>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    active: Arc<Segment>,
+    active_len: u64,
+    log_end: u64,
+    next_position: u64,
+    last_ts: i64,
+    manifest: Manifest,
+    buf: Vec<u8>,
+}
+
+/// Where a stored event sits, for the idempotency check.
+struct Found {
+    stream: String,
+    revision: u64,
+    position: u64,
+    recorded_at: Timestamp,
+    same: bool,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, rec: &Recovered) -> Writer {
+        Writer {
+            active: rec.segments.last().expect("recovery leaves a segment").clone(),
+            shared,
+            rx,
+            active_len: rec.active_len,
+            log_end: rec.log_end,
+            next_position: rec.next_position,
+            last_ts: rec.last_recorded_at,
+            manifest: rec.manifest.clone(),
+            buf: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    pub fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(group);
+        }
+        if self.shared.poison_cause().is_none() {
+            if let Err(e) = self.checkpoint() {
+                warn!(error = %e, "the checkpoint at close failed; the next open replays the log");
+            }
+        }
+    }
+
+    fn poison(&self, e: &Error) {
+        error!(error = %e, "a write to the log failed; the store refuses writes until reopened");
+        let mut p = self.shared.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none() {
+            *p = Some(e.to_string());
+        }
+    }
+
+    fn process(&mut self, group: Vec<Command>) {
+        let mut appends = Vec::with_capacity(group.len());
+        let mut checkpoints = Vec::new();
+        for c in group {
+            match c {
+                Command::Append(r, tx) => appends.push((r, tx)),
+                Command::Checkpoint(tx) => checkpoints.push(tx),
+            }
+        }
+        if let Some(cause) = self.shared.poison_cause() {
+            for (_, tx) in appends {
+                let _ = tx.send(Err(Error::Poisoned {
+                    cause: cause.clone(),
+                }));
+            }
+            for tx in checkpoints {
+                let _ = tx.send(Err(Error::Poisoned {
+                    cause: cause.clone(),
+                }));
+            }
+            return;
+        }
+        if !appends.is_empty() {
+            self.commit(appends);
+        }
+        let due = self.shared.index.mem_len() >= self.shared.config.checkpoint_entries;
+        if due || !checkpoints.is_empty() {
+            let r = if self.shared.poison_cause().is_some() {
+                Err(Error::Poisoned {
+                    cause: self.shared.poison_cause().unwrap_or_default(),
+                })
+            } else {
+                self.checkpoint()
+            };
+            if let Err(e) = &r {
+                warn!(error = %e, "checkpoint failed; the log is intact and the next one retries");
+            }
+            for tx in checkpoints {
+                let _ = tx.send(r.clone());
+            }
+        }
+    }
+
+    fn commit(&mut self, appends: Vec<(AppendRequest, oneshot::Sender<Result<AppendResult>>)>) {
+        if self.active_len >= self.shared.config.segment_size
+            && self.active_len > SEGMENT_HEADER_LEN
+        {
+            if let Err(e) = self.roll() {
+                self.poison(&e);
+                for (_, tx) in appends {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        let ts = Timestamp::now().0.max(self.last_ts);
+        let mut pending = Pending::default();
+        let mut next = self.next_position;
+        self.buf.clear();
+        let requests: Vec<&AppendRequest> = appends.iter().map(|(r, _)| r).collect();
+        let mut outcomes = Vec::with_capacity(appends.len());
+        for i in 0..requests.len() {
+            let outcome = self.prepare(&requests, i, &mut pending, &mut next, ts);
+            outcomes.push(outcome);
+        }
+        let wrote = !self.buf.is_empty();
+        if wrote {
+            let written = self
+                .active
+                .file
+                .write_all_at(&self.buf, self.active_len)
+                .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), &e))
+                .and_then(|()| {
+                    self.active.file.sync_data().map_err(|e| {
+                        Error::io(format!("syncing {}", self.active.path.display()), &e)
+                    })
+                });
+            if let Err(e) = written {
+                self.poison(&e);
+                for ((_, tx), outcome) in appends.into_iter().zip(outcomes) {
+                    let _ = tx.send(match outcome {
+                        Ok(_) => Err(e.clone()),
+                        Err(conflict) => Err(conflict),
+                    });
+                }
+                return;
+            }
+            self.active_len += self.buf.len() as u64;
+            self.log_end += self.buf.len() as u64;
+            self.next_position = next;
+            self.last_ts = ts;
+            self.shared.index.insert(pending.entries.drain(..));
+            {
+                let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
+                for (stream, first_rev, count, first_pos, last_pos) in pending.updates.drain(..) {
+                    heads.apply(&stream, first_rev, count, first_pos, last_pos, Timestamp(ts));
+                }
+            }
+            self.shared.next_position.store(next, Ordering::Release);
+            self.shared.head_tx.send_replace(next);
+        }
+        for ((_, tx), outcome) in appends.into_iter().zip(outcomes) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// The stream's last revision, as the group sees it.
+    fn current(&self, pending: &Pending, stream: &str) -> Option<Head> {
+        pending.heads.get(stream).copied().or_else(|| {
+            self.shared
+                .heads
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .streams
+                .get(stream)
+                .copied()
+        })
+    }
+
+    /// Checks request `i` and, when it passes, encodes it into the buffer.
+    fn prepare(
+        &mut self,
+        requests: &[&AppendRequest],
+        i: usize,
+        pending: &mut Pending,
+        next: &mut u64,
+        ts: i64,
+    ) -> Result<AppendResult> {
+        let req = requests[i];
+        if let Some(result) = self.check_ids(requests, i, pending)? {
+            return Ok(result);
+        }
+        for s in &req.streams {
+            let actual = self.current(pending, &s.stream_id).map(|h| h.revision);
+            if !s.expected.accepts(actual) {
+                return Err(Error::WrongExpectedRevision {
+                    stream: s.stream_id.clone(),
+                    expected: s.expected,
+                    actual,
+                });
+            }
+        }
+        if let Some(c) = &req.condition {
+            if let Some(position) = self.first_match(requests, pending, &c.query, c.after)? {
+                return Err(Error::ConditionFailed {
+                    position,
+                    after: c.after,
+                });
+            }
+        }
+        // Accepted: encode and record what it changes.
+        let first_position = *next;
+        let log_offset = self.log_end + self.buf.len() as u64;
+        let mut batch = Vec::with_capacity(req.streams.len());
+        let mut results = Vec::with_capacity(req.streams.len());
+        let mut position = first_position;
+        for (si, s) in req.streams.iter().enumerate() {
+            let prev = self.current(pending, &s.stream_id);
+            let first_revision = prev.map_or(0, |h| h.revision + 1);
+            let count = s.events.len() as u64;
+            for (ei, e) in s.events.iter().enumerate() {
+                let revision = first_revision + ei as u64;
+                let p = position + ei as u64;
+                event_entries(
+                    &mut pending.entries,
+                    &s.stream_id,
+                    revision,
+                    p,
+                    &e.event_type,
+                    &e.tags,
+                    &e.id,
+                );
+                pending.ids.insert(
+                    e.id,
+                    PendingEvent {
+                        stream: s.stream_id.clone(),
+                        revision,
+                        position: p,
+                        request: i,
+                        stream_index: si,
+                        event_index: ei,
+                    },
+                );
+                pending.events.push((p, i, si, ei));
+            }
+            let last = position + count - 1;
+            let head = Head {
+                revision: first_revision + count - 1,
+                first_position: prev.map_or(position, |h| h.first_position),
+                last_position: last,
+                created_at: prev.map_or(ts, |h| h.created_at),
+                last_written_at: ts,
+            };
+            pending.heads.insert(s.stream_id.clone(), head);
+            pending
+                .updates
+                .push((s.stream_id.clone(), first_revision, count, position, last));
+            results.push(StreamAppendResult {
+                stream_id: s.stream_id.clone(),
+                revision: head.revision,
+                first_position: position,
+                last_position: last,
+            });
+            batch.push(BatchStream {
+                stream_id: &s.stream_id,
+                first_revision,
+                events: &s.events,
+            });
+            position += count;
+        }
+        let last_position = position - 1;
+        encode_batch(&mut self.buf, first_position, Timestamp(ts), &batch);
+        batch_entries(
+            &mut pending.entries,
+            first_position,
+            last_position,
+            ts,
+            log_offset,
+        );
+        *next = position;
+        Ok(AppendResult {
+            streams: results,
+            first_position,
+            last_position,
+            recorded_at: Timestamp(ts),
+        })
+    }
+
+    /// Looks up every event id of request `i`. `Ok(None)`: all are new. `Ok(Some)`: the whole
+    /// request was written before (a retry): its original result. Otherwise an id conflict.
+    fn check_ids(
+        &self,
+        requests: &[&AppendRequest],
+        i: usize,
+        pending: &Pending,
+    ) -> Result<Option<AppendResult>> {
+        let req = requests[i];
+        let mut found: Vec<Vec<Option<Found>>> = Vec::with_capacity(req.streams.len());
+        let mut any = false;
+        for s in &req.streams {
+            let mut row = Vec::with_capacity(s.events.len());
+            for e in &s.events {
+                let f = self.find(requests, pending, e)?;
+                any |= f.is_some();
+                row.push(f);
+            }
+            found.push(row);
+        }
+        if !any {
+            return Ok(None);
+        }
+        let mut results = Vec::with_capacity(req.streams.len());
+        let conflict = |e: &NewEvent, f: &Found, problem: String| Error::EventIdConflict {
+            event_id: e.id,
+            stream: f.stream.clone(),
+            position: f.position,
+            problem,
+        };
+        let mut recorded_at = None;
+        for (s, row) in req.streams.iter().zip(&found) {
+            let first_known = row.iter().flatten().next();
+            for (ei, (e, f)) in s.events.iter().zip(row).enumerate() {
+                let Some(f) = f else {
+                    let (ke, kf) = s
+                        .events
+                        .iter()
+                        .zip(row)
+                        .find_map(|(e, f)| f.as_ref().map(|f| (e, f)))
+                        .or_else(|| {
+                            req.streams
+                                .iter()
+                                .zip(&found)
+                                .flat_map(|(s, r)| s.events.iter().zip(r))
+                                .find_map(|(e, f)| f.as_ref().map(|f| (e, f)))
+                        })
+                        .expect("some id is known");
+                    return Err(conflict(
+                        ke,
+                        kf,
+                        "the request mixes events already written with new ones; a retry must resend exactly the original request".into(),
+                    ));
+                };
+                if f.stream != s.stream_id {
+                    return Err(conflict(e, f, format!("this request puts it in stream '{}'", s.stream_id)));
+                }
+                let base = first_known.map_or(0, |k| k.revision);
+                if f.revision != base + ei as u64 {
+                    return Err(conflict(e, f, "this request has it in a different order".into()));
+                }
+                if !f.same {
+                    return Err(conflict(e, f, "the stored event has different content".into()));
+                }
+                recorded_at.get_or_insert(f.recorded_at);
+            }
+            let first = row.first().and_then(|f| f.as_ref());
+            let last = row.last().and_then(|f| f.as_ref());
+            if let (Some(first), Some(last)) = (first, last) {
+                results.push(StreamAppendResult {
+                    stream_id: s.stream_id.clone(),
+                    revision: last.revision,
+                    first_position: first.position,
+                    last_position: last.position,
+                });
+            }
+        }
+        let positions = found.iter().flatten().flatten().map(|f| f.position);
+        let first_position = positions.clone().min().unwrap_or(0);
+        let last_position = positions.max().unwrap_or(0);
+        Ok(Some(AppendResult {
+            streams: results,
+            first_position,
+            last_position,
+            recorded_at: recorded_at.unwrap_or_default(),
+        }))
+    }
+
+    /// Finds an event id in the group so far, then in the store.
+    fn find(
+        &self,
+        requests: &[&AppendRequest],
+        pending: &Pending,
+        e: &NewEvent,
+    ) -> Result<Option<Found>> {
+        if let Some(p) = pending.ids.get(&e.id) {
+            let original = &requests[p.request].streams[p.stream_index].events[p.event_index];
+            return Ok(Some(Found {
+                stream: p.stream.clone(),
+                revision: p.revision,
+                position: p.position,
+                recorded_at: Timestamp(self.last_ts.max(Timestamp::now().0)),
+                same: original == e,
+            }));
+        }
+        Ok(find_by_id(&self.shared, &e.id)?.map(|stored| Found {
+            same: stored.same_as(e),
+            stream: stored.stream_id,
+            revision: stored.revision,
+            position: stored.position,
+            recorded_at: stored.recorded_at,
+        }))
+    }
+
+    /// The first position after `after` of an event matching `query`, in the store or in the
+    /// group so far.
+    fn first_match(
+        &self,
+        requests: &[&AppendRequest],
+        pending: &Pending,
+        query: &Query,
+        after: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let head = self.next_position.checked_sub(1);
+        if head.is_some_and(|h| from <= h) {
+            let mut cursor = Cursor::new(
+                self.shared.clone(),
+                &annal_core::Source::Query(query.clone()),
+                Some(from),
+                annal_core::Direction::Forward,
+                Some(1),
+                head,
+            );
+            if let Some(e) = cursor.next_event()? {
+                return Ok(Some(e.position));
+            }
+        }
+        Ok(pending
+            .events
+            .iter()
+            .find(|(p, r, si, ei)| {
+                *p >= from && {
+                    let e = &requests[*r].streams[*si].events[*ei];
+                    query.matches(&e.event_type, &e.tags)
+                }
+            })
+            .map(|(p, ..)| *p))
+    }
+
+    /// Starts a new segment at the current end of the log.
+    fn roll(&mut self) -> Result<()> {
+        let seg = create_segment(
+            self.shared.fs.as_ref(),
+            &self.shared.dir,
+            self.next_position,
+            self.log_end,
+        )?;
+        self.shared
+            .log
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(seg.clone());
+        self.active = seg;
+        self.active_len = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Writes the memtable out as a run, snapshots the stream heads, and replaces the
+    /// manifest; then merges runs when they have piled up.
+    fn checkpoint(&mut self) -> Result<()> {
+        if self.manifest.next_position == self.next_position && self.shared.index.mem_len() == 0 {
+            return Ok(());
+        }
+        let fs = self.shared.fs.clone();
+        let dir = self.shared.dir.clone();
+        let frozen = self.shared.index.freeze();
+        let run_id = self.manifest.next_file_id;
+        let heads_id = run_id + 1;
+        let written = (|| {
+            let run = Run::write(
+                fs.as_ref(),
+                &run_path(&dir, run_id),
+                run_id,
+                frozen.iter().copied().map(Ok),
+            )?;
+            fs.sync_dir(&dir.join("index"))
+                .map_err(|e| Error::io("syncing the index folder", &e))?;
+            let snapshot = encode_heads(&self.shared.heads.read().unwrap_or_else(|e| e.into_inner()));
+            write_all(fs.as_ref(), &heads_path(&dir, heads_id), &snapshot)?;
+            let mut manifest = Manifest {
+                next_position: self.next_position,
+                log_offset: self.log_end,
+                last_recorded_at: self.last_ts,
+                heads_id,
+                next_file_id: heads_id + 1,
+                runs: self.manifest.runs.clone(),
+            };
+            manifest.runs.push(run_id);
+            manifest.store(fs.as_ref(), &dir)?;
+            Ok::<_, Error>((run, manifest))
+        })();
+        let (run, manifest) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared.index.thaw();
+                return Err(e);
+            }
+        };
+        self.shared.index.install(Arc::new(run));
+        let old_heads = heads_path(&dir, self.manifest.heads_id);
+        if self.manifest.heads_id != heads_id {
+            let _ = fs.remove(&old_heads);
+        }
+        self.manifest = manifest;
+        self.merge()
+    }
+
+    /// Merges the newest runs while the newest is at least half the size of the one before
+    /// (so sizes grow geometrically and a lookup visits few runs).
+    fn merge(&mut self) -> Result<()> {
+        loop {
+            let runs = self.shared.index.runs();
+            let n = runs.len();
+            if n < 2 || (runs[n - 1].count * 2 < runs[n - 2].count && n <= MAX_RUNS) {
+                return Ok(());
+            }
+            let fs = self.shared.fs.clone();
+            let dir = self.shared.dir.clone();
+            let id = self.manifest.next_file_id;
+            let merged = Run::write(
+                fs.as_ref(),
+                &run_path(&dir, id),
+                id,
+                merge_runs(&runs[n - 2..]),
+            )?;
+            fs.sync_dir(&dir.join("index"))
+                .map_err(|e| Error::io("syncing the index folder", &e))?;
+            let mut manifest = self.manifest.clone();
+            manifest.runs.truncate(n - 2);
+            manifest.runs.push(id);
+            manifest.next_file_id = id + 1;
+            manifest.store(fs.as_ref(), &dir)?;
+            self.shared.index.replace_tail(n - 2, Arc::new(merged));
+            for r in &runs[n - 2..] {
+                let _ = fs.remove(&run_path(&dir, r.id));
+            }
+            self.manifest = manifest;
+        }
+    }
+}
