@@ -117,6 +117,8 @@ pub struct SeqReader {
     chunk: Vec<u8>,
     chunk_at: u64,
     chunk_size: usize,
+    /// The current segment's length when last looked at.
+    seg_len: u64,
 }
 
 impl SeqReader {
@@ -134,6 +136,7 @@ impl SeqReader {
             chunk: Vec::new(),
             chunk_at: 0,
             chunk_size: 1 << 20,
+            seg_len: 0,
         }
     }
 
@@ -189,6 +192,7 @@ impl SeqReader {
                     self.seg += 1;
                     self.at = SEGMENT_HEADER_LEN;
                     self.chunk.clear();
+                    self.seg_len = 0;
                     continue;
                 }
                 return Ok(Next::End);
@@ -206,6 +210,24 @@ impl SeqReader {
             h.copy_from_slice(&self.chunk[off..off + FRAME_HEADER_LEN]);
             let (len, crc) = frame_header(&h);
             let total = FRAME_HEADER_LEN + len as usize;
+            // Never trust a length read from disk with an allocation: check it against the
+            // file first.
+            if at + total as u64 > self.seg_len {
+                let seg = &self.segments[self.seg];
+                self.seg_len = seg
+                    .file
+                    .len()
+                    .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+            }
+            let file_len = self.seg_len;
+            if at + total as u64 > file_len {
+                return Ok(torn(
+                    format!(
+                        "record of {len} bytes runs past the end of the file ({file_len} bytes)"
+                    ),
+                    self,
+                ));
+            }
             let got = self.fill(at, total)?;
             if got < total {
                 return Ok(torn(
