@@ -6,6 +6,7 @@
 //! log and checkpointed, recovery that cuts a torn tail, and subscriptions that read the log
 //! and wait at its head.
 
+pub mod check;
 mod checkpoint;
 pub mod format;
 mod heads;

@@ -254,3 +254,39 @@ impl SeqReader {
 pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
 }
+
+/// Looks for an intact record after a damaged one at `file_offset` of `seg`: one whose frame
+/// checks and whose batch starts after position `expected`. Finding one means the damage is
+/// not a torn final write but corruption in the middle of the log. Returns its file offset.
+pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Option<u64>> {
+    let len = seg
+        .file
+        .len()
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+    if len <= file_offset + 1 {
+        return Ok(None);
+    }
+    let mut rest = vec![0u8; (len - file_offset) as usize];
+    seg.file
+        .read_exact_at(&mut rest, file_offset)
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+    for at in 1..rest.len().saturating_sub(FRAME_HEADER_LEN) {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(&rest[at..at + FRAME_HEADER_LEN]);
+        let (n, crc) = frame_header(&h);
+        let end = at + FRAME_HEADER_LEN + n as usize;
+        if n == 0 || end > rest.len() {
+            continue;
+        }
+        let payload = &rest[at + FRAME_HEADER_LEN..end];
+        if frame_crc(n, payload) != crc {
+            continue;
+        }
+        if let Ok(b) = crate::format::decode_batch_header(payload) {
+            if b.first_position > expected {
+                return Ok(Some(file_offset + at as u64));
+            }
+        }
+    }
+    Ok(None)
+}

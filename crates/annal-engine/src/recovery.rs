@@ -12,7 +12,9 @@ use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_
 use crate::heads::Heads;
 use crate::index::{batch_entries, event_entries, Entry, Run};
 use crate::io::Fs;
-use crate::log::{parse_segment_name, segment_name, segments_dir, Next, Segment, SeqReader};
+use crate::log::{
+    intact_record_after, parse_segment_name, segment_name, segments_dir, Next, Segment, SeqReader,
+};
 
 /// Everything the store needs to start from what is on disk.
 pub(crate) struct Recovered {
@@ -309,6 +311,15 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
                         file: seg.path.display().to_string(),
                         offset: file_offset,
                         problem: format!("{problem}, and later segments follow"),
+                    });
+                }
+                if let Some(later) = intact_record_after(seg, file_offset, next_position)? {
+                    return Err(Error::Corruption {
+                        file: seg.path.display().to_string(),
+                        offset: file_offset,
+                        problem: format!(
+                            "{problem}, but an intact later record follows at offset {later}: this is damage inside the log, not a torn final write; the store will not open (run `annal check`)"
+                        ),
                     });
                 }
                 let len = seg.file.len().map_err(|e| io_err("reading", &seg.path, &e))?;

@@ -330,3 +330,23 @@ fn sigkill_during_load_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn damage_inside_the_log_is_not_taken_for_a_torn_tail() {
+    let fs = SimFs::new();
+    let config = sim_config(&fs).checkpoint_entries(1_000_000).segment_size(1 << 20);
+    let store = Store::open_with("/db", config.clone()).unwrap();
+    for i in 0..10 {
+        store
+            .append_blocking(AppendRequest::stream("s-1", ExpectedRevision::Any, vec![NewEvent::new("E", vec![b'x'; 100 + i])]))
+            .unwrap();
+    }
+    let image = fs.crash_image(None);
+    drop(store);
+    let seg = Path::new("/db/segments/00000000000000000000.seg");
+    let mut bytes = image.read_file(seg).unwrap();
+    bytes[64 + 200] ^= 0x10;
+    image.write_file(seg, bytes);
+    let err = Store::open_with("/db", config.fs(Arc::new(image))).err().expect("refuses to open");
+    assert!(err.to_string().contains("not a torn final write"), "{err}");
+}

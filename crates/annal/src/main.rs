@@ -1,1 +1,117 @@
-fn main(){}
+//! `annal`: the event store's one binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+mod dump;
+
+#[derive(Parser)]
+#[command(name = "annal", version, about = "Annal: an event store and CQRS toolkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Verify a store folder offline: frames, checksums, gapless positions and revisions,
+    /// and that the indexes agree with the log. Exits 1 when it finds a problem.
+    Check {
+        /// The store folder.
+        dir: PathBuf,
+    },
+    /// Print a store's events, oldest first, reading the folder directly.
+    Dump {
+        /// The store folder.
+        dir: PathBuf,
+        /// Start at this log position.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Print at most this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only events of this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Check { dir } => check(dir),
+        Cmd::Dump {
+            dir,
+            from,
+            limit,
+            stream,
+            json,
+        } => {
+            dump::dump(&dir, from, limit, stream.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "checking {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = annal_engine::check::check(&dir, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .with_context(|| format!("checking {}", dir.display()))?;
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}: {} events in {} streams, {} segments, {} bytes, {} checkpointed index entries",
+        dir.display(),
+        report.events,
+        report.streams,
+        report.segments,
+        report.bytes,
+        report.index_entries
+    )?;
+    for n in &report.notes {
+        writeln!(out, "note: {n}")?;
+    }
+    for p in &report.problems {
+        writeln!(out, "problem: {p}")?;
+    }
+    if report.is_ok() {
+        writeln!(out, "ok")?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        writeln!(out, "{} problem(s) found", report.problems.len())?;
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,384 @@
+//! Offline verification of a store folder, and offline iteration of its events. Neither
+//! changes anything on disk, so both are safe on a store that another process has open.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use annal_core::{Error, RecordedEvent, Result};
+
+use crate::checkpoint::{load_heads, Manifest};
+use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::heads::Heads;
+use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
+use crate::io::{Fs, StdFs};
+use crate::log::{intact_record_after, parse_segment_name, segments_dir, Next, Segment, SeqReader};
+use crate::recovery::{heads_path, run_path};
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub segments: usize,
+    pub events: u64,
+    pub streams: u64,
+    pub bytes: u64,
+    pub index_entries: u64,
+    /// Damage: the store is not what it should be.
+    pub problems: Vec<String>,
+    /// Findings that the next open repairs by itself (a torn tail).
+    pub notes: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// An order-independent digest of a set of index entries, per kind.
+#[derive(Default, PartialEq, Eq, Clone, Copy, Debug)]
+struct Digest {
+    count: u64,
+    sum: u64,
+    xor: u64,
+}
+
+impl Digest {
+    fn add(&mut self, e: &Entry) {
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&e.0.to_le_bytes());
+        b[8..16].copy_from_slice(&e.1.to_le_bytes());
+        b[16..24].copy_from_slice(&e.2.to_le_bytes());
+        let h = xxhash_rust::xxh3::xxh3_64(&b);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(h);
+        self.xor ^= h.rotate_left(17);
+    }
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        1 => "stream",
+        2 => "category",
+        3 => "event type",
+        4 => "tag",
+        5 => "event id",
+        6 => "batch",
+        7 => "time",
+        _ => "unknown",
+    }
+}
+
+/// Opens the segment files without changing anything.
+fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc<Segment>>> {
+    let sdir = segments_dir(dir);
+    if !fs.exists(&sdir) {
+        return Err(Error::NotFound(format!(
+            "{} is not an annal store (no segments folder)",
+            dir.display()
+        )));
+    }
+    let mut names: Vec<(u64, String)> = fs
+        .list(&sdir)
+        .map_err(|e| Error::io(format!("listing {}", sdir.display()), &e))?
+        .into_iter()
+        .filter_map(|n| parse_segment_name(&n).map(|p| (p, n)))
+        .collect();
+    names.sort();
+    let mut out: Vec<Arc<Segment>> = Vec::new();
+    for (first, name) in names {
+        let path = sdir.join(&name);
+        let file = fs
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+        let len = file.len().unwrap_or(0);
+        report.bytes += len;
+        let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
+        if file.read_exact_at(&mut raw, 0).is_err() {
+            report
+                .notes
+                .push(format!("{}: header incomplete (a segment being created when the store stopped; removed on open)", path.display()));
+            continue;
+        }
+        let h = match SegmentHeader::decode(&raw) {
+            Ok(h) => h,
+            Err(e) => {
+                report.problems.push(format!("{}: {}", path.display(), e.0));
+                continue;
+            }
+        };
+        if h.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: path.display().to_string(),
+                found: h.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if h.first_position != first {
+            report.problems.push(format!(
+                "{}: header says first position {}, the name says {first}",
+                path.display(),
+                h.first_position
+            ));
+        }
+        if let Some(prev) = out.last() {
+            let plen = prev.file.len().unwrap_or(0);
+            let expected = prev.base_offset + plen - SEGMENT_HEADER_LEN;
+            if h.base_offset != expected {
+                report.problems.push(format!(
+                    "{}: starts at log offset {}, but the segment before ends at {expected}",
+                    path.display(),
+                    h.base_offset
+                ));
+            }
+        }
+        out.push(Arc::new(Segment {
+            first_position: h.first_position,
+            base_offset: h.base_offset,
+            file,
+            path,
+        }));
+    }
+    report.segments = out.len();
+    Ok(out)
+}
+
+/// Verifies a store folder: segment headers and continuity, every record's frame and
+/// checksum, gapless positions and revisions, non-decreasing times, and that the
+/// checkpointed indexes and stream heads agree with the log. `progress` is called with
+/// (bytes read, total bytes).
+pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
+    let fs = StdFs;
+    let mut report = CheckReport::default();
+    let segs = segments(&fs, dir, &mut report)?;
+    let manifest = match Manifest::load(&fs, &dir.join("manifest")) {
+        Ok(m) => m,
+        Err(e) => {
+            report.problems.push(format!("manifest: {e}"));
+            None
+        }
+    };
+    let mut expected: HashMap<u8, Digest> = HashMap::new();
+    let mut heads_at_checkpoint: Option<Heads> = None;
+    let mut heads = Heads::default();
+    let mut revisions: HashMap<String, u64> = HashMap::new();
+    let mut next_position = 0u64;
+    let mut last_time = i64::MIN;
+    let total = report.bytes.max(1);
+    let mut entries = Vec::new();
+    let mut reader = SeqReader::new(segs.clone(), 0);
+    let checkpoint_at = manifest.as_ref().map_or(0, |m| m.next_position);
+    if checkpoint_at == 0 {
+        heads_at_checkpoint = Some(Heads::default());
+    }
+    let mut done_bytes = 0u64;
+    loop {
+        let next = reader.next_record()?;
+        match next {
+            Next::End => break,
+            Next::Torn {
+                segment,
+                file_offset,
+                problem,
+            } => {
+                let seg = &segs[segment];
+                let covered = manifest.as_ref().is_some_and(|m| next_position < m.next_position);
+                let later = intact_record_after(seg, file_offset, next_position)?;
+                if covered || later.is_some() {
+                    report.problems.push(format!(
+                        "{} at offset {file_offset}: {problem}; acknowledged events {}",
+                        seg.path.display(),
+                        match later {
+                            Some(l) => format!("follow (an intact record at offset {l})"),
+                            None => format!("up to position {} are covered by the checkpoint", checkpoint_at.saturating_sub(1)),
+                        }
+                    ));
+                } else if segment + 1 == segs.len() {
+                    report.notes.push(format!(
+                        "{} at offset {file_offset}: {problem}; this unacknowledged tail is cut off on the next open",
+                        seg.path.display()
+                    ));
+                } else {
+                    report.problems.push(format!(
+                        "{} at offset {file_offset}: {problem}, and later segments follow",
+                        seg.path.display()
+                    ));
+                }
+                break;
+            }
+            Next::Record(offset, payload) => {
+                done_bytes += payload.len() as u64 + 8;
+                let events = match decode_batch(payload) {
+                    Ok(ev) if !ev.is_empty() => ev,
+                    Ok(_) => {
+                        report.problems.push(format!("log offset {offset}: empty batch"));
+                        break;
+                    }
+                    Err(e) => {
+                        report.problems.push(format!("log offset {offset}: {}", e.0));
+                        break;
+                    }
+                };
+                let first = events[0].position;
+                if first != next_position {
+                    report.problems.push(format!(
+                        "log offset {offset}: batch starts at position {first}, expected {next_position}"
+                    ));
+                    break;
+                }
+                let at = events[0].recorded_at.0;
+                if at < last_time {
+                    report.problems.push(format!(
+                        "position {first}: recorded at {} is earlier than the batch before",
+                        events[0].recorded_at
+                    ));
+                }
+                last_time = at;
+                let last = first + events.len() as u64 - 1;
+                entries.clear();
+                batch_entries(&mut entries, first, last, at, offset);
+                for e in &events {
+                    let want = revisions.get(&e.stream_id).copied().unwrap_or(0);
+                    if e.revision != want {
+                        report.problems.push(format!(
+                            "position {}: stream '{}' has revision {}, expected {want}",
+                            e.position, e.stream_id, e.revision
+                        ));
+                    }
+                    revisions.insert(e.stream_id.clone(), e.revision + 1);
+                    heads.apply(&e.stream_id, e.revision, 1, e.position, e.position, e.recorded_at);
+                    event_entries(&mut entries, &e.stream_id, e.revision, e.position, &e.event_type, &e.tags, &e.id);
+                }
+                if last < checkpoint_at {
+                    for en in &entries {
+                        expected.entry((en.0 >> 56) as u8).or_default().add(en);
+                    }
+                }
+                next_position = last + 1;
+                report.events += events.len() as u64;
+                if next_position == checkpoint_at {
+                    heads_at_checkpoint = Some(heads.clone());
+                }
+                if report.events % 4096 < events.len() as u64 {
+                    progress(done_bytes, total);
+                }
+            }
+        }
+    }
+    progress(total, total);
+    report.streams = revisions.len() as u64;
+    if let Some(m) = manifest {
+        check_checkpoint(&fs, dir, &m, next_position, &expected, heads_at_checkpoint, &mut report);
+    }
+    Ok(report)
+}
+
+fn check_checkpoint(
+    fs: &dyn Fs,
+    dir: &Path,
+    m: &Manifest,
+    log_end_position: u64,
+    expected: &HashMap<u8, Digest>,
+    heads_at_checkpoint: Option<Heads>,
+    report: &mut CheckReport,
+) {
+    if m.next_position > log_end_position {
+        report.problems.push(format!(
+            "the checkpoint covers positions up to {}, but the log ends at {log_end_position}: acknowledged events are missing",
+            m.next_position
+        ));
+        return;
+    }
+    let mut runs = Vec::new();
+    for id in &m.runs {
+        match Run::open(fs, &run_path(dir, *id), *id) {
+            Ok(r) => runs.push(Arc::new(r)),
+            Err(e) => report.problems.push(format!("index run {id}: {e}")),
+        }
+    }
+    if runs.len() == m.runs.len() {
+        let mut found: HashMap<u8, Digest> = HashMap::new();
+        let mut prev: Option<Entry> = None;
+        for e in merge_runs(&runs) {
+            match e {
+                Ok(e) => {
+                    if prev.is_some_and(|p| p == e) {
+                        report.problems.push(format!("index entry {e:?} appears twice"));
+                    }
+                    prev = Some(e);
+                    found.entry((e.0 >> 56) as u8).or_default().add(&e);
+                    report.index_entries += 1;
+                }
+                Err(e) => {
+                    report.problems.push(format!("index runs unreadable: {e}"));
+                    return;
+                }
+            }
+        }
+        for kind in 1..=7u8 {
+            let (want, got) = (
+                expected.get(&kind).copied().unwrap_or_default(),
+                found.get(&kind).copied().unwrap_or_default(),
+            );
+            if want != got {
+                report.problems.push(format!(
+                    "the {} index disagrees with the log: {} entries indexed, {} expected from the log",
+                    kind_name(kind),
+                    got.count,
+                    want.count
+                ));
+            }
+        }
+    }
+    match load_heads(fs, &heads_path(dir, m.heads_id)) {
+        Ok(stored) => {
+            if let Some(want) = heads_at_checkpoint {
+                if stored.streams != want.streams {
+                    let differing = want
+                        .streams
+                        .iter()
+                        .find(|(id, h)| stored.streams.get(*id) != Some(h))
+                        .map(|(id, _)| id.clone())
+                        .or_else(|| stored.streams.keys().find(|id| !want.streams.contains_key(*id)).cloned())
+                        .unwrap_or_default();
+                    report.problems.push(format!(
+                        "the stream heads snapshot disagrees with the log (first difference: stream '{differing}')"
+                    ));
+                }
+            }
+        }
+        Err(e) => report.problems.push(format!("stream heads snapshot: {e}")),
+    }
+}
+
+/// Calls `f` with every event from `from` on, in log order, reading the segment files
+/// directly; stops when `f` returns false. A torn tail ends the iteration quietly.
+pub fn scan_events(
+    dir: &Path,
+    from: u64,
+    f: &mut dyn FnMut(RecordedEvent) -> bool,
+) -> Result<()> {
+    let fs = StdFs;
+    let mut report = CheckReport::default();
+    let segs = segments(&fs, dir, &mut report)?;
+    let start = segs.partition_point(|s| s.first_position <= from).saturating_sub(1);
+    let base = segs.get(start).map_or(0, |s| s.base_offset);
+    let mut reader = SeqReader::new(segs, base);
+    loop {
+        match reader.next_record()? {
+            Next::Record(offset, payload) => {
+                let events = decode_batch(payload).map_err(|e| Error::Corruption {
+                    file: "segments".into(),
+                    offset,
+                    problem: e.0,
+                })?;
+                for e in events {
+                    if e.position >= from && !f(e) {
+                        return Ok(());
+                    }
+                }
+            }
+            Next::End | Next::Torn { .. } => return Ok(()),
+        }
+    }
+}
