@@ -131,7 +131,9 @@ mod tests {
             expected: ExpectedRevision::StreamExists,
             actual: None,
         };
-        assert!(e.to_string().ends_with("expected stream exists, actual no stream"));
+        assert!(e
+            .to_string()
+            .ends_with("expected stream exists, actual no stream"));
         let full = Error::io("fsync", &std::io::Error::from_raw_os_error(28));
         assert!(matches!(full, Error::DiskFull { .. }), "{full:?}");
     }

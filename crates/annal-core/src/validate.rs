@@ -30,7 +30,10 @@ fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Error::invalid(
             field,
-            format!("'{}' contains the control character {c:?}", value.escape_debug()),
+            format!(
+                "'{}' contains the control character {c:?}",
+                value.escape_debug()
+            ),
         ));
     }
     Ok(())
@@ -50,10 +53,7 @@ pub fn event_type(t: &str) -> Result<()> {
 pub fn tag(t: &str) -> Result<()> {
     check_name("tag", t, MAX_NAME_LEN)?;
     if t.chars().any(char::is_whitespace) {
-        return Err(Error::invalid(
-            "tag",
-            format!("'{t}' contains white space"),
-        ));
+        return Err(Error::invalid("tag", format!("'{t}' contains white space")));
     }
     Ok(())
 }
@@ -208,9 +208,15 @@ mod tests {
             Err(Error::TooLarge { limit: 1024, .. })
         ));
         let empty = AppendRequest::stream("a", ExpectedRevision::Any, vec![]);
-        assert!(append(&empty, 1024).unwrap_err().to_string().contains("empty"));
+        assert!(append(&empty, 1024)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let twice = AppendRequest::stream("a", ExpectedRevision::Any, vec![ok.clone(), ok]);
-        assert!(append(&twice, 1024).unwrap_err().to_string().contains("twice"));
+        assert!(append(&twice, 1024)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         assert!(query(&Query::default()).is_err());
         assert!(query(&Query::all()).is_ok());
     }

@@ -86,7 +86,8 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
         .collect();
     names.sort();
     let mut out: Vec<Arc<Segment>> = Vec::new();
-    for (first, name) in names {
+    let count = names.len();
+    for (i, (first, name)) in names.into_iter().enumerate() {
         let path = sdir.join(&name);
         let file = fs
             .open(&path)
@@ -94,16 +95,23 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
         let len = file.len().unwrap_or(0);
         report.bytes += len;
         let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
-        if file.read_exact_at(&mut raw, 0).is_err() {
-            report
-                .notes
-                .push(format!("{}: header incomplete (a segment being created when the store stopped; removed on open)", path.display()));
-            continue;
-        }
-        let h = match SegmentHeader::decode(&raw) {
+        let header = file
+            .read_exact_at(&mut raw, 0)
+            .map_err(|e| e.to_string())
+            .and_then(|()| SegmentHeader::decode(&raw).map_err(|e| e.0));
+        let h = match header {
             Ok(h) => h,
-            Err(e) => {
-                report.problems.push(format!("{}: {}", path.display(), e.0));
+            Err(problem) if i + 1 == count && len <= SEGMENT_HEADER_LEN => {
+                report.notes.push(format!(
+                    "{}: {problem} (a segment being created when the store stopped; removed on open)",
+                    path.display()
+                ));
+                continue;
+            }
+            Err(problem) => {
+                report
+                    .problems
+                    .push(format!("{}: {problem}", path.display()));
                 continue;
             }
         };
@@ -182,7 +190,9 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 problem,
             } => {
                 let seg = &segs[segment];
-                let covered = manifest.as_ref().is_some_and(|m| next_position < m.next_position);
+                let covered = manifest
+                    .as_ref()
+                    .is_some_and(|m| next_position < m.next_position);
                 let later = intact_record_after(seg, file_offset, next_position)?;
                 if covered || later.is_some() {
                     report.problems.push(format!(
@@ -190,7 +200,10 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                         seg.path.display(),
                         match later {
                             Some(l) => format!("follow (an intact record at offset {l})"),
-                            None => format!("up to position {} are covered by the checkpoint", checkpoint_at.saturating_sub(1)),
+                            None => format!(
+                                "up to position {} are covered by the checkpoint",
+                                checkpoint_at.saturating_sub(1)
+                            ),
                         }
                     ));
                 } else if segment + 1 == segs.len() {
@@ -211,11 +224,15 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 let events = match decode_batch(payload) {
                     Ok(ev) if !ev.is_empty() => ev,
                     Ok(_) => {
-                        report.problems.push(format!("log offset {offset}: empty batch"));
+                        report
+                            .problems
+                            .push(format!("log offset {offset}: empty batch"));
                         break;
                     }
                     Err(e) => {
-                        report.problems.push(format!("log offset {offset}: {}", e.0));
+                        report
+                            .problems
+                            .push(format!("log offset {offset}: {}", e.0));
                         break;
                     }
                 };
@@ -246,8 +263,23 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                         ));
                     }
                     revisions.insert(e.stream_id.clone(), e.revision + 1);
-                    heads.apply(&e.stream_id, e.revision, 1, e.position, e.position, e.recorded_at);
-                    event_entries(&mut entries, &e.stream_id, e.revision, e.position, &e.event_type, &e.tags, &e.id);
+                    heads.apply(
+                        &e.stream_id,
+                        e.revision,
+                        1,
+                        e.position,
+                        e.position,
+                        e.recorded_at,
+                    );
+                    event_entries(
+                        &mut entries,
+                        &e.stream_id,
+                        e.revision,
+                        e.position,
+                        &e.event_type,
+                        &e.tags,
+                        &e.id,
+                    );
                 }
                 if last < checkpoint_at {
                     for en in &entries {
@@ -268,7 +300,15 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     progress(total, total);
     report.streams = revisions.len() as u64;
     if let Some(m) = manifest {
-        check_checkpoint(&fs, dir, &m, next_position, &expected, heads_at_checkpoint, &mut report);
+        check_checkpoint(
+            &fs,
+            dir,
+            &m,
+            next_position,
+            &expected,
+            heads_at_checkpoint,
+            &mut report,
+        );
     }
     Ok(report)
 }
@@ -303,7 +343,9 @@ fn check_checkpoint(
             match e {
                 Ok(e) => {
                     if prev.is_some_and(|p| p == e) {
-                        report.problems.push(format!("index entry {e:?} appears twice"));
+                        report
+                            .problems
+                            .push(format!("index entry {e:?} appears twice"));
                     }
                     prev = Some(e);
                     found.entry((e.0 >> 56) as u8).or_default().add(&e);
@@ -339,7 +381,13 @@ fn check_checkpoint(
                         .iter()
                         .find(|(id, h)| stored.streams.get(*id) != Some(h))
                         .map(|(id, _)| id.clone())
-                        .or_else(|| stored.streams.keys().find(|id| !want.streams.contains_key(*id)).cloned())
+                        .or_else(|| {
+                            stored
+                                .streams
+                                .keys()
+                                .find(|id| !want.streams.contains_key(*id))
+                                .cloned()
+                        })
                         .unwrap_or_default();
                     report.problems.push(format!(
                         "the stream heads snapshot disagrees with the log (first difference: stream '{differing}')"
@@ -353,15 +401,13 @@ fn check_checkpoint(
 
 /// Calls `f` with every event from `from` on, in log order, reading the segment files
 /// directly; stops when `f` returns false. A torn tail ends the iteration quietly.
-pub fn scan_events(
-    dir: &Path,
-    from: u64,
-    f: &mut dyn FnMut(RecordedEvent) -> bool,
-) -> Result<()> {
+pub fn scan_events(dir: &Path, from: u64, f: &mut dyn FnMut(RecordedEvent) -> bool) -> Result<()> {
     let fs = StdFs;
     let mut report = CheckReport::default();
     let segs = segments(&fs, dir, &mut report)?;
-    let start = segs.partition_point(|s| s.first_position <= from).saturating_sub(1);
+    let start = segs
+        .partition_point(|s| s.first_position <= from)
+        .saturating_sub(1);
     let base = segs.get(start).map_or(0, |s| s.base_offset);
     let mut reader = SeqReader::new(segs, base);
     loop {

@@ -13,7 +13,7 @@
 //! | 8    | magic `ANNALMAN`                                        |
 //! | 4    | format version (u32)                                    |
 //! | 8    | next position: positions below it are covered (u64)    |
-//! | 8    | log offset of the record holding the next position      |
+//! | 8    | log offset where the next record goes (the log's end)   |
 //! | 8    | recorded at of the last covered batch (i64)             |
 //! | 8    | heads snapshot id (u64)                                 |
 //! | 8    | next file id (u64)                                      |

@@ -30,6 +30,7 @@
 //! | 1         | kind: 1 = batch                                             |
 //! | 8         | first position (u64)                                        |
 //! | 8         | recorded at, microseconds (i64)                             |
+//! | 8         | group start: log offset of the first record written with it |
 //! | 4         | event count (u32)                                           |
 //! | 2         | stream count (u16)                                          |
 //! | per stream| str16 stream id, u64 first revision, u32 event count        |
@@ -52,7 +53,7 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"ANNALSEG";
 pub const SEGMENT_HEADER_LEN: u64 = 64;
 pub const FRAME_HEADER_LEN: usize = 8;
 const KIND_BATCH: u8 = 1;
-const BATCH_FIXED_LEN: usize = 1 + 8 + 8 + 4 + 2;
+const BATCH_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 4 + 2;
 
 /// A decoding problem; the caller adds the file and offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +140,7 @@ pub fn encode_batch(
     out: &mut Vec<u8>,
     first_position: u64,
     recorded_at: Timestamp,
+    group_start: u64,
     streams: &[BatchStream<'_>],
 ) -> usize {
     let start = out.len();
@@ -146,6 +148,7 @@ pub fn encode_batch(
     out.push(KIND_BATCH);
     out.extend_from_slice(&first_position.to_le_bytes());
     out.extend_from_slice(&recorded_at.0.to_le_bytes());
+    out.extend_from_slice(&group_start.to_le_bytes());
     let count: usize = streams.iter().map(|s| s.events.len()).sum();
     out.extend_from_slice(&(count as u32).to_le_bytes());
     out.extend_from_slice(&(streams.len() as u16).to_le_bytes());
@@ -264,6 +267,9 @@ impl<'a> Cursor<'a> {
 pub struct BatchHeader {
     pub first_position: u64,
     pub recorded_at: Timestamp,
+    /// The log offset of the first record of the write (group commit) this record was part
+    /// of: a torn write can only damage records of the last group.
+    pub group_start: u64,
     pub event_count: u32,
 }
 
@@ -277,6 +283,7 @@ pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
     Ok(BatchHeader {
         first_position: c.u64()?,
         recorded_at: Timestamp(c.u64()? as i64),
+        group_start: c.u64()?,
         event_count: c.u32()?,
     })
 }
@@ -316,9 +323,21 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
             let event_type = c.str16()?;
             let content_type = c.str16()?;
             let flags = c.u8()?;
-            let correlation_id = if flags & 1 != 0 { Some(c.uuid()?) } else { None };
-            let causation_id = if flags & 2 != 0 { Some(c.uuid()?) } else { None };
-            let actor = if flags & 4 != 0 { Some(c.str16()?) } else { None };
+            let correlation_id = if flags & 1 != 0 {
+                Some(c.uuid()?)
+            } else {
+                None
+            };
+            let causation_id = if flags & 2 != 0 {
+                Some(c.uuid()?)
+            } else {
+                None
+            };
+            let actor = if flags & 4 != 0 {
+                Some(c.str16()?)
+            } else {
+                None
+            };
             let mut extra = std::collections::BTreeMap::new();
             for _ in 0..c.u16()? {
                 let k = c.str16()?;
@@ -400,7 +419,7 @@ mod tests {
             if !b.is_empty() {
                 streams.push(BatchStream { stream_id: "t-2", first_revision: 0, events: &b });
             }
-            let n = encode_batch(&mut out, pos, Timestamp(42), &streams);
+            let n = encode_batch(&mut out, pos, Timestamp(42), 7, &streams);
             prop_assert_eq!(n, out.len());
             let (len, crc) = frame_header(&arr(&out[0..8]));
             prop_assert_eq!(len as usize, out.len() - 8);
@@ -419,7 +438,7 @@ mod tests {
         fn truncated_payload_is_an_error_not_a_panic(cut in 0usize..400, flip in 0usize..400) {
             let events = vec![NewEvent::new("A", b"{\"x\":1}".to_vec()).with_tag("t:1")];
             let mut out = Vec::new();
-            encode_batch(&mut out, 0, Timestamp(1), &[BatchStream { stream_id: "s", first_revision: 0, events: &events }]);
+            encode_batch(&mut out, 0, Timestamp(1), 0, &[BatchStream { stream_id: "s", first_revision: 0, events: &events }]);
             let payload = &out[8..];
             let cut = cut.min(payload.len());
             if cut < payload.len() {
@@ -432,9 +451,48 @@ mod tests {
         }
     }
 
+    /// The worked example of docs/file-format.md, byte for byte.
+    #[test]
+    fn the_documented_example_is_what_the_code_writes() {
+        let ts = Timestamp(1_700_000_000_000_000);
+        let mut file = SegmentHeader {
+            version: 1,
+            first_position: 0,
+            base_offset: 0,
+            created_at: ts.0,
+        }
+        .encode()
+        .to_vec();
+        let event = NewEvent::new("Opened", b"{}".to_vec())
+            .with_id(Uuid::from_u128(0x00112233_4455_6677_8899_aabbccddeeff))
+            .with_tag("account:1");
+        let events = [event];
+        encode_batch(
+            &mut file,
+            0,
+            ts,
+            0,
+            &[BatchStream {
+                stream_id: "account-1",
+                first_revision: 0,
+                events: &events,
+            }],
+        );
+        assert_eq!(file.len(), 194);
+        assert_eq!(&file[0x3c..0x40], &[0x70, 0xd9, 0x69, 0x13]);
+        assert_eq!(&file[0x40..0x48], &[0x7a, 0, 0, 0, 0x51, 0xb6, 0x91, 0x86]);
+        assert_eq!(&file[0x67..0x72], b"\x09\x00account-1");
+        assert_eq!(&file[0xbc..], b"\x02\x00\x00\x00{}");
+    }
+
     #[test]
     fn header_round_trips_and_rejects_damage() {
-        let h = SegmentHeader { version: 1, first_position: 7, base_offset: 99, created_at: 5 };
+        let h = SegmentHeader {
+            version: 1,
+            first_position: 7,
+            base_offset: 99,
+            created_at: 5,
+        };
         let mut b = h.encode();
         assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
         b[20] ^= 1;

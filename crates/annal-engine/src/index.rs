@@ -81,8 +81,11 @@ pub fn event_entries(
     let category = annal_core::category_of(stream);
     out.push((key(KIND_CATEGORY, category.as_bytes()), position, position));
     out.push((key(KIND_TYPE, event_type.as_bytes()), position, position));
-    for t in tags {
-        out.push((key(KIND_TAG, t.as_bytes()), position, position));
+    for (i, t) in tags.iter().enumerate() {
+        // A tag named twice on one event is indexed once.
+        if !tags[..i].contains(t) {
+            out.push((key(KIND_TAG, t.as_bytes()), position, position));
+        }
     }
     out.push((key(KIND_ID, id.as_bytes()), 0, position));
 }
@@ -96,7 +99,11 @@ pub fn batch_entries(
     log_offset: u64,
 ) {
     out.push((fixed_key(KIND_BATCH), first_position, log_offset));
-    out.push((fixed_key(KIND_TIME), recorded_at.max(0) as u64, last_position));
+    out.push((
+        fixed_key(KIND_TIME),
+        recorded_at.max(0) as u64,
+        last_position,
+    ));
 }
 
 fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
@@ -147,7 +154,7 @@ impl Run {
         let mut fences = Vec::new();
         for e in entries {
             let e = e?;
-            if count % BLOCK as u64 == 0 {
+            if count.is_multiple_of(BLOCK as u64) {
                 fences.push(e);
             }
             buf.extend_from_slice(&e.0.to_le_bytes());
@@ -198,7 +205,9 @@ impl Run {
         if &header[0..8] != MAGIC {
             return Err(corrupt(path, 0, "not an index run (bad magic)"));
         }
-        if crc32c::crc32c(&header[0..28]) != u32::from_le_bytes(header[28..32].try_into().unwrap_or_default()) {
+        if crc32c::crc32c(&header[0..28])
+            != u32::from_le_bytes(header[28..32].try_into().unwrap_or_default())
+        {
             return Err(corrupt(path, 0, "index run header checksum mismatch"));
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
@@ -211,7 +220,11 @@ impl Run {
         }
         let block = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default()) as usize;
         if block != BLOCK {
-            return Err(corrupt(path, 12, format!("block size {block}, expected {BLOCK}")));
+            return Err(corrupt(
+                path,
+                12,
+                format!("block size {block}, expected {BLOCK}"),
+            ));
         }
         let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
         let fence_count = count.div_ceil(BLOCK as u64);
@@ -219,7 +232,8 @@ impl Run {
         let mut raw = vec![0u8; (fence_count as usize) * ENTRY_LEN];
         file.read_exact_at(&mut raw, fence_at)
             .map_err(|_| corrupt(path, fence_at, "index run is shorter than its header says"))?;
-        if crc32c::crc32c(&raw) != u32::from_le_bytes(header[24..28].try_into().unwrap_or_default()) {
+        if crc32c::crc32c(&raw) != u32::from_le_bytes(header[24..28].try_into().unwrap_or_default())
+        {
             return Err(corrupt(path, fence_at, "index run fence checksum mismatch"));
         }
         let mut fences = Vec::with_capacity(fence_count as usize);
@@ -264,7 +278,10 @@ impl Run {
         match dir {
             Direction::Forward => {
                 let target = (key, lo, 0);
-                let first = self.fences.partition_point(|f| *f < target).saturating_sub(1);
+                let first = self
+                    .fences
+                    .partition_point(|f| *f < target)
+                    .saturating_sub(1);
                 for b in first..self.blocks() {
                     for e in self.block(b)? {
                         if e < target {
@@ -421,7 +438,11 @@ impl Index {
 
     /// How many entries wait in the memtable.
     pub fn mem_len(&self) -> usize {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).mem.len()
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .mem
+            .len()
     }
 
     /// Freezes the memtable for writing out; returns it.
@@ -471,11 +492,8 @@ pub fn merge_runs(runs: &[Arc<Run>]) -> impl Iterator<Item = Result<Entry>> + '_
         let mut best: Option<(usize, Entry)> = None;
         for (i, it) in iters.iter_mut().enumerate() {
             match it.peek() {
-                Some(Ok(e)) => {
-                    if best.is_none_or(|(_, b)| *e < b) {
-                        best = Some((i, *e));
-                    }
-                }
+                Some(Ok(e)) if best.is_none_or(|(_, b)| *e < b) => best = Some((i, *e)),
+                Some(Ok(_)) => {}
                 Some(Err(_)) => return it.next(),
                 None => {}
             }
@@ -505,7 +523,12 @@ mod tests {
         let run = Run::open(&fs, path, 1).unwrap();
         assert_eq!(run.count, entries.len() as u64);
         for k in 0..5u64 {
-            for (lo, hi, limit) in [(0, u64::MAX, 10_000), (5, 101, 7), (300, 900, 1000), (10_000, 20_000, 5)] {
+            for (lo, hi, limit) in [
+                (0, u64::MAX, 10_000),
+                (5, 101, 7),
+                (300, 900, 1000),
+                (10_000, 20_000, 5),
+            ] {
                 for dir in [Direction::Forward, Direction::Backward] {
                     let mut got = Vec::new();
                     run.scan(k << 56, lo, hi, dir, limit, &mut got).unwrap();
@@ -535,6 +558,9 @@ mod tests {
         let n = bytes.len();
         bytes[n - 3] ^= 0xff;
         fs.write_file(path, bytes);
-        assert!(matches!(Run::open(&fs, path, 2), Err(Error::Corruption { .. })));
+        assert!(matches!(
+            Run::open(&fs, path, 2),
+            Err(Error::Corruption { .. })
+        ));
     }
 }

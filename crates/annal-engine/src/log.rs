@@ -86,11 +86,13 @@ impl Log {
     /// Reads and checks the record at a log offset. Returns its payload and the log offset of
     /// the record after it.
     pub fn read_record(&self, log_offset: u64) -> Result<(Vec<u8>, u64)> {
-        let seg = self.segment_for(log_offset).ok_or_else(|| Error::Corruption {
-            file: "segments".into(),
-            offset: log_offset,
-            problem: "no segment holds this log offset".into(),
-        })?;
+        let seg = self
+            .segment_for(log_offset)
+            .ok_or_else(|| Error::Corruption {
+                file: "segments".into(),
+                offset: log_offset,
+                problem: "no segment holds this log offset".into(),
+            })?;
         let at = seg.file_offset(log_offset);
         let mut h = [0u8; FRAME_HEADER_LEN];
         seg.file
@@ -104,7 +106,10 @@ impl Log {
         if frame_crc(len, &payload) != crc {
             return Err(corrupt(&seg, at, "record checksum mismatch"));
         }
-        Ok((payload, log_offset + FRAME_HEADER_LEN as u64 + u64::from(len)))
+        Ok((
+            payload,
+            log_offset + FRAME_HEADER_LEN as u64 + u64::from(len),
+        ))
     }
 }
 
@@ -255,9 +260,11 @@ pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
 }
 
-/// Looks for an intact record after a damaged one at `file_offset` of `seg`: one whose frame
-/// checks and whose batch starts after position `expected`. Finding one means the damage is
-/// not a torn final write but corruption in the middle of the log. Returns its file offset.
+/// Looks for an intact record after a damaged one at `file_offset` of `seg`, written by a
+/// later group commit than the damaged one: one whose frame checks, whose batch starts after
+/// position `expected`, and whose group started after the damaged record. A torn write only
+/// damages the last group, which nothing follows; finding such a record means the damage is
+/// corruption in the middle of the log. Returns its file offset.
 pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Option<u64>> {
     let len = seg
         .file
@@ -266,6 +273,7 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
     if len <= file_offset + 1 {
         return Ok(None);
     }
+    let damaged_at = seg.base_offset + file_offset - SEGMENT_HEADER_LEN;
     let mut rest = vec![0u8; (len - file_offset) as usize];
     seg.file
         .read_exact_at(&mut rest, file_offset)
@@ -283,7 +291,7 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
             continue;
         }
         if let Ok(b) = crate::format::decode_batch_header(payload) {
-            if b.first_position > expected {
+            if b.first_position > expected && b.group_start > damaged_at {
                 return Ok(Some(file_offset + at as u64));
             }
         }

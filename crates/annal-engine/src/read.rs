@@ -7,14 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use annal_core::{
-    Direction, Error, Query, RecordedEvent, Result, Source, SubscriptionItem,
-};
+use annal_core::{Direction, Error, Query, RecordedEvent, Result, Source, SubscriptionItem};
 use futures_core::Stream;
 use tokio::sync::watch;
 
 use crate::format::{decode_batch, decode_batch_header};
-use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TYPE};
+use crate::index::{
+    fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TYPE,
+};
 use crate::log::{Next, SeqReader};
 use crate::store::Shared;
 
@@ -248,10 +248,10 @@ impl Cursor {
             }
             (Plan::Stream { key }, Direction::Forward) => {
                 let key = *key;
-                let mut entries = self
-                    .shared
-                    .index
-                    .scan(key, next, u64::MAX, Direction::Forward, PAGE)?;
+                let mut entries =
+                    self.shared
+                        .index
+                        .scan(key, next, u64::MAX, Direction::Forward, PAGE)?;
                 trim_partial_seq(&mut entries, PAGE);
                 if entries.is_empty() {
                     return Ok(false);
@@ -269,10 +269,10 @@ impl Cursor {
             }
             (Plan::Stream { key }, Direction::Backward) => {
                 let key = *key;
-                let mut entries = self
-                    .shared
-                    .index
-                    .scan(key, 0, next, Direction::Backward, PAGE)?;
+                let mut entries =
+                    self.shared
+                        .index
+                        .scan(key, 0, next, Direction::Backward, PAGE)?;
                 trim_partial_seq(&mut entries, PAGE);
                 if entries.is_empty() {
                     self.next = None;
@@ -384,7 +384,11 @@ impl Cursor {
                         problem: format!("the log ends before position {max}"),
                     })
                 }
-                Next::Torn { file_offset, problem, .. } => {
+                Next::Torn {
+                    file_offset,
+                    problem,
+                    ..
+                } => {
                     return Err(Error::Corruption {
                         file: "segments".into(),
                         offset: file_offset,
@@ -413,7 +417,10 @@ fn trim_partial_seq(entries: &mut Vec<(u64, u64)>, page: usize) {
         return;
     }
     if let Some(&(last, _)) = entries.last() {
-        let keep = entries.iter().rposition(|e| e.0 != last).map_or(0, |i| i + 1);
+        let keep = entries
+            .iter()
+            .rposition(|e| e.0 != last)
+            .map_or(0, |i| i + 1);
         if keep > 0 {
             entries.truncate(keep);
         }

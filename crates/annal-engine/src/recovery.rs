@@ -50,7 +50,9 @@ pub(crate) fn create_segment(
 ) -> Result<Arc<Segment>> {
     let sdir = segments_dir(dir);
     let path = sdir.join(segment_name(first_position));
-    let file = fs.create(&path).map_err(|e| io_err("creating", &path, &e))?;
+    let file = fs
+        .create(&path)
+        .map_err(|e| io_err("creating", &path, &e))?;
     let header = SegmentHeader {
         version: FORMAT_VERSION,
         first_position,
@@ -60,7 +62,8 @@ pub(crate) fn create_segment(
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| io_err("writing", &path, &e))?;
     file.sync_data().map_err(|e| io_err("syncing", &path, &e))?;
-    fs.sync_dir(&sdir).map_err(|e| io_err("syncing", &sdir, &e))?;
+    fs.sync_dir(&sdir)
+        .map_err(|e| io_err("syncing", &sdir, &e))?;
     Ok(Arc::new(Segment {
         first_position,
         base_offset,
@@ -91,12 +94,19 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
             .and_then(|()| SegmentHeader::decode(&raw).map_err(|e| e.0));
         let header = match header {
             Ok(h) => h,
-            Err(problem) if i + 1 == count => {
-                // The header is synced before any record is written: a last segment with a
-                // bad header was being created when the store stopped, and holds nothing.
+            Err(problem)
+                if i + 1 == count
+                    && file.len().map_err(|e| io_err("reading", &path, &e))?
+                        <= SEGMENT_HEADER_LEN =>
+            {
+                // The header is synced before any record is written: a last segment no longer
+                // than a header, with a bad one, was being created when the store stopped and
+                // holds nothing.
                 warn!(file = %path.display(), %problem, "removing a segment whose creation did not finish");
-                fs.remove(&path).map_err(|e| io_err("removing", &path, &e))?;
-                fs.sync_dir(&sdir).map_err(|e| io_err("syncing", &sdir, &e))?;
+                fs.remove(&path)
+                    .map_err(|e| io_err("removing", &path, &e))?;
+                fs.sync_dir(&sdir)
+                    .map_err(|e| io_err("syncing", &sdir, &e))?;
                 continue;
             }
             Err(problem) => {
@@ -125,7 +135,10 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
             });
         }
         if let Some(prev) = segments.last() {
-            let len = prev.file.len().map_err(|e| io_err("reading", &prev.path, &e))?;
+            let len = prev
+                .file
+                .len()
+                .map_err(|e| io_err("reading", &prev.path, &e))?;
             let expected = prev.base_offset + len - SEGMENT_HEADER_LEN;
             if header.base_offset != expected {
                 return Err(Error::Corruption {
@@ -148,9 +161,12 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
     Ok(segments)
 }
 
+/// A loaded checkpoint: the manifest, the stream heads and the runs it names.
+type Checkpoint = (Manifest, Heads, Vec<Arc<Run>>);
+
 /// Loads the checkpoint named by the manifest; `None` (after a warning) when any part of it
 /// is unusable, so that the store rebuilds it from the log.
-fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<(Manifest, Heads, Vec<Arc<Run>>)>> {
+fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
     let manifest = match Manifest::load(fs, &dir.join("manifest")) {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(None),
@@ -206,7 +222,8 @@ fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
 /// Opens what is on disk (creating an empty store where there is none).
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
     for d in [dir.to_path_buf(), segments_dir(dir), dir.join("index")] {
-        fs.create_dir_all(&d).map_err(|e| io_err("creating", &d, &e))?;
+        fs.create_dir_all(&d)
+            .map_err(|e| io_err("creating", &d, &e))?;
     }
     let mut segments = open_segments(fs, dir)?;
     let (manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
@@ -322,7 +339,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
                         ),
                     });
                 }
-                let len = seg.file.len().map_err(|e| io_err("reading", &seg.path, &e))?;
+                let len = seg
+                    .file
+                    .len()
+                    .map_err(|e| io_err("reading", &seg.path, &e))?;
                 warn!(
                     file = %seg.path.display(),
                     offset = file_offset,
@@ -341,10 +361,17 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
         }
     }
     let last = segments.last().expect("at least one segment");
-    let active_len = last.file.len().map_err(|e| io_err("reading", &last.path, &e))?;
+    let active_len = last
+        .file
+        .len()
+        .map_err(|e| io_err("reading", &last.path, &e))?;
     let log_end = last.base_offset + active_len - SEGMENT_HEADER_LEN;
     if replayed > 0 {
-        info!(events = replayed, from = manifest.next_position, "replayed the log after the checkpoint");
+        info!(
+            events = replayed,
+            from = manifest.next_position,
+            "replayed the log after the checkpoint"
+        );
     }
     Ok(Recovered {
         heads,

@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 
 use annal_core::{
     validate, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, Error, EventStore,
-    EventStream, ListCategories, ListStreams, ReadRequest, RecordedEvent, Result, Source, StreamInfo,
-    SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
+    EventStream, ListCategories, ListStreams, ReadRequest, RecordedEvent, Result, Source,
+    StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -297,7 +297,13 @@ impl Store {
 
     /// The stream's first revision whose position is after `position`.
     fn stream_revision_after(&self, stream: &str, position: u64) -> Result<u64> {
-        let Some(h) = self.shared.heads.read().unwrap_or_else(|e| e.into_inner()).info(stream) else {
+        let Some(h) = self
+            .shared
+            .heads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .info(stream)
+        else {
             return Ok(0);
         };
         if h.last_position <= position {
@@ -414,7 +420,11 @@ impl EventStore for Store {
 
     async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
         let heads = self.shared.heads.read().unwrap_or_else(|e| e.into_inner());
-        let limit = if request.limit == 0 { usize::MAX } else { request.limit };
+        let limit = if request.limit == 0 {
+            usize::MAX
+        } else {
+            request.limit
+        };
         let start = match (&request.after, &request.prefix) {
             (Some(a), Some(p)) if a < p => std::ops::Bound::Included(p.clone()),
             (Some(a), _) => std::ops::Bound::Excluded(a.clone()),
@@ -433,7 +443,11 @@ impl EventStore for Store {
 
     async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {
         let heads = self.shared.heads.read().unwrap_or_else(|e| e.into_inner());
-        let limit = if request.limit == 0 { usize::MAX } else { request.limit };
+        let limit = if request.limit == 0 {
+            usize::MAX
+        } else {
+            request.limit
+        };
         let start = match request.after {
             Some(a) => std::ops::Bound::Excluded(a),
             None => std::ops::Bound::Unbounded,

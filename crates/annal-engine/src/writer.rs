@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use annal_core::{
-    AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult,
-    Timestamp, Uuid,
+    AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult, Timestamp,
+    Uuid,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
@@ -80,7 +80,11 @@ struct Found {
 impl Writer {
     pub fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Command>, rec: &Recovered) -> Writer {
         Writer {
-            active: rec.segments.last().expect("recovery leaves a segment").clone(),
+            active: rec
+                .segments
+                .last()
+                .expect("recovery leaves a segment")
+                .clone(),
             shared,
             rx,
             active_len: rec.active_len,
@@ -112,7 +116,11 @@ impl Writer {
 
     fn poison(&self, e: &Error) {
         error!(error = %e, "a write to the log failed; the store refuses writes until reopened");
-        let mut p = self.shared.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if p.is_none() {
             *p = Some(e.to_string());
         }
@@ -213,7 +221,14 @@ impl Writer {
             {
                 let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
                 for (stream, first_rev, count, first_pos, last_pos) in pending.updates.drain(..) {
-                    heads.apply(&stream, first_rev, count, first_pos, last_pos, Timestamp(ts));
+                    heads.apply(
+                        &stream,
+                        first_rev,
+                        count,
+                        first_pos,
+                        last_pos,
+                        Timestamp(ts),
+                    );
                 }
             }
             self.shared.next_position.store(next, Ordering::Release);
@@ -329,7 +344,13 @@ impl Writer {
             position += count;
         }
         let last_position = position - 1;
-        encode_batch(&mut self.buf, first_position, Timestamp(ts), &batch);
+        encode_batch(
+            &mut self.buf,
+            first_position,
+            Timestamp(ts),
+            self.log_end,
+            &batch,
+        );
         batch_entries(
             &mut pending.entries,
             first_position,
@@ -401,14 +422,26 @@ impl Writer {
                     ));
                 };
                 if f.stream != s.stream_id {
-                    return Err(conflict(e, f, format!("this request puts it in stream '{}'", s.stream_id)));
+                    return Err(conflict(
+                        e,
+                        f,
+                        format!("this request puts it in stream '{}'", s.stream_id),
+                    ));
                 }
                 let base = first_known.map_or(0, |k| k.revision);
                 if f.revision != base + ei as u64 {
-                    return Err(conflict(e, f, "this request has it in a different order".into()));
+                    return Err(conflict(
+                        e,
+                        f,
+                        "this request has it in a different order".into(),
+                    ));
                 }
                 if !f.same {
-                    return Err(conflict(e, f, "the stored event has different content".into()));
+                    return Err(conflict(
+                        e,
+                        f,
+                        "the stored event has different content".into(),
+                    ));
                 }
                 recorded_at.get_or_insert(f.recorded_at);
             }
@@ -535,7 +568,8 @@ impl Writer {
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
-            let snapshot = encode_heads(&self.shared.heads.read().unwrap_or_else(|e| e.into_inner()));
+            let snapshot =
+                encode_heads(&self.shared.heads.read().unwrap_or_else(|e| e.into_inner()));
             write_all(fs.as_ref(), &heads_path(&dir, heads_id), &snapshot)?;
             let mut manifest = Manifest {
                 next_position: self.next_position,

@@ -44,7 +44,10 @@ fn requests(thread: usize, n: usize) -> Vec<AppendRequest> {
 }
 
 fn ids(req: &AppendRequest) -> Vec<Uuid> {
-    req.streams.iter().flat_map(|s| s.events.iter().map(|e| e.id)).collect()
+    req.streams
+        .iter()
+        .flat_map(|s| s.events.iter().map(|e| e.id))
+        .collect()
 }
 
 /// Runs the workload until the store fails; returns every request and which were acknowledged.
@@ -89,10 +92,17 @@ fn verify(store: &Store, all: &[AppendRequest], acked: &[AppendRequest]) {
     for req in all {
         let ids = ids(req);
         let n = ids.iter().filter(|id| present.contains_key(id)).count();
-        assert!(n == 0 || n == ids.len(), "a batch is half visible: {n} of {}", ids.len());
+        assert!(
+            n == 0 || n == ids.len(),
+            "a batch is half visible: {n} of {}",
+            ids.len()
+        );
         known.extend(ids);
     }
-    assert!(events.iter().all(|e| known.contains(&e.id)), "an event nobody sent");
+    assert!(
+        events.iter().all(|e| known.contains(&e.id)),
+        "an event nobody sent"
+    );
     // Per stream: revisions gapless and the index agrees with the log.
     let mut by_stream: HashMap<&str, Vec<&RecordedEvent>> = HashMap::new();
     for e in &events {
@@ -130,7 +140,10 @@ fn power_loss_at_every_sync_point() {
     assert_eq!(all.len(), acked.len());
     drop(store);
     let total = fs.syncs();
-    assert!(total > 20, "the workload should sync often, synced {total} times");
+    assert!(
+        total > 20,
+        "the workload should sync often, synced {total} times"
+    );
     let mut crashes = 0;
     for k in 1..=total + 1 {
         for torn in [None, Some(k * 7919)] {
@@ -151,7 +164,10 @@ fn power_loss_at_every_sync_point() {
             verify(&store, &all, &acked);
         }
     }
-    assert!(crashes as u64 >= total, "every sync point was crashed at ({crashes} of {total})");
+    assert!(
+        crashes as u64 >= total,
+        "every sync point was crashed at ({crashes} of {total})"
+    );
 }
 
 #[test]
@@ -159,19 +175,35 @@ fn writes_after_a_failed_sync_are_refused_and_reads_still_work() {
     let fs = SimFs::new();
     let store = Store::open_with("/db", sim_config(&fs)).unwrap();
     let first = store
-        .append_blocking(AppendRequest::stream("a-1", ExpectedRevision::Any, vec![NewEvent::new("A", b"{}".to_vec())]))
+        .append_blocking(AppendRequest::stream(
+            "a-1",
+            ExpectedRevision::Any,
+            vec![NewEvent::new("A", b"{}".to_vec())],
+        ))
         .unwrap();
     fs.crash_at_sync(1);
     let err = store
-        .append_blocking(AppendRequest::stream("a-1", ExpectedRevision::Any, vec![NewEvent::new("B", b"{}".to_vec())]))
+        .append_blocking(AppendRequest::stream(
+            "a-1",
+            ExpectedRevision::Any,
+            vec![NewEvent::new("B", b"{}".to_vec())],
+        ))
         .unwrap_err();
     assert!(matches!(err, annal_core::Error::Io { .. }), "{err:?}");
     let err = store
-        .append_blocking(AppendRequest::stream("a-1", ExpectedRevision::Any, vec![NewEvent::new("C", b"{}".to_vec())]))
+        .append_blocking(AppendRequest::stream(
+            "a-1",
+            ExpectedRevision::Any,
+            vec![NewEvent::new("C", b"{}".to_vec())],
+        ))
         .unwrap_err();
     assert!(matches!(err, annal_core::Error::Poisoned { .. }), "{err:?}");
     assert!(err.to_string().contains("reopen"), "{err}");
-    let events: Vec<_> = store.read_iter(ReadRequest::all()).unwrap().map(|e| e.unwrap()).collect();
+    let events: Vec<_> = store
+        .read_iter(ReadRequest::all())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].position, first.first_position);
 }
@@ -182,7 +214,11 @@ fn a_full_disk_is_reported_as_a_full_disk() {
     let store = Store::open_with("/db", sim_config(&fs)).unwrap();
     fs.set_space_left(Some(10));
     let err = store
-        .append_blocking(AppendRequest::stream("a-1", ExpectedRevision::Any, vec![NewEvent::new("A", vec![b'x'; 100])]))
+        .append_blocking(AppendRequest::stream(
+            "a-1",
+            ExpectedRevision::Any,
+            vec![NewEvent::new("A", vec![b'x'; 100])],
+        ))
         .unwrap_err();
     assert!(matches!(err, annal_core::Error::DiskFull { .. }), "{err:?}");
     assert!(err.to_string().contains("disk is full"), "{err}");
@@ -214,7 +250,10 @@ fn torn_tails_are_cut_and_acknowledged_events_kept() {
                 .append_blocking(AppendRequest::stream(
                     format!("s-{}", i % 2),
                     ExpectedRevision::Any,
-                    vec![NewEvent::new("E", vec![b'a'; 50 + i]), NewEvent::new("F", b"{}".to_vec())],
+                    vec![
+                        NewEvent::new("E", vec![b'a'; 50 + i]),
+                        NewEvent::new("F", b"{}".to_vec()),
+                    ],
                 ))
                 .unwrap();
         }
@@ -233,7 +272,12 @@ fn torn_tails_are_cut_and_acknowledged_events_kept() {
                     &mut record,
                     expected,
                     annal_core::Timestamp::now(),
-                    &[annal_engine::format::BatchStream { stream_id: "s-0", first_revision: 0, events: &events }],
+                    0,
+                    &[annal_engine::format::BatchStream {
+                        stream_id: "s-0",
+                        first_revision: 0,
+                        events: &events,
+                    }],
                 );
                 let half = record.len() / 2 + (round as usize % 7);
                 bytes.extend_from_slice(&record[..half]);
@@ -265,7 +309,11 @@ fn child_writer() {
                         .collect();
                     let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
                     let r = store
-                        .append_blocking(AppendRequest::stream(format!("k{t}-1"), ExpectedRevision::Any, events))
+                        .append_blocking(AppendRequest::stream(
+                            format!("k{t}-1"),
+                            ExpectedRevision::Any,
+                            events,
+                        ))
                         .unwrap();
                     let mut o = out.lock().unwrap();
                     writeln!(o, "{} {}", r.first_position, ids.join(",")).unwrap();
@@ -283,7 +331,13 @@ fn sigkill_during_load_loses_nothing() {
     let mut acked: Vec<(u64, Vec<Uuid>)> = Vec::new();
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("ANNAL_CRASH_DIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -295,8 +349,12 @@ fn sigkill_during_load_loses_nothing() {
         let mut got = 0;
         while got < want {
             let Some(Ok(line)) = lines.next() else { break };
-            let Some((pos, ids)) = line.split_once(' ') else { continue };
-            let Ok(pos) = pos.parse::<u64>() else { continue };
+            let Some((pos, ids)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(pos) = pos.parse::<u64>() else {
+                continue;
+            };
             acked.push((pos, ids.split(',').map(|s| s.parse().unwrap()).collect()));
             got += 1;
         }
@@ -324,7 +382,9 @@ fn sigkill_during_load_loses_nothing() {
         assert_eq!(ids.len(), events.len(), "no event twice");
         for (pos, batch) in &acked {
             for (k, id) in batch.iter().enumerate() {
-                let e = events.get((*pos as usize) + k).unwrap_or_else(|| panic!("acknowledged position {} lost", pos + k as u64));
+                let e = events
+                    .get((*pos as usize) + k)
+                    .unwrap_or_else(|| panic!("acknowledged position {} lost", pos + k as u64));
                 assert_eq!(e.id, *id, "acknowledged event at its position");
             }
         }
@@ -334,11 +394,17 @@ fn sigkill_during_load_loses_nothing() {
 #[test]
 fn damage_inside_the_log_is_not_taken_for_a_torn_tail() {
     let fs = SimFs::new();
-    let config = sim_config(&fs).checkpoint_entries(1_000_000).segment_size(1 << 20);
+    let config = sim_config(&fs)
+        .checkpoint_entries(1_000_000)
+        .segment_size(1 << 20);
     let store = Store::open_with("/db", config.clone()).unwrap();
     for i in 0..10 {
         store
-            .append_blocking(AppendRequest::stream("s-1", ExpectedRevision::Any, vec![NewEvent::new("E", vec![b'x'; 100 + i])]))
+            .append_blocking(AppendRequest::stream(
+                "s-1",
+                ExpectedRevision::Any,
+                vec![NewEvent::new("E", vec![b'x'; 100 + i])],
+            ))
             .unwrap();
     }
     let image = fs.crash_image(None);
@@ -347,6 +413,69 @@ fn damage_inside_the_log_is_not_taken_for_a_torn_tail() {
     let mut bytes = image.read_file(seg).unwrap();
     bytes[64 + 200] ^= 0x10;
     image.write_file(seg, bytes);
-    let err = Store::open_with("/db", config.fs(Arc::new(image))).err().expect("refuses to open");
+    let err = Store::open_with("/db", config.fs(Arc::new(image)))
+        .err()
+        .expect("refuses to open");
     assert!(err.to_string().contains("not a torn final write"), "{err}");
+}
+
+#[test]
+fn a_torn_record_followed_by_an_intact_one_of_the_same_write_is_a_torn_write() {
+    let fs = SimFs::new();
+    let config = sim_config(&fs)
+        .checkpoint_entries(1_000_000)
+        .segment_size(1 << 20);
+    let store = Store::open_with("/db", config.clone()).unwrap();
+    for _ in 0..3 {
+        store
+            .append_blocking(AppendRequest::stream(
+                "s-1",
+                ExpectedRevision::Any,
+                vec![NewEvent::new("E", b"{}".to_vec())],
+            ))
+            .unwrap();
+    }
+    let image = fs.crash_image(None);
+    drop(store);
+    let seg = Path::new("/db/segments/00000000000000000000.seg");
+    let mut bytes = image.read_file(seg).unwrap();
+    // One group of two records: the disk kept the second whole but tore the first.
+    let group_start = bytes.len() as u64 - 64;
+    let a = vec![NewEvent::new("Lost", vec![b'a'; 200])];
+    let b = vec![NewEvent::new("Lost", vec![b'b'; 200])];
+    let mut write = Vec::new();
+    let stream = |events| annal_engine::format::BatchStream {
+        stream_id: "s-2",
+        first_revision: 0,
+        events,
+    };
+    annal_engine::format::encode_batch(
+        &mut write,
+        3,
+        annal_core::Timestamp::now(),
+        group_start,
+        &[stream(&a)],
+    );
+    let first_len = write.len();
+    annal_engine::format::encode_batch(
+        &mut write,
+        4,
+        annal_core::Timestamp::now(),
+        group_start,
+        &[stream(&b)],
+    );
+    write[first_len / 2] ^= 0xff;
+    bytes.extend_from_slice(&write);
+    image.write_file(seg, bytes);
+    let store = Store::open_with("/db", config.fs(Arc::new(image))).unwrap();
+    let events: Vec<_> = store
+        .read_iter(ReadRequest::all())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(
+        events.len(),
+        3,
+        "the unacknowledged write is cut, the acknowledged events stay"
+    );
 }

@@ -73,13 +73,7 @@ fn text(e: &RecordedEvent) -> String {
     };
     let mut line = format!(
         "#{:<8} {}  {}@{}  {} v{}  {}",
-        e.position,
-        e.recorded_at,
-        e.stream_id,
-        e.revision,
-        e.event_type,
-        e.schema_version,
-        data
+        e.position, e.recorded_at, e.stream_id, e.revision, e.event_type, e.schema_version, data
     );
     if !e.tags.is_empty() {
         line.push_str(&format!("  tags=[{}]", e.tags.join(",")));
@@ -142,7 +136,13 @@ mod tests {
 
     #[test]
     fn base64_matches_the_rfc_examples() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

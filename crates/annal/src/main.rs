@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 mod dump;
 
 #[derive(Parser)]
-#[command(name = "annal", version, about = "Annal: an event store and CQRS toolkit")]
+#[command(
+    name = "annal",
+    version,
+    about = "Annal: an event store and CQRS toolkit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -24,6 +28,31 @@ enum Cmd {
         /// The store folder.
         dir: PathBuf,
     },
+    /// Run the benchmark workloads against Annal and, in the same run, PostgreSQL.
+    Bench {
+        /// A smoke run of a minute or two.
+        #[arg(long)]
+        quick: bool,
+        /// The PostgreSQL server to compare with.
+        #[arg(
+            long,
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+            env = "ANNAL_BENCH_PG"
+        )]
+        pg: String,
+        /// Where to put the stores (default: a temporary folder here, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Only these workloads, e.g. `--workloads W1,W4`.
+        #[arg(long, value_delimiter = ',')]
+        workloads: Vec<String>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// (internal) Opens a store in a fresh process for the W5 benchmark.
+    #[command(hide = true)]
+    BenchReopenProbe { dir: PathBuf },
     /// Print a store's events, oldest first, reading the folder directly.
     Dump {
         /// The store folder.
@@ -64,6 +93,40 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Check { dir } => check(dir),
+        Cmd::Bench {
+            quick,
+            pg,
+            dir,
+            workloads,
+            json,
+        } => {
+            let opts = annal_bench::Options {
+                quick,
+                pg_url: pg,
+                dir,
+                workloads,
+                probe_exe: std::env::current_exe()?,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(annal_bench::run(&opts))?;
+            print!("{}", annal_bench::table(&report));
+            if let Some(path) = json {
+                std::fs::write(
+                    &path,
+                    serde_json::to_string_pretty(&annal_bench::to_json(&report))?,
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchReopenProbe { dir } => {
+            let (secs, after, before) = annal_bench::reopen_probe(&dir)?;
+            println!(
+                "{}",
+                serde_json::json!({"open_secs": secs, "rss_after": after, "rss_before": before})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Dump {
             dir,
             from,

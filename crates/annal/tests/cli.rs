@@ -50,7 +50,10 @@ fn check_passes_a_healthy_store_and_dump_prints_it() {
 
     let (code, out, _) = annal(&["dump", d, "--json", "--stream", "account-1"]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 10);
     assert_eq!(lines[0]["stream_id"], "account-1");
     assert_eq!(lines[0]["data"]["amount"], 1);
@@ -97,9 +100,17 @@ fn check_notes_a_torn_tail_and_reports_a_damaged_index() {
     let d = dir.path().to_str().unwrap();
     let (code, out, _) = annal(&["check", d]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("note:") && out.contains("cut off on the next open"), "{out}");
+    assert!(
+        out.contains("note:") && out.contains("cut off on the next open"),
+        "{out}"
+    );
 
-    let run = std::fs::read_dir(dir.path().join("index")).unwrap().next().unwrap().unwrap().path();
+    let run = std::fs::read_dir(dir.path().join("index"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut idx = std::fs::read(&run).unwrap();
     idx[40] ^= 1;
     std::fs::write(&run, idx).unwrap();

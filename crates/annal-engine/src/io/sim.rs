@@ -170,7 +170,11 @@ impl SimFs {
 impl File for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let s = lock(&self.state);
-        let data = &s.files.get(&self.inode).ok_or(io::ErrorKind::NotFound)?.written;
+        let data = &s
+            .files
+            .get(&self.inode)
+            .ok_or(io::ErrorKind::NotFound)?
+            .written;
         let Ok(start) = usize::try_from(offset) else {
             return Ok(0);
         };
@@ -210,7 +214,10 @@ impl File for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = lock(&self.state);
         s.sync_point()?;
-        let data = s.files.get_mut(&self.inode).ok_or(io::ErrorKind::NotFound)?;
+        let data = s
+            .files
+            .get_mut(&self.inode)
+            .ok_or(io::ErrorKind::NotFound)?;
         data.durable = data.written.clone();
         Ok(())
     }
@@ -227,7 +234,10 @@ impl File for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = lock(&self.state);
         s.check_alive()?;
-        let data = s.files.get_mut(&self.inode).ok_or(io::ErrorKind::NotFound)?;
+        let data = s
+            .files
+            .get_mut(&self.inode)
+            .ok_or(io::ErrorKind::NotFound)?;
         data.written.resize(len as usize, 0);
         Ok(())
     }

@@ -1,0 +1,513 @@
+//! Annal's benchmarks: named workloads run against the embedded engine and, in the same run
+//! on the same machine, against PostgreSQL with the classic hand-rolled `events` table.
+//! Every figure is durable: Annal acknowledges after fdatasync, PostgreSQL runs with
+//! `synchronous_commit = on`.
+//!
+//! | workload | what                                                                  |
+//! |----------|-----------------------------------------------------------------------|
+//! | W1       | single-event appends from 1, 16 and 64 writers, each on its own streams |
+//! | W2       | batches of 100 events from 1 and 16 writers                           |
+//! | W3       | reading one stream of 10,000 events                                   |
+//! | W4       | reading the whole log forward (10 million events; 200,000 in quick)   |
+//! | W5       | reopening that store (100,000 streams): time and resident memory      |
+//! | W6       | latency from append to delivery to a live subscriber, beside the raw fsync latency of the same disk |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annal_engine::Store;
+use serde_json::json;
+
+mod engine;
+mod pg;
+pub mod stats;
+
+pub use engine::reopen_probe;
+
+/// How a benchmark run is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A smoke run of a minute or two instead of the full workloads.
+    pub quick: bool,
+    /// PostgreSQL to compare with.
+    pub pg_url: String,
+    /// Where the stores go (a temporary folder when `None`).
+    pub dir: Option<PathBuf>,
+    /// Which workloads to run (`W1` ... `W6`); all when empty.
+    pub workloads: Vec<String>,
+    /// The `annal` binary, run as a fresh process for W5.
+    pub probe_exe: PathBuf,
+}
+
+struct Sizes {
+    append_secs: f64,
+    w3_reps: u32,
+    w4_events: u64,
+    w4_streams: u64,
+    w6_events: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                append_secs: 1.5,
+                w3_reps: 5,
+                w4_events: 200_000,
+                w4_streams: 2_000,
+                w6_events: 300,
+            }
+        } else {
+            Sizes {
+                append_secs: 6.0,
+                w3_reps: 30,
+                w4_events: 10_000_000,
+                w4_streams: 100_000,
+                w6_events: 2_000,
+            }
+        }
+    }
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal).
+#[derive(Clone)]
+pub struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new(label: &str, total: u64) -> Progress {
+        let bar = indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>28} {bar:30} {human_pos}/{human_len} {per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(label.to_string());
+        Progress(bar)
+    }
+    fn spinner(label: &str) -> Progress {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_prefix(label.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>28} {spinner} {human_pos} {per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress(bar)
+    }
+    pub fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn done(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub workload: String,
+    pub unit: String,
+    pub annal: Option<f64>,
+    pub postgres: Option<f64>,
+    /// True for throughputs, false for times and sizes.
+    pub higher_is_better: bool,
+}
+
+impl Row {
+    /// How many times better Annal is than PostgreSQL.
+    pub fn ratio(&self) -> Option<f64> {
+        let (a, p) = (self.annal?, self.postgres?);
+        if a <= 0.0 || p <= 0.0 {
+            return None;
+        }
+        Some(if self.higher_is_better { a / p } else { p / a })
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub machine: String,
+    pub postgres: Option<String>,
+    pub quick: bool,
+    pub rows: Vec<Row>,
+}
+
+fn row(workload: &str, unit: &str, annal: Option<f64>, postgres: Option<f64>, higher: bool) -> Row {
+    Row {
+        workload: workload.into(),
+        unit: unit.into(),
+        annal,
+        postgres,
+        higher_is_better: higher,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "?".into(),
+            |kb| format!("{:.0} GiB", kb as f64 / 1048576.0),
+        );
+    format!("{cores} cores ({cpu}), {mem} memory")
+}
+
+fn wants(opts: &Options, w: &str) -> bool {
+    opts.workloads.is_empty() || opts.workloads.iter().any(|x| x.eq_ignore_ascii_case(w))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs the workloads and returns the report.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let sizes = Sizes::new(opts.quick);
+    let tmp;
+    let dir = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("annal-bench")
+                .tempdir_in(".")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut report = Report {
+        machine: machine(),
+        quick: opts.quick,
+        ..Report::default()
+    };
+    let pg = match pg::PgBench::create(&opts.pg_url).await {
+        Ok(p) => {
+            report.postgres = Some(p.describe().await?);
+            Some(p)
+        }
+        Err(e) => {
+            eprintln!(
+                "PostgreSQL at {} does not answer ({e:#}): running Annal alone.",
+                opts.pg_url
+            );
+            None
+        }
+    };
+    let result = run_workloads(opts, &sizes, &dir, pg.as_ref(), &mut report).await;
+    if let Some(p) = pg {
+        if let Err(e) = p.drop_db().await {
+            eprintln!("could not drop the benchmark database: {e:#}");
+        }
+    }
+    result?;
+    Ok(report)
+}
+
+async fn run_workloads(
+    opts: &Options,
+    sizes: &Sizes,
+    dir: &Path,
+    pg: Option<&pg::PgBench>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let dur = Duration::from_secs_f64(sizes.append_secs);
+    let small = Arc::new(Store::open(dir.join("appends"))?);
+    if wants(opts, "W1") {
+        for writers in [1usize, 16, 64] {
+            let label = format!("W1 annal x{writers}");
+            let p = Progress::spinner(&label);
+            let a = engine::appends(small.clone(), &format!("w1x{writers}"), writers, 1, dur, &p)
+                .await?;
+            p.done();
+            let pgv = match pg {
+                Some(pg) => {
+                    let p = Progress::spinner(&format!("W1 postgres x{writers}"));
+                    let v = pg::appends(pg, &format!("w1x{writers}"), writers, 1, dur, &p).await?;
+                    p.done();
+                    Some(v)
+                }
+                None => None,
+            };
+            report.rows.push(row(
+                &format!("W1 append 1 event, {writers} writers"),
+                "events/s",
+                Some(a),
+                pgv,
+                true,
+            ));
+        }
+    }
+    if wants(opts, "W2") {
+        for writers in [1usize, 16] {
+            let p = Progress::spinner(&format!("W2 annal x{writers}"));
+            let a = engine::appends(
+                small.clone(),
+                &format!("w2x{writers}"),
+                writers,
+                100,
+                dur,
+                &p,
+            )
+            .await?;
+            p.done();
+            let pgv = match pg {
+                Some(pg) => {
+                    let p = Progress::spinner(&format!("W2 postgres x{writers}"));
+                    let v =
+                        pg::appends(pg, &format!("w2x{writers}"), writers, 100, dur, &p).await?;
+                    p.done();
+                    Some(v)
+                }
+                None => None,
+            };
+            report.rows.push(row(
+                &format!("W2 append batches of 100, {writers} writers"),
+                "events/s",
+                Some(a),
+                pgv,
+                true,
+            ));
+        }
+    }
+    if wants(opts, "W6") {
+        let p = Progress::new("W6 annal live delivery", sizes.w6_events as u64);
+        let (p50, p99) = engine::live_latency(small.clone(), sizes.w6_events, &p).await?;
+        p.done();
+        let (f50, f99) = engine::fsync_latency(dir, sizes.w6_events.min(500))?;
+        report.rows.push(row(
+            "W6 append to live delivery p50",
+            "ms",
+            Some(ms(p50)),
+            None,
+            false,
+        ));
+        report.rows.push(row(
+            "W6 append to live delivery p99",
+            "ms",
+            Some(ms(p99)),
+            None,
+            false,
+        ));
+        report.rows.push(row(
+            "    raw fsync of the same disk p50",
+            "ms",
+            Some(ms(f50)),
+            None,
+            false,
+        ));
+        report.rows.push(row(
+            "    raw fsync of the same disk p99",
+            "ms",
+            Some(ms(f99)),
+            None,
+            false,
+        ));
+    }
+    drop(small);
+    if wants(opts, "W3") {
+        let store = Store::open(dir.join("w3"))?;
+        engine::fill_w3(&store).await?;
+        let p = Progress::new("W3 annal read stream", 10_000 * u64::from(sizes.w3_reps));
+        let a = engine::read_stream(&store, sizes.w3_reps, &p)?;
+        p.done();
+        let pgv = match pg {
+            Some(pg) => {
+                pg.truncate().await?;
+                pg::fill_w3(pg).await?;
+                let p = Progress::new("W3 postgres read stream", 10_000 * u64::from(sizes.w3_reps));
+                let v = pg::read_stream(pg, sizes.w3_reps, &p).await?;
+                p.done();
+                Some(v)
+            }
+            None => None,
+        };
+        report.rows.push(row(
+            "W3 read one stream of 10,000 events",
+            "events/s",
+            Some(a),
+            pgv,
+            true,
+        ));
+    }
+    if wants(opts, "W4") || wants(opts, "W5") {
+        let big = dir.join("big");
+        let n = sizes.w4_events;
+        {
+            let store = Arc::new(Store::open(&big)?);
+            let p = Progress::new("filling annal", n);
+            engine::fill(store.clone(), n, sizes.w4_streams, &p).await?;
+            p.done();
+            Arc::try_unwrap(store)
+                .map_err(|_| anyhow::anyhow!("store still shared"))?
+                .close()?;
+        }
+        if wants(opts, "W4") {
+            let store = Store::open(&big)?;
+            let p = Progress::new("W4 annal read all", n);
+            let a = engine::read_all(&store, n, &p)?;
+            p.done();
+            drop(store);
+            let pgv = match pg {
+                Some(pg) => {
+                    pg.truncate().await?;
+                    let p = Progress::new("filling postgres", n);
+                    pg::fill(pg, "fill", n, sizes.w4_streams, &p).await?;
+                    p.done();
+                    let p = Progress::spinner("W4 postgres read all");
+                    let v = pg::read_all(pg, n).await?;
+                    p.done();
+                    Some(v)
+                }
+                None => None,
+            };
+            report.rows.push(row(
+                &format!("W4 read the whole log ({n} events)"),
+                "events/s",
+                Some(a),
+                pgv,
+                true,
+            ));
+        }
+        if wants(opts, "W5") {
+            let out = std::process::Command::new(&opts.probe_exe)
+                .arg("bench-reopen-probe")
+                .arg(&big)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "the reopen probe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let secs = v["open_secs"].as_f64().unwrap_or(f64::NAN);
+            let rss = v["rss_after"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+            let base = v["rss_before"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+            report.rows.push(row(
+                &format!("W5 reopen {n} events, {} streams", sizes.w4_streams),
+                "ms",
+                Some(secs * 1000.0),
+                None,
+                false,
+            ));
+            report.rows.push(row(
+                "W5 resident memory after reopen",
+                "MiB",
+                Some(rss),
+                None,
+                false,
+            ));
+            report.rows.push(row(
+                "    of which the process before opening",
+                "MiB",
+                Some(base),
+                None,
+                false,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fmt_num(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if unit == "events/s" => {
+            let s = format!("{:.0}", v);
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i) % 3 == 0 {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        }
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 1.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.3}"),
+    }
+}
+
+/// The report as a Markdown table.
+pub fn table(report: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("machine: {}\n", report.machine));
+    s.push_str(&format!(
+        "peer: {}\n\n",
+        report
+            .postgres
+            .as_deref()
+            .unwrap_or("none (PostgreSQL did not answer)")
+    ));
+    s.push_str("| workload | unit | Annal | PostgreSQL | Annal vs PostgreSQL |\n");
+    s.push_str("|---|---|---:|---:|---:|\n");
+    for r in &report.rows {
+        let ratio = r.ratio().map_or("-".into(), |x| format!("{x:.1}x"));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            r.workload,
+            r.unit,
+            fmt_num(r.annal, &r.unit),
+            fmt_num(r.postgres, &r.unit),
+            ratio
+        ));
+    }
+    s
+}
+
+/// The report as JSON.
+pub fn to_json(report: &Report) -> serde_json::Value {
+    json!({
+        "machine": report.machine,
+        "postgres": report.postgres,
+        "quick": report.quick,
+        "rows": report.rows.iter().map(|r| json!({
+            "workload": r.workload,
+            "unit": r.unit,
+            "annal": r.annal,
+            "postgres": r.postgres,
+            "higher_is_better": r.higher_is_better,
+            "ratio": r.ratio(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_favour_the_better_side() {
+        assert_eq!(
+            row("x", "events/s", Some(200.0), Some(20.0), true).ratio(),
+            Some(10.0)
+        );
+        assert_eq!(
+            row("x", "ms", Some(2.0), Some(8.0), false).ratio(),
+            Some(4.0)
+        );
+        assert_eq!(row("x", "ms", Some(2.0), None, false).ratio(), None);
+        assert_eq!(fmt_num(Some(1234567.4), "events/s"), "1,234,567");
+    }
+}
