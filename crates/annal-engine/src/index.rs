@@ -26,12 +26,17 @@
 //! | 8      | 4        | format version (u32)                          |
 //! | 12     | 4        | entries per block (u32)                       |
 //! | 16     | 8        | entry count n (u64)                           |
-//! | 24     | 4        | CRC32C of the fence section                   |
-//! | 28     | 4        | CRC32C of bytes 0..28                         |
-//! | 32     | 24 n     | entries, sorted: key u64, seq u64, value u64  |
+//! | 24     | 8        | id filter size w, in 64-bit words (u64)       |
+//! | 32     | 4        | CRC32C of the fence and filter sections       |
+//! | 36     | 8        | reserved, zero                                |
+//! | 44     | 4        | CRC32C of bytes 0..44                         |
+//! | 48     | 24 n     | entries, sorted: key u64, seq u64, value u64  |
 //! | ...    | 24 f     | fences: the first entry of each block         |
+//! | ...    | 8 w      | id filter: a Bloom filter of the event id keys |
+//!
+//! The id filter (10 bits and 7 probes per event id, about 1% false positives) lets the
+//! idempotency check skip runs that cannot hold an id without reading them.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -39,6 +44,7 @@ use annal_core::{Direction, Error, Result};
 
 use crate::format::FORMAT_VERSION;
 use crate::io::{FileRef, Fs};
+use crate::memtable::MemTable;
 
 pub const KIND_STREAM: u8 = 1;
 pub const KIND_CATEGORY: u8 = 2;
@@ -49,7 +55,7 @@ pub const KIND_BATCH: u8 = 6;
 pub const KIND_TIME: u8 = 7;
 
 const MAGIC: &[u8; 8] = b"ANNALIDX";
-const HEADER_LEN: u64 = 32;
+const HEADER_LEN: u64 = 48;
 const ENTRY_LEN: usize = 24;
 /// Entries per block: a lookup reads one block of 6 KiB per run.
 pub const BLOCK: usize = 256;
@@ -130,12 +136,43 @@ fn decode_entries(bytes: &[u8], out: &mut Vec<Entry>) {
     }
 }
 
+/// Probes per key of the id filter.
+const FILTER_PROBES: u64 = 7;
+/// Filter bits per event id.
+const FILTER_BITS_PER_KEY: u64 = 10;
+
+fn filter_probes(key: u64, bits: u64) -> impl Iterator<Item = u64> {
+    let h1 = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let h2 = (key ^ (key >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9) | 1;
+    (0..FILTER_PROBES).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+}
+
+/// A Bloom filter over the event id keys of a run.
+fn build_filter(id_keys: &[u64]) -> Vec<u64> {
+    let words = (id_keys.len() as u64 * FILTER_BITS_PER_KEY)
+        .div_ceil(64)
+        .max(1);
+    let mut filter = vec![0u64; words as usize];
+    for &k in id_keys {
+        for bit in filter_probes(k, words * 64) {
+            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+    }
+    filter
+}
+
+/// True when the id is an event id key of the kind, and in no other way.
+fn is_id_key(key: u64) -> bool {
+    key >> 56 == u64::from(KIND_ID)
+}
+
 /// An immutable sorted run on disk.
 pub struct Run {
     pub id: u64,
     pub count: u64,
     file: FileRef,
     fences: Vec<Entry>,
+    filter: Vec<u64>,
 }
 
 impl Run {
@@ -152,8 +189,12 @@ impl Run {
         let mut at = HEADER_LEN;
         let mut count = 0u64;
         let mut fences = Vec::new();
+        let mut id_keys = Vec::new();
         for e in entries {
             let e = e?;
+            if is_id_key(e.0) {
+                id_keys.push(e.0);
+            }
             if count.is_multiple_of(BLOCK as u64) {
                 fences.push(e);
             }
@@ -173,16 +214,22 @@ impl Run {
             buf.extend_from_slice(&f.1.to_le_bytes());
             buf.extend_from_slice(&f.2.to_le_bytes());
         }
-        let fence_crc = crc32c::crc32c(&buf[fence_start..]);
+        let filter = build_filter(&id_keys);
+        drop(id_keys);
+        for w in &filter {
+            buf.extend_from_slice(&w.to_le_bytes());
+        }
+        let tail_crc = crc32c::crc32c(&buf[fence_start..]);
         file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[0..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         header[12..16].copy_from_slice(&(BLOCK as u32).to_le_bytes());
         header[16..24].copy_from_slice(&count.to_le_bytes());
-        header[24..28].copy_from_slice(&fence_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&header[0..28]);
-        header[28..32].copy_from_slice(&crc.to_le_bytes());
+        header[24..32].copy_from_slice(&(filter.len() as u64).to_le_bytes());
+        header[32..36].copy_from_slice(&tail_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&header[0..44]);
+        header[44..48].copy_from_slice(&crc.to_le_bytes());
         file.write_all_at(&header, 0)
             .map_err(|e| io("writing", e))?;
         file.sync_data().map_err(|e| io("syncing", e))?;
@@ -191,10 +238,11 @@ impl Run {
             count,
             file,
             fences,
+            filter,
         })
     }
 
-    /// Opens a run and loads its fences.
+    /// Opens a run and loads its fences and id filter.
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<Run> {
         let file = fs
             .open(path)
@@ -205,8 +253,8 @@ impl Run {
         if &header[0..8] != MAGIC {
             return Err(corrupt(path, 0, "not an index run (bad magic)"));
         }
-        if crc32c::crc32c(&header[0..28])
-            != u32::from_le_bytes(header[28..32].try_into().unwrap_or_default())
+        if crc32c::crc32c(&header[0..44])
+            != u32::from_le_bytes(header[44..48].try_into().unwrap_or_default())
         {
             return Err(corrupt(path, 0, "index run header checksum mismatch"));
         }
@@ -227,23 +275,60 @@ impl Run {
             ));
         }
         let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+        let words = u64::from_le_bytes(header[24..32].try_into().unwrap_or_default());
         let fence_count = count.div_ceil(BLOCK as u64);
         let fence_at = HEADER_LEN + count * ENTRY_LEN as u64;
-        let mut raw = vec![0u8; (fence_count as usize) * ENTRY_LEN];
+        let file_len = file
+            .len()
+            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        let tail_len = fence_count * ENTRY_LEN as u64 + words * 8;
+        if fence_at.checked_add(tail_len) != Some(file_len) {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "index run is {file_len} bytes, its header implies {}",
+                    fence_at.saturating_add(tail_len)
+                ),
+            ));
+        }
+        let mut raw = vec![0u8; tail_len as usize];
         file.read_exact_at(&mut raw, fence_at)
             .map_err(|_| corrupt(path, fence_at, "index run is shorter than its header says"))?;
-        if crc32c::crc32c(&raw) != u32::from_le_bytes(header[24..28].try_into().unwrap_or_default())
+        if crc32c::crc32c(&raw) != u32::from_le_bytes(header[32..36].try_into().unwrap_or_default())
         {
-            return Err(corrupt(path, fence_at, "index run fence checksum mismatch"));
+            return Err(corrupt(
+                path,
+                fence_at,
+                "index run fence or filter checksum mismatch",
+            ));
         }
+        let split = (fence_count as usize) * ENTRY_LEN;
         let mut fences = Vec::with_capacity(fence_count as usize);
-        decode_entries(&raw, &mut fences);
+        decode_entries(&raw[..split], &mut fences);
+        let filter = raw[split..]
+            .chunks_exact(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect();
         Ok(Run {
             id,
             count,
             file,
             fences,
+            filter,
         })
+    }
+
+    /// False when the run certainly holds no entry of this event id key.
+    pub fn may_hold_id(&self, key: u64) -> bool {
+        let bits = self.filter.len() as u64 * 64;
+        bits == 0
+            || filter_probes(key, bits)
+                .all(|b| self.filter[(b / 64) as usize] & (1 << (b % 64)) != 0)
     }
 
     /// How many blocks the run has.
@@ -360,25 +445,9 @@ impl Iterator for RunIter<'_> {
 /// The index: a memtable, at most one frozen memtable being written out, and runs.
 #[derive(Default)]
 pub struct IndexState {
-    pub mem: BTreeSet<Entry>,
-    pub frozen: Option<Arc<BTreeSet<Entry>>>,
+    pub mem: MemTable,
+    pub frozen: Option<Arc<MemTable>>,
     pub runs: Vec<Arc<Run>>,
-}
-
-fn scan_mem(
-    set: &BTreeSet<Entry>,
-    key: u64,
-    lo: u64,
-    hi: u64,
-    dir: Direction,
-    limit: usize,
-    out: &mut Vec<(u64, u64)>,
-) {
-    let range = set.range((key, lo, 0)..=(key, hi, u64::MAX));
-    match dir {
-        Direction::Forward => out.extend(range.take(limit).map(|e| (e.1, e.2))),
-        Direction::Backward => out.extend(range.rev().take(limit).map(|e| (e.1, e.2))),
-    }
 }
 
 /// The shared index, readable while the writer adds to it.
@@ -404,13 +473,16 @@ impl Index {
         let mut out = Vec::new();
         let runs = {
             let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-            scan_mem(&s.mem, key, lo, hi, dir, limit, &mut out);
+            s.mem.scan(key, lo, hi, dir, limit, &mut out);
             if let Some(f) = &s.frozen {
-                scan_mem(f, key, lo, hi, dir, limit, &mut out);
+                f.scan(key, lo, hi, dir, limit, &mut out);
             }
             s.runs.clone()
         };
         for run in &runs {
+            if is_id_key(key) && !run.may_hold_id(key) {
+                continue;
+            }
             run.scan(key, lo, hi, dir, limit, &mut out)?;
         }
         match dir {
@@ -433,7 +505,9 @@ impl Index {
     /// Adds entries to the memtable.
     pub fn insert(&self, entries: impl IntoIterator<Item = Entry>) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        s.mem.extend(entries);
+        for e in entries {
+            s.mem.insert(e);
+        }
     }
 
     /// How many entries wait in the memtable.
@@ -446,7 +520,7 @@ impl Index {
     }
 
     /// Freezes the memtable for writing out; returns it.
-    pub fn freeze(&self) -> Arc<BTreeSet<Entry>> {
+    pub fn freeze(&self) -> Arc<MemTable> {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mem = Arc::new(std::mem::take(&mut s.mem));
         s.frozen = Some(mem.clone());
@@ -464,7 +538,7 @@ impl Index {
     pub fn thaw(&self) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = s.frozen.take() {
-            s.mem.extend(f.iter().copied());
+            s.mem.absorb(&f);
         }
     }
 
@@ -547,6 +621,24 @@ mod tests {
         }
         let merged: Vec<Entry> = merge_runs(&[Arc::new(run)]).map(|e| e.unwrap()).collect();
         assert_eq!(merged, entries);
+    }
+
+    #[test]
+    fn id_filter_has_no_false_negatives_and_few_false_positives() {
+        let fs = SimFs::new();
+        let mut entries: Vec<Entry> = (0..5000u64)
+            .map(|i| (key(KIND_ID, &i.to_le_bytes()), 0, i))
+            .chain((0..3000u64).map(|i| (key(KIND_STREAM, &i.to_le_bytes()), 0, i)))
+            .collect();
+        entries.sort();
+        let path = Path::new("/x/run-3.idx");
+        Run::write(&fs, path, 3, entries.iter().copied().map(Ok)).unwrap();
+        let run = Run::open(&fs, path, 3).unwrap();
+        assert!((0..5000u64).all(|i| run.may_hold_id(key(KIND_ID, &i.to_le_bytes()))));
+        let false_positives = (5000..25_000u64)
+            .filter(|i| run.may_hold_id(key(KIND_ID, &i.to_le_bytes())))
+            .count();
+        assert!(false_positives < 600, "{false_positives} of 20000");
     }
 
     #[test]

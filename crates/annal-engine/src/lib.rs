@@ -13,6 +13,7 @@ mod heads;
 mod index;
 pub mod io;
 mod log;
+mod memtable;
 mod read;
 mod recovery;
 mod store;

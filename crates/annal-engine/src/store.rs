@@ -173,7 +173,9 @@ impl Store {
         {
             let mut s = index.state.write().unwrap_or_else(|e| e.into_inner());
             s.runs = rec.runs.clone();
-            s.mem.extend(rec.entries.iter().copied());
+            for e in &rec.entries {
+                s.mem.insert(*e);
+            }
         }
         let (head_tx, _) = watch::channel(rec.next_position);
         let shared = Arc::new(Shared {

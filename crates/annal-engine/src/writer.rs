@@ -564,7 +564,7 @@ impl Writer {
                 fs.as_ref(),
                 &run_path(&dir, run_id),
                 run_id,
-                frozen.iter().copied().map(Ok),
+                frozen.sorted().into_iter().map(Ok),
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;

@@ -1,0 +1,204 @@
+//! The in-memory part of the index: entries added since the last checkpoint.
+//!
+//! Entries of one key arrive in order almost always (positions and revisions only grow), so
+//! each key keeps a sorted vector that new entries are pushed onto; event ids, one entry per
+//! key, live in a map of their own. A hash collision can bring an entry out of order; it is
+//! then inserted in place.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use annal_core::Direction;
+
+use crate::index::{Entry, KIND_ID};
+
+/// Keys are hashes already: mix them once and use them as they are.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, k: u64) {
+        self.0 = (k ^ (k >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Map<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+enum Ids {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+/// Entries since the last checkpoint.
+#[derive(Default)]
+pub struct MemTable {
+    lists: Map<Vec<(u64, u64)>>,
+    ids: Map<Ids>,
+    len: usize,
+}
+
+fn is_id(key: u64) -> bool {
+    key >> 56 == u64::from(KIND_ID)
+}
+
+impl MemTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn insert(&mut self, (key, seq, val): Entry) {
+        if is_id(key) {
+            match self.ids.get_mut(&key) {
+                None => {
+                    self.ids.insert(key, Ids::One(val));
+                }
+                Some(Ids::One(v)) if *v == val => return,
+                Some(slot @ Ids::One(_)) => {
+                    let Ids::One(v) = *slot else { return };
+                    let mut all = vec![v, val];
+                    all.sort_unstable();
+                    *slot = Ids::Many(all);
+                }
+                Some(Ids::Many(all)) => match all.binary_search(&val) {
+                    Ok(_) => return,
+                    Err(i) => all.insert(i, val),
+                },
+            }
+            self.len += 1;
+            return;
+        }
+        let list = self.lists.entry(key).or_default();
+        let e = (seq, val);
+        match list.last() {
+            None => list.push(e),
+            Some(last) if *last < e => list.push(e),
+            Some(last) if *last == e => return,
+            Some(_) => match list.binary_search(&e) {
+                Ok(_) => return,
+                Err(i) => list.insert(i, e),
+            },
+        }
+        self.len += 1;
+    }
+
+    /// `(seq, value)` of the entries of `key` with `lo <= seq <= hi`, in `dir` order, at most
+    /// `limit`, appended to `out`.
+    pub fn scan(
+        &self,
+        key: u64,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+        out: &mut Vec<(u64, u64)>,
+    ) {
+        if is_id(key) {
+            if lo > 0 {
+                return;
+            }
+            let vals: &[u64] = match self.ids.get(&key) {
+                None => return,
+                Some(Ids::One(v)) => std::slice::from_ref(v),
+                Some(Ids::Many(all)) => all,
+            };
+            match dir {
+                Direction::Forward => out.extend(vals.iter().take(limit).map(|v| (0, *v))),
+                Direction::Backward => out.extend(vals.iter().rev().take(limit).map(|v| (0, *v))),
+            }
+            return;
+        }
+        let Some(list) = self.lists.get(&key) else {
+            return;
+        };
+        let start = list.partition_point(|e| e.0 < lo);
+        let end = list.partition_point(|e| e.0 <= hi);
+        if start >= end {
+            return;
+        }
+        let range = &list[start..end];
+        match dir {
+            Direction::Forward => out.extend(range.iter().take(limit)),
+            Direction::Backward => out.extend(range.iter().rev().take(limit)),
+        }
+    }
+
+    /// Every entry, sorted, for writing out as a run.
+    pub fn sorted(&self) -> Vec<Entry> {
+        let mut out = Vec::with_capacity(self.len);
+        for (k, list) in &self.lists {
+            out.extend(list.iter().map(|(s, v)| (*k, *s, *v)));
+        }
+        for (k, ids) in &self.ids {
+            match ids {
+                Ids::One(v) => out.push((*k, 0, *v)),
+                Ids::Many(all) => out.extend(all.iter().map(|v| (*k, 0, *v))),
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Adds every entry of another table.
+    pub fn absorb(&mut self, other: &MemTable) {
+        for e in other.sorted() {
+            self.insert(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{key, KIND_STREAM};
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        /// Scans agree with a sorted set, whatever order the entries came in.
+        #[test]
+        fn scans_agree_with_a_sorted_set(
+            entries in proptest::collection::vec((0u8..4, 0u64..40, 0u64..60, any::<bool>()), 0..200),
+            lo in 0u64..40, hi in 0u64..40, limit in 1usize..50,
+        ) {
+            let mut mem = MemTable::default();
+            let mut set = BTreeSet::new();
+            for (k, seq, val, id) in entries {
+                let key = if id { key(KIND_ID, &[k]) } else { key(KIND_STREAM, &[k]) };
+                let seq = if id { 0 } else { seq };
+                mem.insert((key, seq, val));
+                set.insert((key, seq, val));
+            }
+            prop_assert_eq!(mem.len(), set.len());
+            prop_assert_eq!(mem.sorted(), set.iter().copied().collect::<Vec<_>>());
+            for k in 0u8..4 {
+                for id in [false, true] {
+                    let key = if id { key(KIND_ID, &[k]) } else { key(KIND_STREAM, &[k]) };
+                    for dir in [Direction::Forward, Direction::Backward] {
+                        let mut got = Vec::new();
+                        mem.scan(key, lo, hi, dir, limit, &mut got);
+                        let mut want: Vec<(u64, u64)> = set
+                            .range((key, lo, 0)..=(key, hi.max(lo), u64::MAX))
+                            .filter(|e| e.1 <= hi)
+                            .map(|e| (e.1, e.2))
+                            .collect();
+                        if dir == Direction::Backward { want.reverse(); }
+                        want.truncate(limit);
+                        prop_assert_eq!(got, want);
+                    }
+                }
+            }
+        }
+    }
+}
