@@ -14,7 +14,7 @@ use annal_core::{
     Uuid,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
@@ -97,6 +97,7 @@ impl Writer {
     }
 
     pub fn run(mut self) {
+        let (mut groups, mut requests) = (0u64, 0u64);
         while let Some(first) = self.rx.blocking_recv() {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -105,8 +106,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            groups += 1;
+            requests += group.len() as u64;
             self.process(group);
         }
+        debug!(groups, requests, "the writer stops");
         if self.shared.poison_cause().is_none() {
             if let Err(e) = self.checkpoint() {
                 warn!(error = %e, "the checkpoint at close failed; the next open replays the log");
