@@ -54,10 +54,6 @@ impl MemTable {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn insert(&mut self, (key, seq, val): Entry) {
         if is_id(key) {
             match self.ids.get_mut(&key) {

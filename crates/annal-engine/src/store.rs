@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub head_tx: watch::Sender<u64>,
     pub poisoned: Mutex<Option<String>>,
     pub closed: AtomicBool,
+    /// The last group the syncer has applied (the writer forgets pending state up to it).
+    pub synced_group: AtomicU64,
 }
 
 impl Shared {
@@ -190,6 +192,7 @@ impl Store {
             head_tx,
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
+            synced_group: AtomicU64::new(0),
             config: config.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);

@@ -1,13 +1,22 @@
-//! The writer thread: the one owner of the log's tail.
+//! The write path: a writer thread and a sync thread in a pipeline.
 //!
-//! It takes every append request that has queued, checks each against the stream heads, the
-//! event id index and its DCB condition (seeing the requests before it in the same group),
-//! encodes the accepted ones into one buffer, writes it, syncs once, then publishes the new
-//! head and acknowledges them all: group commit. A failed write or sync poisons the store.
+//! The **writer** owns the tail of the log. It takes every append request that has queued,
+//! checks each against the stream heads, the event id index and its DCB condition (seeing
+//! every request before it, including those still waiting for their sync), encodes the
+//! accepted ones into one buffer and writes it at the end of the active segment. Then it
+//! hands the group to the **syncer** and goes on with the next group at once.
+//!
+//! The syncer takes every group that has been written, syncs the segment files once for all
+//! of them (group commit), and only then adds their index entries, updates the stream heads,
+//! publishes the new head and acknowledges the requests, in order. While it syncs, the writer
+//! gathers and writes the next group, so a sync is never idle waiting for clients and
+//! clients never wait for a sync that could have included them.
+//!
+//! A failed write or sync poisons the store: nothing after it is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc};
 
 use annal_core::{
     AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult, Timestamp,
@@ -25,35 +34,48 @@ use crate::read::{find_by_id, Cursor};
 use crate::recovery::{create_segment, heads_path, run_path, Recovered};
 use crate::store::Shared;
 
-/// Most requests committed by one sync.
+/// Most requests the writer takes into one group.
 const MAX_GROUP: usize = 1024;
-/// Most runs kept before the oldest are merged regardless of size.
+/// Most runs kept before the newest are merged regardless of size.
 const MAX_RUNS: usize = 12;
 
+type Reply = oneshot::Sender<Result<AppendResult>>;
+
 pub(crate) enum Command {
-    Append(AppendRequest, oneshot::Sender<Result<AppendResult>>),
+    Append(AppendRequest, Reply),
     Checkpoint(oneshot::Sender<Result<()>>),
 }
 
-/// Where an event of the current group sits.
+/// An event of a group that the syncer has not applied yet (as far as the writer knows).
 struct PendingEvent {
+    seq: u64,
     stream: String,
     revision: u64,
     position: u64,
-    request: usize,
+    recorded_at: i64,
+    request: Arc<AppendRequest>,
     stream_index: usize,
     event_index: usize,
 }
 
-/// What the group has decided so far but not yet made durable.
-#[derive(Default)]
-struct Pending {
-    heads: HashMap<String, Head>,
-    ids: HashMap<Uuid, PendingEvent>,
-    /// (position, request, stream index, event index) of every event of the group.
-    events: Vec<(u64, usize, usize, usize)>,
+/// A group written to the log, waiting for its sync.
+struct Written {
+    seq: u64,
+    /// The segment the group was written to; `None` when nothing was written.
+    segment: Option<Arc<Segment>>,
+    next_position: u64,
+    log_end: u64,
+    last_ts: i64,
     entries: Vec<Entry>,
     updates: Vec<(String, u64, u64, u64, u64)>,
+    recorded_at: i64,
+    replies: Vec<(Reply, Result<AppendResult>)>,
+    checkpoints: Vec<oneshot::Sender<Result<()>>>,
+}
+
+enum ToSyncer {
+    Group(Box<Written>),
+    Stop,
 }
 
 pub(crate) struct Writer {
@@ -64,8 +86,14 @@ pub(crate) struct Writer {
     log_end: u64,
     next_position: u64,
     last_ts: i64,
-    manifest: Manifest,
     buf: Vec<u8>,
+    seq: u64,
+    /// Heads of streams changed by groups not yet applied, with the group that changed them.
+    heads: HashMap<String, (Head, u64)>,
+    ids: HashMap<Uuid, PendingEvent>,
+    /// (position, group, request, stream index, event index), oldest first.
+    events: VecDeque<(u64, u64, Arc<AppendRequest>, usize, usize)>,
+    recovered_manifest: Option<Manifest>,
 }
 
 /// Where a stored event sits, for the idempotency check.
@@ -91,12 +119,36 @@ impl Writer {
             log_end: rec.log_end,
             next_position: rec.next_position,
             last_ts: rec.last_recorded_at,
-            manifest: rec.manifest.clone(),
             buf: Vec::with_capacity(1 << 20),
+            seq: 0,
+            heads: HashMap::new(),
+            ids: HashMap::new(),
+            events: VecDeque::new(),
+            recovered_manifest: Some(rec.manifest.clone()),
         }
     }
 
     pub fn run(mut self) {
+        let (tx, rx) = std_mpsc::channel();
+        let syncer = Syncer {
+            shared: self.shared.clone(),
+            rx,
+            manifest: self.recovered_manifest.take().unwrap_or_default(),
+            next_position: self.next_position,
+            log_end: self.log_end,
+            last_ts: self.last_ts,
+            failed: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("annal-syncer".into())
+            .spawn(move || syncer.run());
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => {
+                self.poison(&Error::io("starting the sync thread", &e));
+                return;
+            }
+        };
         let (mut groups, mut requests) = (0u64, 0u64);
         while let Some(first) = self.rx.blocking_recv() {
             let mut group = vec![first];
@@ -108,72 +160,53 @@ impl Writer {
             }
             groups += 1;
             requests += group.len() as u64;
-            self.process(group);
-        }
-        debug!(groups, requests, "the writer stops");
-        if self.shared.poison_cause().is_none() {
-            if let Err(e) = self.checkpoint() {
-                warn!(error = %e, "the checkpoint at close failed; the next open replays the log");
+            if let Some(w) = self.process(group) {
+                if tx.send(ToSyncer::Group(Box::new(w))).is_err() {
+                    break;
+                }
             }
         }
+        debug!(groups, requests, "the writer stops");
+        let _ = tx.send(ToSyncer::Stop);
+        let _ = handle.join();
     }
 
     fn poison(&self, e: &Error) {
-        error!(error = %e, "a write to the log failed; the store refuses writes until reopened");
-        let mut p = self
-            .shared
-            .poisoned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if p.is_none() {
-            *p = Some(e.to_string());
+        poison(&self.shared, e);
+    }
+
+    /// Forgets pending state of groups the syncer has applied.
+    fn prune(&mut self) {
+        let synced = self.shared.synced_group.load(Ordering::Acquire);
+        self.heads.retain(|_, (_, seq)| *seq > synced);
+        self.ids.retain(|_, p| p.seq > synced);
+        while self.events.front().is_some_and(|e| e.1 <= synced) {
+            self.events.pop_front();
         }
     }
 
-    fn process(&mut self, group: Vec<Command>) {
+    /// Checks, encodes and writes one group. Returns it for the syncer, or `None` when every
+    /// request was answered here.
+    fn process(&mut self, group: Vec<Command>) -> Option<Written> {
         let mut appends = Vec::with_capacity(group.len());
         let mut checkpoints = Vec::new();
         for c in group {
             match c {
-                Command::Append(r, tx) => appends.push((r, tx)),
+                Command::Append(r, tx) => appends.push((Arc::new(r), tx)),
                 Command::Checkpoint(tx) => checkpoints.push(tx),
             }
         }
         if let Some(cause) = self.shared.poison_cause() {
+            let err = Error::Poisoned { cause };
             for (_, tx) in appends {
-                let _ = tx.send(Err(Error::Poisoned {
-                    cause: cause.clone(),
-                }));
+                let _ = tx.send(Err(err.clone()));
             }
             for tx in checkpoints {
-                let _ = tx.send(Err(Error::Poisoned {
-                    cause: cause.clone(),
-                }));
+                let _ = tx.send(Err(err.clone()));
             }
-            return;
+            return None;
         }
-        if !appends.is_empty() {
-            self.commit(appends);
-        }
-        let due = self.shared.index.mem_len() >= self.shared.config.checkpoint_entries;
-        if due || !checkpoints.is_empty() {
-            let r = if self.shared.poison_cause().is_some() {
-                Err(Error::Poisoned {
-                    cause: self.shared.poison_cause().unwrap_or_default(),
-                })
-            } else {
-                self.checkpoint()
-            };
-            if let Err(e) = &r {
-                warn!(error = %e, "checkpoint failed; the log is intact and the next one retries");
-            }
-            for tx in checkpoints {
-                let _ = tx.send(r.clone());
-            }
-        }
-    }
-
-    fn commit(&mut self, appends: Vec<(AppendRequest, oneshot::Sender<Result<AppendResult>>)>) {
+        self.prune();
         if self.active_len >= self.shared.config.segment_size
             && self.active_len > SEGMENT_HEADER_LEN
         {
@@ -182,70 +215,67 @@ impl Writer {
                 for (_, tx) in appends {
                     let _ = tx.send(Err(e.clone()));
                 }
-                return;
+                for tx in checkpoints {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return None;
             }
         }
+        self.seq += 1;
+        let seq = self.seq;
         let ts = Timestamp::now().0.max(self.last_ts);
-        let mut pending = Pending::default();
-        let mut next = self.next_position;
+        let mut w = Written {
+            seq,
+            segment: None,
+            next_position: self.next_position,
+            log_end: self.log_end,
+            last_ts: self.last_ts,
+            entries: Vec::new(),
+            updates: Vec::new(),
+            recorded_at: ts,
+            replies: Vec::with_capacity(appends.len()),
+            checkpoints,
+        };
         self.buf.clear();
-        let requests: Vec<&AppendRequest> = appends.iter().map(|(r, _)| r).collect();
-        let mut outcomes = Vec::with_capacity(appends.len());
-        for i in 0..requests.len() {
-            let outcome = self.prepare(&requests, i, &mut pending, &mut next, ts);
-            outcomes.push(outcome);
+        let mut next = self.next_position;
+        for (req, tx) in appends {
+            let outcome = self.prepare(&req, &mut w, &mut next, ts);
+            w.replies.push((tx, outcome));
         }
-        let wrote = !self.buf.is_empty();
-        if wrote {
+        if !self.buf.is_empty() {
             let written = self
                 .active
                 .file
                 .write_all_at(&self.buf, self.active_len)
-                .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), &e))
-                .and_then(|()| {
-                    self.active.file.sync_data().map_err(|e| {
-                        Error::io(format!("syncing {}", self.active.path.display()), &e)
-                    })
-                });
+                .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), &e));
             if let Err(e) = written {
                 self.poison(&e);
-                for ((_, tx), outcome) in appends.into_iter().zip(outcomes) {
+                for (tx, outcome) in w.replies {
                     let _ = tx.send(match outcome {
                         Ok(_) => Err(e.clone()),
                         Err(conflict) => Err(conflict),
                     });
                 }
-                return;
+                for tx in w.checkpoints {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return None;
             }
             self.active_len += self.buf.len() as u64;
             self.log_end += self.buf.len() as u64;
             self.next_position = next;
             self.last_ts = ts;
-            self.shared.index.insert(pending.entries.drain(..));
-            {
-                let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
-                for (stream, first_rev, count, first_pos, last_pos) in pending.updates.drain(..) {
-                    heads.apply(
-                        &stream,
-                        first_rev,
-                        count,
-                        first_pos,
-                        last_pos,
-                        Timestamp(ts),
-                    );
-                }
-            }
-            self.shared.next_position.store(next, Ordering::Release);
-            self.shared.head_tx.send_replace(next);
+            w.segment = Some(self.active.clone());
+            w.next_position = next;
+            w.log_end = self.log_end;
+            w.last_ts = ts;
         }
-        for ((_, tx), outcome) in appends.into_iter().zip(outcomes) {
-            let _ = tx.send(outcome);
-        }
+        Some(w)
     }
 
-    /// The stream's last revision, as the group sees it.
-    fn current(&self, pending: &Pending, stream: &str) -> Option<Head> {
-        pending.heads.get(stream).copied().or_else(|| {
+    /// The stream's head, as the writer sees it: pending groups first.
+    fn current(&self, stream: &str) -> Option<Head> {
+        self.heads.get(stream).map(|(h, _)| *h).or_else(|| {
             self.shared
                 .heads
                 .read()
@@ -256,21 +286,19 @@ impl Writer {
         })
     }
 
-    /// Checks request `i` and, when it passes, encodes it into the buffer.
+    /// Checks a request and, when it passes, encodes it into the buffer.
     fn prepare(
         &mut self,
-        requests: &[&AppendRequest],
-        i: usize,
-        pending: &mut Pending,
+        req: &Arc<AppendRequest>,
+        w: &mut Written,
         next: &mut u64,
         ts: i64,
     ) -> Result<AppendResult> {
-        let req = requests[i];
-        if let Some(result) = self.check_ids(requests, i, pending)? {
+        if let Some(result) = self.check_ids(req)? {
             return Ok(result);
         }
         for s in &req.streams {
-            let actual = self.current(pending, &s.stream_id).map(|h| h.revision);
+            let actual = self.current(&s.stream_id).map(|h| h.revision);
             if !s.expected.accepts(actual) {
                 return Err(Error::WrongExpectedRevision {
                     stream: s.stream_id.clone(),
@@ -280,7 +308,7 @@ impl Writer {
             }
         }
         if let Some(c) = &req.condition {
-            if let Some(position) = self.first_match(requests, pending, &c.query, c.after)? {
+            if let Some(position) = self.first_match(&c.query, c.after)? {
                 return Err(Error::ConditionFailed {
                     position,
                     after: c.after,
@@ -294,14 +322,14 @@ impl Writer {
         let mut results = Vec::with_capacity(req.streams.len());
         let mut position = first_position;
         for (si, s) in req.streams.iter().enumerate() {
-            let prev = self.current(pending, &s.stream_id);
+            let prev = self.current(&s.stream_id);
             let first_revision = prev.map_or(0, |h| h.revision + 1);
             let count = s.events.len() as u64;
             for (ei, e) in s.events.iter().enumerate() {
                 let revision = first_revision + ei as u64;
                 let p = position + ei as u64;
                 event_entries(
-                    &mut pending.entries,
+                    &mut w.entries,
                     &s.stream_id,
                     revision,
                     p,
@@ -309,18 +337,20 @@ impl Writer {
                     &e.tags,
                     &e.id,
                 );
-                pending.ids.insert(
+                self.ids.insert(
                     e.id,
                     PendingEvent {
+                        seq: w.seq,
                         stream: s.stream_id.clone(),
                         revision,
                         position: p,
-                        request: i,
+                        recorded_at: ts,
+                        request: req.clone(),
                         stream_index: si,
                         event_index: ei,
                     },
                 );
-                pending.events.push((p, i, si, ei));
+                self.events.push_back((p, w.seq, req.clone(), si, ei));
             }
             let last = position + count - 1;
             let head = Head {
@@ -330,9 +360,8 @@ impl Writer {
                 created_at: prev.map_or(ts, |h| h.created_at),
                 last_written_at: ts,
             };
-            pending.heads.insert(s.stream_id.clone(), head);
-            pending
-                .updates
+            self.heads.insert(s.stream_id.clone(), (head, w.seq));
+            w.updates
                 .push((s.stream_id.clone(), first_revision, count, position, last));
             results.push(StreamAppendResult {
                 stream_id: s.stream_id.clone(),
@@ -356,7 +385,7 @@ impl Writer {
             &batch,
         );
         batch_entries(
-            &mut pending.entries,
+            &mut w.entries,
             first_position,
             last_position,
             ts,
@@ -371,21 +400,15 @@ impl Writer {
         })
     }
 
-    /// Looks up every event id of request `i`. `Ok(None)`: all are new. `Ok(Some)`: the whole
+    /// Looks up every event id of a request. `Ok(None)`: all are new. `Ok(Some)`: the whole
     /// request was written before (a retry): its original result. Otherwise an id conflict.
-    fn check_ids(
-        &self,
-        requests: &[&AppendRequest],
-        i: usize,
-        pending: &Pending,
-    ) -> Result<Option<AppendResult>> {
-        let req = requests[i];
+    fn check_ids(&self, req: &AppendRequest) -> Result<Option<AppendResult>> {
         let mut found: Vec<Vec<Option<Found>>> = Vec::with_capacity(req.streams.len());
         let mut any = false;
         for s in &req.streams {
             let mut row = Vec::with_capacity(s.events.len());
             for e in &s.events {
-                let f = self.find(requests, pending, e)?;
+                let f = self.find(e)?;
                 any |= f.is_some();
                 row.push(f);
             }
@@ -471,20 +494,15 @@ impl Writer {
         }))
     }
 
-    /// Finds an event id in the group so far, then in the store.
-    fn find(
-        &self,
-        requests: &[&AppendRequest],
-        pending: &Pending,
-        e: &NewEvent,
-    ) -> Result<Option<Found>> {
-        if let Some(p) = pending.ids.get(&e.id) {
-            let original = &requests[p.request].streams[p.stream_index].events[p.event_index];
+    /// Finds an event id among pending groups, then in the store.
+    fn find(&self, e: &NewEvent) -> Result<Option<Found>> {
+        if let Some(p) = self.ids.get(&e.id) {
+            let original = &p.request.streams[p.stream_index].events[p.event_index];
             return Ok(Some(Found {
                 stream: p.stream.clone(),
                 revision: p.revision,
                 position: p.position,
-                recorded_at: Timestamp(self.last_ts.max(Timestamp::now().0)),
+                recorded_at: Timestamp(p.recorded_at),
                 same: original == e,
             }));
         }
@@ -497,17 +515,21 @@ impl Writer {
         }))
     }
 
-    /// The first position after `after` of an event matching `query`, in the store or in the
-    /// group so far.
-    fn first_match(
-        &self,
-        requests: &[&AppendRequest],
-        pending: &Pending,
-        query: &Query,
-        after: Option<u64>,
-    ) -> Result<Option<u64>> {
+    /// The first position after `after` of an event matching `query`: in what the syncer has
+    /// applied, or in the groups still pending (which may overlap; the lowest wins).
+    fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>> {
         let from = after.map_or(0, |a| a.saturating_add(1));
-        let head = self.next_position.checked_sub(1);
+        let pending = self
+            .events
+            .iter()
+            .find(|(p, _, r, si, ei)| {
+                *p >= from && {
+                    let e = &r.streams[*si].events[*ei];
+                    query.matches(&e.event_type, &e.tags)
+                }
+            })
+            .map(|(p, ..)| *p);
+        let head = self.shared.head();
         if head.is_some_and(|h| from <= h) {
             let mut cursor = Cursor::new(
                 self.shared.clone(),
@@ -518,23 +540,20 @@ impl Writer {
                 head,
             );
             if let Some(e) = cursor.next_event()? {
-                return Ok(Some(e.position));
+                return Ok(Some(pending.map_or(e.position, |p| p.min(e.position))));
             }
         }
-        Ok(pending
-            .events
-            .iter()
-            .find(|(p, r, si, ei)| {
-                *p >= from && {
-                    let e = &requests[*r].streams[*si].events[*ei];
-                    query.matches(&e.event_type, &e.tags)
-                }
-            })
-            .map(|(p, ..)| *p))
+        Ok(pending)
     }
 
     /// Starts a new segment at the current end of the log.
     fn roll(&mut self) -> Result<()> {
+        // The new segment's header records where the old one ends, so the old one's last
+        // writes (which the syncer may not have synced yet) must be durable first.
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing {}", self.active.path.display()), &e))?;
         let seg = create_segment(
             self.shared.fs.as_ref(),
             &self.shared.dir,
@@ -550,6 +569,131 @@ impl Writer {
         self.active = seg;
         self.active_len = SEGMENT_HEADER_LEN;
         Ok(())
+    }
+}
+
+/// Marks the store poisoned (the first cause wins) and logs it.
+fn poison(shared: &Shared, e: &Error) {
+    error!(error = %e, "a write to the log failed; the store refuses writes until reopened");
+    let mut p = shared.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+    if p.is_none() {
+        *p = Some(e.to_string());
+    }
+}
+
+/// The sync thread: makes written groups durable, then applies and acknowledges them.
+struct Syncer {
+    shared: Arc<Shared>,
+    rx: std_mpsc::Receiver<ToSyncer>,
+    manifest: Manifest,
+    /// What is durable and applied: the next position, the log's end, the last time.
+    next_position: u64,
+    log_end: u64,
+    last_ts: i64,
+    /// Set after a failed sync: nothing later may be acknowledged.
+    failed: Option<Error>,
+}
+
+impl Syncer {
+    fn run(mut self) {
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = self.rx.recv() else { break };
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next {
+                match msg {
+                    ToSyncer::Group(g) => batch.push(g),
+                    ToSyncer::Stop => stop = true,
+                }
+                next = if stop { None } else { self.rx.try_recv().ok() };
+            }
+            if !batch.is_empty() {
+                self.commit(batch);
+            }
+        }
+        if self.failed.is_none() && self.shared.poison_cause().is_none() {
+            if let Err(e) = self.checkpoint() {
+                warn!(error = %e, "the checkpoint at close failed; the next open replays the log");
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Box<Written>>) {
+        if self.failed.is_none() {
+            // One sync per segment file the batch wrote to, in order.
+            let mut synced: Vec<&Arc<Segment>> = Vec::new();
+            for g in &batch {
+                let Some(seg) = &g.segment else { continue };
+                if synced.iter().any(|s| Arc::ptr_eq(s, seg)) {
+                    continue;
+                }
+                synced.push(seg);
+                if let Err(e) = seg.file.sync_data() {
+                    let e = Error::io(format!("syncing {}", seg.path.display()), &e);
+                    poison(&self.shared, &e);
+                    self.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut checkpoints = Vec::new();
+        for g in batch {
+            let g = *g;
+            if let Some(e) = &self.failed {
+                for (tx, outcome) in g.replies {
+                    let _ = tx.send(match outcome {
+                        Ok(_) => Err(e.clone()),
+                        Err(conflict) => Err(conflict),
+                    });
+                }
+                for tx in g.checkpoints {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                continue;
+            }
+            if g.segment.is_some() {
+                self.shared.index.insert(g.entries);
+                {
+                    let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
+                    for (stream, first_rev, count, first_pos, last_pos) in g.updates {
+                        heads.apply(
+                            &stream,
+                            first_rev,
+                            count,
+                            first_pos,
+                            last_pos,
+                            Timestamp(g.recorded_at),
+                        );
+                    }
+                }
+                self.next_position = g.next_position;
+                self.log_end = g.log_end;
+                self.last_ts = g.last_ts;
+                self.shared
+                    .next_position
+                    .store(g.next_position, Ordering::Release);
+            }
+            self.shared.synced_group.store(g.seq, Ordering::Release);
+            self.shared.head_tx.send_replace(self.next_position);
+            for (tx, outcome) in g.replies {
+                let _ = tx.send(outcome);
+            }
+            checkpoints.extend(g.checkpoints);
+        }
+        if self.failed.is_some() {
+            return;
+        }
+        let due = self.shared.index.mem_len() >= self.shared.config.checkpoint_entries;
+        if due || !checkpoints.is_empty() {
+            let r = self.checkpoint();
+            if let Err(e) = &r {
+                warn!(error = %e, "checkpoint failed; the log is intact and the next one retries");
+            }
+            for tx in checkpoints {
+                let _ = tx.send(r.clone());
+            }
+        }
     }
 
     /// Writes the memtable out as a run, snapshots the stream heads, and replaces the
