@@ -603,7 +603,7 @@ impl Syncer {
             let mut next = Some(first);
             while let Some(msg) = next {
                 match msg {
-                    ToSyncer::Group(g) => batch.push(g),
+                    ToSyncer::Group(g) => batch.push(*g),
                     ToSyncer::Stop => stop = true,
                 }
                 next = if stop { None } else { self.rx.try_recv().ok() };
@@ -619,7 +619,7 @@ impl Syncer {
         }
     }
 
-    fn commit(&mut self, batch: Vec<Box<Written>>) {
+    fn commit(&mut self, batch: Vec<Written>) {
         if self.failed.is_none() {
             // One sync per segment file the batch wrote to, in order.
             let mut synced: Vec<&Arc<Segment>> = Vec::new();
@@ -639,7 +639,6 @@ impl Syncer {
         }
         let mut checkpoints = Vec::new();
         for g in batch {
-            let g = *g;
             if let Some(e) = &self.failed {
                 for (tx, outcome) in g.replies {
                     let _ = tx.send(match outcome {
