@@ -8,11 +8,13 @@ use std::sync::Arc;
 use annal_core::{Error, RecordedEvent, Result};
 
 use crate::checkpoint::{load_heads, Manifest};
-use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::format::{decode_batch, FORMAT_VERSION, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
 use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
-use crate::log::{intact_record_after, parse_segment_name, segments_dir, Next, Segment, SeqReader};
+use crate::log::{
+    intact_record_after, read_header, segment_files, segments_dir, Next, Segment, SeqReader,
+};
 use crate::recovery::{heads_path, run_path};
 
 /// What `check` found.
@@ -78,28 +80,16 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
             dir.display()
         )));
     }
-    let mut names: Vec<(u64, String)> = fs
-        .list(&sdir)
-        .map_err(|e| Error::io(format!("listing {}", sdir.display()), &e))?
-        .into_iter()
-        .filter_map(|n| parse_segment_name(&n).map(|p| (p, n)))
-        .collect();
-    names.sort();
+    let names = segment_files(fs, dir)?;
     let mut out: Vec<Arc<Segment>> = Vec::new();
     let count = names.len();
-    for (i, (first, name)) in names.into_iter().enumerate() {
-        let path = sdir.join(&name);
+    for (i, (first, path)) in names.into_iter().enumerate() {
         let file = fs
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
         let len = file.len().unwrap_or(0);
         report.bytes += len;
-        let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
-        let header = file
-            .read_exact_at(&mut raw, 0)
-            .map_err(|e| e.to_string())
-            .and_then(|()| SegmentHeader::decode(&raw).map_err(|e| e.0));
-        let h = match header {
+        let h = match read_header(&file) {
             Ok(h) => h,
             Err(problem) if i + 1 == count && len <= SEGMENT_HEADER_LEN => {
                 report.notes.push(format!(

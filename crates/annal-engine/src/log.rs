@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use annal_core::{Error, Result};
 
-use crate::format::{frame_crc, frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
-use crate::io::FileRef;
+use crate::format::{frame_crc, frame_header, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::io::{FileRef, Fs};
 
 /// One segment file.
 pub struct Segment {
@@ -253,6 +253,27 @@ impl SeqReader {
             ));
         }
     }
+}
+
+/// The segment files of a store, sorted by first position: (first position, path).
+pub fn segment_files(fs: &dyn Fs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let sdir = segments_dir(dir);
+    let mut names: Vec<(u64, PathBuf)> = fs
+        .list(&sdir)
+        .map_err(|e| Error::io(format!("listing {}", sdir.display()), &e))?
+        .into_iter()
+        .filter_map(|n| parse_segment_name(&n).map(|p| (p, sdir.join(n))))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Reads and decodes a segment file's header; the problem as text when it is unusable.
+pub fn read_header(file: &FileRef) -> std::result::Result<SegmentHeader, String> {
+    let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_exact_at(&mut raw, 0)
+        .map_err(|e| format!("segment header unreadable: {e}"))?;
+    SegmentHeader::decode(&raw).map_err(|e| e.0)
 }
 
 /// `segments/` below the store folder.

@@ -13,7 +13,8 @@ use crate::heads::Heads;
 use crate::index::{batch_entries, event_entries, Entry, Run};
 use crate::io::Fs;
 use crate::log::{
-    intact_record_after, parse_segment_name, segment_name, segments_dir, Next, Segment, SeqReader,
+    intact_record_after, read_header, segment_files, segment_name, segments_dir, Next, Segment,
+    SeqReader,
 };
 
 /// Everything the store needs to start from what is on disk.
@@ -75,24 +76,12 @@ pub(crate) fn create_segment(
 /// Lists and checks the segment files.
 fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
     let sdir = segments_dir(dir);
-    let mut names: Vec<(u64, String)> = fs
-        .list(&sdir)
-        .map_err(|e| io_err("listing", &sdir, &e))?
-        .into_iter()
-        .filter_map(|n| parse_segment_name(&n).map(|p| (p, n)))
-        .collect();
-    names.sort();
+    let names = segment_files(fs, dir)?;
     let mut segments: Vec<Arc<Segment>> = Vec::new();
     let count = names.len();
-    for (i, (first, name)) in names.into_iter().enumerate() {
-        let path = sdir.join(&name);
+    for (i, (first, path)) in names.into_iter().enumerate() {
         let file = fs.open(&path).map_err(|e| io_err("opening", &path, &e))?;
-        let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
-        let header = file
-            .read_exact_at(&mut raw, 0)
-            .map_err(|e| e.to_string())
-            .and_then(|()| SegmentHeader::decode(&raw).map_err(|e| e.0));
-        let header = match header {
+        let header = match read_header(&file) {
             Ok(h) => h,
             Err(problem)
                 if i + 1 == count
