@@ -112,7 +112,7 @@ fn check_notes_a_torn_tail_and_reports_a_damaged_index() {
         .unwrap()
         .path();
     let mut idx = std::fs::read(&run).unwrap();
-    idx[40] ^= 1;
+    idx[60] ^= 1; // inside the first entry, past the 48-byte header
     std::fs::write(&run, idx).unwrap();
     let (code, out, _) = annal(&["check", d]);
     assert_eq!(code, 1, "{out}");
