@@ -43,3 +43,119 @@ async fn append_read_reopen() {
     );
     assert_eq!(store.head().await.unwrap(), Some(9));
 }
+
+fn one(stream: &str, i: u64) -> AppendRequest {
+    AppendRequest::stream(
+        stream,
+        ExpectedRevision::Any,
+        vec![NewEvent::new("Deposited", format!("{{\"n\":{i}}}")).with_tag(format!("t:{}", i % 3))],
+    )
+}
+
+#[tokio::test]
+async fn a_store_of_another_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path()).unwrap().close().unwrap();
+    let seg = dir.path().join("segments").join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, bytes).unwrap();
+    let err = Store::open(dir.path()).err().expect("refused");
+    assert!(
+        matches!(
+            err,
+            annal_core::Error::UnsupportedFormat {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("format version 2"), "{err}");
+}
+
+#[tokio::test]
+async fn indexes_are_rebuilt_from_the_log_when_the_checkpoint_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = annal_engine::Config::default().checkpoint_entries(50);
+    {
+        let store = Store::open_with(dir.path(), config.clone()).unwrap();
+        for i in 0..200 {
+            store
+                .append(one(&format!("acct-{}", i % 7), i))
+                .await
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    let before = {
+        let store = Store::open_with(dir.path(), config.clone()).unwrap();
+        store
+            .read_to_vec(ReadRequest::category("acct"))
+            .await
+            .unwrap()
+    };
+    std::fs::remove_file(dir.path().join("manifest")).unwrap();
+    for f in std::fs::read_dir(dir.path().join("index")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let store = Store::open_with(dir.path(), config).unwrap();
+    assert_eq!(
+        store
+            .read_to_vec(ReadRequest::category("acct"))
+            .await
+            .unwrap(),
+        before
+    );
+    let tagged = store
+        .read_to_vec(ReadRequest::query(annal_core::Query::item(
+            annal_core::QueryItem::tags(["t:1"]),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(tagged.len(), (0..200).filter(|i| i % 3 == 1).count());
+    let info = store.stream_info("acct-3").await.unwrap().unwrap();
+    assert_eq!(info.count, (0..200).filter(|i| i % 7 == 3).count() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscriber_does_not_hold_back_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Subscribed, never polled while 5,000 events are written.
+    let mut idle = store
+        .subscribe(annal_core::SubscribeRequest::new(
+            annal_core::Source::All,
+            annal_core::SubscribeFrom::Start,
+        ))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let events = (0..100)
+            .map(|j| NewEvent::new("E", format!("{{\"n\":{}}}", i * 100 + j)))
+            .collect();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.append(AppendRequest::stream("s-1", ExpectedRevision::Any, events)),
+        )
+        .await
+        .expect("writers are not blocked by an idle subscriber")
+        .unwrap();
+    }
+    // It still gets everything, in order, when it finally reads.
+    let mut next = 0u64;
+    while next < 5_000 {
+        match annal_core::next_item(&mut idle).await.unwrap().unwrap() {
+            annal_core::SubscriptionItem::Event(e) => {
+                assert_eq!(e.position, next);
+                next += 1;
+            }
+            annal_core::SubscriptionItem::CaughtUp { .. } => {
+                panic!("caught up before the end of history")
+            }
+        }
+    }
+}
