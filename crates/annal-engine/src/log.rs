@@ -140,7 +140,7 @@ impl SeqReader {
             at,
             chunk: Vec::new(),
             chunk_at: 0,
-            chunk_size: 1 << 20,
+            chunk_size: 16 << 10,
             seg_len: 0,
         }
     }
@@ -167,6 +167,8 @@ impl SeqReader {
             return Ok(n);
         }
         let want = n.max(self.chunk_size);
+        // Short reads stay cheap; long sequential reads grow the buffer to 1 MiB.
+        self.chunk_size = (self.chunk_size * 2).min(1 << 20);
         self.chunk.resize(want, 0);
         let mut got = 0;
         while got < want {
