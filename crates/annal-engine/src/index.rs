@@ -442,11 +442,12 @@ impl Iterator for RunIter<'_> {
     }
 }
 
-/// The index: a memtable, at most one frozen memtable being written out, and runs.
+/// The index: a memtable, frozen memtables waiting to be written out (oldest first), and
+/// runs.
 #[derive(Default)]
 pub struct IndexState {
     pub mem: MemTable,
-    pub frozen: Option<Arc<MemTable>>,
+    pub frozen: Vec<Arc<MemTable>>,
     pub runs: Vec<Arc<Run>>,
 }
 
@@ -474,7 +475,7 @@ impl Index {
         let runs = {
             let s = self.state.read().unwrap_or_else(|e| e.into_inner());
             s.mem.scan(key, lo, hi, dir, limit, &mut out);
-            if let Some(f) = &s.frozen {
+            for f in &s.frozen {
                 f.scan(key, lo, hi, dir, limit, &mut out);
             }
             s.runs.clone()
@@ -523,23 +524,17 @@ impl Index {
     pub fn freeze(&self) -> Arc<MemTable> {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mem = Arc::new(std::mem::take(&mut s.mem));
-        s.frozen = Some(mem.clone());
+        s.frozen.push(mem.clone());
         mem
     }
 
-    /// Replaces the frozen memtable with the run written from it.
+    /// Replaces the oldest frozen memtable with the run written from it.
     pub fn install(&self, run: Arc<Run>) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        s.frozen = None;
-        s.runs.push(run);
-    }
-
-    /// Puts a frozen memtable back (after its write failed).
-    pub fn thaw(&self) {
-        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = s.frozen.take() {
-            s.mem.absorb(&f);
+        if !s.frozen.is_empty() {
+            s.frozen.remove(0);
         }
+        s.runs.push(run);
     }
 
     /// The runs, oldest first.

@@ -145,13 +145,6 @@ impl MemTable {
         out.sort_unstable();
         out
     }
-
-    /// Adds every entry of another table.
-    pub fn absorb(&mut self, other: &MemTable) {
-        for e in other.sorted() {
-            self.insert(e);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,10 @@ use tracing::{debug, error, warn};
 
 use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
-use crate::heads::Head;
+use crate::heads::{Head, Heads};
 use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
 use crate::log::Segment;
+use crate::memtable::MemTable;
 use crate::read::{find_by_id, Cursor};
 use crate::recovery::{create_segment, heads_path, run_path, Recovered};
 use crate::store::Shared;
@@ -130,10 +131,13 @@ impl Writer {
 
     pub fn run(mut self) {
         let (tx, rx) = std_mpsc::channel();
+        let manifest = self.recovered_manifest.take().unwrap_or_default();
         let syncer = Syncer {
             shared: self.shared.clone(),
             rx,
-            manifest: self.recovered_manifest.take().unwrap_or_default(),
+            jobs: None,
+            checkpointed: manifest.next_position,
+            manifest: Some(manifest),
             next_position: self.next_position,
             log_end: self.log_end,
             last_ts: self.last_ts,
@@ -585,17 +589,40 @@ fn poison(shared: &Shared, e: &Error) {
 struct Syncer {
     shared: Arc<Shared>,
     rx: std_mpsc::Receiver<ToSyncer>,
-    manifest: Manifest,
+    /// The checkpoint thread's queue (bounded: at most two checkpoints wait).
+    jobs: Option<std_mpsc::SyncSender<Job>>,
+    /// The next position of the last checkpoint handed out.
+    checkpointed: u64,
     /// What is durable and applied: the next position, the log's end, the last time.
     next_position: u64,
     log_end: u64,
     last_ts: i64,
     /// Set after a failed sync: nothing later may be acknowledged.
     failed: Option<Error>,
+    /// The checkpoint in force at start, handed to the checkpoint thread.
+    manifest: Option<Manifest>,
 }
 
 impl Syncer {
     fn run(mut self) {
+        let (jobs, rx) = std_mpsc::sync_channel(1);
+        let checkpointer = Checkpointer {
+            shared: self.shared.clone(),
+            manifest: self.manifest.take().unwrap_or_default(),
+        };
+        let handle = match std::thread::Builder::new()
+            .name("annal-checkpoint".into())
+            .spawn(move || checkpointer.run(rx))
+        {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "could not start the checkpoint thread; checkpoints are off");
+                None
+            }
+        };
+        if handle.is_some() {
+            self.jobs = Some(jobs);
+        }
         let mut stop = false;
         while !stop {
             let Ok(first) = self.rx.recv() else { break };
@@ -613,8 +640,47 @@ impl Syncer {
             }
         }
         if self.failed.is_none() && self.shared.poison_cause().is_none() {
-            if let Err(e) = self.checkpoint() {
-                warn!(error = %e, "the checkpoint at close failed; the next open replays the log");
+            self.checkpoint(Vec::new());
+        }
+        self.jobs = None;
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    /// Hands a checkpoint of everything applied so far to the checkpoint thread: freezes the
+    /// memtable and snapshots the stream heads here, between groups, so the two agree. Waits
+    /// when two checkpoints are already queued.
+    fn checkpoint(&mut self, replies: Vec<oneshot::Sender<Result<()>>>) {
+        if self.checkpointed == self.next_position && self.shared.index.mem_len() == 0 {
+            for tx in replies {
+                let _ = tx.send(Ok(()));
+            }
+            return;
+        }
+        let Some(jobs) = &self.jobs else {
+            for tx in replies {
+                let _ = tx.send(Err(Error::Internal("checkpoints are off".into())));
+            }
+            return;
+        };
+        let job = Job {
+            frozen: self.shared.index.freeze(),
+            heads: self
+                .shared
+                .heads
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            next_position: self.next_position,
+            log_end: self.log_end,
+            last_ts: self.last_ts,
+            replies,
+        };
+        self.checkpointed = self.next_position;
+        if let Err(std_mpsc::SendError(job)) = jobs.send(job) {
+            for tx in job.replies {
+                let _ = tx.send(Err(Error::Internal("the checkpoint thread stopped".into())));
             }
         }
     }
@@ -685,25 +751,57 @@ impl Syncer {
         }
         let due = self.shared.index.mem_len() >= self.shared.config.checkpoint_entries;
         if due || !checkpoints.is_empty() {
-            let r = self.checkpoint();
-            if let Err(e) = &r {
-                warn!(error = %e, "checkpoint failed; the log is intact and the next one retries");
+            self.checkpoint(checkpoints);
+        }
+    }
+}
+
+/// A checkpoint to write: a frozen memtable and the stream heads at the same point.
+struct Job {
+    frozen: Arc<MemTable>,
+    heads: Heads,
+    next_position: u64,
+    log_end: u64,
+    last_ts: i64,
+    replies: Vec<oneshot::Sender<Result<()>>>,
+}
+
+/// The checkpoint thread: writes runs, heads snapshots and the manifest, and merges runs,
+/// so that none of that slows the write path.
+struct Checkpointer {
+    shared: Arc<Shared>,
+    manifest: Manifest,
+}
+
+impl Checkpointer {
+    fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            if let Some(cause) = self.shared.poison_cause() {
+                for tx in job.replies {
+                    let _ = tx.send(Err(Error::Poisoned {
+                        cause: cause.clone(),
+                    }));
+                }
+                continue;
             }
-            for tx in checkpoints {
+            let r = self.checkpoint(&job).and_then(|()| self.merge());
+            if let Err(e) = &r {
+                // The frozen memtable stays readable; a later checkpoint cannot skip over it,
+                // so writes stop here, as after any failed write.
+                poison(&self.shared, e);
+            }
+            for tx in job.replies {
                 let _ = tx.send(r.clone());
             }
         }
     }
 
-    /// Writes the memtable out as a run, snapshots the stream heads, and replaces the
-    /// manifest; then merges runs when they have piled up.
-    fn checkpoint(&mut self) -> Result<()> {
-        if self.manifest.next_position == self.next_position && self.shared.index.mem_len() == 0 {
-            return Ok(());
-        }
+    /// Writes a frozen memtable out as a run, writes the heads snapshot taken with it, and
+    /// replaces the manifest.
+    fn checkpoint(&mut self, job: &Job) -> Result<()> {
         let fs = self.shared.fs.clone();
         let dir = self.shared.dir.clone();
-        let frozen = self.shared.index.freeze();
+        let frozen = &job.frozen;
         let run_id = self.manifest.next_file_id;
         let heads_id = run_id + 1;
         let written = (|| {
@@ -715,13 +813,12 @@ impl Syncer {
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
-            let snapshot =
-                encode_heads(&self.shared.heads.read().unwrap_or_else(|e| e.into_inner()));
+            let snapshot = encode_heads(&job.heads);
             write_all(fs.as_ref(), &heads_path(&dir, heads_id), &snapshot)?;
             let mut manifest = Manifest {
-                next_position: self.next_position,
-                log_offset: self.log_end,
-                last_recorded_at: self.last_ts,
+                next_position: job.next_position,
+                log_offset: job.log_end,
+                last_recorded_at: job.last_ts,
                 heads_id,
                 next_file_id: heads_id + 1,
                 runs: self.manifest.runs.clone(),
@@ -730,20 +827,14 @@ impl Syncer {
             manifest.store(fs.as_ref(), &dir)?;
             Ok::<_, Error>((run, manifest))
         })();
-        let (run, manifest) = match written {
-            Ok(x) => x,
-            Err(e) => {
-                self.shared.index.thaw();
-                return Err(e);
-            }
-        };
+        let (run, manifest) = written?;
         self.shared.index.install(Arc::new(run));
         let old_heads = heads_path(&dir, self.manifest.heads_id);
         if self.manifest.heads_id != heads_id {
             let _ = fs.remove(&old_heads);
         }
         self.manifest = manifest;
-        self.merge()
+        Ok(())
     }
 
     /// Merges the newest runs while the newest is at least half the size of the one before

@@ -144,6 +144,7 @@ fn power_loss_at_every_sync_point() {
         total > 20,
         "the workload should sync often, synced {total} times"
     );
+    eprintln!("crashing at each of {total} sync points, with and without torn writes");
     let mut crashes = 0;
     for k in 1..=total + 1 {
         for torn in [None, Some(k * 7919)] {
