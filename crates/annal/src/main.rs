@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 
 mod dump;
 
+/// The engine allocates per event on its read and write paths; mimalloc serves those small,
+/// short-lived allocations much faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "annal",
