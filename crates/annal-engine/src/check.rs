@@ -8,12 +8,13 @@ use std::sync::Arc;
 use annal_core::{Error, RecordedEvent, Result};
 
 use crate::checkpoint::{load_heads, Manifest};
-use crate::format::{decode_batch, FORMAT_VERSION, SEGMENT_HEADER_LEN};
+use crate::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
 use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
 use crate::log::{
-    intact_record_after, read_header, segment_files, segments_dir, Next, Segment, SeqReader,
+    header_mismatches, intact_record_after, read_header, segment_files, segments_dir, Next,
+    Segment, SeqReader,
 };
 use crate::recovery::{heads_path, run_path};
 
@@ -105,30 +106,10 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
                 continue;
             }
         };
-        if h.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                path: path.display().to_string(),
-                found: h.version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if h.first_position != first {
-            report.problems.push(format!(
-                "{}: header says first position {}, the name says {first}",
-                path.display(),
-                h.first_position
-            ));
-        }
-        if let Some(prev) = out.last() {
-            let plen = prev.file.len().unwrap_or(0);
-            let expected = prev.base_offset + plen - SEGMENT_HEADER_LEN;
-            if h.base_offset != expected {
-                report.problems.push(format!(
-                    "{}: starts at log offset {}, but the segment before ends at {expected}",
-                    path.display(),
-                    h.base_offset
-                ));
-            }
+        for (_, problem) in header_mismatches(&path, &h, first, out.last().map(|s| &**s))? {
+            report
+                .problems
+                .push(format!("{}: {problem}", path.display()));
         }
         out.push(Arc::new(Segment {
             first_position: h.first_position,

@@ -278,6 +278,51 @@ pub fn read_header(file: &FileRef) -> std::result::Result<SegmentHeader, String>
     SegmentHeader::decode(&raw).map_err(|e| e.0)
 }
 
+/// Checks a segment's header against its file name and the segment before it. Another
+/// format version is an error; any other disagreement is returned as (offset in the header,
+/// problem), for the caller to refuse or report.
+pub fn header_mismatches(
+    path: &Path,
+    header: &SegmentHeader,
+    first: u64,
+    prev: Option<&Segment>,
+) -> Result<Vec<(u64, String)>> {
+    if header.version != crate::format::FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            path: path.display().to_string(),
+            found: header.version,
+            supported: crate::format::FORMAT_VERSION,
+        });
+    }
+    let mut out = Vec::new();
+    if header.first_position != first {
+        out.push((
+            16,
+            format!(
+                "header says first position {}, the file name says {first}",
+                header.first_position
+            ),
+        ));
+    }
+    if let Some(prev) = prev {
+        let len = prev
+            .file
+            .len()
+            .map_err(|e| Error::io(format!("reading {}", prev.path.display()), &e))?;
+        let expected = prev.base_offset + len.saturating_sub(SEGMENT_HEADER_LEN);
+        if header.base_offset != expected {
+            out.push((
+                24,
+                format!(
+                    "segment starts at log offset {}, but the one before ends at {expected}",
+                    header.base_offset
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// `segments/` below the store folder.
 pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")

@@ -13,8 +13,8 @@ use crate::heads::Heads;
 use crate::index::{batch_entries, event_entries, Entry, Run};
 use crate::io::Fs;
 use crate::log::{
-    intact_record_after, read_header, segment_files, segment_name, segments_dir, Next, Segment,
-    SeqReader,
+    header_mismatches, intact_record_after, read_header, segment_files, segment_name, segments_dir,
+    Next, Segment, SeqReader,
 };
 
 /// Everything the store needs to start from what is on disk.
@@ -106,39 +106,16 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
                 })
             }
         };
-        if header.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedFormat {
-                path: path.display().to_string(),
-                found: header.version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if header.first_position != first {
+        if let Some((offset, problem)) =
+            header_mismatches(&path, &header, first, segments.last().map(|s| &**s))?
+                .into_iter()
+                .next()
+        {
             return Err(Error::Corruption {
                 file: path.display().to_string(),
-                offset: 16,
-                problem: format!(
-                    "header says first position {}, the file name says {first}",
-                    header.first_position
-                ),
+                offset,
+                problem,
             });
-        }
-        if let Some(prev) = segments.last() {
-            let len = prev
-                .file
-                .len()
-                .map_err(|e| io_err("reading", &prev.path, &e))?;
-            let expected = prev.base_offset + len - SEGMENT_HEADER_LEN;
-            if header.base_offset != expected {
-                return Err(Error::Corruption {
-                    file: path.display().to_string(),
-                    offset: 24,
-                    problem: format!(
-                        "segment starts at log offset {}, but the one before ends at {expected}",
-                        header.base_offset
-                    ),
-                });
-            }
         }
         segments.push(Arc::new(Segment {
             first_position: header.first_position,
