@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_EVENT_SIZE: usize = 16 * 1024 * 1024;
 pub const MAX_EVENTS_PER_APPEND: usize = 100_000;
 /// Most streams one append request may touch.
 pub const MAX_STREAMS_PER_APPEND: usize = 1_000;
+/// Most tags one event may carry.
+pub const MAX_TAGS_PER_EVENT: usize = 100;
+/// Most free-form metadata pairs one event may carry.
+pub const MAX_METADATA_PAIRS: usize = 256;
 
 fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
@@ -155,8 +159,28 @@ pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
             if e.schema_version == 0 {
                 return Err(Error::invalid("schema version", "starts at 1"));
             }
+            if e.tags.len() > MAX_TAGS_PER_EVENT {
+                return Err(Error::invalid(
+                    "tags",
+                    format!(
+                        "event {} has {} tags, more than the limit of {MAX_TAGS_PER_EVENT}",
+                        e.id,
+                        e.tags.len()
+                    ),
+                ));
+            }
             for t in &e.tags {
                 tag(t)?;
+            }
+            if e.metadata.extra.len() > MAX_METADATA_PAIRS {
+                return Err(Error::invalid(
+                    "metadata",
+                    format!(
+                        "event {} has {} metadata pairs, more than the limit of {MAX_METADATA_PAIRS}",
+                        e.id,
+                        e.metadata.extra.len()
+                    ),
+                ));
             }
             if let Some(actor) = &e.metadata.actor {
                 check_name("actor", actor, MAX_NAME_LEN)?;
@@ -217,6 +241,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+        let mut many = NewEvent::new("Tagged", b"{}".to_vec());
+        many.tags = (0..=MAX_TAGS_PER_EVENT).map(|i| format!("t{i}")).collect();
+        let err = append(&one("a", many), 1 << 20).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the limit of 100"),
+            "{err}"
+        );
+        let mut meta = NewEvent::new("Meta", b"{}".to_vec());
+        meta.metadata.extra = (0..=MAX_METADATA_PAIRS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(append(&one("a", meta), 1 << 20).is_err());
         assert!(query(&Query::default()).is_err());
         assert!(query(&Query::all()).is_ok());
     }

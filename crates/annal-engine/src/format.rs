@@ -30,7 +30,7 @@
 //! | 1         | kind: 1 = batch                                             |
 //! | 8         | first position (u64)                                        |
 //! | 8         | recorded at, microseconds (i64)                             |
-//! | 8         | group start: log offset of the first record written with it |
+//! | 8         | synced up to: the log offset below which the log was durable when this record was written |
 //! | 4         | event count (u32)                                           |
 //! | 2         | stream count (u16)                                          |
 //! | per stream| str16 stream id, u64 first revision, u32 event count        |
@@ -140,7 +140,7 @@ pub fn encode_batch(
     out: &mut Vec<u8>,
     first_position: u64,
     recorded_at: Timestamp,
-    group_start: u64,
+    synced_up_to: u64,
     streams: &[BatchStream<'_>],
 ) -> usize {
     let start = out.len();
@@ -148,34 +148,41 @@ pub fn encode_batch(
     out.push(KIND_BATCH);
     out.extend_from_slice(&first_position.to_le_bytes());
     out.extend_from_slice(&recorded_at.0.to_le_bytes());
-    out.extend_from_slice(&group_start.to_le_bytes());
+    out.extend_from_slice(&synced_up_to.to_le_bytes());
     let count: usize = streams.iter().map(|s| s.events.len()).sum();
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    out.extend_from_slice(&(streams.len() as u16).to_le_bytes());
+    out.extend_from_slice(&narrow::<u32>(count).to_le_bytes());
+    out.extend_from_slice(&narrow::<u16>(streams.len()).to_le_bytes());
     for s in streams {
         put_str16(out, s.stream_id);
         out.extend_from_slice(&s.first_revision.to_le_bytes());
-        out.extend_from_slice(&(s.events.len() as u32).to_le_bytes());
+        out.extend_from_slice(&narrow::<u32>(s.events.len()).to_le_bytes());
     }
     for s in streams {
         for e in s.events {
             encode_event(out, e);
         }
     }
-    let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    let len: u32 = narrow(out.len() - start - FRAME_HEADER_LEN);
     let crc = frame_crc(len, &out[start + FRAME_HEADER_LEN..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
 }
 
+/// A count or length that validation keeps within its field; never wrapped silently.
+fn narrow<T: TryFrom<usize>>(n: usize) -> T {
+    T::try_from(n)
+        .ok()
+        .expect("validation keeps counts and lengths within their fields")
+}
+
 fn put_str16(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(&narrow::<u16>(s.len()).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 fn put_str32(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(&narrow::<u32>(s.len()).to_le_bytes());
     out.extend_from_slice(s);
 }
 
@@ -198,12 +205,12 @@ fn encode_event(out: &mut Vec<u8>, e: &NewEvent) {
     if let Some(a) = &m.actor {
         put_str16(out, a);
     }
-    out.extend_from_slice(&(m.extra.len() as u16).to_le_bytes());
+    out.extend_from_slice(&narrow::<u16>(m.extra.len()).to_le_bytes());
     for (k, v) in &m.extra {
         put_str16(out, k);
         put_str32(out, v.as_bytes());
     }
-    out.extend_from_slice(&(e.tags.len() as u16).to_le_bytes());
+    out.extend_from_slice(&narrow::<u16>(e.tags.len()).to_le_bytes());
     for t in &e.tags {
         put_str16(out, t);
     }
@@ -267,9 +274,10 @@ impl<'a> Cursor<'a> {
 pub struct BatchHeader {
     pub first_position: u64,
     pub recorded_at: Timestamp,
-    /// The log offset of the first record of the write (group commit) this record was part
-    /// of: a torn write can only damage records of the last group.
-    pub group_start: u64,
+    /// The log offset below which the log was durable (synced) when this record was written.
+    /// A power loss can damage only bytes at or above it; damage below the watermark of an
+    /// intact later record is corruption, not a torn write.
+    pub synced_up_to: u64,
     pub event_count: u32,
 }
 
@@ -283,7 +291,7 @@ pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
     Ok(BatchHeader {
         first_position: c.u64()?,
         recorded_at: Timestamp(c.u64()? as i64),
-        group_start: c.u64()?,
+        synced_up_to: c.u64()?,
         event_count: c.u32()?,
     })
 }
@@ -354,7 +362,9 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
             events.push(RecordedEvent {
                 id,
                 stream_id: stream_id.clone(),
-                revision: first_revision + i,
+                revision: first_revision
+                    .checked_add(i)
+                    .ok_or_else(|| DecodeError("revision overflows".into()))?,
                 position,
                 recorded_at: header.recorded_at,
                 event_type,
@@ -369,7 +379,9 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
                 data,
                 tags,
             });
-            position += 1;
+            position = position
+                .checked_add(1)
+                .ok_or_else(|| DecodeError("position overflows".into()))?;
         }
     }
     if c.at != payload.len() {

@@ -101,7 +101,7 @@ pub fn to_info(stream: &str, h: &Head) -> StreamInfo {
         revision: h.revision,
         first_position: h.first_position,
         last_position: h.last_position,
-        count: h.revision + 1,
+        count: h.revision.saturating_add(1),
         created_at: Timestamp(h.created_at),
         last_written_at: Timestamp(h.last_written_at),
     }

@@ -277,11 +277,17 @@ impl Run {
         let count = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
         let words = u64::from_le_bytes(header[24..32].try_into().unwrap_or_default());
         let fence_count = count.div_ceil(BLOCK as u64);
-        let fence_at = HEADER_LEN + count * ENTRY_LEN as u64;
+        let fence_at = count
+            .checked_mul(ENTRY_LEN as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN))
+            .ok_or_else(|| corrupt(path, 16, format!("entry count {count} is impossible")))?;
         let file_len = file
             .len()
             .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
-        let tail_len = fence_count * ENTRY_LEN as u64 + words * 8;
+        let tail_len = words
+            .checked_mul(8)
+            .and_then(|w| w.checked_add(fence_count * ENTRY_LEN as u64))
+            .ok_or_else(|| corrupt(path, 24, format!("filter size {words} is impossible")))?;
         if fence_at.checked_add(tail_len) != Some(file_len) {
             return Err(corrupt(
                 path,

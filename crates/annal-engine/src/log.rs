@@ -99,6 +99,17 @@ impl Log {
             .read_exact_at(&mut h, at)
             .map_err(|e| corrupt(&seg, at, format!("record header unreadable: {e}")))?;
         let (len, crc) = frame_header(&h);
+        let file_len = seg
+            .file
+            .len()
+            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+        if at + FRAME_HEADER_LEN as u64 + u64::from(len) > file_len {
+            return Err(corrupt(
+                &seg,
+                at,
+                format!("record of {len} bytes runs past the end of the file"),
+            ));
+        }
         let mut payload = vec![0u8; len as usize];
         seg.file
             .read_exact_at(&mut payload, at + FRAME_HEADER_LEN as u64)
@@ -328,11 +339,12 @@ pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
 }
 
-/// Looks for an intact record after a damaged one at `file_offset` of `seg`, written by a
-/// later group commit than the damaged one: one whose frame checks, whose batch starts after
-/// position `expected`, and whose group started after the damaged record. A torn write only
-/// damages the last group, which nothing follows; finding such a record means the damage is
-/// corruption in the middle of the log. Returns its file offset.
+/// Looks for an intact record after a damaged one at `file_offset` of `seg` that proves the
+/// damaged bytes had been synced: one whose frame checks, whose batch starts after position
+/// `expected`, and whose watermark (the offset the log was durable up to when it was
+/// written) lies beyond the damage. A power loss only damages bytes that were never synced,
+/// in any order; finding such a record means the damage is corruption inside the log.
+/// Returns its file offset.
 pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Option<u64>> {
     let len = seg
         .file
@@ -359,7 +371,7 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
             continue;
         }
         if let Ok(b) = crate::format::decode_batch_header(payload) {
-            if b.first_position > expected && b.group_start > damaged_at {
+            if b.first_position > expected && b.synced_up_to > damaged_at {
                 return Ok(Some(file_offset + at as u64));
             }
         }

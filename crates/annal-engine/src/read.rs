@@ -50,7 +50,7 @@ pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEven
     let first = batch.first().map_or(0, |e| e.position);
     batch
         .into_iter()
-        .nth((position - first) as usize)
+        .nth(position.saturating_sub(first) as usize)
         .filter(|e| e.position == position)
         .ok_or_else(|| Error::Corruption {
             file: "index".into(),
@@ -258,7 +258,9 @@ impl Cursor {
                 }
                 for (rev, pos) in entries {
                     if pos > max {
-                        self.next = Some(rev);
+                        // Never step back past a revision already delivered (an entry of a
+                        // stream whose name hashes alike can carry the same revision).
+                        self.next = Some(self.next.map_or(rev, |n| n.max(rev)));
                         return Ok(!self.buffer.is_empty());
                     }
                     let e = self.fetch(pos)?;
@@ -360,7 +362,11 @@ impl Cursor {
                         problem: e.0,
                     })?;
                     let want = self.next.unwrap_or(0);
-                    if header.first_position + u64::from(header.event_count) <= want {
+                    if header
+                        .first_position
+                        .saturating_add(u64::from(header.event_count))
+                        <= want
+                    {
                         continue;
                     }
                     decode_batch(payload).map_err(|e| Error::Corruption {
@@ -493,6 +499,10 @@ impl Stream for Subscription {
                 return Poll::Ready(None);
             };
             let head = *rx.borrow_and_update();
+            if this.cursor.shared.is_closed() {
+                this.done = true;
+                return Poll::Ready(None);
+            }
             this.cursor.max_pos = head.checked_sub(1);
             match this.cursor.next_event() {
                 Err(e) => {

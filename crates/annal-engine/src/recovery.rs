@@ -164,6 +164,23 @@ fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
     Ok(Some((manifest, heads, runs)))
 }
 
+/// One more than the highest id of any run or heads snapshot file present.
+fn next_free_file_id(fs: &dyn Fs, dir: &Path) -> u64 {
+    let parse = |name: &str, prefix: &str, suffix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+    };
+    let heads = fs.list(dir).unwrap_or_default();
+    let runs = fs.list(&dir.join("index")).unwrap_or_default();
+    heads
+        .iter()
+        .filter_map(|n| parse(n, "heads-", ".snap"))
+        .chain(runs.iter().filter_map(|n| parse(n, "run-", ".idx")))
+        .max()
+        .map_or(0, |m| m.saturating_add(1))
+}
+
 /// Removes files that no checkpoint names (left by a crash during a checkpoint or merge).
 fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
     let keep_heads = format!("heads-{:016x}.snap", manifest.heads_id);
@@ -192,7 +209,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
             .map_err(|e| io_err("creating", &d, &e))?;
     }
     let mut segments = open_segments(fs, dir)?;
-    let (manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
+    let (mut manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
+    // New checkpoint files never reuse the name of one already on disk, whichever manifest
+    // a crash leaves in force.
+    manifest.next_file_id = manifest.next_file_id.max(next_free_file_id(fs, dir));
     remove_orphans(fs, dir, &manifest);
     if segments.is_empty() {
         if manifest.next_position > 0 {
@@ -327,6 +347,11 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
         }
     }
     let last = segments.last().expect("at least one segment");
+    // What a killed process left in the page cache is readable but perhaps not on disk yet;
+    // make it durable before new records, whose watermark will claim it is.
+    last.file
+        .sync_data()
+        .map_err(|e| io_err("syncing", &last.path, &e))?;
     let active_len = last
         .file
         .len()

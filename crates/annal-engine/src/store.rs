@@ -20,6 +20,9 @@ use crate::read::{Cursor, ReadStream, Subscription};
 use crate::recovery::recover;
 use crate::writer::{Command, Writer};
 
+/// The most bytes of events one request may carry: its record's length field is 32 bits.
+const MAX_RECORD_BYTES: usize = 3 << 30;
+
 /// How a store is opened. Every field has a default; the engine reads no environment or file.
 #[derive(Clone)]
 pub struct Config {
@@ -55,12 +58,14 @@ impl Config {
         self.segment_size = bytes;
         self
     }
+    /// At most 3 GiB: a request is one record, whose length field is 32 bits.
     pub fn max_event_size(mut self, bytes: usize) -> Self {
-        self.max_event_size = bytes;
+        self.max_event_size = bytes.min(MAX_RECORD_BYTES);
         self
     }
+    /// At most 3 GiB: a request is one record, whose length field is 32 bits.
     pub fn max_append_size(mut self, bytes: usize) -> Self {
-        self.max_append_size = bytes;
+        self.max_append_size = bytes.min(MAX_RECORD_BYTES);
         self
     }
     pub fn checkpoint_entries(mut self, entries: usize) -> Self {
@@ -92,6 +97,8 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     /// The last group the syncer has applied (the writer forgets pending state up to it).
     pub synced_group: AtomicU64,
+    /// The log offset below which the log is known durable.
+    pub synced_log_end: AtomicU64,
 }
 
 impl Shared {
@@ -115,10 +122,15 @@ impl Shared {
         if at.0 < 0 {
             return Ok(None);
         }
-        Ok(self
+        // Clamped to the head: the time index may hold a group being applied right now.
+        let found = self
             .index
             .floor(fixed_key(KIND_TIME), at.0 as u64)?
-            .map(|(_, last)| last))
+            .map(|(_, last)| last);
+        Ok(match (found, self.head()) {
+            (Some(p), Some(h)) => Some(p.min(h)),
+            _ => None,
+        })
     }
 
     /// The highest position a read as of `as_of` may return.
@@ -193,6 +205,7 @@ impl Store {
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
             synced_group: AtomicU64::new(0),
+            synced_log_end: AtomicU64::new(rec.log_end),
             config: config.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);

@@ -62,6 +62,8 @@ struct PendingEvent {
 /// A group written to the log, waiting for its sync.
 struct Written {
     seq: u64,
+    /// The log offset below which the log was durable when this group was prepared.
+    synced_up_to: u64,
     /// The segment the group was written to; `None` when nothing was written.
     segment: Option<Arc<Segment>>,
     next_position: u64,
@@ -230,6 +232,7 @@ impl Writer {
         let ts = Timestamp::now().0.max(self.last_ts);
         let mut w = Written {
             seq,
+            synced_up_to: self.shared.synced_log_end.load(Ordering::Acquire),
             segment: None,
             next_position: self.next_position,
             log_end: self.log_end,
@@ -385,7 +388,7 @@ impl Writer {
             &mut self.buf,
             first_position,
             Timestamp(ts),
-            self.log_end,
+            w.synced_up_to,
             &batch,
         );
         batch_entries(
@@ -553,11 +556,18 @@ impl Writer {
     /// Starts a new segment at the current end of the log.
     fn roll(&mut self) -> Result<()> {
         // The new segment's header records where the old one ends, so the old one's last
-        // writes (which the syncer may not have synced yet) must be durable first.
-        self.active
-            .file
-            .sync_data()
-            .map_err(|e| Error::io(format!("syncing {}", self.active.path.display()), &e))?;
+        // writes must be durable first. Only the sync thread syncs segment files (a second
+        // sync of the same file could take a write-back error that the sync thread then never
+        // sees), so wait for it to get there.
+        loop {
+            if let Some(cause) = self.shared.poison_cause() {
+                return Err(Error::Poisoned { cause });
+            }
+            if self.shared.synced_log_end.load(Ordering::Acquire) >= self.log_end {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
         let seg = create_segment(
             self.shared.fs.as_ref(),
             &self.shared.dir,
@@ -652,10 +662,9 @@ impl Syncer {
     /// memtable and snapshots the stream heads here, between groups, so the two agree. Waits
     /// when two checkpoints are already queued.
     fn checkpoint(&mut self, replies: Vec<oneshot::Sender<Result<()>>>) {
-        if self.checkpointed == self.next_position && self.shared.index.mem_len() == 0 {
-            for tx in replies {
-                let _ = tx.send(Ok(()));
-            }
+        let nothing_new =
+            self.checkpointed == self.next_position && self.shared.index.mem_len() == 0;
+        if nothing_new && replies.is_empty() {
             return;
         }
         let Some(jobs) = &self.jobs else {
@@ -664,14 +673,19 @@ impl Syncer {
             }
             return;
         };
+        // With nothing new, the job only waits for the checkpoints before it (a barrier), so
+        // that a requested checkpoint is answered once it is on disk.
         let job = Job {
-            frozen: self.shared.index.freeze(),
-            heads: self
-                .shared
-                .heads
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            frozen: (!nothing_new).then(|| self.shared.index.freeze()),
+            heads: if nothing_new {
+                Heads::default()
+            } else {
+                self.shared
+                    .heads
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            },
             next_position: self.next_position,
             log_end: self.log_end,
             last_ts: self.last_ts,
@@ -702,6 +716,16 @@ impl Syncer {
                     break;
                 }
             }
+            if self.failed.is_none() {
+                if let Some(end) = batch
+                    .iter()
+                    .filter(|g| g.segment.is_some())
+                    .map(|g| g.log_end)
+                    .max()
+                {
+                    self.shared.synced_log_end.store(end, Ordering::Release);
+                }
+            }
         }
         let mut checkpoints = Vec::new();
         for g in batch {
@@ -718,26 +742,26 @@ impl Syncer {
                 continue;
             }
             if g.segment.is_some() {
+                // Index first, then the head, then the stream heads: what stream_info and
+                // list_streams report is always readable.
                 self.shared.index.insert(g.entries);
-                {
-                    let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
-                    for (stream, first_rev, count, first_pos, last_pos) in g.updates {
-                        heads.apply(
-                            &stream,
-                            first_rev,
-                            count,
-                            first_pos,
-                            last_pos,
-                            Timestamp(g.recorded_at),
-                        );
-                    }
-                }
                 self.next_position = g.next_position;
                 self.log_end = g.log_end;
                 self.last_ts = g.last_ts;
                 self.shared
                     .next_position
                     .store(g.next_position, Ordering::Release);
+                let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
+                for (stream, first_rev, count, first_pos, last_pos) in g.updates {
+                    heads.apply(
+                        &stream,
+                        first_rev,
+                        count,
+                        first_pos,
+                        last_pos,
+                        Timestamp(g.recorded_at),
+                    );
+                }
             }
             self.shared.synced_group.store(g.seq, Ordering::Release);
             self.shared.head_tx.send_replace(self.next_position);
@@ -758,7 +782,8 @@ impl Syncer {
 
 /// A checkpoint to write: a frozen memtable and the stream heads at the same point.
 struct Job {
-    frozen: Arc<MemTable>,
+    /// `None`: a barrier that writes nothing.
+    frozen: Option<Arc<MemTable>>,
     heads: Heads,
     next_position: u64,
     log_end: u64,
@@ -784,7 +809,10 @@ impl Checkpointer {
                 }
                 continue;
             }
-            let r = self.checkpoint(&job).and_then(|()| self.merge());
+            let r = match &job.frozen {
+                Some(frozen) => self.checkpoint(&job, frozen).and_then(|()| self.merge()),
+                None => Ok(()),
+            };
             if let Err(e) = &r {
                 // The frozen memtable stays readable; a later checkpoint cannot skip over it,
                 // so writes stop here, as after any failed write.
@@ -798,10 +826,9 @@ impl Checkpointer {
 
     /// Writes a frozen memtable out as a run, writes the heads snapshot taken with it, and
     /// replaces the manifest.
-    fn checkpoint(&mut self, job: &Job) -> Result<()> {
+    fn checkpoint(&mut self, job: &Job, frozen: &MemTable) -> Result<()> {
         let fs = self.shared.fs.clone();
         let dir = self.shared.dir.clone();
-        let frozen = &job.frozen;
         let run_id = self.manifest.next_file_id;
         let heads_id = run_id + 1;
         let written = (|| {

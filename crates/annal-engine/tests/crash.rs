@@ -421,7 +421,7 @@ fn damage_inside_the_log_is_not_taken_for_a_torn_tail() {
 }
 
 #[test]
-fn a_torn_record_followed_by_an_intact_one_of_the_same_write_is_a_torn_write() {
+fn a_torn_unsynced_record_followed_by_an_intact_one_is_a_torn_write() {
     let fs = SimFs::new();
     let config = sim_config(&fs)
         .checkpoint_entries(1_000_000)
@@ -440,8 +440,9 @@ fn a_torn_record_followed_by_an_intact_one_of_the_same_write_is_a_torn_write() {
     drop(store);
     let seg = Path::new("/db/segments/00000000000000000000.seg");
     let mut bytes = image.read_file(seg).unwrap();
-    // One group of two records: the disk kept the second whole but tore the first.
-    let group_start = bytes.len() as u64 - 64;
+    // Two records written after the last sync (in one write or two pipelined ones, both
+    // carry the same watermark): write-back kept the second whole but tore the first.
+    let synced_up_to = bytes.len() as u64 - 64;
     let a = vec![NewEvent::new("Lost", vec![b'a'; 200])];
     let b = vec![NewEvent::new("Lost", vec![b'b'; 200])];
     let mut write = Vec::new();
@@ -454,7 +455,7 @@ fn a_torn_record_followed_by_an_intact_one_of_the_same_write_is_a_torn_write() {
         &mut write,
         3,
         annal_core::Timestamp::now(),
-        group_start,
+        synced_up_to,
         &[stream(&a)],
     );
     let first_len = write.len();
@@ -462,7 +463,7 @@ fn a_torn_record_followed_by_an_intact_one_of_the_same_write_is_a_torn_write() {
         &mut write,
         4,
         annal_core::Timestamp::now(),
-        group_start,
+        synced_up_to,
         &[stream(&b)],
     );
     write[first_len / 2] ^= 0xff;

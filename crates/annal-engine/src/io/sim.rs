@@ -96,7 +96,8 @@ impl SimFs {
 
     /// The file system as it would be found after a reboot now: durable entries and bytes
     /// only. With `torn = Some(seed)`, each file also keeps a pseudo-random prefix of the
-    /// bytes appended after its last sync (a write that reached the disk in part).
+    /// bytes appended after its last sync (a write that reached the disk in part), and half
+    /// the time a hole inside that prefix (write-back out of order).
     pub fn crash_image(&self, torn: Option<u64>) -> SimFs {
         let s = lock(&self.state);
         let mut rng = torn.unwrap_or(0) | 1;
@@ -119,6 +120,14 @@ impl SimFs {
                 let extra = data.written.len() - bytes.len();
                 let keep = (next() % (extra as u64 + 1)) as usize;
                 bytes.extend_from_slice(&data.written[data.durable.len()..][..keep]);
+                // Write-back need not follow write order: half the time, a stretch of the
+                // unsynced bytes never made it while later ones did.
+                if keep > 1 && next() % 2 == 0 {
+                    let from = (next() % keep as u64) as usize;
+                    let len = 1 + (next() % (keep - from) as u64) as usize;
+                    let at = data.durable.len() + from;
+                    bytes[at..at + len].fill(0);
+                }
             }
             let id = out.next_inode;
             out.next_inode += 1;
