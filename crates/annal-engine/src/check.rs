@@ -10,7 +10,7 @@ use annal_core::{Error, RecordedEvent, Result};
 use crate::checkpoint::{load_heads, Manifest};
 use crate::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
-use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
+use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
 use crate::log::{
     header_mismatches, intact_record_after, read_header, segment_files, segments_dir, Next,
@@ -224,7 +224,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 last_time = at;
                 let last = first + events.len() as u64 - 1;
                 entries.clear();
-                batch_entries(&mut entries, first, last, at, offset);
+                decoded_batch_entries(&mut entries, &events, offset);
                 for e in &events {
                     let want = revisions.get(&e.stream_id).copied().unwrap_or(0);
                     if e.revision != want {
@@ -234,23 +234,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                         ));
                     }
                     revisions.insert(e.stream_id.clone(), e.revision + 1);
-                    heads.apply(
-                        &e.stream_id,
-                        e.revision,
-                        1,
-                        e.position,
-                        e.position,
-                        e.recorded_at,
-                    );
-                    event_entries(
-                        &mut entries,
-                        &e.stream_id,
-                        e.revision,
-                        e.position,
-                        &e.event_type,
-                        &e.tags,
-                        &e.id,
-                    );
+                    heads.apply_event(e);
                 }
                 if last < checkpoint_at {
                     for en in &entries {

@@ -69,6 +69,18 @@ impl Heads {
         }
     }
 
+    /// Records one stored event.
+    pub fn apply_event(&mut self, e: &annal_core::RecordedEvent) {
+        self.apply(
+            &e.stream_id,
+            e.revision,
+            1,
+            e.position,
+            e.position,
+            e.recorded_at,
+        );
+    }
+
     /// Rebuilds the category counts from the streams.
     pub fn rebuild_categories(&mut self) {
         self.categories.clear();

@@ -96,6 +96,36 @@ pub fn event_entries(
     out.push((key(KIND_ID, id.as_bytes()), 0, position));
 }
 
+/// Adds every entry of one decoded batch record (its batch and time entries, and each
+/// event's).
+pub fn decoded_batch_entries(
+    out: &mut Vec<Entry>,
+    events: &[annal_core::RecordedEvent],
+    log_offset: u64,
+) {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return;
+    };
+    batch_entries(
+        out,
+        first.position,
+        last.position,
+        first.recorded_at.0,
+        log_offset,
+    );
+    for e in events {
+        event_entries(
+            out,
+            &e.stream_id,
+            e.revision,
+            e.position,
+            &e.event_type,
+            &e.tags,
+            &e.id,
+        );
+    }
+}
+
 /// Adds the entries of one batch record.
 pub fn batch_entries(
     out: &mut Vec<Entry>,

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use crate::checkpoint::{load_heads, Manifest};
 use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
-use crate::index::{batch_entries, event_entries, Entry, Run};
+use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
 use crate::log::{
     header_mismatches, intact_record_after, read_header, segment_files, segment_name, segments_dir,
@@ -269,34 +269,9 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
                 }
                 let last = next_position + events.len() as u64 - 1;
                 let at = first.recorded_at;
-                batch_entries(&mut entries, next_position, last, at.0, offset);
-                let mut i = 0;
-                while i < events.len() {
-                    let stream = &events[i].stream_id;
-                    let j = i + events[i..]
-                        .iter()
-                        .take_while(|e| e.stream_id == *stream)
-                        .count();
-                    heads.apply(
-                        stream,
-                        events[i].revision,
-                        (j - i) as u64,
-                        events[i].position,
-                        events[j - 1].position,
-                        at,
-                    );
-                    i = j;
-                }
+                decoded_batch_entries(&mut entries, &events, offset);
                 for e in &events {
-                    event_entries(
-                        &mut entries,
-                        &e.stream_id,
-                        e.revision,
-                        e.position,
-                        &e.event_type,
-                        &e.tags,
-                        &e.id,
-                    );
+                    heads.apply_event(e);
                 }
                 next_position = last + 1;
                 last_recorded_at = at.0;
