@@ -27,11 +27,12 @@
 //! | 12     | 4        | entries per block (u32)                       |
 //! | 16     | 8        | entry count n (u64)                           |
 //! | 24     | 8        | id filter size w, in 64-bit words (u64)       |
-//! | 32     | 4        | CRC32C of the fence and filter sections       |
+//! | 32     | 4        | CRC32C of the fence, block CRC and filter sections |
 //! | 36     | 8        | reserved, zero                                |
 //! | 44     | 4        | CRC32C of bytes 0..44                         |
 //! | 48     | 24 n     | entries, sorted: key u64, seq u64, value u64  |
 //! | ...    | 24 f     | fences: the first entry of each block         |
+//! | ...    | 4 f      | CRC32C of each block's entries                |
 //! | ...    | 8 w      | id filter: a Bloom filter of the event id keys |
 //!
 //! The id filter (10 bits and 7 probes per event id, about 1% false positives) lets the
@@ -201,7 +202,9 @@ pub struct Run {
     pub id: u64,
     pub count: u64,
     file: FileRef,
+    path: std::path::PathBuf,
     fences: Vec<Entry>,
+    block_crcs: Vec<u32>,
     filter: Vec<u64>,
 }
 
@@ -219,6 +222,8 @@ impl Run {
         let mut at = HEADER_LEN;
         let mut count = 0u64;
         let mut fences = Vec::new();
+        let mut block_crcs = Vec::new();
+        let mut crc = 0u32;
         let mut id_keys = Vec::new();
         for e in entries {
             let e = e?;
@@ -226,11 +231,18 @@ impl Run {
                 id_keys.push(e.0);
             }
             if count.is_multiple_of(BLOCK as u64) {
+                if count > 0 {
+                    block_crcs.push(crc);
+                }
                 fences.push(e);
+                crc = 0;
             }
-            buf.extend_from_slice(&e.0.to_le_bytes());
-            buf.extend_from_slice(&e.1.to_le_bytes());
-            buf.extend_from_slice(&e.2.to_le_bytes());
+            let mut bytes = [0u8; ENTRY_LEN];
+            bytes[0..8].copy_from_slice(&e.0.to_le_bytes());
+            bytes[8..16].copy_from_slice(&e.1.to_le_bytes());
+            bytes[16..24].copy_from_slice(&e.2.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &bytes);
+            buf.extend_from_slice(&bytes);
             count += 1;
             if buf.len() >= 1 << 20 {
                 file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
@@ -238,11 +250,17 @@ impl Run {
                 buf.clear();
             }
         }
+        if count > 0 {
+            block_crcs.push(crc);
+        }
         let fence_start = buf.len();
         for f in &fences {
             buf.extend_from_slice(&f.0.to_le_bytes());
             buf.extend_from_slice(&f.1.to_le_bytes());
             buf.extend_from_slice(&f.2.to_le_bytes());
+        }
+        for c in &block_crcs {
+            buf.extend_from_slice(&c.to_le_bytes());
         }
         let filter = build_filter(&id_keys);
         drop(id_keys);
@@ -267,7 +285,9 @@ impl Run {
             id,
             count,
             file,
+            path: path.to_path_buf(),
             fences,
+            block_crcs,
             filter,
         })
     }
@@ -316,7 +336,7 @@ impl Run {
             .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
         let tail_len = words
             .checked_mul(8)
-            .and_then(|w| w.checked_add(fence_count * ENTRY_LEN as u64))
+            .and_then(|w| w.checked_add(fence_count * (ENTRY_LEN as u64 + 4)))
             .ok_or_else(|| corrupt(path, 24, format!("filter size {words} is impossible")))?;
         if fence_at.checked_add(tail_len) != Some(file_len) {
             return Err(corrupt(
@@ -336,13 +356,22 @@ impl Run {
             return Err(corrupt(
                 path,
                 fence_at,
-                "index run fence or filter checksum mismatch",
+                "index run fence, block checksum or filter section checksum mismatch",
             ));
         }
         let split = (fence_count as usize) * ENTRY_LEN;
+        let crc_end = split + (fence_count as usize) * 4;
         let mut fences = Vec::with_capacity(fence_count as usize);
         decode_entries(&raw[..split], &mut fences);
-        let filter = raw[split..]
+        let block_crcs = raw[split..crc_end]
+            .chunks_exact(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w.copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect();
+        let filter = raw[crc_end..]
             .chunks_exact(8)
             .map(|c| {
                 let mut w = [0u8; 8];
@@ -354,7 +383,9 @@ impl Run {
             id,
             count,
             file,
+            path: path.to_path_buf(),
             fences,
+            block_crcs,
             filter,
         })
     }
@@ -377,9 +408,17 @@ impl Run {
         let start = (i * BLOCK) as u64;
         let n = (self.count - start).min(BLOCK as u64) as usize;
         let mut raw = vec![0u8; n * ENTRY_LEN];
+        let at = HEADER_LEN + start * ENTRY_LEN as u64;
         self.file
-            .read_exact_at(&mut raw, HEADER_LEN + start * ENTRY_LEN as u64)
-            .map_err(|e| Error::io("reading an index block", &e))?;
+            .read_exact_at(&mut raw, at)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), &e))?;
+        if self.block_crcs.get(i) != Some(&crc32c::crc32c(&raw)) {
+            return Err(corrupt(
+                &self.path,
+                at,
+                format!("index block {i} checksum mismatch"),
+            ));
+        }
         let mut out = Vec::with_capacity(n);
         decode_entries(&raw, &mut out);
         Ok(out)
@@ -670,6 +709,24 @@ mod tests {
             .filter(|i| run.may_hold_id(key(KIND_ID, &i.to_le_bytes())))
             .count();
         assert!(false_positives < 600, "{false_positives} of 20000");
+    }
+
+    #[test]
+    fn a_damaged_block_is_reported_when_read() {
+        let fs = SimFs::new();
+        let path = Path::new("/x/run-4.idx");
+        Run::write(&fs, path, 4, (0..1000u64).map(|i| Ok((1, i, i)))).unwrap();
+        let mut bytes = fs.read_file(path).unwrap();
+        bytes[HEADER_LEN as usize + 300 * ENTRY_LEN + 9] ^= 0x20;
+        fs.write_file(path, bytes);
+        let run = Run::open(&fs, path, 4).unwrap();
+        assert!(run.block(0).is_ok());
+        let err = run.block(1).unwrap_err();
+        assert!(matches!(err, Error::Corruption { .. }), "{err}");
+        assert!(
+            err.to_string().contains("index block 1 checksum mismatch"),
+            "{err}"
+        );
     }
 
     #[test]

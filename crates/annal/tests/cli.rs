@@ -111,9 +111,24 @@ fn check_notes_a_torn_tail_and_reports_a_damaged_index() {
         .unwrap()
         .unwrap()
         .path();
-    let mut idx = std::fs::read(&run).unwrap();
+    let original = std::fs::read(&run).unwrap();
+    let mut idx = original.clone();
     idx[60] ^= 1; // inside the first entry, past the 48-byte header
     std::fs::write(&run, idx).unwrap();
+    let (code, out, _) = annal(&["check", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("index block 0 checksum mismatch"), "{out}");
+
+    // A run that is intact in itself but belongs to another store.
+    let other = tempfile::tempdir().unwrap();
+    make_store(other.path(), 6);
+    let foreign = std::fs::read_dir(other.path().join("index"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&foreign, &run).unwrap();
     let (code, out, _) = annal(&["check", d]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("index disagrees with the log"), "{out}");
