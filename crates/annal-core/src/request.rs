@@ -276,6 +276,13 @@ pub enum SubscriptionItem {
     CaughtUp {
         position: Option<u64>,
     },
+    /// Every event at or before `position` that the subscription selects has been delivered.
+    /// A filtered subscriber stores it as its resume point (`SubscribeFrom::After`) so that
+    /// restarting does not re-scan the events it skipped. Sent, after the caught-up marker,
+    /// when the subscription has passed events it does not deliver and waits for more.
+    Checkpoint {
+        position: u64,
+    },
 }
 
 /// What the store knows of a stream.

@@ -469,6 +469,9 @@ pub(crate) struct Subscription {
     pub rx: Option<watch::Receiver<u64>>,
     pub wait: Option<Wait>,
     pub caught_up: bool,
+    /// The highest position reported so far: by an event, the caught-up marker or a
+    /// checkpoint.
+    pub reported: Option<u64>,
     pub done: bool,
 }
 
@@ -509,13 +512,24 @@ impl Stream for Subscription {
                     this.done = true;
                     return Poll::Ready(Some(Err(e)));
                 }
-                Ok(Some(e)) => return Poll::Ready(Some(Ok(SubscriptionItem::Event(e)))),
+                Ok(Some(e)) => {
+                    this.reported = Some(e.position);
+                    return Poll::Ready(Some(Ok(SubscriptionItem::Event(e))));
+                }
                 Ok(None) => {
+                    let scanned = head.checked_sub(1);
                     if !this.caught_up {
                         this.caught_up = true;
+                        this.reported = this.reported.max(scanned);
                         return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp {
-                            position: head.checked_sub(1),
+                            position: scanned,
                         })));
+                    }
+                    // Everything up to the head has been looked at: say so, once per advance
+                    // past events this subscription skipped.
+                    if let Some(position) = scanned.filter(|&p| Some(p) > this.reported) {
+                        this.reported = Some(position);
+                        return Poll::Ready(Some(Ok(SubscriptionItem::Checkpoint { position })));
                     }
                     let Some(mut rx) = this.rx.take() else {
                         continue;

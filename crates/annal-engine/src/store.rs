@@ -227,6 +227,11 @@ impl Store {
         &self.shared.dir
     }
 
+    /// Why the store refuses writes, when an earlier failure poisoned it.
+    pub fn poison_cause(&self) -> Option<String> {
+        self.shared.poison_cause()
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<Command>> {
         self.tx
             .lock()
@@ -422,6 +427,7 @@ impl EventStore for Store {
             rx: Some(rx),
             wait: None,
             caught_up: false,
+            reported: None,
             done: false,
         }))
     }

@@ -709,7 +709,10 @@ impl Syncer {
                     continue;
                 }
                 synced.push(seg);
-                if let Err(e) = seg.file.sync_data() {
+                let started = std::time::Instant::now();
+                let result = seg.file.sync_data();
+                metrics::histogram!("annal_fsync_seconds").record(started.elapsed().as_secs_f64());
+                if let Err(e) = result {
                     let e = Error::io(format!("syncing {}", seg.path.display()), &e);
                     poison(&self.shared, &e);
                     self.failed = Some(e);

@@ -153,9 +153,7 @@ async fn an_idle_subscriber_does_not_hold_back_writers() {
                 assert_eq!(e.position, next);
                 next += 1;
             }
-            annal_core::SubscriptionItem::CaughtUp { .. } => {
-                panic!("caught up before the end of history")
-            }
+            other => panic!("{other:?} before the end of history"),
         }
     }
 }

@@ -378,6 +378,7 @@ impl MemoryStore {
             source: request.source,
             next,
             caught_up_at: Some(head),
+            reported: None,
         })
     }
 
@@ -529,6 +530,8 @@ struct Subscription {
     next: u64,
     /// The head when the subscription was made, until the caught-up marker has been sent.
     caught_up_at: Option<Option<u64>>,
+    /// The highest position reported by an event, the marker or a checkpoint.
+    reported: Option<u64>,
 }
 
 impl Stream for Subscription {
@@ -546,11 +549,17 @@ impl Stream for Subscription {
             let e = state.event(this.next);
             this.next += 1;
             if source_matches(&this.source, e) {
+                this.reported = Some(e.position);
                 return Poll::Ready(Some(Ok(SubscriptionItem::Event(e.clone()))));
             }
         }
         if let Some(head) = this.caught_up_at.take() {
+            this.reported = this.reported.max(head);
             return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp { position: head })));
+        }
+        if let Some(position) = end.checked_sub(1).filter(|&p| Some(p) > this.reported) {
+            this.reported = Some(position);
+            return Poll::Ready(Some(Ok(SubscriptionItem::Checkpoint { position })));
         }
         state.wakers.insert(this.id, cx.waker().clone());
         Poll::Pending

@@ -86,6 +86,7 @@ where
     check!(subscribe_from_after);
     check!(subscribe_from_now);
     check!(subscribe_filtered);
+    check!(subscribe_checkpoints);
     check_shared!(subscribe_catch_up_race);
 
     check_shared!(concurrent_expected_revision_race);

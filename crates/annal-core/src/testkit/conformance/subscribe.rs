@@ -252,12 +252,66 @@ pub async fn subscribe_filtered<S: EventStore>(store: &S) {
     assert_eq!(next_caught_up(&mut sub, "category after 2").await, Some(11));
 }
 
+/// A filtered subscription that passes events it does not deliver reports checkpoints: each
+/// covers every match up to it, and resuming after one misses nothing and repeats nothing.
+pub async fn subscribe_checkpoints<S: EventStore>(store: &S) {
+    let wanted = || Source::EventTypes(vec!["Wanted".into()]);
+    append_to(store, "cp-1", vec![ev("Wanted")]).await; // 0
+    let mut sub = subscribe(store, SubscribeRequest::new(wanted(), SubscribeFrom::Start)).await;
+    assert_eq!(
+        next_event(&mut sub, "checkpoints: history").await.position,
+        0
+    );
+    assert_eq!(next_caught_up(&mut sub, "checkpoints").await, Some(0));
+
+    append_to(store, "cp-2", evs("Other", 3)).await; // 1, 2, 3
+    let mut last = 0;
+    while last < 3 {
+        match next_sub(&mut sub, "checkpoints: after skipped events").await {
+            SubscriptionItem::Checkpoint { position } => {
+                assert!(
+                    position > last && position <= 3,
+                    "checkpoint at {position} after {last}, with the head at 3"
+                );
+                last = position;
+            }
+            other => panic!("checkpoints: expected a checkpoint, got {other:?}"),
+        }
+    }
+    assert_quiet(&mut sub, "checkpoints: nothing matched").await;
+
+    append_to(store, "cp-2", vec![ev("Other")]).await; // 4
+    let wanted_event = ev("Wanted");
+    append_to(store, "cp-1", vec![wanted_event.clone()]).await; // 5
+    let got = next_event(&mut sub, "checkpoints: live match").await;
+    assert_eq!(got.position, 5);
+    assert!(got.same_as(&wanted_event));
+
+    // A subscriber restarting from the checkpoint gets the later match only.
+    let mut resumed = subscribe(
+        store,
+        SubscribeRequest::new(wanted(), SubscribeFrom::After(last)),
+    )
+    .await;
+    assert_eq!(
+        next_event(&mut resumed, "resumed from a checkpoint")
+            .await
+            .position,
+        5
+    );
+    assert_eq!(
+        next_caught_up(&mut resumed, "resumed from a checkpoint").await,
+        Some(5)
+    );
+}
+
 /// Tracks what a subscription delivered, checking order and the single caught-up marker.
 #[derive(Default)]
 struct Delivered {
     positions: Vec<u64>,
     caught_up: Option<Option<u64>>,
     events_before_marker: usize,
+    checkpoint: Option<u64>,
 }
 
 impl Delivered {
@@ -278,7 +332,27 @@ impl Delivered {
                         e.position
                     );
                 }
+                assert!(
+                    self.checkpoint.is_none_or(|c| e.position > c),
+                    "{what}: event at {} delivered after a checkpoint at {:?} that covered it",
+                    e.position,
+                    self.checkpoint
+                );
                 self.positions.push(e.position);
+            }
+            SubscriptionItem::Checkpoint { position } => {
+                assert!(
+                    self.caught_up.is_some(),
+                    "{what}: a checkpoint at {position} before the caught-up marker"
+                );
+                assert!(
+                    self.positions.last().is_none_or(|&p| position > p)
+                        && self.checkpoint.is_none_or(|c| position > c),
+                    "{what}: checkpoint at {position} does not advance (last event {:?}, last checkpoint {:?})",
+                    self.positions.last(),
+                    self.checkpoint
+                );
+                self.checkpoint = Some(position);
             }
             SubscriptionItem::CaughtUp { position } => {
                 assert!(

@@ -211,9 +211,22 @@ pub(super) async fn next_sub(sub: &mut SubscriptionStream, what: &str) -> Subscr
     }
 }
 
-/// The next item, which must be an event.
+/// The next item that is not a checkpoint.
+pub(super) async fn next_not_checkpoint(
+    sub: &mut SubscriptionStream,
+    what: &str,
+) -> SubscriptionItem {
+    loop {
+        match next_sub(sub, what).await {
+            SubscriptionItem::Checkpoint { .. } => continue,
+            item => return item,
+        }
+    }
+}
+
+/// The next item other than a checkpoint, which must be an event.
 pub(super) async fn next_event(sub: &mut SubscriptionStream, what: &str) -> RecordedEvent {
-    match next_sub(sub, what).await {
+    match next_not_checkpoint(sub, what).await {
         SubscriptionItem::Event(e) => e,
         other => panic!("{what}: expected an event, got {other:?}"),
     }
@@ -232,21 +245,31 @@ pub(super) async fn next_events(
     out
 }
 
-/// The next item, which must be the caught-up marker; returns its position.
+/// The next item other than a checkpoint, which must be the caught-up marker; returns its
+/// position.
 pub(super) async fn next_caught_up(sub: &mut SubscriptionStream, what: &str) -> Option<u64> {
-    match next_sub(sub, what).await {
+    match next_not_checkpoint(sub, what).await {
         SubscriptionItem::CaughtUp { position } => position,
         SubscriptionItem::Event(e) => panic!(
             "{what}: expected the caught-up marker, got the event at position {} ({e:?})",
             e.position
         ),
+        SubscriptionItem::Checkpoint { .. } => unreachable!("checkpoints are skipped"),
     }
 }
 
-/// Checks that nothing arrives for a short while.
+/// Checks that no event or marker arrives for a short while (checkpoints may).
 pub(super) async fn assert_quiet(sub: &mut SubscriptionStream, what: &str) {
-    if let Ok(item) = tokio::time::timeout(QUIET, next_item(sub)).await {
-        panic!("{what}: expected nothing more, got {item:?}");
+    let quiet = tokio::time::sleep(QUIET);
+    tokio::pin!(quiet);
+    loop {
+        tokio::select! {
+            () = &mut quiet => return,
+            item = next_item(sub) => match item {
+                Some(Ok(SubscriptionItem::Checkpoint { .. })) => continue,
+                other => panic!("{what}: expected nothing more, got {other:?}"),
+            },
+        }
     }
 }
 

@@ -1,0 +1,392 @@
+//! Annal's Rust client: [`Client`] implements [`annal_core::EventStore`] over gRPC, so a
+//! program moves from the embedded engine to a server by changing one constructor:
+//!
+//! ```no_run
+//! # async fn demo() -> annal_core::Result<()> {
+//! use annal_core::{AppendRequest, EventStore, ExpectedRevision, NewEvent};
+//!
+//! // let store = annal_engine::Store::open("./annal-data")?;
+//! let store = annal_client::Client::connect("http://127.0.0.1:2113").await?;
+//! store
+//!     .append(AppendRequest::stream(
+//!         "account-42",
+//!         ExpectedRevision::NoStream,
+//!         vec![NewEvent::new("AccountOpened", br#"{"owner":"ada"}"#.to_vec())],
+//!     ))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every error the server returns comes back as the same [`Error`] variant the engine would
+//! have returned; a server that cannot be reached is [`Error::Unavailable`]. Reads and
+//! subscriptions arrive in batches and are handed out one event at a time; heartbeats are
+//! consumed here.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use annal_core::{
+    AppendRequest, AppendResult, CategoryInfo, Error, EventStore, EventStream, ListCategories,
+    ListStreams, ReadRequest, RecordedEvent, Result, StreamInfo, SubscribeRequest,
+    SubscriptionItem, SubscriptionStream, Timestamp,
+};
+use annal_proto as pb;
+use futures_core::Stream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    token: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    domain: Option<String>,
+    connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A bearer token sent with every request.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trust this PEM certificate (a CA or the server's own) for `https://` URLs; without
+    /// it, the system's roots are used.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// The name the server's certificate must carry (default: the URL's host).
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Connects, failing with [`Error::Unavailable`] when the server cannot be reached.
+    pub async fn connect(self) -> Result<Client> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| Error::invalid("server url", format!("'{}': {e}", self.url)))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if self.url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &self.ca_pem {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some(d) = &self.domain {
+                tls = tls.domain_name(d.clone());
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::invalid("tls", e.to_string()))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot connect to {}: {}",
+                self.url,
+                source_chain(&e)
+            ))
+        })?;
+        let token = match self.token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| Error::invalid("token", "must be visible ASCII characters"))?,
+            ),
+        };
+        Ok(Client {
+            grpc: pb::event_store_client::EventStoreClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            token,
+        })
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// What a server says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    pub head: Option<u64>,
+    pub max_event_bytes: u64,
+    pub max_append_bytes: u64,
+    /// Why the store refuses writes, when it does.
+    pub poisoned: Option<String>,
+}
+
+/// A connection to an Annal server. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct Client {
+    grpc: pb::event_store_client::EventStoreClient<Channel>,
+    token: Option<AsciiMetadataValue>,
+}
+
+impl Client {
+    /// Connects to `url` (`http://host:port` or `https://host:port`).
+    pub async fn connect(url: impl Into<String>) -> Result<Client> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for tokens, TLS and timeouts.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            token: None,
+            ca_pem: None,
+            domain: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    /// The server's version, head and limits.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        let r = self
+            .grpc
+            .clone()
+            .server_info(self.request(pb::ServerInfoRequest {}))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?
+            .into_inner();
+        Ok(ServerInfo {
+            version: r.version,
+            head: r.head,
+            max_event_bytes: r.max_event_bytes,
+            max_append_bytes: r.max_append_bytes,
+            poisoned: r.poisoned,
+        })
+    }
+
+    /// Subscribes with a heartbeat interval of the caller's choosing.
+    pub async fn subscribe_with_heartbeat(
+        &self,
+        request: SubscribeRequest,
+        heartbeat: Duration,
+    ) -> Result<SubscriptionStream> {
+        let mut message = pb::SubscribeRequest::from_core(request);
+        message.heartbeat_ms = u32::try_from(heartbeat.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.subscribe_message(message).await
+    }
+
+    async fn subscribe_message(&self, message: pb::SubscribeRequest) -> Result<SubscriptionStream> {
+        let inner = self
+            .grpc
+            .clone()
+            .subscribe(self.request(message))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?
+            .into_inner();
+        Ok(Box::pin(Subscription {
+            inner,
+            buf: VecDeque::new(),
+            done: false,
+        }))
+    }
+}
+
+impl EventStore for Client {
+    async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
+        let r = self
+            .grpc
+            .clone()
+            .append(self.request(pb::AppendRequest::from(request)))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().into())
+    }
+
+    async fn read(&self, request: ReadRequest) -> Result<EventStream> {
+        let inner = self
+            .grpc
+            .clone()
+            .read(self.request(<pb::ReadRequest as From<ReadRequest>>::from(request)))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?
+            .into_inner();
+        Ok(Box::pin(Events {
+            inner,
+            buf: Vec::new().into_iter(),
+            done: false,
+        }))
+    }
+
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {
+        self.subscribe_message(pb::SubscribeRequest::from_core(request))
+            .await
+    }
+
+    async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        let r = self
+            .grpc
+            .clone()
+            .get_stream(self.request(pb::GetStreamRequest {
+                stream_id: stream_id.to_string(),
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().info.map(Into::into))
+    }
+
+    async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
+        let r = self
+            .grpc
+            .clone()
+            .list_streams(self.request(pb::ListStreamsRequest {
+                prefix: request.prefix,
+                after: request.after,
+                limit: request.limit as u64,
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().streams.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {
+        let r = self
+            .grpc
+            .clone()
+            .list_categories(self.request(pb::ListCategoriesRequest {
+                after: request.after,
+                limit: request.limit as u64,
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner()
+            .categories
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn position_at(&self, at: Timestamp) -> Result<Option<u64>> {
+        let r = self
+            .grpc
+            .clone()
+            .position_at(self.request(pb::PositionAtRequest {
+                at_us: at.as_micros(),
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().position)
+    }
+
+    async fn head(&self) -> Result<Option<u64>> {
+        Ok(self.server_info().await?.head)
+    }
+}
+
+/// A read's events, batch by batch from the server.
+struct Events {
+    inner: tonic::Streaming<pb::ReadResponse>,
+    buf: std::vec::IntoIter<pb::RecordedEvent>,
+    done: bool,
+}
+
+impl Stream for Events {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(e) = self.buf.next() {
+                return Poll::Ready(Some(pb::recorded_event(e)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(batch)) => self.buf = batch.events.into_iter(),
+                Some(Err(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(pb::error_from_status(&status))));
+                }
+                None => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
+/// A subscription's items; heartbeats are dropped here.
+struct Subscription {
+    inner: tonic::Streaming<pb::SubscribeResponse>,
+    buf: VecDeque<pb::RecordedEvent>,
+    done: bool,
+}
+
+impl Stream for Subscription {
+    type Item = Result<SubscriptionItem>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use pb::subscribe_response::Item;
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                return Poll::Ready(Some(pb::recorded_event(e).map(SubscriptionItem::Event)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let message = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                Some(Ok(m)) => m,
+                Some(Err(status)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(pb::error_from_status(&status))));
+                }
+                None => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+            };
+            match message.item {
+                Some(Item::Events(batch)) => self.buf.extend(batch.events),
+                Some(Item::CaughtUp(c)) => {
+                    return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp {
+                        position: c.position,
+                    })))
+                }
+                Some(Item::Checkpoint(c)) => {
+                    return Poll::Ready(Some(Ok(SubscriptionItem::Checkpoint {
+                        position: c.position,
+                    })))
+                }
+                Some(Item::Heartbeat(_)) | None => {}
+            }
+        }
+    }
+}

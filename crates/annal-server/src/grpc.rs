@@ -1,0 +1,194 @@
+//! The gRPC service `annal.v1.EventStore` over the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use annal_core::{EventStore as _, ListCategories, ListStreams, Timestamp};
+use annal_proto as pb;
+use futures_core::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::{public, ReadMsg, State, SubMsg};
+
+/// Batches a read or subscription keeps queued for a slow gRPC client.
+const READ_QUEUE: usize = 4;
+
+/// A stream over a queue's receiving end.
+pub struct Receiver<T>(pub mpsc::Receiver<T>);
+
+impl<T> Stream for Receiver<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn status(e: annal_core::Error) -> Status {
+    pb::status_from_error(&public(e))
+}
+
+/// The service; one per server, shared by every connection.
+pub struct Grpc {
+    pub state: Arc<State>,
+}
+
+impl Grpc {
+    /// The tonic service with message size limits that fit the configured append limit.
+    pub fn service(state: Arc<State>) -> pb::event_store_server::EventStoreServer<Grpc> {
+        // An append's events plus its framing; anything larger is refused before decoding.
+        let max_in = state.config.limits.max_append_bytes.saturating_add(1 << 20);
+        pb::event_store_server::EventStoreServer::new(Grpc { state })
+            .max_decoding_message_size(max_in)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::event_store_server::EventStore for Grpc {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let message = request.into_inner();
+        let size = message.encoded_len();
+        let request = pb::append_request(message).map_err(status)?;
+        let result = self.state.append(request, size).await.map_err(status)?;
+        Ok(Response::new(result.into()))
+    }
+
+    type ReadStream = Receiver<Result<pb::ReadResponse, Status>>;
+
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        let request = pb::read_request(request.into_inner()).map_err(status)?;
+        let rx = self
+            .state
+            .read_batches(request, READ_QUEUE, |msg| match msg {
+                ReadMsg::Events(events) => Some(Ok(pb::ReadResponse {
+                    events: events.into_iter().map(Into::into).collect(),
+                })),
+                ReadMsg::Failed(e) => Some(Err(pb::status_from_error(&e))),
+                ReadMsg::End => None,
+            })
+            .map_err(status)?;
+        Ok(Response::new(Receiver(rx)))
+    }
+
+    type SubscribeStream = Receiver<Result<pb::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let message = request.into_inner();
+        let heartbeat =
+            (message.heartbeat_ms > 0).then(|| Duration::from_millis(message.heartbeat_ms.into()));
+        let request = pb::subscribe_request(message).map_err(status)?;
+        let rx = self
+            .state
+            .subscribe(request, heartbeat, |msg| {
+                use pb::subscribe_response::Item;
+                let item = match msg {
+                    SubMsg::Events(events) => Item::Events(pb::ReadResponse {
+                        events: events.into_iter().map(Into::into).collect(),
+                    }),
+                    SubMsg::CaughtUp(position) => Item::CaughtUp(pb::CaughtUp { position }),
+                    SubMsg::Checkpoint(position) => Item::Checkpoint(pb::Checkpoint { position }),
+                    SubMsg::Heartbeat(head) => Item::Heartbeat(pb::Heartbeat { head }),
+                    SubMsg::Failed(e) => return Err(pb::status_from_error(&e)),
+                };
+                Ok(pb::SubscribeResponse { item: Some(item) })
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Receiver(rx)))
+    }
+
+    async fn get_stream(
+        &self,
+        request: Request<pb::GetStreamRequest>,
+    ) -> Result<Response<pb::GetStreamResponse>, Status> {
+        let info = self
+            .state
+            .store
+            .stream_info(&request.into_inner().stream_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetStreamResponse {
+            info: info.map(Into::into),
+        }))
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let r = request.into_inner();
+        let streams = self
+            .state
+            .store
+            .list_streams(ListStreams {
+                prefix: r.prefix,
+                after: r.after,
+                limit: pb::page_limit(r.limit),
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListStreamsResponse {
+            streams: streams.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_categories(
+        &self,
+        request: Request<pb::ListCategoriesRequest>,
+    ) -> Result<Response<pb::ListCategoriesResponse>, Status> {
+        let r = request.into_inner();
+        let categories = self
+            .state
+            .store
+            .list_categories(ListCategories {
+                after: r.after,
+                limit: pb::page_limit(r.limit),
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListCategoriesResponse {
+            categories: categories.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn position_at(
+        &self,
+        request: Request<pb::PositionAtRequest>,
+    ) -> Result<Response<pb::PositionAtResponse>, Status> {
+        let position = self
+            .state
+            .store
+            .position_at(Timestamp(request.into_inner().at_us))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PositionAtResponse { position }))
+    }
+
+    async fn server_info(
+        &self,
+        _request: Request<pb::ServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfoResponse>, Status> {
+        let limits = &self.state.config.limits;
+        Ok(Response::new(pb::ServerInfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            head: self.state.store.head().await.map_err(status)?,
+            max_event_bytes: limits.max_event_bytes as u64,
+            max_append_bytes: limits.max_append_bytes as u64,
+            poisoned: self.state.store.poison_cause(),
+        }))
+    }
+}

@@ -1,0 +1,957 @@
+//! The HTTP side of the port: the JSON API under `/v1`, Server-Sent Events for
+//! subscriptions, `/metrics`, `/health`, `/ready` and `/openapi.json`, with the gRPC service
+//! routed beside them and one authentication layer in front of both.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /v1/streams/{stream_id}` | append to one stream |
+//! | `POST /v1/append` | append to several streams atomically, with an optional DCB condition |
+//! | `GET /v1/streams/{stream_id}` | stream info (404 when the stream has no event) |
+//! | `GET /v1/streams/{stream_id}/events` | read a stream |
+//! | `GET /v1/events` | read the log, a category, event types or tags |
+//! | `POST /v1/read` | read with any source, including OR queries |
+//! | `GET /v1/streams`, `GET /v1/categories` | listings, paged by `after` |
+//! | `GET /v1/position-at?time=` | the head of the log at an instant |
+//! | `GET /v1/info` | version, head, limits |
+//! | `GET`/`POST /v1/subscribe` | a subscription as Server-Sent Events |
+//!
+//! Reads stream their body (`{"events":[...],"next":N}`) batch by batch; they return 1000
+//! events unless `limit` says otherwise, and `next` is the `from` of the next page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use annal_core::{
+    Direction, Error, EventStore as _, ListCategories, ListStreams, Query, QueryItem, ReadRequest,
+    Source, SubscribeFrom, SubscribeRequest, Timestamp,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, FromRequestParts, Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
+
+use crate::grpc::{Grpc, Receiver};
+use crate::json::*;
+use crate::{metrics, ReadMsg, State, SubMsg};
+
+/// Items a streamed HTTP read or SSE subscription keeps queued for a slow client.
+const HTTP_QUEUE: usize = 4;
+
+/// An error answered as JSON.
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(crate::public(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = ErrorJson::from_error(&self.0);
+        json_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &body,
+        )
+    }
+}
+
+fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn ok_json<T: serde::Serialize>(body: &T) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+/// A JSON request body and its size in bytes, rejected with a JSON error naming the problem.
+pub struct JsonBody<T>(pub T, pub usize);
+
+impl<T: DeserializeOwned> FromRequest<Arc<State>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<State>) -> Result<Self, ApiError> {
+        let limit = body_limit(state);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError(Error::TooLarge {
+                    what: "request body".into(),
+                    size: declared.unwrap_or(limit + 1),
+                    limit,
+                })
+            } else {
+                ApiError(Error::invalid("body", e.body_text()))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(|v| JsonBody(v, bytes.len()))
+            .map_err(|e| ApiError(Error::invalid("body", e.to_string())))
+    }
+}
+
+/// Query parameters, rejected with a JSON error naming the problem.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded_like(query)
+            .and_then(|pairs| {
+                let map: serde_json::Map<String, serde_json::Value> = pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect();
+                serde_json::from_value(serde_json::Value::Object(map))
+                    .map_err(|e| Error::invalid("query", e.to_string()))
+            })
+            .map(Params)
+            .map_err(ApiError)
+    }
+}
+
+/// Splits a query string into decoded pairs; a repeated key is refused.
+fn serde_urlencoded_like(query: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(Error::invalid(
+                "query",
+                format!("parameter '{k}' is given twice"),
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| Error::invalid("query", "has a malformed %-escape"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| Error::invalid("query", "is not UTF-8"))
+}
+
+/// The path's stream id, decoded.
+pub struct StreamPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| StreamPath(p.0))
+            .map_err(|e| ApiError(Error::invalid("stream id", e.body_text())))
+    }
+}
+
+/// Filters of `GET /v1/events` and `GET /v1/subscribe`: at most one of `stream`, `category`,
+/// or `types`/`tags` (comma-separated; an event matches one of the types and all the tags).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilterParams {
+    /// One stream (subscriptions only; reads use `/v1/streams/{stream_id}/events`).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Every stream of a category (the stream id's prefix before the first `-`).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Comma-separated event types.
+    #[serde(default)]
+    pub types: Option<String>,
+    /// Comma-separated tags, all required.
+    #[serde(default)]
+    pub tags: Option<String>,
+}
+
+fn split_list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .map(|s| {
+            s.split(',')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl FilterParams {
+    fn source(&self) -> Result<Source, Error> {
+        let types = split_list(&self.types);
+        let tags = split_list(&self.tags);
+        let by_type = !types.is_empty() || !tags.is_empty();
+        match (&self.stream, &self.category, by_type) {
+            (None, None, false) => Ok(Source::All),
+            (Some(s), None, false) => Ok(Source::Stream(s.clone())),
+            (None, Some(c), false) => Ok(Source::Category(c.clone())),
+            (None, None, true) if tags.is_empty() => Ok(Source::EventTypes(types)),
+            (None, None, true) => Ok(Source::Query(Query::item(QueryItem { types, tags }))),
+            _ => Err(Error::invalid(
+                "filter",
+                "give at most one of stream, category, or types/tags",
+            )),
+        }
+    }
+}
+
+/// Paging and time travel of reads.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadParams {
+    /// Inclusive start: a revision for a stream, a position otherwise.
+    #[serde(default, deserialize_with = "opt_u64")]
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub from: Option<u64>,
+    /// `forward` (default) or `backward`.
+    #[serde(default)]
+    #[param(value_type = Option<DirectionJson>)]
+    pub direction: Option<DirectionJson>,
+    /// At most this many events (default 1000).
+    #[serde(default, deserialize_with = "opt_u64")]
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub limit: Option<u64>,
+    /// A position, or an RFC 3339 time: only events at or before it.
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+fn opt_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("'{s}' is not a non-negative integer"))),
+    }
+}
+
+fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("'{s}' is not an integer from 0 to 4294967295"))
+        }),
+    }
+}
+
+impl ReadParams {
+    fn request(self, source: Source) -> Result<ReadRequest, Error> {
+        Ok(ReadRequest {
+            source,
+            from: self.from,
+            direction: match self.direction.unwrap_or_default() {
+                DirectionJson::Forward => Direction::Forward,
+                DirectionJson::Backward => Direction::Backward,
+            },
+            limit: Some(self.limit.unwrap_or(DEFAULT_HTTP_LIMIT)),
+            as_of: self.as_of.as_deref().map(as_of).transpose()?,
+        })
+    }
+}
+
+/// Streams a read as `{"events":[...],"next":N}`.
+fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError> {
+    let by_revision = matches!(request.source, Source::Stream(_));
+    let backward = request.direction == Direction::Backward;
+    let limit = request.limit;
+    let mut count = 0u64;
+    let mut last: Option<u64> = None;
+    let mut started = false;
+    let rx = state.read_batches(request, HTTP_QUEUE, move |msg| {
+        let mut out = Vec::with_capacity(4096);
+        if !started {
+            out.extend_from_slice(b"{\"events\":[");
+            started = true;
+        }
+        match msg {
+            ReadMsg::Events(events) => {
+                for e in &events {
+                    if count > 0 {
+                        out.push(b',');
+                    }
+                    if serde_json::to_writer(&mut out, &EventJson::new(e)).is_err() {
+                        return Some(Err(std::io::Error::other("encoding an event failed")));
+                    }
+                    count += 1;
+                    last = Some(if by_revision { e.revision } else { e.position });
+                }
+            }
+            ReadMsg::Failed(e) => {
+                tracing::warn!(error = %e, "a streamed read failed after its answer began");
+                return Some(Err(std::io::Error::other(e.to_string())));
+            }
+            ReadMsg::End => {
+                out.extend_from_slice(b"]");
+                let next = match (limit, last) {
+                    (Some(l), Some(last)) if count == l && l > 0 => {
+                        if backward {
+                            last.checked_sub(1)
+                        } else {
+                            last.checked_add(1)
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(n) = next {
+                    out.extend_from_slice(format!(",\"next\":{n}").as_bytes());
+                }
+                out.push(b'}');
+            }
+        }
+        Some(Ok::<_, std::io::Error>(Bytes::from(out)))
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from_stream(Receiver(rx)),
+    )
+        .into_response())
+}
+
+#[utoipa::path(post, path = "/v1/streams/{stream_id}", tag = "append",
+    params(("stream_id" = String, Path, description = "The stream to append to")),
+    request_body = StreamAppendJson,
+    responses(
+        (status = 200, description = "Appended and durable", body = AppendResultJson),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 409, description = "Wrong expected revision or event id conflict", body = ErrorJson),
+        (status = 413, description = "Too large", body = ErrorJson),
+        (status = 503, description = "The store refuses writes", body = ErrorJson),
+    ))]
+async fn append_stream(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+    JsonBody(request, size): JsonBody<StreamAppendJson>,
+) -> Result<Response, ApiError> {
+    let request = request.into_core(stream_id)?;
+    let result = state.append(request, size).await?;
+    Ok(ok_json(&AppendResultJson::from(result)))
+}
+
+#[utoipa::path(post, path = "/v1/append", tag = "append",
+    request_body = AppendJson,
+    responses(
+        (status = 200, description = "Appended and durable", body = AppendResultJson),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 409, description = "A concurrency check or the condition failed", body = ErrorJson),
+        (status = 413, description = "Too large", body = ErrorJson),
+        (status = 503, description = "The store refuses writes", body = ErrorJson),
+    ))]
+async fn append(
+    AxState(state): AxState<Arc<State>>,
+    JsonBody(request, size): JsonBody<AppendJson>,
+) -> Result<Response, ApiError> {
+    let request = request.into_core()?;
+    let result = state.append(request, size).await?;
+    Ok(ok_json(&AppendResultJson::from(result)))
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream_id}", tag = "streams",
+    params(("stream_id" = String, Path, description = "The stream")),
+    responses(
+        (status = 200, description = "What the store knows of the stream", body = StreamInfoJson),
+        (status = 400, description = "Invalid stream id", body = ErrorJson),
+        (status = 404, description = "The stream has no event", body = ErrorJson),
+    ))]
+async fn stream_info(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+) -> Result<Response, ApiError> {
+    match state.store.stream_info(&stream_id).await? {
+        Some(info) => Ok(ok_json(&StreamInfoJson::from(info))),
+        None => Err(ApiError(Error::NotFound(format!(
+            "stream '{stream_id}' has no event"
+        )))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream_id}/events", tag = "read",
+    params(("stream_id" = String, Path, description = "The stream"), ReadParams),
+    responses(
+        (status = 200, description = "Events, streamed", body = EventsPage),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+    ))]
+async fn read_stream(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+    Params(params): Params<ReadParams>,
+) -> Result<Response, ApiError> {
+    let request = params.request(Source::Stream(stream_id))?;
+    stream_read(&state, request)
+}
+
+#[utoipa::path(get, path = "/v1/events", tag = "read",
+    params(FilterParams, ReadParams),
+    responses(
+        (status = 200, description = "Events, streamed", body = EventsPage),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+    ))]
+async fn read_events(
+    AxState(state): AxState<Arc<State>>,
+    Params(filter): Params<FilterParams>,
+    Params(read): Params<ReadParams>,
+) -> Result<Response, ApiError> {
+    if filter.stream.is_some() {
+        return Err(ApiError(Error::invalid(
+            "stream",
+            "read a stream at /v1/streams/{stream_id}/events",
+        )));
+    }
+    let source = filter.source()?;
+    let request = read.request(source)?;
+    stream_read(&state, request)
+}
+
+#[utoipa::path(post, path = "/v1/read", tag = "read",
+    request_body = ReadJson,
+    responses(
+        (status = 200, description = "Events, streamed", body = EventsPage),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+    ))]
+async fn read(
+    AxState(state): AxState<Arc<State>>,
+    JsonBody(request, _): JsonBody<ReadJson>,
+) -> Result<Response, ApiError> {
+    let request = request.into_core()?;
+    stream_read(&state, request)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Start after this name (the last one of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Only streams whose id starts with this (streams only).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// At most this many (default 100, at most 10000).
+    #[serde(default, deserialize_with = "opt_u64")]
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub limit: Option<u64>,
+}
+
+fn page_size(limit: Option<u64>) -> usize {
+    limit.unwrap_or(100).clamp(1, 10_000) as usize
+}
+
+#[utoipa::path(get, path = "/v1/streams", tag = "streams",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of streams in id order", body = StreamsJson),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+    ))]
+async fn list_streams(
+    AxState(state): AxState<Arc<State>>,
+    Params(p): Params<PageParams>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(p.limit);
+    let streams = state
+        .store
+        .list_streams(ListStreams {
+            prefix: p.prefix,
+            after: p.after,
+            limit,
+        })
+        .await?;
+    let next_after = (streams.len() == limit)
+        .then(|| streams.last().map(|s| s.stream_id.clone()))
+        .flatten();
+    Ok(ok_json(&StreamsJson {
+        streams: streams.into_iter().map(Into::into).collect(),
+        next_after,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/categories", tag = "streams",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of categories in name order", body = CategoriesJson),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+    ))]
+async fn list_categories(
+    AxState(state): AxState<Arc<State>>,
+    Params(p): Params<PageParams>,
+) -> Result<Response, ApiError> {
+    let limit = page_size(p.limit);
+    let categories = state
+        .store
+        .list_categories(ListCategories {
+            after: p.after,
+            limit,
+        })
+        .await?;
+    let next_after = (categories.len() == limit)
+        .then(|| categories.last().map(|c| c.category.clone()))
+        .flatten();
+    Ok(ok_json(&CategoriesJson {
+        categories: categories.into_iter().map(Into::into).collect(),
+        next_after,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TimeParams {
+    /// An RFC 3339 time, e.g. 2026-11-23T19:10:27Z.
+    pub time: String,
+}
+
+#[utoipa::path(get, path = "/v1/position-at", tag = "read",
+    params(TimeParams),
+    responses(
+        (status = 200, description = "The last position recorded at or before the time", body = PositionJson),
+        (status = 400, description = "Invalid time", body = ErrorJson),
+    ))]
+async fn position_at(
+    AxState(state): AxState<Arc<State>>,
+    Params(p): Params<TimeParams>,
+) -> Result<Response, ApiError> {
+    let at: Timestamp = p.time.parse().map_err(|_| {
+        Error::invalid(
+            "time",
+            format!(
+                "'{}' is not an RFC 3339 time like 2026-11-23T19:10:27Z",
+                p.time
+            ),
+        )
+    })?;
+    let position = state.store.position_at(at).await?;
+    Ok(ok_json(&PositionJson { position }))
+}
+
+#[utoipa::path(get, path = "/v1/info", tag = "server",
+    responses((status = 200, description = "The server and its store", body = InfoJson)))]
+async fn info(AxState(state): AxState<Arc<State>>) -> Result<Response, ApiError> {
+    let limits = &state.config.limits;
+    Ok(ok_json(&InfoJson {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        head: state.store.head().await?,
+        uptime_secs: state.started.elapsed().as_secs(),
+        max_event_bytes: limits.max_event_bytes as u64,
+        max_append_bytes: limits.max_append_bytes as u64,
+        poisoned: state.store.poison_cause(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeParams {
+    /// `start` (default), `now`, or a position to start after. A `Last-Event-ID` header
+    /// (sent by browsers when they reconnect) takes precedence.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Milliseconds between heartbeats (default: the server's setting).
+    #[serde(default, deserialize_with = "opt_u32")]
+    #[param(value_type = Option<u32>, minimum = 0)]
+    pub heartbeat_ms: Option<u32>,
+}
+
+const SSE_DOC: &str = "Server-Sent Events: `event: event` (id: the position, data: the event), \
+`event: caught-up` (data: {\"position\":N}), `event: checkpoint` (id: the position), \
+`event: heartbeat` (data: {\"head\":N}), and `event: error` (data: an error body) before the \
+stream ends.";
+
+#[utoipa::path(get, path = "/v1/subscribe", tag = "subscribe",
+    params(FilterParams, SubscribeParams),
+    responses(
+        (status = 200, description = SSE_DOC, content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 503, description = "Too many subscriptions", body = ErrorJson),
+    ))]
+async fn subscribe_get(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    Params(filter): Params<FilterParams>,
+    Params(p): Params<SubscribeParams>,
+) -> Result<Response, ApiError> {
+    let from = match last_event_id(&headers)? {
+        Some(id) => SubscribeFrom::After(id),
+        None => match p.after.as_deref() {
+            None => SubscribeFrom::Start,
+            Some(text) => subscribe_from(text)?,
+        },
+    };
+    let request = SubscribeRequest {
+        source: filter.source()?,
+        from,
+    };
+    sse(&state, request, p.heartbeat_ms).await
+}
+
+#[utoipa::path(post, path = "/v1/subscribe", tag = "subscribe",
+    request_body = SubscribeJson,
+    responses(
+        (status = 200, description = SSE_DOC, content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 503, description = "Too many subscriptions", body = ErrorJson),
+    ))]
+async fn subscribe_post(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    JsonBody(body, _): JsonBody<SubscribeJson>,
+) -> Result<Response, ApiError> {
+    let heartbeat = body.heartbeat_ms;
+    let mut request = body.into_core();
+    if let Some(id) = last_event_id(&headers)? {
+        request.from = SubscribeFrom::After(id);
+    }
+    sse(&state, request, heartbeat).await
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| Error::invalid("Last-Event-ID", "is not a position"))
+}
+
+async fn sse(
+    state: &Arc<State>,
+    request: SubscribeRequest,
+    heartbeat_ms: Option<u32>,
+) -> Result<Response, ApiError> {
+    let heartbeat = heartbeat_ms
+        .filter(|&ms| ms > 0)
+        .map(|ms| Duration::from_millis(ms.into()));
+    let rx = state
+        .subscribe(request, heartbeat, |msg| {
+            let mut out = Vec::with_capacity(1024);
+            match msg {
+                SubMsg::Events(events) => {
+                    for e in &events {
+                        out.extend_from_slice(
+                            format!("event: event\nid: {}\ndata: ", e.position).as_bytes(),
+                        );
+                        let _ = serde_json::to_writer(&mut out, &EventJson::new(e));
+                        out.extend_from_slice(b"\n\n");
+                    }
+                }
+                SubMsg::CaughtUp(position) => {
+                    let data = serde_json::json!({ "position": position });
+                    match position {
+                        Some(p) => out.extend_from_slice(
+                            format!("event: caught-up\nid: {p}\ndata: {data}\n\n").as_bytes(),
+                        ),
+                        None => out.extend_from_slice(
+                            format!("event: caught-up\ndata: {data}\n\n").as_bytes(),
+                        ),
+                    }
+                }
+                SubMsg::Checkpoint(p) => out.extend_from_slice(
+                    format!("event: checkpoint\nid: {p}\ndata: {{\"position\":{p}}}\n\n")
+                        .as_bytes(),
+                ),
+                SubMsg::Heartbeat(head) => out.extend_from_slice(
+                    format!(
+                        "event: heartbeat\ndata: {}\n\n",
+                        serde_json::json!({ "head": head })
+                    )
+                    .as_bytes(),
+                ),
+                SubMsg::Failed(e) => {
+                    let (_, body) = ErrorJson::from_error(&e);
+                    let data = serde_json::to_string(&body).unwrap_or_default();
+                    out.extend_from_slice(format!("event: error\ndata: {data}\n\n").as_bytes());
+                }
+            }
+            Ok::<_, std::io::Error>(Bytes::from(out))
+        })
+        .await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Body::from_stream(Receiver(rx)),
+    )
+        .into_response())
+}
+
+#[utoipa::path(get, path = "/health", tag = "server",
+    responses((status = 200, description = "The process is serving", content_type = "text/plain", body = String)))]
+async fn health() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+#[utoipa::path(get, path = "/ready", tag = "server",
+    responses(
+        (status = 200, description = "Ready to take reads and writes", content_type = "text/plain", body = String),
+        (status = 503, description = "Shutting down, or the store refuses writes", body = ErrorJson),
+    ))]
+async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ErrorJson::new("unavailable", why),
+        ),
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "server",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+async fn metrics_text(AxState(state): AxState<Arc<State>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        metrics::render(state.store.head().await.ok().flatten()),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &openapi())
+}
+
+/// The OpenAPI document of the HTTP API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    #[derive(OpenApi)]
+    #[openapi(
+        info(title = "Annal", description = "The Annal event store's HTTP/JSON API. The same port serves gRPC (annal.v1)."),
+        paths(
+            append_stream, append, stream_info, read_stream, read_events, read, list_streams,
+            list_categories, position_at, info, subscribe_get, subscribe_post, health, ready,
+            metrics_text
+        ),
+        components(schemas(ErrorJson, ErrorBody)),
+        modifiers(&BearerAuth),
+        security(("bearer" = []))
+    )]
+    struct Doc;
+
+    struct BearerAuth;
+    impl utoipa::Modify for BearerAuth {
+        fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+            use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+            let components = openapi.components.get_or_insert_with(Default::default);
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+    let mut doc = Doc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &ErrorJson::new("not_found", format!("no route for {method} {}", uri.path())),
+    )
+}
+
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let mut r = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &ErrorJson::new(
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ),
+        );
+        if let Some(allow) = resp.headers().get(header::ALLOW) {
+            r.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+        return r;
+    }
+    resp
+}
+
+/// Who a request's token says it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Compares without stopping at the first differing byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn access(state: &State, headers: &HeaderMap) -> Option<Access> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim().as_bytes();
+    let config = &state.config;
+    if config
+        .write_tokens
+        .iter()
+        .any(|t| same(t.as_bytes(), token))
+    {
+        return Some(Access::Write);
+    }
+    if config.read_tokens.iter().any(|t| same(t.as_bytes(), token)) {
+        return Some(Access::Read);
+    }
+    None
+}
+
+/// Checks the bearer token (when authentication is on) and counts the request.
+async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let grpc_method = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(annal_proto::SERVICE))
+        .and_then(|p| p.strip_prefix('/'));
+    let api = if grpc_method.is_some() {
+        "grpc"
+    } else {
+        "http"
+    };
+    let open = matches!(path, "/health" | "/ready" | "/openapi.json");
+    if state.config.auth_enabled() && !open {
+        let writes = match grpc_method {
+            Some(m) => annal_proto::WRITE_METHODS.contains(&m),
+            None => {
+                req.method() == Method::POST
+                    && (path == "/v1/append"
+                        || (path.starts_with("/v1/streams/") && !path.ends_with("/events")))
+            }
+        };
+        let refusal = match access(&state, req.headers()) {
+            None => Some((
+                StatusCode::UNAUTHORIZED,
+                tonic::Code::Unauthenticated,
+                "unauthenticated",
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+            )),
+            Some(Access::Read) if writes => Some((
+                StatusCode::FORBIDDEN,
+                tonic::Code::PermissionDenied,
+                "forbidden",
+                "this token may read but not append",
+            )),
+            _ => None,
+        };
+        if let Some((status, code, name, message)) = refusal {
+            metrics::request(api, "refused");
+            if grpc_method.is_some() {
+                return tonic::Status::new(code, message)
+                    .into_http::<Body>()
+                    .into_response();
+            }
+            let mut r = json_response(status, &ErrorJson::new(name, message));
+            if status == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return r;
+        }
+    }
+    let resp = next.run(req).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    metrics::request(api, class);
+    resp
+}
+
+/// Every route of the port: the HTTP API, the gRPC service, and the guard in front.
+/// The largest HTTP request body: an append of the largest size, base64-encoded, with room
+/// for its JSON.
+fn body_limit(state: &State) -> usize {
+    state
+        .config
+        .limits
+        .max_append_bytes
+        .saturating_mul(2)
+        .saturating_add(1 << 20)
+}
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let body_limit = body_limit(&state);
+    let grpc = Grpc::service(Arc::clone(&state));
+    Router::new()
+        .route("/v1/streams", get(list_streams))
+        .route(
+            "/v1/streams/{stream_id}",
+            get(stream_info).post(append_stream),
+        )
+        .route("/v1/streams/{stream_id}/events", get(read_stream))
+        .route("/v1/append", axum::routing::post(append))
+        .route("/v1/events", get(read_events))
+        .route("/v1/read", axum::routing::post(read))
+        .route("/v1/categories", get(list_categories))
+        .route("/v1/position-at", get(position_at))
+        .route("/v1/info", get(info))
+        .route("/v1/subscribe", get(subscribe_get).post(subscribe_post))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .route_service(&format!("/{}/{{*method}}", annal_proto::SERVICE), grpc)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .with_state(state)
+}

@@ -1,0 +1,815 @@
+//! The JSON shapes of the HTTP API, and their conversions to and from `annal-core` types.
+//!
+//! Event data whose content type is JSON (`application/json` or `...+json`) appears as JSON
+//! under `data`; any other content type appears base64-encoded under `data_base64`. The same
+//! rendering serves `annal dump --json` and the CLI's `--json` output.
+
+use std::collections::BTreeMap;
+
+use annal_core::{
+    AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, Error, ExpectedRevision, Metadata,
+    NewEvent, Query, QueryItem, ReadRequest, RecordedEvent, Source, StreamAppend, StreamInfo,
+    SubscribeFrom, SubscribeRequest, Timestamp, Uuid,
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+/// True when the content type says the data is JSON.
+pub fn is_json(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    base == "application/json" || base.ends_with("+json")
+}
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Who and why: the audit trail of an event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataJson {
+    /// A UUID grouping every event caused by one original request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The UUID of the event or command that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Who did it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Free-form key/values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl From<&Metadata> for MetadataJson {
+    fn from(m: &Metadata) -> Self {
+        MetadataJson {
+            correlation_id: m.correlation_id.map(|u| u.to_string()),
+            causation_id: m.causation_id.map(|u| u.to_string()),
+            actor: m.actor.clone(),
+            extra: m.extra.clone(),
+        }
+    }
+}
+
+fn parse_uuid(text: &str, field: &str) -> Result<Uuid, Error> {
+    text.parse()
+        .map_err(|_| Error::invalid(field, format!("'{text}' is not a UUID")))
+}
+
+impl MetadataJson {
+    fn into_core(self, field: &str) -> Result<Metadata, Error> {
+        Ok(Metadata {
+            correlation_id: self
+                .correlation_id
+                .map(|u| parse_uuid(&u, &format!("{field}.correlation_id")))
+                .transpose()?,
+            causation_id: self
+                .causation_id
+                .map(|u| parse_uuid(&u, &format!("{field}.causation_id")))
+                .transpose()?,
+            actor: self.actor,
+            extra: self.extra,
+        })
+    }
+}
+
+/// An event as stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventJson<'a> {
+    /// Global log position (gapless across the log).
+    pub position: u64,
+    pub stream_id: &'a str,
+    /// Revision within the stream (gapless per stream).
+    pub revision: u64,
+    pub id: String,
+    /// When the store wrote it, RFC 3339 with microseconds, UTC.
+    #[schema(format = DateTime)]
+    pub recorded_at: String,
+    /// The same instant, microseconds since the Unix epoch.
+    pub recorded_at_us: i64,
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub content_type: &'a str,
+    pub metadata: MetadataJson,
+    pub tags: &'a [String],
+    /// The data, when its content type is JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<&'a RawValue>,
+    /// The data, base64-encoded, when its content type is not JSON (or it is not valid JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl<'a> EventJson<'a> {
+    pub fn new(e: &'a RecordedEvent) -> Self {
+        let raw = if is_json(&e.content_type) {
+            std::str::from_utf8(&e.data)
+                .ok()
+                .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+        } else {
+            None
+        };
+        EventJson {
+            position: e.position,
+            stream_id: &e.stream_id,
+            revision: e.revision,
+            id: e.id.to_string(),
+            recorded_at: e.recorded_at.to_string(),
+            recorded_at_us: e.recorded_at.as_micros(),
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            content_type: &e.content_type,
+            metadata: (&e.metadata).into(),
+            tags: &e.tags,
+            data_base64: raw.is_none().then(|| base64(&e.data)),
+            data: raw,
+        }
+    }
+}
+
+/// An event as one JSON value.
+pub fn event_value(e: &RecordedEvent) -> serde_json::Value {
+    serde_json::to_value(EventJson::new(e)).unwrap_or(serde_json::Value::Null)
+}
+
+/// An event to append.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEventJson {
+    /// A UUID, the idempotency key of retries; the server assigns a random one when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub event_type: String,
+    /// Default 1.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    pub schema_version: Option<u32>,
+    /// Default `application/json` with `data`, `application/octet-stream` with `data_base64`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<MetadataJson>,
+    /// The data as JSON (for a JSON content type).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Box<RawValue>>,
+    /// The data, base64-encoded (for any content type).
+    #[serde(default)]
+    pub data_base64: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl NewEventJson {
+    pub fn into_core(self, field: &str) -> Result<NewEvent, Error> {
+        let (data, default_type) = match (self.data, self.data_base64) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    field,
+                    "has both data and data_base64; give one",
+                ))
+            }
+            (Some(raw), None) => (
+                raw.get().as_bytes().to_vec(),
+                annal_core::DEFAULT_CONTENT_TYPE,
+            ),
+            (None, Some(b64)) => (
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| {
+                        Error::invalid(
+                            format!("{field}.data_base64"),
+                            format!("is not base64: {e}"),
+                        )
+                    })?,
+                "application/octet-stream",
+            ),
+            (None, None) => (Vec::new(), annal_core::DEFAULT_CONTENT_TYPE),
+        };
+        let content_type = self
+            .content_type
+            .unwrap_or_else(|| default_type.to_string());
+        Ok(NewEvent {
+            id: match self.id {
+                Some(id) => parse_uuid(&id, &format!("{field}.id"))?,
+                None => Uuid::new_v4(),
+            },
+            event_type: self.event_type,
+            schema_version: self.schema_version.unwrap_or(1),
+            content_type,
+            metadata: self
+                .metadata
+                .map(|m| m.into_core(&format!("{field}.metadata")))
+                .transpose()?
+                .unwrap_or_default(),
+            data,
+            tags: self.tags,
+        })
+    }
+}
+
+/// An expected revision: `"any"`, `"no_stream"`, `"stream_exists"`, or the exact revision.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ExpectedJson {
+    Exact(u64),
+    Named(ExpectedName),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedName {
+    Any,
+    NoStream,
+    StreamExists,
+}
+
+impl From<ExpectedJson> for ExpectedRevision {
+    fn from(e: ExpectedJson) -> Self {
+        match e {
+            ExpectedJson::Exact(n) => ExpectedRevision::Exact(n),
+            ExpectedJson::Named(ExpectedName::Any) => ExpectedRevision::Any,
+            ExpectedJson::Named(ExpectedName::NoStream) => ExpectedRevision::NoStream,
+            ExpectedJson::Named(ExpectedName::StreamExists) => ExpectedRevision::StreamExists,
+        }
+    }
+}
+
+impl From<ExpectedRevision> for ExpectedJson {
+    fn from(e: ExpectedRevision) -> Self {
+        match e {
+            ExpectedRevision::Exact(n) => ExpectedJson::Exact(n),
+            ExpectedRevision::Any => ExpectedJson::Named(ExpectedName::Any),
+            ExpectedRevision::NoStream => ExpectedJson::Named(ExpectedName::NoStream),
+            ExpectedRevision::StreamExists => ExpectedJson::Named(ExpectedName::StreamExists),
+        }
+    }
+}
+
+/// Events for one stream (`POST /v1/streams/{stream_id}`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamAppendJson {
+    /// Default `any`.
+    #[serde(default)]
+    pub expected_revision: Option<ExpectedJson>,
+    pub events: Vec<NewEventJson>,
+}
+
+/// One stream's part of a multi-stream append.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamBatchJson {
+    pub stream_id: String,
+    #[serde(default)]
+    pub expected_revision: Option<ExpectedJson>,
+    pub events: Vec<NewEventJson>,
+}
+
+/// One alternative of a query: any of `types` (any type when empty) with all of `tags`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryItemJson {
+    #[serde(default)]
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// An OR of items; a query with no items is rejected.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryJson {
+    pub items: Vec<QueryItemJson>,
+}
+
+impl From<QueryJson> for Query {
+    fn from(q: QueryJson) -> Self {
+        Query {
+            items: q
+                .items
+                .into_iter()
+                .map(|i| QueryItem {
+                    types: i.types,
+                    tags: i.tags,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A Dynamic Consistency Boundary condition: fail if an event matching `query` exists after
+/// position `after` (anywhere when absent).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionJson {
+    pub query: QueryJson,
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+/// An atomic append to one or more streams (`POST /v1/append`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendJson {
+    pub streams: Vec<StreamBatchJson>,
+    #[serde(default)]
+    pub condition: Option<ConditionJson>,
+}
+
+fn events(list: Vec<NewEventJson>, prefix: &str) -> Result<Vec<NewEvent>, Error> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, e)| e.into_core(&format!("{prefix}events[{i}]")))
+        .collect()
+}
+
+impl StreamAppendJson {
+    pub fn into_core(self, stream_id: String) -> Result<AppendRequest, Error> {
+        Ok(AppendRequest {
+            streams: vec![StreamAppend {
+                stream_id,
+                expected: self
+                    .expected_revision
+                    .map_or(ExpectedRevision::Any, Into::into),
+                events: events(self.events, "")?,
+            }],
+            condition: None,
+        })
+    }
+}
+
+impl AppendJson {
+    pub fn into_core(self) -> Result<AppendRequest, Error> {
+        let mut streams = Vec::with_capacity(self.streams.len());
+        for (i, s) in self.streams.into_iter().enumerate() {
+            streams.push(StreamAppend {
+                stream_id: s.stream_id,
+                expected: s
+                    .expected_revision
+                    .map_or(ExpectedRevision::Any, Into::into),
+                events: events(s.events, &format!("streams[{i}]."))?,
+            });
+        }
+        Ok(AppendRequest {
+            streams,
+            condition: self.condition.map(|c| annal_core::AppendCondition {
+                query: c.query.into(),
+                after: c.after,
+            }),
+        })
+    }
+}
+
+/// Where one stream's batch landed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamResultJson {
+    pub stream_id: String,
+    /// The stream's revision after the append.
+    pub revision: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// The outcome of an append.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppendResultJson {
+    pub streams: Vec<StreamResultJson>,
+    pub first_position: u64,
+    pub last_position: u64,
+    #[schema(format = DateTime)]
+    pub recorded_at: String,
+}
+
+impl From<AppendResult> for AppendResultJson {
+    fn from(r: AppendResult) -> Self {
+        AppendResultJson {
+            streams: r
+                .streams
+                .into_iter()
+                .map(|s| StreamResultJson {
+                    stream_id: s.stream_id,
+                    revision: s.revision,
+                    first_position: s.first_position,
+                    last_position: s.last_position,
+                })
+                .collect(),
+            first_position: r.first_position,
+            last_position: r.last_position,
+            recorded_at: r.recorded_at.to_string(),
+        }
+    }
+}
+
+/// What a read or subscription draws from: `"all"`, or an object with exactly one of
+/// `stream`, `category`, `event_types`, `query`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceJson {
+    All,
+    Stream(String),
+    Category(String),
+    EventTypes(Vec<String>),
+    Query(QueryJson),
+}
+
+impl From<SourceJson> for Source {
+    fn from(s: SourceJson) -> Self {
+        match s {
+            SourceJson::All => Source::All,
+            SourceJson::Stream(id) => Source::Stream(id),
+            SourceJson::Category(c) => Source::Category(c),
+            SourceJson::EventTypes(t) => Source::EventTypes(t),
+            SourceJson::Query(q) => Source::Query(q.into()),
+        }
+    }
+}
+
+/// Which way a read goes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectionJson {
+    #[default]
+    Forward,
+    Backward,
+}
+
+/// A read (`POST /v1/read`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadJson {
+    pub source: SourceJson,
+    /// Inclusive: a revision for a stream source, a position otherwise.
+    #[serde(default)]
+    pub from: Option<u64>,
+    #[serde(default)]
+    pub direction: DirectionJson,
+    /// At most this many events (default 1000).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Time travel: a position (`"1234"`) or an RFC 3339 instant.
+    #[serde(default)]
+    pub as_of: Option<String>,
+}
+
+/// The default page size of HTTP reads.
+pub const DEFAULT_HTTP_LIMIT: u64 = 1000;
+
+/// Parses an `as_of` value: a position or an RFC 3339 instant.
+pub fn as_of(text: &str) -> Result<AsOf, Error> {
+    if let Ok(p) = text.parse::<u64>() {
+        return Ok(AsOf::Position(p));
+    }
+    text.parse::<Timestamp>().map(AsOf::Time).map_err(|_| {
+        Error::invalid(
+            "as_of",
+            format!(
+                "'{text}' is neither a position nor an RFC 3339 time like 2026-11-23T19:10:27Z"
+            ),
+        )
+    })
+}
+
+impl ReadJson {
+    pub fn into_core(self) -> Result<ReadRequest, Error> {
+        Ok(ReadRequest {
+            source: self.source.into(),
+            from: self.from,
+            direction: match self.direction {
+                DirectionJson::Forward => Direction::Forward,
+                DirectionJson::Backward => Direction::Backward,
+            },
+            limit: Some(self.limit.unwrap_or(DEFAULT_HTTP_LIMIT)),
+            as_of: self.as_of.as_deref().map(as_of).transpose()?,
+        })
+    }
+}
+
+/// Where a subscription starts: `"start"`, `"now"`, or a position to start after.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum FromJson {
+    After(u64),
+    Named(FromName),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FromName {
+    Start,
+    Now,
+}
+
+/// Parses a subscription start from a query parameter: `start`, `now` or a position.
+pub fn subscribe_from(text: &str) -> Result<SubscribeFrom, Error> {
+    match text {
+        "start" => Ok(SubscribeFrom::Start),
+        "now" => Ok(SubscribeFrom::Now),
+        other => other.parse().map(SubscribeFrom::After).map_err(|_| {
+            Error::invalid(
+                "after",
+                format!("'{other}' is neither 'start', 'now' nor a position"),
+            )
+        }),
+    }
+}
+
+/// A subscription (`POST /v1/subscribe`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeJson {
+    pub source: SourceJson,
+    /// Default `"start"`; a position means "after this position".
+    #[serde(default)]
+    pub from: Option<FromJson>,
+    /// Milliseconds between heartbeats (default: the server's setting).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u32>,
+}
+
+impl SubscribeJson {
+    pub fn into_core(self) -> SubscribeRequest {
+        SubscribeRequest {
+            source: self.source.into(),
+            from: match self.from {
+                None | Some(FromJson::Named(FromName::Start)) => SubscribeFrom::Start,
+                Some(FromJson::Named(FromName::Now)) => SubscribeFrom::Now,
+                Some(FromJson::After(p)) => SubscribeFrom::After(p),
+            },
+        }
+    }
+}
+
+/// What the store knows of a stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamInfoJson {
+    pub stream_id: String,
+    pub revision: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+    pub count: u64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub last_written_at: String,
+}
+
+impl From<StreamInfo> for StreamInfoJson {
+    fn from(s: StreamInfo) -> Self {
+        StreamInfoJson {
+            stream_id: s.stream_id,
+            revision: s.revision,
+            first_position: s.first_position,
+            last_position: s.last_position,
+            count: s.count,
+            created_at: s.created_at.to_string(),
+            last_written_at: s.last_written_at.to_string(),
+        }
+    }
+}
+
+/// A page of streams.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamsJson {
+    pub streams: Vec<StreamInfoJson>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// What the store knows of a category.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryJson {
+    pub category: String,
+    pub stream_count: u64,
+    pub event_count: u64,
+}
+
+impl From<CategoryInfo> for CategoryJson {
+    fn from(c: CategoryInfo) -> Self {
+        CategoryJson {
+            category: c.category,
+            stream_count: c.stream_count,
+            event_count: c.event_count,
+        }
+    }
+}
+
+/// A page of categories.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoriesJson {
+    pub categories: Vec<CategoryJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// A page of events (the body of every read).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventsPage<'a> {
+    pub events: Vec<EventJson<'a>>,
+    /// The `from` of the next page; absent when the read ended before its limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// The server and its store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InfoJson {
+    pub version: String,
+    /// The log's last position; absent when it is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+    pub uptime_secs: u64,
+    pub max_event_bytes: u64,
+    pub max_append_bytes: u64,
+    /// Why the store refuses writes, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poisoned: Option<String>,
+}
+
+/// The answer of `/v1/position-at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PositionJson {
+    /// The last position recorded at or before the time; absent when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// An error: a machine-readable code, a message for people, and the values involved.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorJson {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// `wrong_expected_revision`, `condition_failed`, `event_id_conflict`, `invalid_argument`,
+    /// `too_large`, `not_found`, `unauthenticated`, `forbidden`, `unavailable`, `poisoned`,
+    /// `disk_full`, `corruption`, `internal`, ...
+    pub code: String,
+    pub message: String,
+    /// The field that was wrong (`invalid_argument`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The expected revision (`wrong_expected_revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The stream's actual revision, absent when it does not exist (`wrong_expected_revision`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<u64>,
+    /// The position involved (`condition_failed`, `event_id_conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+impl ErrorJson {
+    /// A body of this code and message.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ErrorJson {
+            error: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+                stream: None,
+                expected: None,
+                actual: None,
+                position: None,
+            },
+        }
+    }
+
+    /// The HTTP status and body for an error (internal details already removed).
+    pub fn from_error(e: &Error) -> (u16, ErrorJson) {
+        let message = e.to_string();
+        let (status, code) = match e {
+            Error::WrongExpectedRevision { .. } => (409, "wrong_expected_revision"),
+            Error::ConditionFailed { .. } => (409, "condition_failed"),
+            Error::EventIdConflict { .. } => (409, "event_id_conflict"),
+            Error::InvalidArgument { .. } => (400, "invalid_argument"),
+            Error::TooLarge { .. } => (413, "too_large"),
+            Error::NotFound(_) => (404, "not_found"),
+            Error::Poisoned { .. } => (503, "poisoned"),
+            Error::DiskFull { .. } => (503, "disk_full"),
+            Error::Closed => (503, "closed"),
+            Error::Unavailable(_) => (503, "unavailable"),
+            Error::Corruption { .. } => (500, "corruption"),
+            Error::UnsupportedFormat { .. } => (500, "unsupported_format"),
+            _ => (500, "internal"),
+        };
+        let mut body = ErrorJson::new(code, message);
+        match e {
+            Error::WrongExpectedRevision {
+                stream,
+                expected,
+                actual,
+            } => {
+                body.error.stream = Some(stream.clone());
+                body.error.expected = Some(expected.to_string());
+                body.error.actual = *actual;
+            }
+            Error::ConditionFailed { position, .. } => body.error.position = Some(*position),
+            Error::EventIdConflict {
+                stream, position, ..
+            } => {
+                body.error.stream = Some(stream.clone());
+                body.error.position = Some(*position);
+            }
+            Error::InvalidArgument { field, .. } => body.error.field = Some(field.clone()),
+            _ => {}
+        }
+        (status, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_stays_json_and_other_data_is_base64() {
+        let mut e = RecordedEvent {
+            id: Uuid::nil(),
+            stream_id: "s-1".into(),
+            revision: 0,
+            position: 7,
+            recorded_at: Timestamp(1_795_000_000_123_456),
+            event_type: "T".into(),
+            schema_version: 1,
+            content_type: "application/json".into(),
+            metadata: Metadata::default(),
+            data: br#"{"a": [1, 2]}"#.to_vec(),
+            tags: vec!["x:1".into()],
+        };
+        let v = event_value(&e);
+        assert_eq!(v["data"]["a"][1], 2);
+        assert!(v.get("data_base64").is_none());
+        assert_eq!(v["recorded_at"], "2026-11-18T11:06:40.123456Z");
+        e.content_type = "application/octet-stream".into();
+        e.data = vec![0xff, 0, 1];
+        let v = event_value(&e);
+        assert_eq!(v["data_base64"], "/wAB");
+        assert!(v.get("data").is_none());
+        // JSON content that is not JSON is still delivered, as base64.
+        e.content_type = "application/json".into();
+        e.data = b"not json".to_vec();
+        assert_eq!(event_value(&e)["data_base64"], base64(b"not json"));
+    }
+
+    #[test]
+    fn new_events_take_json_or_base64() {
+        let e: NewEventJson =
+            serde_json::from_str(r#"{"event_type":"A","data":{"k": 1},"tags":["t"]}"#).unwrap();
+        let e = e.into_core("events[0]").unwrap();
+        assert_eq!(e.data, br#"{"k": 1}"#);
+        assert_eq!(e.content_type, "application/json");
+        let e: NewEventJson =
+            serde_json::from_str(r#"{"event_type":"A","data_base64":"/wAB"}"#).unwrap();
+        let e = e.into_core("events[0]").unwrap();
+        assert_eq!(e.data, vec![0xff, 0, 1]);
+        assert_eq!(e.content_type, "application/octet-stream");
+        let both: NewEventJson =
+            serde_json::from_str(r#"{"event_type":"A","data":1,"data_base64":"AA=="}"#).unwrap();
+        assert!(matches!(
+            both.into_core("events[3]"),
+            Err(Error::InvalidArgument { field, .. }) if field == "events[3]"
+        ));
+        let bad_id: NewEventJson =
+            serde_json::from_str(r#"{"event_type":"A","id":"nope"}"#).unwrap();
+        assert!(matches!(
+            bad_id.into_core("events[0]"),
+            Err(Error::InvalidArgument { field, .. }) if field == "events[0].id"
+        ));
+    }
+
+    #[test]
+    fn expected_revision_reads_names_and_numbers() {
+        for (text, want) in [
+            ("\"any\"", ExpectedRevision::Any),
+            ("\"no_stream\"", ExpectedRevision::NoStream),
+            ("\"stream_exists\"", ExpectedRevision::StreamExists),
+            ("4", ExpectedRevision::Exact(4)),
+        ] {
+            let e: ExpectedJson = serde_json::from_str(text).unwrap();
+            assert_eq!(ExpectedRevision::from(e), want);
+        }
+        assert!(serde_json::from_str::<ExpectedJson>("\"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn as_of_is_a_position_or_a_time() {
+        assert_eq!(as_of("12").unwrap(), AsOf::Position(12));
+        assert!(matches!(
+            as_of("2026-11-23T19:10:27Z").unwrap(),
+            AsOf::Time(_)
+        ));
+        assert!(as_of("yesterday").is_err());
+    }
+}

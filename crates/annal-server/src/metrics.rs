@@ -1,0 +1,135 @@
+//! Prometheus metrics, rendered at `/metrics` in the text format.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `annal_appends_total{result}` | counter | append requests, by `ok`, `conflict` or `error` |
+//! | `annal_events_written_total` | counter | events appended |
+//! | `annal_bytes_written_total` | counter | bytes of event data appended |
+//! | `annal_append_seconds` | histogram | append latency, from the request to its durable answer |
+//! | `annal_fsync_seconds` | histogram | the engine's fdatasync calls (recorded by the engine) |
+//! | `annal_subscriptions_active` | gauge | open subscriptions, gRPC and SSE |
+//! | `annal_subscriber_lag_events` | histogram | how far behind the head a subscriber's batch was when sent |
+//! | `annal_requests_total{api,status}` | counter | requests by API (`grpc`, `http`) and status class |
+//! | `annal_head_position` | gauge | the log's last position, set at each scrape |
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use annal_core::{AppendResult, Error};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later servers in the same process share it).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let latency = [
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 0.5, 1.0, 2.5,
+        ];
+        let lag = [
+            0.0,
+            1.0,
+            10.0,
+            100.0,
+            1_000.0,
+            10_000.0,
+            100_000.0,
+            1_000_000.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_lag_events".into()), &lag))
+            .map(|b| b.build_recorder());
+        match recorder {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                if metrics::set_global_recorder(recorder).is_err() {
+                    tracing::warn!("another metrics recorder is installed; /metrics stays empty");
+                    return None;
+                }
+                describe();
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::warn!("metrics are off: {e}");
+                None
+            }
+        }
+    });
+}
+
+fn describe() {
+    metrics::describe_counter!("annal_appends_total", "Append requests, by result");
+    metrics::describe_counter!("annal_events_written_total", "Events appended");
+    metrics::describe_counter!("annal_bytes_written_total", "Bytes of event data appended");
+    metrics::describe_histogram!(
+        "annal_append_seconds",
+        metrics::Unit::Seconds,
+        "Append latency until the durable answer"
+    );
+    metrics::describe_histogram!(
+        "annal_fsync_seconds",
+        metrics::Unit::Seconds,
+        "Latency of the engine's fdatasync calls"
+    );
+    metrics::describe_gauge!("annal_subscriptions_active", "Open subscriptions");
+    metrics::describe_histogram!(
+        "annal_subscriber_lag_events",
+        "Events between the head and a subscriber's last delivered event, per batch sent"
+    );
+    metrics::describe_counter!("annal_requests_total", "Requests by API and status class");
+    metrics::describe_gauge!("annal_head_position", "The log's last position");
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(head: Option<u64>) -> String {
+    if let Some(h) = head {
+        metrics::gauge!("annal_head_position").set(h as f64);
+    }
+    match HANDLE.get() {
+        Some(Some(handle)) => handle.render(),
+        _ => String::new(),
+    }
+}
+
+/// Records an append's outcome.
+pub fn appended(result: &Result<AppendResult, Error>, events: usize, bytes: usize, took: Duration) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) if e.is_conflict() => "conflict",
+        Err(_) => "error",
+    };
+    metrics::counter!("annal_appends_total", "result" => outcome).increment(1);
+    if result.is_ok() {
+        metrics::counter!("annal_events_written_total").increment(events as u64);
+        metrics::counter!("annal_bytes_written_total").increment(bytes as u64);
+        metrics::histogram!("annal_append_seconds").record(took.as_secs_f64());
+    }
+}
+
+/// Records a subscriber's lag when a batch is sent.
+pub fn lag(events: u64) {
+    metrics::histogram!("annal_subscriber_lag_events").record(events as f64);
+}
+
+/// Records a finished request.
+pub fn request(api: &'static str, status: &'static str) {
+    metrics::counter!("annal_requests_total", "api" => api, "status" => status).increment(1);
+}
+
+/// Counts an open subscription for as long as it lives.
+pub struct ActiveSubscription;
+
+impl ActiveSubscription {
+    pub fn new() -> Self {
+        metrics::gauge!("annal_subscriptions_active").increment(1.0);
+        ActiveSubscription
+    }
+}
+
+impl Drop for ActiveSubscription {
+    fn drop(&mut self) {
+        metrics::gauge!("annal_subscriptions_active").decrement(1.0);
+    }
+}
