@@ -37,6 +37,11 @@ use futures_core::Stream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Bytes one request or subscription may have in flight before it is read.
+const STREAM_WINDOW: u32 = 4 << 20;
+/// Far above the sum of the streams' windows.
+const CONNECTION_WINDOW: u32 = 1 << 30;
+
 /// How to reach a server.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -78,7 +83,10 @@ impl ClientBuilder {
             .map_err(|e| Error::invalid("server url", format!("'{}': {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            // Each stream may buffer its own window; the connection's is large enough that
+            // a subscription the program does not read never stalls the others.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if self.url.starts_with("https://") {
@@ -122,8 +130,12 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let text = s.to_string();
+        // Layers often repeat the message of the layer below.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = s.source();
     }
     out

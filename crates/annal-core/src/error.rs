@@ -75,6 +75,14 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// A server refused the request for want of a valid token.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+
+    /// A server refused the request: the token does not allow it.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }

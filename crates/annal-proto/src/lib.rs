@@ -474,6 +474,8 @@ pub fn code_of(e: &Error) -> tonic::Code {
         Error::Corruption { .. } => Code::DataLoss,
         Error::UnsupportedFormat { .. } => Code::FailedPrecondition,
         Error::Closed | Error::Unavailable(_) => Code::Unavailable,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::NotFound(_) => Code::NotFound,
         Error::Io { .. } | Error::Internal(_) => Code::Internal,
         _ => Code::Internal,
@@ -543,6 +545,8 @@ pub fn status_from_error(e: &Error) -> tonic::Status {
         Error::NotFound(what) => Kind::NotFound(what),
         Error::Unavailable(what) => Kind::Unavailable(what),
         Error::Internal(what) => Kind::Internal(what),
+        Error::Unauthenticated(what) => Kind::Unauthenticated(what),
+        Error::PermissionDenied(what) => Kind::PermissionDenied(what),
         other => Kind::Internal(other.to_string()),
     };
     let detail = ErrorDetail { kind: Some(kind) };
@@ -604,6 +608,8 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
             Kind::NotFound(w) => Some(Error::NotFound(w)),
             Kind::Unavailable(w) => Some(Error::Unavailable(w)),
             Kind::Internal(w) => Some(Error::Internal(w)),
+            Kind::Unauthenticated(w) => Some(Error::Unauthenticated(w)),
+            Kind::PermissionDenied(w) => Some(Error::PermissionDenied(w)),
         };
         if let Some(e) = rebuilt {
             return e;
@@ -620,8 +626,8 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
                 message
             })
         }
-        Code::Unauthenticated => Error::Unavailable(format!("not authenticated: {message}")),
-        Code::PermissionDenied => Error::Unavailable(format!("permission denied: {message}")),
+        Code::Unauthenticated => Error::Unauthenticated(message),
+        Code::PermissionDenied => Error::PermissionDenied(message),
         Code::ResourceExhausted => Error::Unavailable(format!("server busy: {message}")),
         _ => Error::Internal(if message.is_empty() {
             format!("the server answered {:?}", status.code())
@@ -682,6 +688,8 @@ mod tests {
         round_trip(Error::Closed);
         round_trip(Error::NotFound("stream x".into()));
         round_trip(Error::Internal("see the server log".into()));
+        round_trip(Error::Unauthenticated("no token".into()));
+        round_trip(Error::PermissionDenied("read-only token".into()));
     }
 
     #[test]

@@ -700,6 +700,8 @@ impl ErrorJson {
             Error::DiskFull { .. } => (503, "disk_full"),
             Error::Closed => (503, "closed"),
             Error::Unavailable(_) => (503, "unavailable"),
+            Error::Unauthenticated(_) => (401, "unauthenticated"),
+            Error::PermissionDenied(_) => (403, "forbidden"),
             Error::Corruption { .. } => (500, "corruption"),
             Error::UnsupportedFormat { .. } => (500, "unsupported_format"),
             _ => (500, "internal"),

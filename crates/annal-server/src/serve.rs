@@ -60,10 +60,15 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
+    // Each request body may have its own window in flight; the connection's window is large
+    // enough that one slow request never stalls the others on its connection. What a
+    // connection buffers is bounded by streams x stream window.
     builder
         .http2()
         .max_concurrent_streams(limits.max_streams_per_connection)
-        .adaptive_window(true);
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(1 << 30)
+        .max_frame_size(1 << 20);
     loop {
         // At the connection limit, stop accepting: new clients wait in the kernel's queue.
         let permit = tokio::select! {

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod client;
 mod dump;
+mod render;
+mod serve;
 
 /// The engine allocates per event on its read and write paths; mimalloc serves those small,
 /// short-lived allocations much faster than the system allocator.
@@ -27,6 +30,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the event store server: gRPC and HTTP/JSON on one port.
+    Serve(Box<serve::ServeArgs>),
+    /// Append one event to a stream.
+    Append {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::AppendArgs,
+    },
+    /// Print a stream's events.
+    Read {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::ReadArgs,
+    },
+    /// Print the log's events, or a category's, or those of some types or tags.
+    ReadAll {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::ReadAllArgs,
+    },
+    /// Follow new events as they are written, like `tail -f`.
+    Tail {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::TailArgs,
+    },
+    /// List streams.
+    Streams {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::StreamsArgs,
+    },
+    /// What the server knows of a stream, or of itself.
+    Info {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::InfoArgs,
+    },
     /// Verify a store folder offline: frames, checksums, gapless positions and revisions,
     /// and that the indexes agree with the log. Exits 1 when it finds a problem.
     Check {
@@ -78,6 +125,17 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Serve(args) = cli.command {
+        // The server sets up its own logging from its configuration.
+        return match serve::serve(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -85,7 +143,6 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -95,8 +152,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a command against a server on a small runtime, turning failures into exit codes.
+fn remote<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, client::Failure>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(f()) {
+        Ok(code) => Ok(code),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            Ok(ExitCode::from(failure.code))
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Cmd::Serve(_) => unreachable!("handled in main"),
+        Cmd::Append { remote: r, args } => remote(|| async move { client::append(&r, args).await }),
+        Cmd::Read { remote: r, args } => remote(|| async move { client::read(&r, args).await }),
+        Cmd::ReadAll { remote: r, args } => {
+            remote(|| async move { client::read_all(&r, args).await })
+        }
+        Cmd::Tail { remote: r, args } => remote(|| async move { client::tail(&r, args).await }),
+        Cmd::Streams { remote: r, args } => {
+            remote(|| async move { client::streams(&r, args).await })
+        }
+        Cmd::Info { remote: r, args } => remote(|| async move { client::info(&r, args).await }),
         Cmd::Check { dir } => check(dir),
         Cmd::Bench {
             quick,

@@ -1,0 +1,901 @@
+//! The server end to end over loopback: the HTTP API, errors on both APIs, SSE, auth, TLS,
+//! metrics, limits, concurrency and resuming subscriptions.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use annal_client::Client;
+use annal_core::{
+    next_item, AppendRequest, Error, EventStore, EventStoreExt, ExpectedRevision, NewEvent, Query,
+    QueryItem, ReadRequest, Source, SubscribeFrom, SubscribeRequest, SubscriptionItem,
+    SubscriptionStream,
+};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next(sub: &mut SubscriptionStream) -> SubscriptionItem {
+    tokio::time::timeout(WAIT, next_item(sub))
+        .await
+        .expect("a subscription item within the wait")
+        .expect("the subscription goes on")
+        .expect("no error")
+}
+
+async fn next_event(sub: &mut SubscriptionStream) -> annal_core::RecordedEvent {
+    loop {
+        match next(sub).await {
+            SubscriptionItem::Event(e) => return e,
+            SubscriptionItem::Checkpoint { .. } => continue,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+fn one(stream: &str, expected: ExpectedRevision, event_type: &str) -> AppendRequest {
+    AppendRequest::stream(
+        stream,
+        expected,
+        vec![NewEvent::new(event_type, br#"{"n":1}"#.to_vec())],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_appends_reads_and_answers_errors_as_json() {
+    let s = start_with(|c| c.limits.max_append_bytes = 64 * 1024).await;
+    let addr = s.addr();
+
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/account-1",
+        &[],
+        r#"{"expected_revision":"no_stream","events":[
+            {"event_type":"Opened","data":{"owner":"ada"},"tags":["account:1"],
+             "metadata":{"actor":"teller","correlation_id":"5b0e1c9e-3a55-4d0b-9f43-3f1c8d0c2a11"}},
+            {"event_type":"Blob","data_base64":"/wAB"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["streams"][0]["revision"], 1);
+    assert_eq!(v["last_position"], 1);
+
+    // Read back: JSON stays JSON, bytes come back as base64, metadata intact.
+    let r = http(addr, "GET", "/v1/streams/account-1/events", &[], "").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["data"]["owner"], "ada");
+    assert_eq!(events[0]["metadata"]["actor"], "teller");
+    assert_eq!(
+        events[0]["metadata"]["correlation_id"],
+        "5b0e1c9e-3a55-4d0b-9f43-3f1c8d0c2a11"
+    );
+    assert_eq!(events[1]["data_base64"], "/wAB");
+    assert_eq!(events[1]["content_type"], "application/octet-stream");
+    assert!(v.get("next").is_none(), "no next page: {v}");
+
+    // Paging: the limit gives a next page, backward too.
+    let r = http(addr, "GET", "/v1/events?limit=1", &[], "").await;
+    assert_eq!(r.json()["next"], 1);
+    let r = http(
+        addr,
+        "GET",
+        "/v1/streams/account-1/events?direction=backward&limit=1",
+        &[],
+        "",
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["events"][0]["revision"], 1);
+    assert_eq!(v["next"], 0);
+
+    // A conflict names the stream, what was expected and what is.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/account-1",
+        &[],
+        r#"{"expected_revision":0,"events":[{"event_type":"Deposited","data":{}}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "wrong_expected_revision");
+    assert_eq!(e["stream"], "account-1");
+    assert_eq!(e["expected"], "revision 0");
+    assert_eq!(e["actual"], 1);
+
+    // A bad request names the field; nothing is written.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/append",
+        &[],
+        r#"{"streams":[{"stream_id":"a-1","events":[{"event_type":"A"},{"event_type":"B","id":"not-a-uuid"}]}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["field"], "streams[0].events[1].id");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/a-1",
+        &[],
+        r#"{"events":[{"event_type":""}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["field"], "event type");
+    let r = http(addr, "POST", "/v1/streams/a-1", &[], "{not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["field"], "body");
+    let r = http(addr, "GET", "/v1/streams/a-1", &[], "").await;
+    assert_eq!(r.status, 404, "nothing was written to a-1: {}", r.text());
+
+    // Too large: 413, as JSON.
+    let big = "x".repeat(100 * 1024);
+    let body = format!(r#"{{"events":[{{"event_type":"Big","data":"{big}"}}]}}"#);
+    let r = http(addr, "POST", "/v1/streams/big-1", &[], &body).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_large");
+
+    // A DCB condition over several streams: the second append fails on the first's event.
+    let cond = r#"{"streams":[{"stream_id":"course-1","events":[{"event_type":"Enrolled","tags":["student:7"]}]},
+                   {"stream_id":"student-7","events":[{"event_type":"Enrolled","tags":["student:7"]}]}],
+                   "condition":{"query":{"items":[{"types":["Enrolled"],"tags":["student:7"]}]}}}"#;
+    let r = http(addr, "POST", "/v1/append", &[], cond).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = http(addr, "POST", "/v1/append", &[], cond).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "condition_failed");
+    assert_eq!(r.json()["error"]["position"], 2);
+
+    // Reads by query, category and type; listings; info.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/read",
+        &[],
+        r#"{"source":{"query":{"items":[{"tags":["student:7"]}]}},"direction":"backward"}"#,
+    )
+    .await;
+    let positions: Vec<u64> = r.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(positions, vec![3, 2]);
+    let r = http(addr, "GET", "/v1/events?category=account", &[], "").await;
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
+    let r = http(addr, "GET", "/v1/events?types=Enrolled,Other", &[], "").await;
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
+    let r = http(addr, "GET", "/v1/events?category=a&types=B", &[], "").await;
+    assert_eq!(r.status, 400);
+    let r = http(addr, "GET", "/v1/events?as_of=1", &[], "").await;
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
+    let r = http(addr, "GET", "/v1/events?as_of=last-tuesday", &[], "").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["field"], "as_of");
+    let r = http(addr, "GET", "/v1/streams?limit=2", &[], "").await;
+    let v = r.json();
+    assert_eq!(v["streams"][0]["stream_id"], "account-1");
+    assert_eq!(v["next_after"], "course-1");
+    let r = http(addr, "GET", "/v1/categories", &[], "").await;
+    assert_eq!(r.json()["categories"].as_array().unwrap().len(), 3);
+    let r = http(addr, "GET", "/v1/info", &[], "").await;
+    assert_eq!(r.json()["head"], 3);
+    let r = http(
+        addr,
+        "GET",
+        "/v1/position-at?time=2000-01-01T00:00:00Z",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("position").is_none());
+
+    // Unknown routes and methods answer JSON too.
+    let r = http(addr, "GET", "/v2/nothing", &[], "").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = http(addr, "DELETE", "/v1/info", &[], "").await;
+    assert_eq!(r.status, 405);
+
+    // The OpenAPI document describes the routes it serves.
+    let doc = http(addr, "GET", "/openapi.json", &[], "").await.json();
+    for path in [
+        "/v1/streams/{stream_id}",
+        "/v1/append",
+        "/v1/events",
+        "/v1/subscribe",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_errors_come_back_as_the_engine_errors() {
+    let s = start_with(|c| c.limits.max_append_bytes = 64 * 1024).await;
+    let client = s.client().await;
+    client
+        .append(one("s-1", ExpectedRevision::NoStream, "A"))
+        .await
+        .unwrap();
+    let e = client
+        .append(one("s-1", ExpectedRevision::Exact(5), "A"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        Error::WrongExpectedRevision {
+            stream: "s-1".into(),
+            expected: ExpectedRevision::Exact(5),
+            actual: Some(0),
+        }
+    );
+    let e = client
+        .append(one("", ExpectedRevision::Any, "A"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { field, .. } if field == "stream id"),
+        "{e:?}"
+    );
+    let big = AppendRequest::stream(
+        "s-2",
+        ExpectedRevision::Any,
+        vec![NewEvent::new("Big", vec![b'x'; 200 * 1024])],
+    );
+    let e = client.append(big).await.unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+    let e = client
+        .read(ReadRequest::query(Query::default()))
+        .await
+        .err()
+        .expect("an empty query is refused");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+    assert_eq!(
+        client.read_to_vec(ReadRequest::all()).await.unwrap().len(),
+        1
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_delivers_history_the_marker_live_events_and_resumes_after_last_event_id() {
+    let s = start().await;
+    let client = s.client().await;
+    for i in 0..3 {
+        client
+            .append(one(&format!("order-{i}"), ExpectedRevision::Any, "Placed"))
+            .await
+            .unwrap();
+    }
+    client
+        .append(one("user-1", ExpectedRevision::Any, "Joined"))
+        .await
+        .unwrap();
+    let addr = s.addr();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            client
+                .append(one("order-9", ExpectedRevision::Any, "Placed"))
+                .await
+                .unwrap();
+        })
+    };
+    // The body ends when the connection does, so read it raw until the live event arrives.
+    let text = sse_until(
+        addr,
+        "/v1/subscribe?category=order&heartbeat_ms=100",
+        &[],
+        "id: 4",
+    )
+    .await;
+    writer.await.unwrap();
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert!(text.contains("event: caught-up"), "{text}");
+    // History 0..2, the marker at the head (3), possibly a checkpoint, then live 4.
+    assert_eq!(&ids[..4], &["0", "1", "2", "3"], "{text}");
+    assert_eq!(ids.last(), Some(&"4"));
+    assert!(text.contains("event: heartbeat"), "{text}");
+
+    // Resuming with Last-Event-ID skips what was seen.
+    let text = sse_until(
+        addr,
+        "/v1/subscribe?category=order",
+        &[("last-event-id", "1")],
+        "caught-up",
+    )
+    .await;
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(ids, vec!["2", "4", "4"], "{text}");
+    s.server.shutdown().await.unwrap();
+}
+
+/// Reads a Server-Sent Events response until `until` appears, then drops the connection.
+async fn sse_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    until: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(at) = text.find(until) {
+                // Wait for the end of that SSE event.
+                if text[at..].contains("\n\n") {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "'{until}' did not arrive: {}",
+            String::from_utf8_lossy(&got)
+        )
+    });
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/event-stream"), "{text}");
+    text
+}
+
+const WRITE: &str = "write-token-0123456789";
+const READ: &str = "read-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
+    let s = start_with(|c| {
+        c.write_tokens = vec![WRITE.into()];
+        c.read_tokens = vec![READ.into()];
+    })
+    .await;
+    let addr = s.addr();
+    let append = r#"{"events":[{"event_type":"A"}]}"#;
+
+    // HTTP: none, wrong, read-only, write.
+    let r = http(addr, "POST", "/v1/streams/s-1", &[], append).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "unauthenticated");
+    assert_eq!(r.headers.get("www-authenticate").unwrap(), "Bearer");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/s-1",
+        &[("authorization", "Bearer wrong-token-000000000")],
+        append,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let bearer_read = format!("Bearer {READ}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/s-1",
+        &[("authorization", &bearer_read)],
+        append,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+    let r = http(addr, "GET", "/v1/info", &[], "").await;
+    assert_eq!(r.status, 401, "reads need a token too");
+    let r = http(
+        addr,
+        "GET",
+        "/v1/info",
+        &[("authorization", &bearer_read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().get("head").is_none(), "nothing was written");
+    // Health, readiness and the API document stay open.
+    assert_eq!(http(addr, "GET", "/health", &[], "").await.status, 200);
+    assert_eq!(
+        http(addr, "GET", "/openapi.json", &[], "").await.status,
+        200
+    );
+
+    // gRPC: the same rules, as UNAUTHENTICATED and PERMISSION_DENIED.
+    let anonymous = s.client().await;
+    let e = anonymous
+        .append(one("s-1", ExpectedRevision::Any, "A"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let e = anonymous.read(ReadRequest::all()).await.err().unwrap();
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let reader = Client::builder(s.url.clone())
+        .token(READ)
+        .connect()
+        .await
+        .unwrap();
+    let e = reader
+        .append(one("s-1", ExpectedRevision::Any, "A"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    assert_eq!(
+        reader.head().await.unwrap(),
+        None,
+        "refused requests wrote nothing"
+    );
+    let writer = Client::builder(s.url.clone())
+        .token(WRITE)
+        .connect()
+        .await
+        .unwrap();
+    writer
+        .append(one("s-1", ExpectedRevision::Any, "A"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.read_to_vec(ReadRequest::all()).await.unwrap().len(),
+        1
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_grpc_and_http_on_one_port() {
+    let cert = self_signed();
+    let s = start_with(|c| {
+        c.tls = Some(annal_server::config::TlsFiles {
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+        })
+    })
+    .await;
+    let client = Client::builder(s.url.clone())
+        .ca_certificate(cert.cert_pem.clone())
+        .domain("localhost")
+        .connect()
+        .await
+        .unwrap();
+    client
+        .append(one("tls-1", ExpectedRevision::NoStream, "A"))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .read_to_vec(ReadRequest::stream("tls-1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = https(
+        s.addr(),
+        &cert.cert_pem,
+        "GET",
+        "/v1/streams/tls-1",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["count"], 1);
+    // Plain text to a TLS port gets nowhere.
+    let plain = Client::connect(format!("http://{}", s.addr())).await;
+    if let Ok(c) = plain {
+        assert!(
+            c.head().await.is_err(),
+            "plain gRPC to a TLS port must fail"
+        );
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness() {
+    let s = start().await;
+    let client = s.client().await;
+    for i in 0..5 {
+        client
+            .append(one(&format!("m-{i}"), ExpectedRevision::Any, "A"))
+            .await
+            .unwrap();
+    }
+    let _ = client
+        .append(one("m-0", ExpectedRevision::NoStream, "A"))
+        .await;
+    let _sub = client
+        .subscribe(SubscribeRequest::new(Source::All, SubscribeFrom::Now))
+        .await
+        .unwrap();
+    let addr = s.addr();
+    assert_eq!(http(addr, "GET", "/health", &[], "").await.status, 200);
+    assert_eq!(http(addr, "GET", "/ready", &[], "").await.status, 200);
+    let m = http(addr, "GET", "/metrics", &[], "").await.text();
+    for needle in [
+        "annal_appends_total{result=\"ok\"}",
+        "annal_appends_total{result=\"conflict\"}",
+        "annal_events_written_total",
+        "annal_bytes_written_total",
+        "annal_append_seconds_bucket",
+        "annal_fsync_seconds_bucket",
+        "annal_subscriptions_active",
+        "annal_head_position",
+        "annal_requests_total",
+    ] {
+        assert!(m.contains(needle), "{needle} missing from /metrics:\n{m}");
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_clients_append_and_subscribe_at_once() {
+    const WRITERS: usize = 16;
+    const EACH: usize = 60;
+    let s = start().await;
+    let total = WRITERS * EACH;
+    let mut subscribers = Vec::new();
+    for source in [
+        Source::All,
+        Source::Category("even".into()),
+        Source::Query(Query::item(QueryItem::tags(["odd"]))),
+    ] {
+        let client = s.client().await;
+        let mut sub = client
+            .subscribe(SubscribeRequest::new(source.clone(), SubscribeFrom::Start))
+            .await
+            .unwrap();
+        let expect = if source == Source::All {
+            total
+        } else {
+            total / 2
+        };
+        subscribers.push(tokio::spawn(async move {
+            let _client = client;
+            let mut positions = Vec::new();
+            while positions.len() < expect {
+                match next(&mut sub).await {
+                    SubscriptionItem::Event(e) => positions.push(e.position),
+                    SubscriptionItem::CaughtUp { .. } | SubscriptionItem::Checkpoint { .. } => {}
+                }
+            }
+            positions
+        }));
+    }
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let client = s.client().await;
+        writers.push(tokio::spawn(async move {
+            let parity = if w % 2 == 0 { "even" } else { "odd" };
+            for i in 0..EACH {
+                let e = NewEvent::new("Wrote", format!("{{\"i\":{i}}}")).with_tag(parity);
+                let r = client
+                    .append(AppendRequest::stream(
+                        format!("{parity}-{w}"),
+                        ExpectedRevision::Exact(i as u64).into_first(i),
+                        vec![e],
+                    ))
+                    .await
+                    .unwrap();
+                assert_eq!(r.revision(), i as u64);
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let log = s
+        .client()
+        .await
+        .read_to_vec(ReadRequest::all())
+        .await
+        .unwrap();
+    assert_eq!(log.len(), total);
+    let ids: HashSet<_> = log.iter().map(|e| e.id).collect();
+    assert_eq!(ids.len(), total, "no event twice");
+    let all: Vec<u64> = (0..total as u64).collect();
+    let even: Vec<u64> = log
+        .iter()
+        .filter(|e| e.stream_id.starts_with("even"))
+        .map(|e| e.position)
+        .collect();
+    let odd: Vec<u64> = log
+        .iter()
+        .filter(|e| e.tags.iter().any(|t| t == "odd"))
+        .map(|e| e.position)
+        .collect();
+    let got: Vec<Vec<u64>> = futures_join(subscribers).await;
+    assert_eq!(
+        got[0], all,
+        "the unfiltered subscriber saw every position once, in order"
+    );
+    assert_eq!(got[1], even);
+    assert_eq!(got[2], odd);
+    s.server.shutdown().await.unwrap();
+}
+
+trait FirstAppend {
+    fn into_first(self, i: usize) -> ExpectedRevision;
+}
+
+impl FirstAppend for ExpectedRevision {
+    /// `NoStream` for the first event of a stream, the revision before it otherwise.
+    fn into_first(self, i: usize) -> ExpectedRevision {
+        if i == 0 {
+            ExpectedRevision::NoStream
+        } else {
+            ExpectedRevision::Exact(i as u64 - 1)
+        }
+    }
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(
+            tokio::time::timeout(WAIT * 3, h)
+                .await
+                .expect("in time")
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_disconnects_resumes_from_its_checkpoint_with_no_gap_or_repeat() {
+    let s = start().await;
+    let writer = s.client().await;
+    let wanted = || Source::EventTypes(vec!["Paid".into()]);
+    let mut delivered = Vec::new();
+    let mut checkpoint = None;
+    // Three rounds: subscribe from the last checkpoint, take what comes, drop the connection
+    // while more is written.
+    for round in 0..3u64 {
+        let client = s.client().await;
+        let from = checkpoint.map_or(SubscribeFrom::Start, SubscribeFrom::After);
+        let mut sub = client
+            .subscribe(SubscribeRequest::new(wanted(), from))
+            .await
+            .unwrap();
+        for i in 0..10u64 {
+            let t = if i % 3 == 0 { "Paid" } else { "Viewed" };
+            writer
+                .append(one(&format!("order-{round}-{i}"), ExpectedRevision::Any, t))
+                .await
+                .unwrap();
+        }
+        let head = writer.head().await.unwrap().unwrap();
+        // Read until a checkpoint or event covers the head.
+        loop {
+            match next(&mut sub).await {
+                SubscriptionItem::Event(e) => {
+                    assert_eq!(e.event_type, "Paid");
+                    delivered.push(e.position);
+                    checkpoint = Some(e.position);
+                }
+                SubscriptionItem::Checkpoint { position }
+                | SubscriptionItem::CaughtUp {
+                    position: Some(position),
+                } => {
+                    checkpoint = Some(position);
+                }
+                SubscriptionItem::CaughtUp { position: None } => {}
+            }
+            if checkpoint >= Some(head) {
+                break;
+            }
+        }
+        // More is written while nobody listens.
+        for i in 10..13u64 {
+            writer
+                .append(one(
+                    &format!("order-{round}-{i}"),
+                    ExpectedRevision::Any,
+                    "Paid",
+                ))
+                .await
+                .unwrap();
+        }
+        drop(sub);
+        drop(client);
+    }
+    // A last subscriber collects the rest.
+    let client = s.client().await;
+    let mut sub = client
+        .subscribe(SubscribeRequest::new(
+            wanted(),
+            checkpoint.map_or(SubscribeFrom::Start, SubscribeFrom::After),
+        ))
+        .await
+        .unwrap();
+    let expected: Vec<u64> = writer
+        .read_to_vec(ReadRequest::event_types(["Paid"]))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    while delivered.len() < expected.len() {
+        delivered.push(next_event(&mut sub).await.position);
+    }
+    assert_eq!(
+        delivered, expected,
+        "every match once, in order, across reconnects"
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_holds_back_no_writer_and_the_limit_is_enforced() {
+    let s = start_with(|c| {
+        c.limits.max_subscriptions = 2;
+        c.limits.read_batch_events = 64;
+        c.limits.subscription_buffer = 2;
+    })
+    .await;
+    let client = s.client().await;
+    let mut idle = client
+        .subscribe(SubscribeRequest::new(Source::All, SubscribeFrom::Start))
+        .await
+        .unwrap();
+    let _second = client
+        .subscribe(SubscribeRequest::new(Source::All, SubscribeFrom::Now))
+        .await
+        .unwrap();
+    let e = client
+        .subscribe(SubscribeRequest::new(Source::All, SubscribeFrom::Now))
+        .await
+        .err()
+        .expect("a third subscription is refused");
+    assert!(
+        matches!(&e, Error::Unavailable(m) if m.contains("max_subscriptions")),
+        "{e:?}"
+    );
+
+    // 4,000 events in batches while the idle subscriber reads nothing.
+    for b in 0..40 {
+        let events = (0..100)
+            .map(|i| NewEvent::new("E", format!("{{\"i\":{i}}}")))
+            .collect();
+        tokio::time::timeout(
+            WAIT,
+            client.append(AppendRequest::stream(
+                format!("s-{b}"),
+                ExpectedRevision::Any,
+                events,
+            )),
+        )
+        .await
+        .expect("writers are not held back by a subscriber that does not read")
+        .unwrap();
+    }
+    // It still gets everything, in order, when it finally reads.
+    let mut next_position = 0;
+    while next_position < 4_000 {
+        match next(&mut idle).await {
+            SubscriptionItem::Event(e) => {
+                assert_eq!(e.position, next_position);
+                next_position += 1;
+            }
+            SubscriptionItem::CaughtUp { .. } | SubscriptionItem::Checkpoint { .. } => {}
+        }
+    }
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
+    let s = start().await;
+    let client = s.client().await;
+    let mut sub = client
+        .subscribe(SubscribeRequest::new(Source::All, SubscribeFrom::Start))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut sub).await,
+        SubscriptionItem::CaughtUp { .. }
+    ));
+    let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (client, acked) = (client.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..1_000 {
+                let e = NewEvent::new("E", b"{}".to_vec());
+                let id = e.id;
+                match client
+                    .append(AppendRequest::stream(
+                        format!("w-{w}"),
+                        ExpectedRevision::Any,
+                        vec![e],
+                    ))
+                    .await
+                {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Err(_) if i > 0 => return,
+                    Err(e) => panic!("the first append failed: {e}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = s.server.store().dir().to_path_buf();
+    let keep = s._dir;
+    s.server.shutdown().await.unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // The subscription ended with an error that says why.
+    let mut ended = false;
+    for _ in 0..100_000 {
+        match tokio::time::timeout(WAIT, next_item(&mut sub))
+            .await
+            .unwrap()
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+                ended = true;
+                break;
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "the subscription ended at shutdown");
+    // Every acknowledged append is in the store, once.
+    let store = annal_engine::Store::open(&dir).unwrap();
+    let ids: Vec<_> = store
+        .read_iter(ReadRequest::all())
+        .unwrap()
+        .map(|e| e.unwrap().id)
+        .collect();
+    let unique: HashSet<_> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice");
+    let acked = acked.lock().unwrap();
+    assert!(!acked.is_empty());
+    for id in acked.iter() {
+        assert!(unique.contains(id), "acknowledged event {id} is missing");
+    }
+    drop(keep);
+}

@@ -1,0 +1,483 @@
+//! `annal serve` as a process: configuration layers and refusals, the client commands against
+//! it, a clean stop on SIGTERM, and SIGKILL under load with every acknowledged event kept.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annal_client::Client;
+use annal_core::{
+    AppendRequest, EventStore, EventStoreExt, ExpectedRevision, NewEvent, ReadRequest, Uuid,
+};
+
+const ANNAL: &str = env!("CARGO_BIN_EXE_annal");
+
+/// A running `annal serve` and the address it printed.
+struct Served {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
+    let mut cmd = Command::new(ANNAL);
+    cmd.arg("serve")
+        .args(args)
+        .env_remove("ANNAL_LISTEN")
+        .env_remove("ANNAL_DATA")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = Arc::new(Mutex::new(String::new()));
+    {
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("annal serving on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; stderr: {}",
+                stderr.lock().unwrap()
+            )
+        })
+        .to_string();
+    Served {
+        child,
+        url: format!("http://{addr}"),
+        stderr,
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+fn cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ANNAL)
+        .args(args)
+        .args(["--server", url])
+        .env_remove("ANNAL_SERVER")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_every_problem_at_once() {
+    let out = Command::new(ANNAL)
+        .args([
+            "serve",
+            "--listen",
+            "nowhere",
+            "--max-subscriptions",
+            "0",
+            "--heartbeat",
+            "soon",
+            "--max-connections",
+            "many",
+            "--config",
+            "/no/such/annal.toml",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in [
+        "5 problem(s)",
+        "listen: 'nowhere'",
+        "max_subscriptions: must be at least 1",
+        "heartbeat: 'soon'",
+        "max_connections: 'many' is not a whole number",
+        "cannot read the config file /no/such/annal.toml",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn flags_beat_variables_which_beat_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-file");
+    let file = dir.path().join("annal.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "data = {:?}\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\nheartbeat = \"2s\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // The variable overrides the file's port 1 (which would fail to bind as non-root, or
+    // clash); the flag overrides the variable's log format.
+    let mut s = serve(
+        &["--config", file.to_str().unwrap(), "--log-format", "text"],
+        &[
+            ("ANNAL_LISTEN", "127.0.0.1:0"),
+            ("ANNAL_LOG_FORMAT", "json"),
+        ],
+    );
+    assert!(!s.url.ends_with(":1"), "{}", s.url);
+    assert!(
+        data.join("segments").is_dir(),
+        "the file's data folder is used"
+    );
+    signal(&s.child, "-TERM");
+    assert!(s.child.wait().unwrap().success());
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(log.contains("annal is serving"), "{log}");
+    assert!(
+        !log.trim_start().starts_with('{'),
+        "text logs, as the flag says: {log}"
+    );
+}
+
+#[test]
+fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(
+        &[
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let url = s.url.clone();
+
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "Opened",
+            "--data",
+            r#"{"owner":"ada"}"#,
+            "--tag",
+            "account:1",
+            "-e",
+            "no-stream",
+            "--actor",
+            "teller",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("revision 0, position 0"), "{out}");
+    let (code, out, _) = cli(
+        &url,
+        &[
+            "append",
+            "account-1",
+            "--type",
+            "Deposited",
+            "--data",
+            r#"{"amount":5}"#,
+            "-e",
+            "0",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["streams"][0]["revision"], 1);
+
+    // A conflict exits 3 and says what happened.
+    let (code, _, err) = cli(
+        &url,
+        &["append", "account-1", "--type", "Deposited", "-e", "0"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("expected revision 0, actual revision 1"),
+        "{err}"
+    );
+    // Bad input exits 2 before anything is sent.
+    let (code, _, err) = cli(
+        &url,
+        &["append", "account-1", "--type", "X", "--data", "{oops"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--data is not valid JSON"), "{err}");
+
+    let (code, out, _) = cli(&url, &["read", "account-1"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("account-1@0") && lines[0].contains("actor=teller"),
+        "{out}"
+    );
+    let (code, out, _) = cli(
+        &url,
+        &["read", "account-1", "--backward", "--json", "-n", "1"],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["revision"].as_u64(), v["data"]["amount"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let (_, out, _) = cli(&url, &["read", "account-1", "--as-of", "0", "--json"]);
+    assert_eq!(out.lines().count(), 1, "as of position 0: {out}");
+
+    cli(
+        &url,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "Placed",
+            "--tag",
+            "account:1",
+        ],
+    );
+    let (code, out, _) = cli(&url, &["read-all", "--tag", "account:1", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (_, out, _) = cli(&url, &["read-all", "--category", "order"]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+
+    let (code, out, _) = cli(&url, &["streams"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("account-1") && out.contains("order-1") && out.contains("2 stream(s)"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&url, &["info", "account-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("revision        1"), "{out}");
+    let (code, _, err) = cli(&url, &["info", "nobody-1"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, out, _) = cli(&url, &["info", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"head\":2"), "{out}");
+
+    // tail follows: history from the start, then a live event.
+    let mut tail = Command::new(ANNAL)
+        .args(["tail", "--from", "start", "--json", "--server", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    for want in 0..3 {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(v["position"], want);
+    }
+    cli(&url, &["append", "late-1", "--type", "Late"]);
+    let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (v["position"].as_u64(), v["event_type"].as_str()),
+        (Some(3), Some("Late"))
+    );
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+
+    signal(&s.child, "-TERM");
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", s.stderr.lock().unwrap());
+    assert!(s.stderr.lock().unwrap().contains("stopped cleanly"));
+
+    // A server that is not there exits 5.
+    let (code, _, err) = cli(&url, &["read", "account-1"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+/// What one writer task learned: ids of acknowledged requests, and of requests whose outcome
+/// it never heard (the server died while they were in flight).
+#[derive(Default)]
+struct Ledger {
+    acked: Vec<Vec<Uuid>>,
+    unknown: Vec<(String, Vec<NewEvent>)>,
+}
+
+async fn write_until_killed(url: String, writer: usize, ledger: Arc<Mutex<Ledger>>) {
+    let Ok(client) = Client::connect(url).await else {
+        return;
+    };
+    for i in 0.. {
+        // Alternate single events and batches of 5, to check atomicity too.
+        let n = if i % 2 == 0 { 1 } else { 5 };
+        let events: Vec<NewEvent> = (0..n)
+            .map(|k| NewEvent::new("Wrote", format!("{{\"w\":{writer},\"i\":{i},\"k\":{k}}}")))
+            .collect();
+        let stream = format!("w{writer}-{}", i % 3);
+        let request = AppendRequest::stream(stream.clone(), ExpectedRevision::Any, events.clone());
+        match client.append(request).await {
+            Ok(_) => ledger
+                .lock()
+                .unwrap()
+                .acked
+                .push(events.iter().map(|e| e.id).collect()),
+            Err(_) => {
+                ledger.lock().unwrap().unknown.push((stream, events));
+                return;
+            }
+        }
+    }
+}
+
+fn check_log(events: &[annal_core::RecordedEvent], acked: &[Vec<Uuid>]) -> HashMap<Uuid, usize> {
+    let mut count: HashMap<Uuid, usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.position, i as u64, "positions are gapless");
+        *count.entry(e.id).or_default() += 1;
+    }
+    for (id, n) in &count {
+        assert_eq!(*n, 1, "event {id} is in the log {n} times");
+    }
+    for batch in acked {
+        for id in batch {
+            assert!(count.contains_key(id), "acknowledged event {id} was lost");
+        }
+    }
+    count
+}
+
+#[test]
+fn sigkill_under_load_loses_no_acknowledged_event_and_writes_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut all_acked: Vec<Vec<Uuid>> = Vec::new();
+    for round in 0..4u64 {
+        let mut s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let tasks: Vec<_> = (0..8)
+            .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, ledger.clone())))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        s.child.kill().unwrap(); // SIGKILL
+        s.child.wait().unwrap();
+        rt.block_on(async {
+            for t in tasks {
+                tokio::time::timeout(Duration::from_secs(20), t)
+                    .await
+                    .expect("writers notice the dead server")
+                    .unwrap();
+            }
+        });
+        let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+        assert!(
+            !ledger.acked.is_empty(),
+            "round {round}: some appends were acknowledged"
+        );
+        eprintln!(
+            "round {round}: {} appends acknowledged, {} in flight at the kill",
+            ledger.acked.len(),
+            ledger.unknown.len()
+        );
+        all_acked.extend(ledger.acked);
+
+        // Restart on the same folder and check everything, then retry what was in doubt.
+        let mut s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
+        rt.block_on(async {
+            let client = Client::connect(s.url.clone()).await.unwrap();
+            let events = client.read_to_vec(ReadRequest::all()).await.unwrap();
+            let present = check_log(&events, &all_acked);
+            for (stream, batch) in &ledger.unknown {
+                // A batch is all there or not at all.
+                let there = batch.iter().filter(|e| present.contains_key(&e.id)).count();
+                assert!(
+                    there == 0 || there == batch.len(),
+                    "half a batch: {there} of {}",
+                    batch.len()
+                );
+                // Retrying with the same ids is safe either way.
+                let ids = batch.iter().map(|e| e.id).collect();
+                client
+                    .append(AppendRequest::stream(
+                        stream.clone(),
+                        ExpectedRevision::Any,
+                        batch.clone(),
+                    ))
+                    .await
+                    .unwrap();
+                all_acked.push(ids);
+            }
+            let events = client.read_to_vec(ReadRequest::all()).await.unwrap();
+            check_log(&events, &all_acked);
+        });
+        signal(&s.child, "-TERM");
+        assert!(s.child.wait().unwrap().success());
+    }
+    // The store is sound on disk too.
+    let out = Command::new(ANNAL).args(["check", &data]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let mut s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let tasks: Vec<_> = (0..8)
+        .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, ledger.clone())))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let stopping = Instant::now();
+    signal(&s.child, "-TERM");
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", s.stderr.lock().unwrap());
+    assert!(stopping.elapsed() < Duration::from_secs(20));
+    rt.block_on(async {
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let acked = std::mem::take(&mut ledger.lock().unwrap().acked);
+    assert!(!acked.is_empty());
+    // Closed cleanly: the store opens with nothing to replay, every acknowledged event there.
+    let store = annal_engine::Store::open(Path::new(&data)).unwrap();
+    let events: Vec<_> = store
+        .read_iter(ReadRequest::all())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    check_log(&events, &acked);
+    let unique: HashSet<_> = events.iter().map(|e| e.id).collect();
+    assert_eq!(unique.len(), events.len());
+    let log = s.stderr.lock().unwrap().clone();
+    assert!(log.contains("stopped cleanly"), "{log}");
+}
