@@ -25,7 +25,7 @@ pub use request::{
     SubscribeFrom, SubscribeRequest, SubscriptionItem,
 };
 pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
-pub use time::Timestamp;
+pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 
 /// A shorthand for results whose error is Annal's [`Error`].

@@ -105,7 +105,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<State>> for JsonBody<T> {
                 ApiError(Error::invalid("body", e.body_text()))
             }
         })?;
-        serde_json::from_slice(&bytes)
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        crate::json::object(&mut de)
+            .and_then(|v| de.end().map(|()| v))
             .map(|v| JsonBody(v, bytes.len()))
             .map_err(|e| ApiError(Error::invalid("body", e.to_string())))
     }
@@ -136,12 +138,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// Splits a query string into decoded pairs; a repeated key is refused.
+/// Splits a query string into decoded pairs, leaving out empty values; a repeated key is
+/// refused.
 fn serde_urlencoded_like(query: &str) -> Result<Vec<(String, String)>, Error> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+        // `?as_of=` means the same as no `as_of`.
+        if v.is_empty() {
+            continue;
+        }
         if out.iter().any(|(seen, _)| *seen == k) {
             return Err(Error::invalid(
                 "query",
@@ -195,20 +202,25 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
 
 /// Filters of `GET /v1/events` and `GET /v1/subscribe`: at most one of `stream`, `category`,
 /// or `types`/`tags` (comma-separated; an event matches one of the types and all the tags).
+/// An empty value means the parameter is not given.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FilterParams {
-    /// One stream (subscriptions only; reads use `/v1/streams/{stream_id}/events`).
+    /// One stream (`from` then counts its revisions).
     #[serde(default)]
+    #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub stream: Option<String>,
     /// Every stream of a category (the stream id's prefix before the first `-`).
     #[serde(default)]
+    #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub category: Option<String>,
     /// Comma-separated event types.
     #[serde(default)]
+    #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub types: Option<String>,
     /// Comma-separated tags, all required.
     #[serde(default)]
+    #[param(pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub tags: Option<String>,
 }
 
@@ -258,8 +270,11 @@ pub struct ReadParams {
     #[serde(default, deserialize_with = "opt_u64")]
     #[param(value_type = Option<u64>, minimum = 0)]
     pub limit: Option<u64>,
-    /// A position, or an RFC 3339 time: only events at or before it.
+    /// A position, or an RFC 3339 time: only events at or before it (empty: not given).
     #[serde(default)]
+    #[param(
+        pattern = "^(|[0-9]{1,19}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub as_of: Option<String>,
 }
 
@@ -361,7 +376,7 @@ fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError
 }
 
 #[utoipa::path(post, path = "/v1/streams/{stream_id}", tag = "append",
-    params(("stream_id" = String, Path, description = "The stream to append to")),
+    params(("stream_id" = String, Path, description = "The stream to append to", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     request_body = StreamAppendJson,
     responses(
         (status = 200, description = "Appended and durable", body = AppendResultJson),
@@ -399,7 +414,7 @@ async fn append(
 }
 
 #[utoipa::path(get, path = "/v1/streams/{stream_id}", tag = "streams",
-    params(("stream_id" = String, Path, description = "The stream")),
+    params(("stream_id" = String, Path, description = "The stream", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
     responses(
         (status = 200, description = "What the store knows of the stream", body = StreamInfoJson),
         (status = 400, description = "Invalid stream id", body = ErrorJson),
@@ -418,7 +433,7 @@ async fn stream_info(
 }
 
 #[utoipa::path(get, path = "/v1/streams/{stream_id}/events", tag = "read",
-    params(("stream_id" = String, Path, description = "The stream"), ReadParams),
+    params(("stream_id" = String, Path, description = "The stream", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"), ReadParams),
     responses(
         (status = 200, description = "Events, streamed", body = EventsPage),
         (status = 400, description = "Invalid request", body = ErrorJson),
@@ -443,12 +458,6 @@ async fn read_events(
     Params(filter): Params<FilterParams>,
     Params(read): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
-    if filter.stream.is_some() {
-        return Err(ApiError(Error::invalid(
-            "stream",
-            "read a stream at /v1/streams/{stream_id}/events",
-        )));
-    }
     let source = filter.source()?;
     let request = read.request(source)?;
     stream_read(&state, request)
@@ -546,6 +555,7 @@ async fn list_categories(
 #[into_params(parameter_in = Query)]
 pub struct TimeParams {
     /// An RFC 3339 time, e.g. 2026-11-23T19:10:27Z.
+    #[param(format = DateTime)]
     pub time: String,
 }
 
@@ -727,13 +737,13 @@ async fn sse(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/health", tag = "server",
+#[utoipa::path(get, path = "/health", tag = "server", security(()),
     responses((status = 200, description = "The process is serving", content_type = "text/plain", body = String)))]
 async fn health() -> Response {
     (StatusCode::OK, "ok\n").into_response()
 }
 
-#[utoipa::path(get, path = "/ready", tag = "server",
+#[utoipa::path(get, path = "/ready", tag = "server", security(()),
     responses(
         (status = 200, description = "Ready to take reads and writes", content_type = "text/plain", body = String),
         (status = 503, description = "Shutting down, or the store refuses writes", body = ErrorJson),
@@ -762,7 +772,104 @@ async fn metrics_text(AxState(state): AxState<Arc<State>>) -> Response {
 }
 
 async fn openapi_json() -> Response {
-    json_response(StatusCode::OK, &openapi())
+    json_response(StatusCode::OK, &openapi_document())
+}
+
+/// The OpenAPI document as served: what the derive produces, finished with what it cannot
+/// say: the token responses of every guarded operation, and the range of unsigned integers.
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+    finish_schemas(&mut doc);
+    // Metadata keys are names too.
+    if let Some(extra) = doc.pointer_mut("/components/schemas/MetadataJson/properties/extra") {
+        extra["propertyNames"] = serde_json::json!({
+            "minLength": 1,
+            "maxLength": annal_core::validate::MAX_NAME_LEN,
+            "pattern": crate::json::NO_CONTROL,
+        });
+        extra["maxProperties"] = annal_core::validate::MAX_METADATA_PAIRS.into();
+    }
+    let error_ref = serde_json::json!({
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorJson"}}}
+    });
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for (path, item) in paths.iter_mut() {
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in ops.iter_mut() {
+                let public = op
+                    .get("security")
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|s| {
+                        s.iter()
+                            .all(|r| r.as_object().is_some_and(|o| o.is_empty()))
+                    });
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                else {
+                    continue;
+                };
+                if public {
+                    continue;
+                }
+                let mut unauthorized = error_ref.clone();
+                unauthorized["description"] = "No valid bearer token (authentication is on)".into();
+                responses.entry("401").or_insert(unauthorized);
+                if method == "post" && (path == "/v1/append" || path == "/v1/streams/{stream_id}") {
+                    let mut forbidden = error_ref.clone();
+                    forbidden["description"] = "The token may read but not append".into();
+                    responses.entry("403").or_insert(forbidden);
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Says what the derive leaves out, schema by schema: every non-negative integer gets the
+/// range the server reads (`u64`, int64 with minimum 0, up to 2^64 - 1; `u32`, int32 with
+/// minimum 0, up to 2^32 - 1), and the one-key objects of tagged enums (`{"stream": ...}`)
+/// take no other key.
+fn finish_schemas(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            let one_key = o.get("type").is_some_and(|t| t == "object")
+                && o.get("required")
+                    .and_then(|r| r.as_array())
+                    .is_some_and(|r| r.len() == 1)
+                && o.get("properties")
+                    .and_then(|p| p.as_object())
+                    .is_some_and(|p| p.len() == 1);
+            if one_key && !o.contains_key("additionalProperties") {
+                o.insert("additionalProperties".into(), false.into());
+            }
+            let is_integer = match o.get("type") {
+                Some(serde_json::Value::String(t)) => t == "integer",
+                Some(serde_json::Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            let unsigned = o
+                .get("minimum")
+                .and_then(|m| m.as_f64())
+                .is_some_and(|m| m >= 0.0);
+            if is_integer && unsigned && !o.contains_key("maximum") {
+                let max = match o.get("format").and_then(|f| f.as_str()) {
+                    Some("int32") => Some(serde_json::Value::from(u32::MAX)),
+                    Some("int64") => Some(serde_json::Value::from(u64::MAX)),
+                    _ => None,
+                };
+                if let Some(max) = max {
+                    o.remove("format");
+                    o.insert("maximum".into(), max);
+                }
+            }
+            for child in o.values_mut() {
+                finish_schemas(child);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(finish_schemas),
+        _ => {}
+    }
 }
 
 /// The OpenAPI document of the HTTP API.

@@ -16,6 +16,156 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
+/// No control characters (what `annal_core::validate` refuses in names).
+pub const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
+/// No control characters and no white space (tags).
+pub const NO_CONTROL_OR_SPACE: &str = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]+$";
+
+/// Schemas for strings with the limits `annal_core::validate` enforces; they only describe.
+macro_rules! text_schema {
+    ($name:ident, $doc:literal, $max:expr, $pattern:expr) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($doc))
+                    .min_length(Some(1))
+                    .max_length(Some($max))
+                    .pattern(Some($pattern))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
+}
+
+text_schema!(
+    StreamId,
+    "A stream id: 1 to 512 bytes of UTF-8 without control characters; the category is the part before the first '-'.",
+    annal_core::validate::MAX_STREAM_ID_LEN,
+    NO_CONTROL
+);
+text_schema!(
+    Name,
+    "A name (event type, category, content type, actor, metadata key): 1 to 256 bytes without control characters.",
+    annal_core::validate::MAX_NAME_LEN,
+    NO_CONTROL
+);
+text_schema!(
+    Tag,
+    "A tag such as account:42: 1 to 256 bytes without control characters or white space.",
+    annal_core::validate::MAX_NAME_LEN,
+    NO_CONTROL_OR_SPACE
+);
+
+/// Deserializes a struct only from a JSON object. (Derived `Deserialize` also takes an array
+/// of the fields in order, so `"metadata": [null, null]` would pass as empty metadata.) The
+/// fields are read by the same deserializer, so raw JSON values keep working.
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    d.deserialize_map(ObjectVisitor(std::marker::PhantomData))
+}
+
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+struct ObjectSeed<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::DeserializeSeed<'de> for ObjectSeed<T> {
+    type Value = T;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        object(d)
+    }
+}
+
+/// [`object`] for an optional field (null or absent is `None`).
+pub fn object_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_none<E>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Option<T>, D2::Error> {
+            object(d).map(Some)
+        }
+    }
+    d.deserialize_option(V(std::marker::PhantomData))
+}
+
+/// [`object`] for every element of a list.
+pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of objects")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+            while let Some(item) = seq.next_element_seed(ObjectSeed(std::marker::PhantomData))? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V(std::marker::PhantomData))
+}
+
+/// One or more event types.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct TypeList(pub Vec<String>);
+
+impl utoipa::PartialSchema for TypeList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(Name::schema())
+            .min_items(Some(1))
+            .description(Some(
+                "One or more event types; an event of any of them matches.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TypeList {}
+
 /// True when the content type says the data is JSON.
 pub fn is_json(content_type: &str) -> bool {
     let base = content_type.split(';').next().unwrap_or("").trim();
@@ -33,14 +183,17 @@ pub fn base64(bytes: &[u8]) -> String {
 pub struct MetadataJson {
     /// A UUID grouping every event caused by one original request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uuid")]
     pub correlation_id: Option<String>,
     /// The UUID of the event or command that caused this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = "uuid")]
     pub causation_id: Option<String>,
     /// Who did it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Name>)]
     pub actor: Option<String>,
-    /// Free-form key/values.
+    /// Free-form key/values (at most 256).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
@@ -97,9 +250,9 @@ pub struct EventJson<'a> {
     pub content_type: &'a str,
     pub metadata: MetadataJson,
     pub tags: &'a [String],
-    /// The data, when its content type is JSON.
+    /// The data, when its content type is JSON: any JSON value.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub data: Option<&'a RawValue>,
     /// The data, base64-encoded, when its content type is not JSON (or it is not valid JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,27 +295,34 @@ pub fn event_value(e: &RecordedEvent) -> serde_json::Value {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEventJson {
-    /// A UUID, the idempotency key of retries; the server assigns a random one when absent.
+    /// A UUID (not the nil one), the idempotency key of retries; the server assigns a random
+    /// one when absent. Ids are unique within a request.
     #[serde(default)]
+    #[schema(format = "uuid")]
     pub id: Option<String>,
+    #[schema(value_type = Name)]
     pub event_type: String,
     /// Default 1.
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
+    #[schema(minimum = 1)]
     pub schema_version: Option<u32>,
     /// Default `application/json` with `data`, `application/octet-stream` with `data_base64`.
     #[serde(default)]
+    #[schema(value_type = Option<Name>)]
     pub content_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_opt")]
     pub metadata: Option<MetadataJson>,
-    /// The data as JSON (for a JSON content type).
+    /// The data as JSON (for a JSON content type); give this or `data_base64`, not both.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub data: Option<Box<RawValue>>,
     /// The data, base64-encoded (for any content type).
     #[serde(default)]
+    #[schema(format = Byte)]
     pub data_base64: Option<String>,
+    /// At most 100.
     #[serde(default)]
+    #[schema(value_type = Vec<Tag>, max_items = 100)]
     pub tags: Vec<String>,
 }
 
@@ -259,6 +419,8 @@ pub struct StreamAppendJson {
     /// Default `any`.
     #[serde(default)]
     pub expected_revision: Option<ExpectedJson>,
+    #[schema(min_items = 1, max_items = 100000)]
+    #[serde(deserialize_with = "objects")]
     pub events: Vec<NewEventJson>,
 }
 
@@ -266,9 +428,13 @@ pub struct StreamAppendJson {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamBatchJson {
+    /// Each stream at most once per request.
+    #[schema(value_type = StreamId)]
     pub stream_id: String,
     #[serde(default)]
     pub expected_revision: Option<ExpectedJson>,
+    #[schema(min_items = 1, max_items = 100000)]
+    #[serde(deserialize_with = "objects")]
     pub events: Vec<NewEventJson>,
 }
 
@@ -277,8 +443,10 @@ pub struct StreamBatchJson {
 #[serde(deny_unknown_fields)]
 pub struct QueryItemJson {
     #[serde(default)]
+    #[schema(value_type = Vec<Name>)]
     pub types: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<Tag>)]
     pub tags: Vec<String>,
 }
 
@@ -286,6 +454,8 @@ pub struct QueryItemJson {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryJson {
+    #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     pub items: Vec<QueryItemJson>,
 }
 
@@ -309,6 +479,7 @@ impl From<QueryJson> for Query {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionJson {
+    #[serde(deserialize_with = "object")]
     pub query: QueryJson,
     #[serde(default)]
     pub after: Option<u64>,
@@ -318,8 +489,10 @@ pub struct ConditionJson {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendJson {
+    #[schema(min_items = 1, max_items = 1000)]
+    #[serde(deserialize_with = "objects")]
     pub streams: Vec<StreamBatchJson>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_opt")]
     pub condition: Option<ConditionJson>,
 }
 
@@ -413,19 +586,19 @@ impl From<AppendResult> for AppendResultJson {
 #[serde(rename_all = "snake_case")]
 pub enum SourceJson {
     All,
-    Stream(String),
-    Category(String),
-    EventTypes(Vec<String>),
-    Query(QueryJson),
+    Stream(StreamId),
+    Category(StreamId),
+    EventTypes(TypeList),
+    Query(#[serde(deserialize_with = "object")] QueryJson),
 }
 
 impl From<SourceJson> for Source {
     fn from(s: SourceJson) -> Self {
         match s {
             SourceJson::All => Source::All,
-            SourceJson::Stream(id) => Source::Stream(id),
-            SourceJson::Category(c) => Source::Category(c),
-            SourceJson::EventTypes(t) => Source::EventTypes(t),
+            SourceJson::Stream(id) => Source::Stream(id.0),
+            SourceJson::Category(c) => Source::Category(c.0),
+            SourceJson::EventTypes(t) => Source::EventTypes(t.0),
             SourceJson::Query(q) => Source::Query(q.into()),
         }
     }
@@ -455,6 +628,9 @@ pub struct ReadJson {
     pub limit: Option<u64>,
     /// Time travel: a position (`"1234"`) or an RFC 3339 instant.
     #[serde(default)]
+    #[schema(
+        pattern = "^([0-9]{1,19}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     pub as_of: Option<String>,
 }
 
@@ -789,6 +965,23 @@ mod tests {
             bad_id.into_core("events[0]"),
             Err(Error::InvalidArgument { field, .. }) if field == "events[0].id"
         ));
+    }
+
+    #[test]
+    fn structs_come_only_from_objects() {
+        let ok: NewEventJson = object(&mut serde_json::Deserializer::from_str(
+            r#"{"event_type":"A","metadata":{"actor":"x"},"data":{"raw": [1]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.data.unwrap().get(), r#"{"raw": [1]}"#);
+        for bad in [r#"{"event_type":"A","metadata":[null,null]}"#, r#"["A"]"#] {
+            let r: Result<NewEventJson, _> = object(&mut serde_json::Deserializer::from_str(bad));
+            assert!(r.is_err(), "{bad} was accepted");
+        }
+        let r: Result<AppendJson, _> = object(&mut serde_json::Deserializer::from_str(
+            r#"{"streams":[["s",null,[]]]}"#,
+        ));
+        assert!(r.is_err(), "a stream batch given as an array was accepted");
     }
 
     #[test]
