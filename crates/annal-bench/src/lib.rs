@@ -20,6 +20,7 @@ use annal_engine::Store;
 use serde_json::json;
 
 mod engine;
+pub mod net;
 mod pg;
 pub mod stats;
 
@@ -36,8 +37,11 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Which workloads to run (`W1` ... `W6`); all when empty.
     pub workloads: Vec<String>,
-    /// The `annal` binary, run as a fresh process for W5.
+    /// The `annal` binary, run as a fresh process for W5 and as the server for the network
+    /// workloads.
     pub probe_exe: PathBuf,
+    /// The UmaDB server for the network workloads (`umadb` on the PATH when `None`).
+    pub umadb: Option<PathBuf>,
 }
 
 struct Sizes {
@@ -111,7 +115,8 @@ pub struct Row {
     pub workload: String,
     pub unit: String,
     pub annal: Option<f64>,
-    pub postgres: Option<f64>,
+    /// The peer measured in the same run (PostgreSQL, or UmaDB through the network).
+    pub peer: Option<f64>,
     /// True for throughputs, false for times and sizes.
     pub higher_is_better: bool,
 }
@@ -119,7 +124,7 @@ pub struct Row {
 impl Row {
     /// How many times better Annal is than PostgreSQL.
     pub fn ratio(&self) -> Option<f64> {
-        let (a, p) = (self.annal?, self.postgres?);
+        let (a, p) = (self.annal?, self.peer?);
         if a <= 0.0 || p <= 0.0 {
             return None;
         }
@@ -131,17 +136,20 @@ impl Row {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub machine: String,
-    pub postgres: Option<String>,
+    /// The peer's short name, for the table's header.
+    pub peer_name: String,
+    /// The peer's version and settings; `None` when it did not answer.
+    pub peer: Option<String>,
     pub quick: bool,
     pub rows: Vec<Row>,
 }
 
-fn row(workload: &str, unit: &str, annal: Option<f64>, postgres: Option<f64>, higher: bool) -> Row {
+fn row(workload: &str, unit: &str, annal: Option<f64>, peer: Option<f64>, higher: bool) -> Row {
     Row {
         workload: workload.into(),
         unit: unit.into(),
         annal,
-        postgres,
+        peer,
         higher_is_better: higher,
     }
 }
@@ -180,30 +188,50 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs the workloads and returns the report.
-pub async fn run(opts: &Options) -> anyhow::Result<Report> {
-    let sizes = Sizes::new(opts.quick);
-    let tmp;
-    let dir = match &opts.dir {
+/// Where a run keeps its stores: the given folder, or a temporary one here (removed when the
+/// guard drops).
+fn work_dir(opts: &Options) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match &opts.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            d.clone()
+            (d.clone(), None)
         }
         None => {
-            tmp = tempfile::Builder::new()
+            let tmp = tempfile::Builder::new()
                 .prefix("annal-bench")
                 .tempdir_in(".")?;
-            tmp.path().to_path_buf()
+            (tmp.path().to_path_buf(), Some(tmp))
         }
-    };
+    })
+}
+
+/// Runs the whole-stack workloads through the network: `annal serve` beside the UmaDB
+/// server (see [`net`]).
+pub async fn run_network(opts: &Options) -> anyhow::Result<Report> {
+    let umadb = net::find_umadb(opts.umadb.clone())?;
+    let (dir, _guard) = work_dir(opts)?;
     let mut report = Report {
         machine: machine(),
         quick: opts.quick,
         ..Report::default()
     };
+    net::run(opts, &umadb, &dir, &mut report).await?;
+    Ok(report)
+}
+
+/// Runs the workloads and returns the report.
+pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+    let sizes = Sizes::new(opts.quick);
+    let (dir, _guard) = work_dir(opts)?;
+    let mut report = Report {
+        machine: machine(),
+        peer_name: "PostgreSQL".into(),
+        quick: opts.quick,
+        ..Report::default()
+    };
     let pg = match pg::PgBench::create(&opts.pg_url).await {
         Ok(p) => {
-            report.postgres = Some(p.describe().await?);
+            report.peer = Some(p.describe().await?);
             Some(p)
         }
         Err(e) => {
@@ -456,11 +484,14 @@ pub fn table(report: &Report) -> String {
     s.push_str(&format!(
         "peer: {}\n\n",
         report
-            .postgres
-            .as_deref()
-            .unwrap_or("none (PostgreSQL did not answer)")
+            .peer
+            .clone()
+            .unwrap_or_else(|| format!("none ({} did not answer)", report.peer_name))
     ));
-    s.push_str("| workload | unit | Annal | PostgreSQL | Annal vs PostgreSQL |\n");
+    let peer = &report.peer_name;
+    s.push_str(&format!(
+        "| workload | unit | Annal | {peer} | Annal vs {peer} |\n"
+    ));
     s.push_str("|---|---|---:|---:|---:|\n");
     for r in &report.rows {
         let ratio = r.ratio().map_or("-".into(), |x| format!("{x:.1}x"));
@@ -469,7 +500,7 @@ pub fn table(report: &Report) -> String {
             r.workload,
             r.unit,
             fmt_num(r.annal, &r.unit),
-            fmt_num(r.postgres, &r.unit),
+            fmt_num(r.peer, &r.unit),
             ratio
         ));
     }
@@ -480,13 +511,14 @@ pub fn table(report: &Report) -> String {
 pub fn to_json(report: &Report) -> serde_json::Value {
     json!({
         "machine": report.machine,
-        "postgres": report.postgres,
+        "peer_name": report.peer_name,
+        "peer": report.peer,
         "quick": report.quick,
         "rows": report.rows.iter().map(|r| json!({
             "workload": r.workload,
             "unit": r.unit,
             "annal": r.annal,
-            "postgres": r.postgres,
+            "peer": r.peer,
             "higher_is_better": r.higher_is_better,
             "ratio": r.ratio(),
         })).collect::<Vec<_>>(),

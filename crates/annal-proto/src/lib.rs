@@ -76,13 +76,14 @@ impl From<core::Metadata> for Metadata {
     }
 }
 
-fn metadata(m: Option<Metadata>, field: &str) -> Result<core::Metadata> {
+/// Metadata; `field` names it in errors (called only when there is one).
+fn metadata(m: Option<Metadata>, field: impl Fn() -> String) -> Result<core::Metadata> {
     let Some(m) = m else {
         return Ok(core::Metadata::default());
     };
     Ok(core::Metadata {
-        correlation_id: optional_uuid(&m.correlation_id, || format!("{field}.correlation_id"))?,
-        causation_id: optional_uuid(&m.causation_id, || format!("{field}.causation_id"))?,
+        correlation_id: optional_uuid(&m.correlation_id, || format!("{}.correlation_id", field()))?,
+        causation_id: optional_uuid(&m.causation_id, || format!("{}.causation_id", field()))?,
         actor: m.actor,
         extra: m.extra.into_iter().collect::<BTreeMap<_, _>>(),
     })
@@ -102,11 +103,13 @@ impl From<core::NewEvent> for NewEvent {
     }
 }
 
-fn new_event(e: NewEvent, field: &str) -> Result<core::NewEvent> {
+/// An event of a client's request; `field` names it in errors (called only when there is
+/// one, so valid requests format nothing).
+fn new_event(e: NewEvent, field: impl Fn() -> String) -> Result<core::NewEvent> {
     let id = if e.id.is_empty() {
         Uuid::new_v4()
     } else {
-        uuid_field(&e.id, || format!("{field}.id"))?
+        uuid_field(&e.id, || format!("{}.id", field()))?
     };
     Ok(core::NewEvent {
         id,
@@ -115,7 +118,7 @@ fn new_event(e: NewEvent, field: &str) -> Result<core::NewEvent> {
         content_type: e
             .content_type
             .unwrap_or_else(|| core::DEFAULT_CONTENT_TYPE.to_string()),
-        metadata: metadata(e.metadata, &format!("{field}.metadata"))?,
+        metadata: metadata(e.metadata, || format!("{}.metadata", field()))?,
         data: Vec::from(e.data),
         tags: e.tags,
     })
@@ -150,7 +153,7 @@ pub fn recorded_event(e: RecordedEvent) -> Result<core::RecordedEvent> {
         event_type: e.event_type,
         schema_version: e.schema_version,
         content_type: e.content_type,
-        metadata: metadata(e.metadata, "event metadata").map_err(from_server)?,
+        metadata: metadata(e.metadata, || "event metadata".into()).map_err(from_server)?,
         data: Vec::from(e.data),
         tags: e.tags,
     })
@@ -238,7 +241,7 @@ pub fn append_request(r: AppendRequest) -> Result<core::AppendRequest> {
     for (i, s) in r.streams.into_iter().enumerate() {
         let mut events = Vec::with_capacity(s.events.len());
         for (j, e) in s.events.into_iter().enumerate() {
-            events.push(new_event(e, &format!("streams[{i}].events[{j}]"))?);
+            events.push(new_event(e, || format!("streams[{i}].events[{j}]"))?);
         }
         streams.push(core::StreamAppend {
             stream_id: s.stream_id,

@@ -209,21 +209,21 @@ impl From<&Metadata> for MetadataJson {
     }
 }
 
-fn parse_uuid(text: &str, field: &str) -> Result<Uuid, Error> {
+fn parse_uuid(text: &str, field: impl FnOnce() -> String) -> Result<Uuid, Error> {
     text.parse()
-        .map_err(|_| Error::invalid(field, format!("'{text}' is not a UUID")))
+        .map_err(|_| Error::invalid(field(), format!("'{text}' is not a UUID")))
 }
 
 impl MetadataJson {
-    fn into_core(self, field: &str) -> Result<Metadata, Error> {
+    fn into_core(self, field: impl Fn() -> String) -> Result<Metadata, Error> {
         Ok(Metadata {
             correlation_id: self
                 .correlation_id
-                .map(|u| parse_uuid(&u, &format!("{field}.correlation_id")))
+                .map(|u| parse_uuid(&u, || format!("{}.correlation_id", field())))
                 .transpose()?,
             causation_id: self
                 .causation_id
-                .map(|u| parse_uuid(&u, &format!("{field}.causation_id")))
+                .map(|u| parse_uuid(&u, || format!("{}.causation_id", field())))
                 .transpose()?,
             actor: self.actor,
             extra: self.extra,
@@ -327,11 +327,12 @@ pub struct NewEventJson {
 }
 
 impl NewEventJson {
-    pub fn into_core(self, field: &str) -> Result<NewEvent, Error> {
+    /// The core event; `field` names this event in errors (called only when there is one).
+    pub fn into_core(self, field: impl Fn() -> String) -> Result<NewEvent, Error> {
         let (data, default_type) = match (self.data, self.data_base64) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(
-                    field,
+                    field(),
                     "has both data and data_base64; give one",
                 ))
             }
@@ -344,7 +345,7 @@ impl NewEventJson {
                     .decode(b64.as_bytes())
                     .map_err(|e| {
                         Error::invalid(
-                            format!("{field}.data_base64"),
+                            format!("{}.data_base64", field()),
                             format!("is not base64: {e}"),
                         )
                     })?,
@@ -357,7 +358,7 @@ impl NewEventJson {
             .unwrap_or_else(|| default_type.to_string());
         Ok(NewEvent {
             id: match self.id {
-                Some(id) => parse_uuid(&id, &format!("{field}.id"))?,
+                Some(id) => parse_uuid(&id, || format!("{}.id", field()))?,
                 None => Uuid::new_v4(),
             },
             event_type: self.event_type,
@@ -365,7 +366,7 @@ impl NewEventJson {
             content_type,
             metadata: self
                 .metadata
-                .map(|m| m.into_core(&format!("{field}.metadata")))
+                .map(|m| m.into_core(|| format!("{}.metadata", field())))
                 .transpose()?
                 .unwrap_or_default(),
             data,
@@ -499,7 +500,7 @@ pub struct AppendJson {
 fn events(list: Vec<NewEventJson>, prefix: &str) -> Result<Vec<NewEvent>, Error> {
     list.into_iter()
         .enumerate()
-        .map(|(i, e)| e.into_core(&format!("{prefix}events[{i}]")))
+        .map(|(i, e)| e.into_core(|| format!("{prefix}events[{i}]")))
         .collect()
 }
 
@@ -945,24 +946,24 @@ mod tests {
     fn new_events_take_json_or_base64() {
         let e: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","data":{"k": 1},"tags":["t"]}"#).unwrap();
-        let e = e.into_core("events[0]").unwrap();
+        let e = e.into_core(|| "events[0]".into()).unwrap();
         assert_eq!(e.data, br#"{"k": 1}"#);
         assert_eq!(e.content_type, "application/json");
         let e: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","data_base64":"/wAB"}"#).unwrap();
-        let e = e.into_core("events[0]").unwrap();
+        let e = e.into_core(|| "events[0]".into()).unwrap();
         assert_eq!(e.data, vec![0xff, 0, 1]);
         assert_eq!(e.content_type, "application/octet-stream");
         let both: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","data":1,"data_base64":"AA=="}"#).unwrap();
         assert!(matches!(
-            both.into_core("events[3]"),
+            both.into_core(|| "events[3]".into()),
             Err(Error::InvalidArgument { field, .. }) if field == "events[3]"
         ));
         let bad_id: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","id":"nope"}"#).unwrap();
         assert!(matches!(
-            bad_id.into_core("events[0]"),
+            bad_id.into_core(|| "events[0]".into()),
             Err(Error::InvalidArgument { field, .. }) if field == "events[0].id"
         ));
     }

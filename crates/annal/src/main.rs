@@ -80,7 +80,8 @@ enum Cmd {
         /// The store folder.
         dir: PathBuf,
     },
-    /// Run the benchmark workloads against Annal and, in the same run, PostgreSQL.
+    /// Run the benchmark workloads against Annal and, in the same run, PostgreSQL (or, with
+    /// --network, against Annal's server and the UmaDB server).
     Bench {
         /// A smoke run of a minute or two.
         #[arg(long)]
@@ -101,6 +102,13 @@ enum Cmd {
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run the whole-stack workloads through the network instead: `annal serve` beside
+        /// the UmaDB server, both on loopback.
+        #[arg(long)]
+        network: bool,
+        /// The UmaDB server binary [default: `umadb` on the PATH].
+        #[arg(long, env = "ANNAL_BENCH_UMADB", value_name = "PATH")]
+        umadb: Option<PathBuf>,
     },
     /// (internal) Opens a store in a fresh process for the W5 benchmark.
     #[command(hide = true)]
@@ -190,6 +198,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             workloads,
             json,
+            network,
+            umadb,
         } => {
             let opts = annal_bench::Options {
                 quick,
@@ -197,9 +207,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir,
                 workloads,
                 probe_exe: std::env::current_exe()?,
+                umadb,
             };
             let rt = tokio::runtime::Runtime::new()?;
-            let report = rt.block_on(annal_bench::run(&opts))?;
+            let report = if network {
+                rt.block_on(annal_bench::run_network(&opts))?
+            } else {
+                rt.block_on(annal_bench::run(&opts))?
+            };
             print!("{}", annal_bench::table(&report));
             if let Some(path) = json {
                 std::fs::write(
