@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Payloads become `bytes::Bytes`, so the server hands event data to the encoder without
     // copying it.
     config.bytes([".annal.v1.RecordedEvent.data", ".annal.v1.NewEvent.data"]);
+    // Written by hand (src/batch.rs): it encodes engine events straight into the buffer.
+    config.extern_path(".annal.v1.ReadResponse", "crate::batch::ReadResponse");
     tonic_prost_build::configure().compile_with_config(
         config,
         &["proto/annal/v1/annal.proto"],

@@ -243,10 +243,12 @@ impl EventStore for Client {
     }
 
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {
+        let mut message = pb::ReadRequest::from(request);
+        message.packed = true;
         let inner = self
             .grpc
             .clone()
-            .read(self.request(<pb::ReadRequest as From<ReadRequest>>::from(request)))
+            .read(self.request(message))
             .await
             .map_err(|s| pb::error_from_status(&s))?
             .into_inner();
@@ -258,8 +260,9 @@ impl EventStore for Client {
     }
 
     async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {
-        self.subscribe_message(pb::SubscribeRequest::from_core(request))
-            .await
+        let mut message = pb::SubscribeRequest::from_core(request);
+        message.packed = true;
+        self.subscribe_message(message).await
     }
 
     async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
@@ -325,7 +328,7 @@ impl EventStore for Client {
 /// A read's events, batch by batch from the server.
 struct Events {
     inner: tonic::Streaming<pb::ReadResponse>,
-    buf: std::vec::IntoIter<pb::RecordedEvent>,
+    buf: std::vec::IntoIter<RecordedEvent>,
     done: bool,
 }
 
@@ -335,13 +338,19 @@ impl Stream for Events {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if let Some(e) = self.buf.next() {
-                return Poll::Ready(Some(pb::recorded_event(e)));
+                return Poll::Ready(Some(Ok(e)));
             }
             if self.done {
                 return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(batch)) => self.buf = batch.events.into_iter(),
+                Some(Ok(batch)) => match batch.into_events() {
+                    Ok(events) => self.buf = events.into_iter(),
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
                 Some(Err(status)) => {
                     self.done = true;
                     return Poll::Ready(Some(Err(pb::error_from_status(&status))));
@@ -358,7 +367,7 @@ impl Stream for Events {
 /// A subscription's items; heartbeats are dropped here.
 struct Subscription {
     inner: tonic::Streaming<pb::SubscribeResponse>,
-    buf: VecDeque<pb::RecordedEvent>,
+    buf: VecDeque<RecordedEvent>,
     done: bool,
 }
 
@@ -369,7 +378,7 @@ impl Stream for Subscription {
         use pb::subscribe_response::Item;
         loop {
             if let Some(e) = self.buf.pop_front() {
-                return Poll::Ready(Some(pb::recorded_event(e).map(SubscriptionItem::Event)));
+                return Poll::Ready(Some(Ok(SubscriptionItem::Event(e))));
             }
             if self.done {
                 return Poll::Ready(None);
@@ -386,7 +395,13 @@ impl Stream for Subscription {
                 }
             };
             match message.item {
-                Some(Item::Events(batch)) => self.buf.extend(batch.events),
+                Some(Item::Events(batch)) => match batch.into_events() {
+                    Ok(events) => self.buf.extend(events),
+                    Err(e) => {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
                 Some(Item::CaughtUp(c)) => {
                     return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp {
                         position: c.position,

@@ -23,7 +23,12 @@ mod generated {
     tonic::include_proto!("annal.v1");
 }
 
+pub use batch::ReadResponse;
 pub use generated::*;
+
+mod batch;
+pub mod codec;
+pub mod packed;
 
 /// The gRPC service name, as it appears in request paths (`/annal.v1.EventStore/Append`).
 pub const SERVICE: &str = "annal.v1.EventStore";
@@ -339,7 +344,7 @@ impl From<core::ReadRequest> for ReadRequest {
     fn from(r: core::ReadRequest) -> Self {
         ReadRequest {
             source: Some(r.source.into()),
-            from: r.from,
+            start: r.from,
             direction: match r.direction {
                 core::Direction::Forward => Direction::Forward,
                 core::Direction::Backward => Direction::Backward,
@@ -349,6 +354,7 @@ impl From<core::ReadRequest> for ReadRequest {
                 core::AsOf::Position(p) => read_request::AsOf::AsOfPosition(p),
                 core::AsOf::Time(t) => read_request::AsOf::AsOfTimeUs(t.as_micros()),
             }),
+            packed: false,
         }
     }
 }
@@ -367,7 +373,7 @@ pub fn read_request(r: ReadRequest) -> Result<core::ReadRequest> {
     };
     Ok(core::ReadRequest {
         source: source(r.source)?,
-        from: r.from,
+        from: r.start,
         direction,
         limit: r.limit,
         as_of: r.as_of.map(|a| match a {
@@ -380,28 +386,29 @@ pub fn read_request(r: ReadRequest) -> Result<core::ReadRequest> {
 impl SubscribeRequest {
     /// A subscription request with the server's default heartbeat.
     pub fn from_core(r: core::SubscribeRequest) -> Self {
-        use subscribe_request::From;
+        use subscribe_request::Start;
         SubscribeRequest {
             source: Some(r.source.into()),
-            from: Some(match r.from {
-                core::SubscribeFrom::Start => From::Start(Empty {}),
-                core::SubscribeFrom::After(p) => From::After(p),
-                core::SubscribeFrom::Now => From::Now(Empty {}),
+            start: Some(match r.from {
+                core::SubscribeFrom::Start => Start::Beginning(Empty {}),
+                core::SubscribeFrom::After(p) => Start::After(p),
+                core::SubscribeFrom::Now => Start::Now(Empty {}),
             }),
             heartbeat_ms: 0,
+            packed: false,
         }
     }
 }
 
 /// A client's subscription request.
 pub fn subscribe_request(r: SubscribeRequest) -> Result<core::SubscribeRequest> {
-    use subscribe_request::From;
+    use subscribe_request::Start;
     Ok(core::SubscribeRequest {
         source: source(r.source)?,
-        from: match r.from {
-            None | Some(From::Start(_)) => core::SubscribeFrom::Start,
-            Some(From::After(p)) => core::SubscribeFrom::After(p),
-            Some(From::Now(_)) => core::SubscribeFrom::Now,
+        from: match r.start {
+            None | Some(Start::Beginning(_)) => core::SubscribeFrom::Start,
+            Some(Start::After(p)) => core::SubscribeFrom::After(p),
+            Some(Start::Now(_)) => core::SubscribeFrom::Now,
         },
     })
 }

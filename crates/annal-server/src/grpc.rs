@@ -67,13 +67,13 @@ impl pb::event_store_server::EventStore for Grpc {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let request = pb::read_request(request.into_inner()).map_err(status)?;
+        let message = request.into_inner();
+        let packed = message.packed;
+        let request = pb::read_request(message).map_err(status)?;
         let rx = self
             .state
-            .read_batches(request, READ_QUEUE, |msg| match msg {
-                ReadMsg::Events(events) => Some(Ok(pb::ReadResponse {
-                    events: events.into_iter().map(Into::into).collect(),
-                })),
+            .read_batches(request, READ_QUEUE, move |msg| match msg {
+                ReadMsg::Events(events) => Some(Ok(pb::ReadResponse::of(events, packed))),
                 ReadMsg::Failed(e) => Some(Err(pb::status_from_error(&e))),
                 ReadMsg::End => None,
             })
@@ -90,15 +90,14 @@ impl pb::event_store_server::EventStore for Grpc {
         let message = request.into_inner();
         let heartbeat =
             (message.heartbeat_ms > 0).then(|| Duration::from_millis(message.heartbeat_ms.into()));
+        let packed = message.packed;
         let request = pb::subscribe_request(message).map_err(status)?;
         let rx = self
             .state
-            .subscribe(request, heartbeat, |msg| {
+            .subscribe(request, heartbeat, move |msg| {
                 use pb::subscribe_response::Item;
                 let item = match msg {
-                    SubMsg::Events(events) => Item::Events(pb::ReadResponse {
-                        events: events.into_iter().map(Into::into).collect(),
-                    }),
+                    SubMsg::Events(events) => Item::Events(pb::ReadResponse::of(events, packed)),
                     SubMsg::CaughtUp(position) => Item::CaughtUp(pb::CaughtUp { position }),
                     SubMsg::Checkpoint(position) => Item::Checkpoint(pb::Checkpoint { position }),
                     SubMsg::Heartbeat(head) => Item::Heartbeat(pb::Heartbeat { head }),

@@ -276,6 +276,59 @@ async fn grpc_errors_come_back_as_the_engine_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answer_the_same_events_packed_or_as_messages() {
+    use annal_proto as pb;
+    let s = start_with(|c| c.limits.read_batch_events = 7).await;
+    let client = s.client().await;
+    for i in 0..30u64 {
+        let mut e = NewEvent::new("T", format!("{{\"i\":{i}}}")).with_tag(format!("n:{i}"));
+        if i % 3 == 0 {
+            e.metadata.actor = Some("ada".into());
+            e.metadata.correlation_id = Some(annal_core::Uuid::new_v4());
+            e.metadata.extra.insert("k".into(), "v".into());
+        }
+        client
+            .append(AppendRequest::stream(
+                format!("p-{}", i % 4),
+                ExpectedRevision::Any,
+                vec![e],
+            ))
+            .await
+            .unwrap();
+    }
+    let mut raw = pb::event_store_client::EventStoreClient::connect(s.url.clone())
+        .await
+        .unwrap();
+    let mut by_mode = Vec::new();
+    for packed in [false, true] {
+        let mut request = pb::ReadRequest::from(ReadRequest::all());
+        request.packed = packed;
+        let mut stream = raw.read(request).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        let mut batches = 0;
+        while let Some(batch) = stream.message().await.unwrap() {
+            assert_eq!(
+                batch.events.is_empty(),
+                packed,
+                "the batch comes the way it was asked for"
+            );
+            assert_eq!(batch.packed.is_empty(), !packed);
+            events.extend(batch.into_events().unwrap());
+            batches += 1;
+        }
+        assert_eq!(batches, 5, "30 events in batches of 7");
+        by_mode.push(events);
+    }
+    assert_eq!(by_mode[0], by_mode[1]);
+    assert_eq!(
+        by_mode[0],
+        client.read_to_vec(ReadRequest::all()).await.unwrap()
+    );
+    assert_eq!(by_mode[0].len(), 30);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_delivers_history_the_marker_live_events_and_resumes_after_last_event_id() {
     let s = start().await;
     let client = s.client().await;
