@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${ANNAL_UMADB_VENV:-target/umadb-venv}
-if ! "$venv/bin/pip" show umadb 2>/dev/null | grep -q "^Version: 0.7.8$"; then
+installed=$("$venv/bin/pip" show umadb 2>/dev/null || true)
+if [[ "$installed" != *"Version: 0.7.8"* ]]; then
   echo "== installing umadb 0.7.8 into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "umadb==0.7.8"

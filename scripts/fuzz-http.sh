@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 
 venv=${ANNAL_FUZZ_VENV:-target/fuzz-venv}
 version=4.32.5
-if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
+installed=$("$venv/bin/schemathesis" --version 2>/dev/null || true)
+if [[ "$installed" != *"$version"* ]]; then
   echo "== installing schemathesis $version into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"

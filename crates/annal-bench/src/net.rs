@@ -484,6 +484,14 @@ async fn uma_live(
     Ok(latencies(samples))
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 fn umadb_version(exe: &Path) -> String {
     Command::new(exe)
         .arg("--version")
@@ -526,7 +534,7 @@ pub async fn run(
             let u = uma_appends(&uma.url, &format!("w1x{n}"), n, 1, dur, &p).await?;
             p.done();
             report.rows.push(row(
-                &format!("W1 append 1 event, {n} clients"),
+                &format!("W1 append 1 event, {n} client{}", plural(n)),
                 "events/s",
                 Some(a),
                 Some(u),
@@ -543,7 +551,7 @@ pub async fn run(
             let u = uma_appends(&uma.url, &format!("w2x{n}"), n, 100, dur, &p).await?;
             p.done();
             report.rows.push(row(
-                &format!("W2 append batches of 100, {n} clients"),
+                &format!("W2 append batches of 100, {n} client{}", plural(n)),
                 "events/s",
                 Some(a),
                 Some(u),
