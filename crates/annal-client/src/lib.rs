@@ -37,6 +37,9 @@ use futures_core::Stream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+/// Listings are fetched in pages of this many (the server's largest page).
+const PAGE: usize = 10_000;
+
 /// Bytes one request or subscription may have in flight before it is read.
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Far above the sum of the streams' windows.
@@ -277,35 +280,65 @@ impl EventStore for Client {
         Ok(r.into_inner().info.map(Into::into))
     }
 
+    /// The server answers at most a page of 10,000; a larger request (or 0, everything) is
+    /// fetched page by page.
     async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
-        let r = self
-            .grpc
-            .clone()
-            .list_streams(self.request(pb::ListStreamsRequest {
-                prefix: request.prefix,
-                after: request.after,
-                limit: request.limit as u64,
-            }))
-            .await
-            .map_err(|s| pb::error_from_status(&s))?;
-        Ok(r.into_inner().streams.into_iter().map(Into::into).collect())
+        let want = if request.limit == 0 {
+            usize::MAX
+        } else {
+            request.limit
+        };
+        let mut out: Vec<StreamInfo> = Vec::new();
+        let mut after = request.after;
+        loop {
+            let page = (want - out.len()).min(PAGE);
+            let r = self
+                .grpc
+                .clone()
+                .list_streams(self.request(pb::ListStreamsRequest {
+                    prefix: request.prefix.clone(),
+                    after: after.clone(),
+                    limit: page as u64,
+                }))
+                .await
+                .map_err(|s| pb::error_from_status(&s))?;
+            let got = r.into_inner().streams;
+            let short = got.len() < page;
+            out.extend(got.into_iter().map(StreamInfo::from));
+            if short || out.len() >= want {
+                return Ok(out);
+            }
+            after = out.last().map(|s| s.stream_id.clone());
+        }
     }
 
     async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {
-        let r = self
-            .grpc
-            .clone()
-            .list_categories(self.request(pb::ListCategoriesRequest {
-                after: request.after,
-                limit: request.limit as u64,
-            }))
-            .await
-            .map_err(|s| pb::error_from_status(&s))?;
-        Ok(r.into_inner()
-            .categories
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        let want = if request.limit == 0 {
+            usize::MAX
+        } else {
+            request.limit
+        };
+        let mut out: Vec<CategoryInfo> = Vec::new();
+        let mut after = request.after;
+        loop {
+            let page = (want - out.len()).min(PAGE);
+            let r = self
+                .grpc
+                .clone()
+                .list_categories(self.request(pb::ListCategoriesRequest {
+                    after: after.clone(),
+                    limit: page as u64,
+                }))
+                .await
+                .map_err(|s| pb::error_from_status(&s))?;
+            let got = r.into_inner().categories;
+            let short = got.len() < page;
+            out.extend(got.into_iter().map(CategoryInfo::from));
+            if short || out.len() >= want {
+                return Ok(out);
+            }
+            after = out.last().map(|c| c.category.clone());
+        }
     }
 
     async fn position_at(&self, at: Timestamp) -> Result<Option<u64>> {

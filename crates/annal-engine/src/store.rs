@@ -227,6 +227,11 @@ impl Store {
         &self.shared.dir
     }
 
+    /// The log's last position now (`EventStore::head` without the future).
+    pub fn head_now(&self) -> Option<u64> {
+        self.shared.head()
+    }
+
     /// Why the store refuses writes, when an earlier failure poisoned it.
     pub fn poison_cause(&self) -> Option<String> {
         self.shared.poison_cause()

@@ -27,7 +27,6 @@ pub use batch::ReadResponse;
 pub use generated::*;
 
 mod batch;
-pub mod codec;
 pub mod packed;
 
 /// The gRPC service name, as it appears in request paths (`/annal.v1.EventStore/Append`).

@@ -16,7 +16,8 @@
 //! | `max_connections` | 1024 | open connections; more wait in the accept queue |
 //! | `max_streams_per_connection` | 256 | concurrent HTTP/2 requests on one connection |
 //! | `max_subscriptions` | 1024 | live subscriptions (gRPC and SSE); more are refused |
-//! | `max_inflight_append_bytes` | 268435456 | bytes of appends being processed at once; more wait |
+//! | `max_reads` | 256 | streamed reads at once (gRPC and HTTP); more are refused |
+//! | `max_inflight_append_bytes` | 268435456 | bytes of append requests received and being processed at once; more wait (at least twice `max_append_bytes` and 1 MiB, room for one base64 JSON append) |
 //! | `max_event_bytes` | 16777216 | the largest event |
 //! | `max_append_bytes` | 67108864 | the largest append request |
 //! | `read_batch_events` | 512 | events per streamed batch |
@@ -46,6 +47,7 @@ pub struct Settings {
     pub max_connections: Option<u64>,
     pub max_streams_per_connection: Option<u64>,
     pub max_subscriptions: Option<u64>,
+    pub max_reads: Option<u64>,
     pub max_inflight_append_bytes: Option<u64>,
     pub max_event_bytes: Option<u64>,
     pub max_append_bytes: Option<u64>,
@@ -75,6 +77,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_streams_per_connection: u32,
     pub max_subscriptions: usize,
+    pub max_reads: usize,
     pub max_inflight_append_bytes: usize,
     pub max_event_bytes: usize,
     pub max_append_bytes: usize,
@@ -90,6 +93,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_streams_per_connection: 256,
             max_subscriptions: 1024,
+            max_reads: 256,
             max_inflight_append_bytes: 256 << 20,
             max_event_bytes: annal_core::validate::DEFAULT_MAX_EVENT_SIZE,
             max_append_bytes: 64 << 20,
@@ -167,6 +171,7 @@ impl Settings {
                 .max_streams_per_connection
                 .or(lower.max_streams_per_connection),
             max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
+            max_reads: self.max_reads.or(lower.max_reads),
             max_inflight_append_bytes: self
                 .max_inflight_append_bytes
                 .or(lower.max_inflight_append_bytes),
@@ -283,6 +288,7 @@ impl Settings {
             d.max_subscriptions,
             1 << 20,
         );
+        let max_reads = count("max_reads", self.max_reads, d.max_reads, 1 << 16);
         let max_event_bytes = count(
             "max_event_bytes",
             self.max_event_bytes,
@@ -318,20 +324,25 @@ impl Settings {
                 "max_event_bytes: {max_event_bytes} is over max_append_bytes ({max_append_bytes}); an event that size could never be appended"
             ));
         }
-        if max_append_bytes > max_inflight_append_bytes {
+        let room = max_append_bytes.saturating_mul(2).saturating_add(1 << 20);
+        if room > max_inflight_append_bytes {
             problems.push(format!(
-                "max_inflight_append_bytes: {max_inflight_append_bytes} is below max_append_bytes ({max_append_bytes}); the largest append could never start"
+                "max_inflight_append_bytes: {max_inflight_append_bytes} is below {room}, twice max_append_bytes ({max_append_bytes}) and 1 MiB; the largest append, sent as base64 JSON, could never be received"
             ));
         }
         let mut duration = |name: &str, v: Option<String>, default: Duration| -> Duration {
             match v {
                 None => default,
                 Some(text) => match humantime::parse_duration(&text) {
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => {
+                    Ok(d) if d.is_zero() => {
                         problems.push(format!("{name}: must be longer than zero"));
                         default
                     }
+                    Ok(d) if d > Duration::from_secs(3600) => {
+                        problems.push(format!("{name}: '{text}' is longer than the maximum of 1h"));
+                        default
+                    }
+                    Ok(d) => d,
                     Err(e) => {
                         problems.push(format!(
                             "{name}: '{text}' is not a duration like '5s' or '250ms' ({e})"
@@ -358,6 +369,7 @@ impl Settings {
                 max_connections,
                 max_streams_per_connection,
                 max_subscriptions,
+                max_reads,
                 max_inflight_append_bytes,
                 max_event_bytes,
                 max_append_bytes,

@@ -28,6 +28,18 @@ impl<T> Stream for Receiver<T> {
     }
 }
 
+/// The most entries one listing answers; a client pages with `after` for more (the Rust
+/// client does so when asked for everything).
+pub const MAX_PAGE: usize = 10_000;
+
+/// A listing's page size: 0 (everything) and anything larger become [`MAX_PAGE`].
+fn page(limit: u64) -> usize {
+    match pb::page_limit(limit) {
+        0 => MAX_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
 fn status(e: annal_core::Error) -> Status {
     pb::status_from_error(&public(e))
 }
@@ -54,10 +66,15 @@ impl pb::event_store_server::EventStore for Grpc {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let budget = request.extensions().get::<crate::Budget>().cloned();
         let message = request.into_inner();
         let size = message.encoded_len();
         let request = pb::append_request(message).map_err(status)?;
-        let result = self.state.append(request, size).await.map_err(status)?;
+        let result = self
+            .state
+            .append(request, size, budget)
+            .await
+            .map_err(status)?;
         Ok(Response::new(result.into()))
     }
 
@@ -136,7 +153,7 @@ impl pb::event_store_server::EventStore for Grpc {
             .list_streams(ListStreams {
                 prefix: r.prefix,
                 after: r.after,
-                limit: pb::page_limit(r.limit),
+                limit: page(r.limit),
             })
             .await
             .map_err(status)?;
@@ -155,7 +172,7 @@ impl pb::event_store_server::EventStore for Grpc {
             .store
             .list_categories(ListCategories {
                 after: r.after,
-                limit: pb::page_limit(r.limit),
+                limit: page(r.limit),
             })
             .await
             .map_err(status)?;

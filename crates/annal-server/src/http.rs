@@ -314,15 +314,18 @@ impl ReadParams {
     }
 }
 
-/// Streams a read as `{"events":[...],"next":N}`.
-fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError> {
+/// Streams a read as `{"events":[...],"next":N}`. A read that fails before its first
+/// batch answers with the error's status; one that fails later ends its body early (the
+/// status is sent by then), so the JSON does not parse and the failure is not taken for the
+/// end of the read.
+async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError> {
     let by_revision = matches!(request.source, Source::Stream(_));
     let backward = request.direction == Direction::Backward;
     let limit = request.limit;
     let mut count = 0u64;
     let mut last: Option<u64> = None;
     let mut started = false;
-    let rx = state.read_batches(request, HTTP_QUEUE, move |msg| {
+    let mut rx = state.read_batches(request, HTTP_QUEUE, move |msg| {
         let mut out = Vec::with_capacity(4096);
         if !started {
             out.extend_from_slice(b"{\"events\":[");
@@ -334,17 +337,14 @@ fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError
                     if count > 0 {
                         out.push(b',');
                     }
-                    if serde_json::to_writer(&mut out, &EventJson::new(e)).is_err() {
-                        return Some(Err(std::io::Error::other("encoding an event failed")));
+                    if let Err(e) = serde_json::to_writer(&mut out, &EventJson::new(e)) {
+                        return Some(Err(Error::Internal(format!("encoding an event: {e}"))));
                     }
                     count += 1;
                     last = Some(if by_revision { e.revision } else { e.position });
                 }
             }
-            ReadMsg::Failed(e) => {
-                tracing::warn!(error = %e, "a streamed read failed after its answer began");
-                return Some(Err(std::io::Error::other(e.to_string())));
-            }
+            ReadMsg::Failed(e) => return Some(Err(e)),
             ReadMsg::End => {
                 out.extend_from_slice(b"]");
                 let next = match (limit, last) {
@@ -363,16 +363,55 @@ fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError
                 out.push(b'}');
             }
         }
-        Some(Ok::<_, std::io::Error>(Bytes::from(out)))
+        Some(Ok(Bytes::from(out)))
     })?;
+    let first = match rx.recv().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(e)) => return Err(ApiError(e)),
+        None => {
+            return Err(ApiError::from(Error::Internal(
+                "the read ended without an answer".into(),
+            )))
+        }
+    };
     Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        Body::from_stream(Receiver(rx)),
+        Body::from_stream(Chunks {
+            first: Some(first),
+            rx,
+        }),
     )
         .into_response())
+}
+
+/// A streamed body: the first chunk, then the rest; a failure ends the body with an error.
+struct Chunks {
+    first: Option<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
+}
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(first)));
+        }
+        self.rx.poll_recv(cx).map(|item| {
+            item.map(|r| {
+                r.map_err(|e| {
+                    tracing::warn!(error = %e, "a streamed read failed after its answer began");
+                    std::io::Error::other(e.to_string())
+                })
+            })
+        })
+    }
 }
 
 #[utoipa::path(post, path = "/v1/streams/{stream_id}", tag = "append",
@@ -387,11 +426,12 @@ fn stream_read(state: &State, request: ReadRequest) -> Result<Response, ApiError
     ))]
 async fn append_stream(
     AxState(state): AxState<Arc<State>>,
+    budget: Option<axum::Extension<crate::Budget>>,
     StreamPath(stream_id): StreamPath,
     JsonBody(request, size): JsonBody<StreamAppendJson>,
 ) -> Result<Response, ApiError> {
     let request = request.into_core(stream_id)?;
-    let result = state.append(request, size).await?;
+    let result = state.append(request, size, budget.map(|b| b.0)).await?;
     Ok(ok_json(&AppendResultJson::from(result)))
 }
 
@@ -406,10 +446,11 @@ async fn append_stream(
     ))]
 async fn append(
     AxState(state): AxState<Arc<State>>,
+    budget: Option<axum::Extension<crate::Budget>>,
     JsonBody(request, size): JsonBody<AppendJson>,
 ) -> Result<Response, ApiError> {
     let request = request.into_core()?;
-    let result = state.append(request, size).await?;
+    let result = state.append(request, size, budget.map(|b| b.0)).await?;
     Ok(ok_json(&AppendResultJson::from(result)))
 }
 
@@ -444,7 +485,7 @@ async fn read_stream(
     Params(params): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let request = params.request(Source::Stream(stream_id))?;
-    stream_read(&state, request)
+    stream_read(&state, request).await
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "read",
@@ -460,7 +501,7 @@ async fn read_events(
 ) -> Result<Response, ApiError> {
     let source = filter.source()?;
     let request = read.request(source)?;
-    stream_read(&state, request)
+    stream_read(&state, request).await
 }
 
 #[utoipa::path(post, path = "/v1/read", tag = "read",
@@ -474,7 +515,7 @@ async fn read(
     JsonBody(request, _): JsonBody<ReadJson>,
 ) -> Result<Response, ApiError> {
     let request = request.into_core()?;
-    stream_read(&state, request)
+    stream_read(&state, request).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -959,7 +1000,23 @@ fn access(state: &State, headers: &HeaderMap) -> Option<Access> {
     None
 }
 
-/// Checks the bearer token (when authentication is on) and counts the request.
+/// True for the routes that append: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
+/// path segment; a `/` in a stream id travels as `%2F`) and the gRPC write methods.
+fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
+    match grpc_method {
+        Some(m) => annal_proto::WRITE_METHODS.contains(&m),
+        None => {
+            method == Method::POST
+                && (path == "/v1/append"
+                    || path
+                        .strip_prefix("/v1/streams/")
+                        .is_some_and(|id| !id.is_empty() && !id.contains('/')))
+        }
+    }
+}
+
+/// Checks the bearer token (when authentication is on), makes appends pay into the
+/// in-flight budget before their bodies are read, and counts the request.
 async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let grpc_method = path
@@ -972,45 +1029,58 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         "http"
     };
     let open = matches!(path, "/health" | "/ready" | "/openapi.json");
+    let writes = appends(req.method(), path, grpc_method);
     if state.config.auth_enabled() && !open {
-        let writes = match grpc_method {
-            Some(m) => annal_proto::WRITE_METHODS.contains(&m),
-            None => {
-                req.method() == Method::POST
-                    && (path == "/v1/append"
-                        || (path.starts_with("/v1/streams/") && !path.ends_with("/events")))
-            }
-        };
         let refusal = match access(&state, req.headers()) {
-            None => Some((
-                StatusCode::UNAUTHORIZED,
-                tonic::Code::Unauthenticated,
-                "unauthenticated",
-                "a valid bearer token is required (Authorization: Bearer <token>)",
+            None => Some(Error::Unauthenticated(
+                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
             )),
-            Some(Access::Read) if writes => Some((
-                StatusCode::FORBIDDEN,
-                tonic::Code::PermissionDenied,
-                "forbidden",
-                "this token may read but not append",
+            Some(Access::Read) if writes => Some(Error::PermissionDenied(
+                "this token may read but not append".into(),
             )),
             _ => None,
         };
-        if let Some((status, code, name, message)) = refusal {
+        if let Some(e) = refusal {
             metrics::request(api, "refused");
             if grpc_method.is_some() {
-                return tonic::Status::new(code, message)
+                return annal_proto::status_from_error(&e)
                     .into_http::<Body>()
                     .into_response();
             }
-            let mut r = json_response(status, &ErrorJson::new(name, message));
-            if status == StatusCode::UNAUTHORIZED {
+            let mut r = ApiError(e).into_response();
+            if r.status() == StatusCode::UNAUTHORIZED {
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             return r;
         }
     }
+    let req = if writes {
+        let size = if grpc_method.is_some() {
+            crate::budget::Size::GrpcPrefix
+        } else {
+            crate::budget::Size::Known(
+                req.headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| body_limit(&state)),
+            )
+        };
+        let held = crate::Budget::default();
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(held.clone());
+        let body = crate::budget::Budgeted::new(
+            body,
+            Arc::clone(&state.append_budget),
+            held,
+            size,
+            state.config.limits.max_inflight_append_bytes,
+        );
+        Request::from_parts(parts, Body::new(body))
+    } else {
+        req
+    };
     let resp = next.run(req).await;
     let class = match resp.status().as_u16() {
         200..=299 => "2xx",

@@ -23,6 +23,7 @@ use annal_core::{
 use annal_engine::Store;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+mod budget;
 pub mod config;
 mod grpc;
 pub mod http;
@@ -37,12 +38,25 @@ pub(crate) struct State {
     pub store: Arc<Store>,
     pub config: Config,
     pub subscriptions: Arc<Semaphore>,
+    pub reads: Arc<Semaphore>,
     pub append_budget: Arc<Semaphore>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub draining: AtomicBool,
     pub started: Instant,
 }
+
+/// A batch of a read or subscription is cut at about this many bytes of events, whatever its
+/// event count, so that large events never make a message too big to send.
+pub const BATCH_BYTES: usize = 4 << 20;
+
+/// The bytes an event takes on the wire, roughly.
+fn approx_size(e: &RecordedEvent) -> usize {
+    e.data.len() + e.stream_id.len() + e.event_type.len() + 96
+}
+
+/// The share of the in-flight append budget that one request holds.
+pub type Budget = Arc<std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>>;
 
 /// One message of a read, before it is put on the wire.
 pub(crate) enum ReadMsg {
@@ -77,11 +91,14 @@ pub(crate) fn public(e: Error) -> Error {
 }
 
 impl State {
-    /// Appends, holding `wire_size` bytes of the in-flight budget while the append runs.
+    /// Appends. The request's body already holds its share of the in-flight budget
+    /// (`budget`, taken as its bytes arrived); the engine call runs in a task of its own that
+    /// keeps that share until the engine has answered, even if the client goes away first.
     pub async fn append(
         &self,
         request: AppendRequest,
         wire_size: usize,
+        budget: Option<Budget>,
     ) -> Result<AppendResult, Error> {
         let limit = self.config.limits.max_append_bytes;
         if wire_size > limit.saturating_mul(2) {
@@ -91,14 +108,6 @@ impl State {
                 limit,
             });
         }
-        let permits =
-            u32::try_from(wire_size.clamp(1, self.config.limits.max_inflight_append_bytes))
-                .unwrap_or(u32::MAX);
-        let _budget = self
-            .append_budget
-            .acquire_many(permits)
-            .await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
         let events = request.event_count();
         let bytes: usize = request
             .streams
@@ -106,15 +115,22 @@ impl State {
             .flat_map(|s| s.events.iter())
             .map(|e| e.data.len())
             .sum();
-        let started = Instant::now();
-        let result = self.store.append(request).await;
-        metrics::appended(&result, events, bytes, started.elapsed());
-        result.map_err(public)
+        let store = Arc::clone(&self.store);
+        let task = tokio::spawn(async move {
+            let _budget = budget;
+            let started = Instant::now();
+            let result = store.append(request).await;
+            metrics::appended(&result, events, bytes, started.elapsed());
+            result
+        });
+        task.await
+            .map_err(|e| Error::Internal(format!("the append task failed: {e}")))?
     }
 
     /// Starts a read: validates it now, then streams batches of at most `read_batch_events`
-    /// events from a blocking thread through a queue of `queue` items. `convert` turns each
-    /// [`ReadMsg`] into what goes on the queue (nothing, for `None`) on that thread.
+    /// events (and about [`BATCH_BYTES`]) from a blocking thread through a queue of `queue`
+    /// items. `convert` turns each [`ReadMsg`] into what goes on the queue (nothing, for
+    /// `None`) on that thread. At most `max_reads` reads run at once; more are refused.
     pub fn read_batches<T, F>(
         &self,
         request: ReadRequest,
@@ -125,41 +141,62 @@ impl State {
         T: Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
-        let mut events = self.store.read_iter(request).map_err(public)?;
+        let permit = self.reads.clone().try_acquire_owned().map_err(|_| {
+            Error::Unavailable(format!(
+                "the server already serves {} reads, its limit (max_reads)",
+                self.config.limits.max_reads
+            ))
+        })?;
+        let mut events = self.store.read_iter(request)?;
         let batch = self.config.limits.read_batch_events;
         let (tx, rx) = mpsc::channel(queue.max(1));
         tokio::task::spawn_blocking(move || {
-            // False when the reader went away.
-            let mut send = |msg| match convert(msg) {
-                Some(item) => tx.blocking_send(item).is_ok(),
-                None => true,
-            };
-            let mut buf = Vec::with_capacity(batch);
-            loop {
-                match events.next() {
-                    Some(Ok(e)) => {
-                        buf.push(e);
-                        if buf.len() == batch {
-                            let full = std::mem::replace(&mut buf, Vec::with_capacity(batch));
-                            if !send(ReadMsg::Events(full)) {
+            let _permit = permit;
+            let run = std::panic::AssertUnwindSafe(|| {
+                // False when the reader went away.
+                let mut send = |msg| match convert(msg) {
+                    Some(item) => tx.blocking_send(item).is_ok(),
+                    None => true,
+                };
+                let mut buf = Vec::with_capacity(batch);
+                let mut bytes = 0;
+                loop {
+                    match events.next() {
+                        Some(Ok(e)) => {
+                            bytes += approx_size(&e);
+                            buf.push(e);
+                            if buf.len() == batch || bytes >= BATCH_BYTES {
+                                let full = std::mem::replace(&mut buf, Vec::with_capacity(batch));
+                                bytes = 0;
+                                if !send(ReadMsg::Events(full)) {
+                                    return;
+                                }
+                            } else if buf.len() % 64 == 0 && tx.is_closed() {
                                 return;
                             }
                         }
-                    }
-                    Some(Err(e)) => {
-                        if !buf.is_empty() && !send(ReadMsg::Events(std::mem::take(&mut buf))) {
+                        Some(Err(e)) => {
+                            if !buf.is_empty() && !send(ReadMsg::Events(std::mem::take(&mut buf))) {
+                                return;
+                            }
+                            send(ReadMsg::Failed(public(e)));
                             return;
                         }
-                        send(ReadMsg::Failed(public(e)));
-                        return;
-                    }
-                    None => {
-                        if !buf.is_empty() && !send(ReadMsg::Events(buf)) {
+                        None => {
+                            if !buf.is_empty() && !send(ReadMsg::Events(buf)) {
+                                return;
+                            }
+                            send(ReadMsg::End);
                             return;
                         }
-                        send(ReadMsg::End);
-                        return;
                     }
+                }
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                // The client must see an error, never what looks like the end of the read.
+                let e = public(Error::Internal("the read stopped on a panic".into()));
+                if let Some(item) = convert(ReadMsg::Failed(e)) {
+                    let _ = tx.blocking_send(item);
                 }
             }
         });
@@ -170,11 +207,15 @@ impl State {
     /// heartbeats, as [`SubMsg`]s turned into `T` by `convert`, through a queue of
     /// `subscription_buffer` messages. It ends when the receiver goes away or the server
     /// shuts down (with a last `Failed(Unavailable)`).
+    ///
+    /// History is read on the blocking pool (it may come from disk); once caught up, the
+    /// subscription moves to a task on the runtime that waits for the head to move and reads
+    /// only what is new.
     pub async fn subscribe<T, F>(
         self: &Arc<Self>,
         request: SubscribeRequest,
         heartbeat: Option<Duration>,
-        mut convert: F,
+        convert: F,
     ) -> Result<mpsc::Receiver<T>, Error>
     where
         T: Send + 'static,
@@ -190,110 +231,31 @@ impl State {
                     self.config.limits.max_subscriptions
                 ))
             })?;
-        let mut sub = self.store.subscribe(request).await.map_err(public)?;
-        let batch = self.config.limits.read_batch_events;
-        let heartbeat = heartbeat
-            .unwrap_or(self.config.limits.heartbeat)
-            .max(Duration::from_millis(10));
+        // Finding where a stream subscription starts may read the index.
+        let store = Arc::clone(&self.store);
+        let handle = tokio::runtime::Handle::current();
+        let sub = tokio::task::spawn_blocking(move || handle.block_on(store.subscribe(request)))
+            .await
+            .map_err(|e| Error::Internal(format!("starting the subscription failed: {e}")))??;
         let (tx, rx) = mpsc::channel(self.config.limits.subscription_buffer);
-        let state = Arc::clone(self);
-        let mut shutdown = self.shutdown.clone();
+        let pump = Pump {
+            state: Arc::clone(self),
+            sub,
+            tx,
+            convert,
+            batch: self.config.limits.read_batch_events,
+            heartbeat: heartbeat
+                .unwrap_or(self.config.limits.heartbeat)
+                .max(Duration::from_millis(10)),
+            shutdown: self.shutdown.clone(),
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let _active = metrics::ActiveSubscription::new();
-            let mut next_beat = tokio::time::Instant::now() + heartbeat;
-            // An item read while gathering a batch, to send after it.
-            let mut held: Option<SubscriptionItem> = None;
-            loop {
-                let item = match held.take() {
-                    Some(item) => Some(Ok(item)),
-                    None => tokio::select! {
-                        biased;
-                        () = stopping(&mut shutdown) => {
-                            let _ = tx
-                                .send(convert(SubMsg::Failed(Error::Unavailable(
-                                    "the server is shutting down".into(),
-                                ))))
-                                .await;
-                            return;
-                        }
-                        () = tx.closed() => return,
-                        item = next_item(&mut sub) => item,
-                        () = tokio::time::sleep_until(next_beat) => {
-                            let head = state.store.head().await.ok().flatten();
-                            if tx.send(convert(SubMsg::Heartbeat(head))).await.is_err() {
-                                return;
-                            }
-                            next_beat = tokio::time::Instant::now() + heartbeat;
-                            continue;
-                        }
-                    },
-                };
-                let msg = match item {
-                    None => return,
-                    Some(Err(e)) => {
-                        let _ = tx.send(convert(SubMsg::Failed(public(e)))).await;
-                        return;
-                    }
-                    Some(Ok(SubscriptionItem::Event(e))) => {
-                        let mut events = vec![e];
-                        // Gather whatever else is ready, up to a batch.
-                        while events.len() < batch {
-                            match ready_item(&mut sub).await {
-                                Some(Some(Ok(SubscriptionItem::Event(e)))) => events.push(e),
-                                Some(Some(other)) => {
-                                    held = Some(match other {
-                                        Ok(item) => item,
-                                        Err(e) => {
-                                            let _ = tx.send(convert(SubMsg::Events(events))).await;
-                                            let _ =
-                                                tx.send(convert(SubMsg::Failed(public(e)))).await;
-                                            return;
-                                        }
-                                    });
-                                    break;
-                                }
-                                Some(None) => break,
-                                None => break,
-                            }
-                        }
-                        if let (Some(last), Ok(Some(head))) =
-                            (events.last(), state.store.head().await)
-                        {
-                            metrics::lag(head.saturating_sub(last.position));
-                        }
-                        SubMsg::Events(events)
-                    }
-                    Some(Ok(SubscriptionItem::CaughtUp { position })) => SubMsg::CaughtUp(position),
-                    Some(Ok(SubscriptionItem::Checkpoint { position })) => {
-                        // Only the newest of the checkpoints that are ready matters.
-                        let mut position = position;
-                        loop {
-                            match ready_item(&mut sub).await {
-                                Some(Some(Ok(SubscriptionItem::Checkpoint { position: p }))) => {
-                                    position = p
-                                }
-                                Some(Some(other)) => {
-                                    held = Some(match other {
-                                        Ok(item) => item,
-                                        Err(e) => {
-                                            let _ =
-                                                tx.send(convert(SubMsg::Failed(public(e)))).await;
-                                            return;
-                                        }
-                                    });
-                                    break;
-                                }
-                                _ => break,
-                            }
-                        }
-                        SubMsg::Checkpoint(position)
-                    }
-                };
-                if tx.send(convert(msg)).await.is_err() {
-                    return;
-                }
-                next_beat = tokio::time::Instant::now() + heartbeat;
+            let handle = tokio::runtime::Handle::current();
+            let caught_up = tokio::task::spawn_blocking(move || pump.catch_up(&handle)).await;
+            if let Ok(Some(pump)) = caught_up {
+                pump.live().await;
             }
         });
         Ok(rx)
@@ -309,6 +271,200 @@ impl State {
             return Err(format!("the store refuses writes: {cause}"));
         }
         Ok(())
+    }
+}
+
+/// A subscription being delivered.
+struct Pump<T, F> {
+    state: Arc<State>,
+    sub: annal_core::SubscriptionStream,
+    tx: mpsc::Sender<T>,
+    convert: F,
+    batch: usize,
+    heartbeat: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<T, F> Pump<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(SubMsg) -> T + Send + 'static,
+{
+    fn stopping_msg() -> SubMsg {
+        SubMsg::Failed(Error::Unavailable("the server is shutting down".into()))
+    }
+
+    /// Delivers history up to the caught-up marker, on a blocking thread. Until the marker
+    /// the engine's subscription never waits, so each poll returns at once. `None` when the
+    /// subscription is over.
+    fn catch_up(mut self, handle: &tokio::runtime::Handle) -> Option<Self> {
+        let mut last_sent = Instant::now();
+        loop {
+            if *self.shutdown.borrow() {
+                let _ = self.tx.blocking_send((self.convert)(Self::stopping_msg()));
+                return None;
+            }
+            let mut events = Vec::new();
+            let mut bytes = 0;
+            let marker = loop {
+                match handle.block_on(next_item(&mut self.sub)) {
+                    None => break None,
+                    Some(Err(e)) => break Some(SubMsg::Failed(public(e))),
+                    Some(Ok(SubscriptionItem::Event(e))) => {
+                        bytes += approx_size(&e);
+                        events.push(e);
+                        if events.len() >= self.batch || bytes >= BATCH_BYTES {
+                            break None;
+                        }
+                    }
+                    Some(Ok(SubscriptionItem::CaughtUp { position })) => {
+                        break Some(SubMsg::CaughtUp(position))
+                    }
+                    // Only sent after the marker.
+                    Some(Ok(SubscriptionItem::Checkpoint { .. })) => {}
+                }
+            };
+            let ended = events.is_empty() && marker.is_none();
+            if !events.is_empty() {
+                self.record_lag(&events);
+                if self
+                    .tx
+                    .blocking_send((self.convert)(SubMsg::Events(events)))
+                    .is_err()
+                {
+                    return None;
+                }
+                last_sent = Instant::now();
+            }
+            match marker {
+                Some(SubMsg::CaughtUp(p)) => {
+                    if self
+                        .tx
+                        .blocking_send((self.convert)(SubMsg::CaughtUp(p)))
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    return Some(self);
+                }
+                Some(failed) => {
+                    let _ = self.tx.blocking_send((self.convert)(failed));
+                    return None;
+                }
+                None if ended => return None,
+                None => {}
+            }
+            if last_sent.elapsed() >= self.heartbeat {
+                let head = self.state.store.head_now();
+                if self
+                    .tx
+                    .blocking_send((self.convert)(SubMsg::Heartbeat(head)))
+                    .is_err()
+                {
+                    return None;
+                }
+                last_sent = Instant::now();
+            }
+        }
+    }
+
+    fn record_lag(&self, events: &[RecordedEvent]) {
+        if let (Some(last), Some(head)) = (events.last(), self.state.store.head_now()) {
+            metrics::lag(head.saturating_sub(last.position));
+        }
+    }
+
+    async fn send(&mut self, msg: SubMsg) -> bool {
+        let item = (self.convert)(msg);
+        self.tx.send(item).await.is_ok()
+    }
+
+    /// Delivers live events, checkpoints and heartbeats until the subscriber goes away, the
+    /// subscription ends or the server shuts down.
+    async fn live(mut self) {
+        let mut next_beat = tokio::time::Instant::now() + self.heartbeat;
+        // An item read while gathering a batch, to send after it.
+        let mut held: Option<SubscriptionItem> = None;
+        loop {
+            let item = match held.take() {
+                Some(item) => Some(Ok(item)),
+                None => tokio::select! {
+                    biased;
+                    () = stopping(&mut self.shutdown) => {
+                        self.send(Self::stopping_msg()).await;
+                        return;
+                    }
+                    () = self.tx.closed() => return,
+                    item = next_item(&mut self.sub) => item,
+                    () = tokio::time::sleep_until(next_beat) => {
+                        let head = self.state.store.head_now();
+                        if !self.send(SubMsg::Heartbeat(head)).await {
+                            return;
+                        }
+                        next_beat = tokio::time::Instant::now() + self.heartbeat;
+                        continue;
+                    }
+                },
+            };
+            let msg = match item {
+                None => return,
+                Some(Err(e)) => {
+                    self.send(SubMsg::Failed(public(e))).await;
+                    return;
+                }
+                Some(Ok(SubscriptionItem::Event(e))) => {
+                    let mut bytes = approx_size(&e);
+                    let mut events = vec![e];
+                    // Gather whatever else is ready, up to a batch.
+                    while events.len() < self.batch && bytes < BATCH_BYTES {
+                        match ready_item(&mut self.sub).await {
+                            Some(Some(Ok(SubscriptionItem::Event(e)))) => {
+                                bytes += approx_size(&e);
+                                events.push(e);
+                            }
+                            Some(Some(Ok(other))) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Some(Some(Err(e))) => {
+                                self.send(SubMsg::Events(events)).await;
+                                self.send(SubMsg::Failed(public(e))).await;
+                                return;
+                            }
+                            Some(None) | None => break,
+                        }
+                    }
+                    self.record_lag(&events);
+                    SubMsg::Events(events)
+                }
+                Some(Ok(SubscriptionItem::CaughtUp { position })) => SubMsg::CaughtUp(position),
+                Some(Ok(SubscriptionItem::Checkpoint { position })) => {
+                    // Only the newest of the checkpoints that are ready matters.
+                    let mut position = position;
+                    loop {
+                        match ready_item(&mut self.sub).await {
+                            Some(Some(Ok(SubscriptionItem::Checkpoint { position: p }))) => {
+                                position = p
+                            }
+                            Some(Some(Ok(other))) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Some(Some(Err(e))) => {
+                                self.send(SubMsg::Failed(public(e))).await;
+                                return;
+                            }
+                            _ => break,
+                        }
+                    }
+                    SubMsg::Checkpoint(position)
+                }
+            };
+            if !self.send(msg).await {
+                return;
+            }
+            next_beat = tokio::time::Instant::now() + self.heartbeat;
+        }
     }
 }
 
@@ -360,6 +516,7 @@ impl Server {
         let state = Arc::new(State {
             store: Arc::new(store),
             subscriptions: Arc::new(Semaphore::new(config.limits.max_subscriptions)),
+            reads: Arc::new(Semaphore::new(config.limits.max_reads)),
             append_budget: Arc::new(Semaphore::new(config.limits.max_inflight_append_bytes)),
             config,
             shutdown: shutdown.clone(),
@@ -409,21 +566,22 @@ impl Server {
         let mut state = self.state;
         loop {
             match Arc::try_unwrap(state) {
-                Ok(s) => {
-                    match Arc::try_unwrap(s.store) {
-                        Ok(store) => tokio::task::spawn_blocking(move || store.close()).await??,
-                        Err(_) => tracing::warn!("the store is still in use; it closes at exit"),
+                Ok(s) => match Arc::try_unwrap(s.store) {
+                    Ok(store) => {
+                        tokio::task::spawn_blocking(move || store.close()).await??;
+                        break;
                     }
-                    break;
-                }
+                    Err(_) => anyhow::bail!(
+                        "the store is still in use after shutdown, so it was not closed; acknowledged appends are durable, and the next start replays the log's tail"
+                    ),
+                },
                 Err(again) if Instant::now() < deadline => {
                     state = again;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(_) => {
-                    tracing::warn!("requests still hold the store; it closes at exit");
-                    break;
-                }
+                Err(_) => anyhow::bail!(
+                    "requests still held the store 5 s after shutdown, so it was not closed; acknowledged appends are durable, and the next start replays the log's tail"
+                ),
             }
         }
         served

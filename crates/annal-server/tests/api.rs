@@ -470,6 +470,16 @@ async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
     .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["error"]["code"], "forbidden");
+    // A stream may be called "events"; appending to it is still a write.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/events",
+        &[("authorization", &bearer_read)],
+        append,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text());
     let r = http(addr, "GET", "/v1/info", &[], "").await;
     assert_eq!(r.status, 401, "reads need a token too");
     let r = http(
@@ -951,4 +961,85 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
         assert!(unique.contains(id), "acknowledged event {id} is missing");
     }
     drop(keep);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_damaged_data_answers_an_error_never_a_short_success() {
+    let s = start().await;
+    let client = s.client().await;
+    for i in 0..20 {
+        client
+            .append(one(&format!("d-{i}"), ExpectedRevision::Any, "A"))
+            .await
+            .unwrap();
+    }
+    // Damage a record in the middle of the log, under the running server.
+    let seg = std::fs::read_dir(s.server.store().dir().join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let r = http(s.addr(), "GET", "/v1/events", &[], "").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "corruption");
+    let e = client.read_to_vec(ReadRequest::all()).await.unwrap_err();
+    assert!(matches!(e, Error::Corruption { .. }), "{e:?}");
+    s.server.shutdown().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_share_a_small_budget_without_waiting_on_each_other_for_ever() {
+    let s = start_with(|c| {
+        c.limits.max_append_bytes = 64 * 1024;
+        c.limits.max_event_bytes = 64 * 1024;
+        c.limits.max_inflight_append_bytes = 2 * 64 * 1024 + (1 << 20);
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for w in 0..24 {
+        let (url, addr) = (s.url.clone(), s.addr());
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect(url).await.unwrap();
+            for i in 0..5 {
+                if w % 2 == 0 {
+                    let events = (0..4)
+                        .map(|_| NewEvent::new("Big", vec![b'x'; 12_000]))
+                        .collect();
+                    client
+                        .append(AppendRequest::stream(
+                            format!("b-{w}"),
+                            ExpectedRevision::Any,
+                            events,
+                        ))
+                        .await
+                        .unwrap();
+                } else {
+                    let data = "y".repeat(40_000);
+                    let body = format!(r#"{{"events":[{{"event_type":"Big","data":"{data}"}}]}}"#);
+                    let r = http(addr, "POST", &format!("/v1/streams/h-{w}"), &[], &body).await;
+                    assert_eq!(r.status, 200, "{i}: {}", r.text());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(WAIT * 3, t)
+            .await
+            .expect("no append waits for ever")
+            .unwrap();
+    }
+    let log = s
+        .client()
+        .await
+        .read_to_vec(ReadRequest::all())
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 12 * 5 * 4 + 12 * 5);
+    s.server.shutdown().await.unwrap();
 }

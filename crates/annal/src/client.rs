@@ -367,10 +367,13 @@ pub async fn tail(remote: &Remote, a: TailArgs) -> Outcome {
         .subscribe(SubscribeRequest::new(source, from))
         .await?;
     let stdout = std::io::stdout();
+    // One listener for the whole run, so that no Ctrl-C falls between two of them.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let item = tokio::select! {
+            biased;
+            _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             item = next_item(&mut sub) => item,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         let Some(item) = item else {
             return Err(Failure::from(Error::Unavailable(

@@ -57,7 +57,10 @@ pub struct ServeArgs {
     /// Live subscriptions at most; more are refused [default: 1024].
     #[arg(long, env = "ANNAL_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<String>,
-    /// Bytes of appends processed at once; more wait [default: 268435456].
+    /// Streamed reads at once; more are refused [default: 256].
+    #[arg(long, env = "ANNAL_MAX_READS", value_name = "N")]
+    pub max_reads: Option<String>,
+    /// Bytes of appends received and processed at once; more wait [default: 268435456].
     #[arg(long, env = "ANNAL_MAX_INFLIGHT_APPEND_BYTES", value_name = "BYTES")]
     pub max_inflight_append_bytes: Option<String>,
     /// The largest event, in bytes [default: 16777216].
@@ -107,6 +110,7 @@ impl ServeArgs {
                 &self.max_streams_per_connection,
             ),
             max_subscriptions: number("max_subscriptions", &self.max_subscriptions),
+            max_reads: number("max_reads", &self.max_reads),
             max_inflight_append_bytes: number(
                 "max_inflight_append_bytes",
                 &self.max_inflight_append_bytes,
