@@ -481,3 +481,70 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     let log = s.stderr.lock().unwrap().clone();
     assert!(log.contains("stopped cleanly"), "{log}");
 }
+
+#[test]
+fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let mut s = serve(
+        &[
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "60s",
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // A read far larger than the socket buffers, whose answer is never read: the server
+    // cannot finish it, so a graceful stop has to wait.
+    let _stalled = rt.block_on(async {
+        let client = Client::connect(s.url.clone()).await.unwrap();
+        for b in 0..40 {
+            let events = (0..500)
+                .map(|i| {
+                    NewEvent::new(
+                        "Big",
+                        format!("{{\"pad\":\"{}\",\"i\":{i}}}", "x".repeat(400)),
+                    )
+                })
+                .collect();
+            client
+                .append(AppendRequest::stream(
+                    format!("big-{b}"),
+                    ExpectedRevision::Any,
+                    events,
+                ))
+                .await
+                .unwrap();
+        }
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"GET /v1/events?limit=20000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp
+    });
+    signal(&s.child, "-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the first signal waits for the request in flight"
+    );
+    let second = Instant::now();
+    signal(&s.child, "-TERM");
+    let status = s.child.wait().unwrap();
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "the second signal exits at once"
+    );
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(s.stderr.lock().unwrap().contains("second signal"));
+    // Acknowledged appends are durable whatever the stop: all 20,000 are there.
+    let store = annal_engine::Store::open(Path::new(&data)).unwrap();
+    assert_eq!(store.read_iter(ReadRequest::all()).unwrap().count(), 20_000);
+}
