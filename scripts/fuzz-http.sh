@@ -8,6 +8,7 @@
 #   bash scripts/fuzz-http.sh            # the gate CI runs
 #   bash scripts/fuzz-http.sh --all      # also report schema-valid requests the server refuses
 #   FUZZ_EXAMPLES=200 bash scripts/fuzz-http.sh
+#   FUZZ_SEED=$RANDOM bash scripts/fuzz-http.sh   # other inputs than CI's fixed seed
 #
 # schemathesis comes from PyPI into a virtual environment under target/. One worker: with two,
 # this machine's CPython 3.11 fails inside schemathesis (an AST recursion-depth SystemError
@@ -56,6 +57,7 @@ status=0
   --checks "$checks" \
   --exclude-path-regex '^/v1/subscribe$' \
   --max-examples "${FUZZ_EXAMPLES:-40}" \
+  --seed "${FUZZ_SEED:-20261201}" \
   --workers 1 \
   --no-color \
   || status=$?

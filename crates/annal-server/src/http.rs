@@ -138,17 +138,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// Splits a query string into decoded pairs, leaving out empty values; a repeated key is
-/// refused.
+/// Splits a query string into decoded pairs; a repeated key is refused.
 fn serde_urlencoded_like(query: &str) -> Result<Vec<(String, String)>, Error> {
     let mut out: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let (k, v) = (percent_decode(k)?, percent_decode(v)?);
-        // `?as_of=` means the same as no `as_of`.
-        if v.is_empty() {
-            continue;
-        }
         if out.iter().any(|(seen, _)| *seen == k) {
             return Err(Error::invalid(
                 "query",
@@ -207,19 +202,19 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
 #[into_params(parameter_in = Query)]
 pub struct FilterParams {
     /// One stream (`from` then counts its revisions).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub stream: Option<String>,
     /// Every stream of a category (the stream id's prefix before the first `-`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub category: Option<String>,
     /// Comma-separated event types.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub types: Option<String>,
     /// Comma-separated tags, all required.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     #[param(pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub tags: Option<String>,
 }
@@ -271,11 +266,17 @@ pub struct ReadParams {
     #[param(value_type = Option<u64>, minimum = 0)]
     pub limit: Option<u64>,
     /// A position, or an RFC 3339 time: only events at or before it (empty: not given).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     #[param(
         pattern = "^(|[0-9]{1,19}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
     )]
     pub as_of: Option<String>,
+}
+
+/// An optional text parameter: empty (`?as_of=`) means not given.
+fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.filter(|s| !s.is_empty()))
 }
 
 fn opt_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -522,10 +523,10 @@ async fn read(
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Start after this name (the last one of the previous page).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub after: Option<String>,
     /// Only streams whose id starts with this (streams only).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub prefix: Option<String>,
     /// At most this many (default 100, at most 10000).
     #[serde(default, deserialize_with = "opt_u64")]
@@ -642,7 +643,7 @@ async fn info(AxState(state): AxState<Arc<State>>) -> Result<Response, ApiError>
 pub struct SubscribeParams {
     /// `start` (default), `now`, or a position to start after. A `Last-Event-ID` header
     /// (sent by browsers when they reconnect) takes precedence.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub after: Option<String>,
     /// Milliseconds between heartbeats (default: the server's setting).
     #[serde(default, deserialize_with = "opt_u32")]
