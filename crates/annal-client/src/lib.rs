@@ -283,62 +283,57 @@ impl EventStore for Client {
     /// The server answers at most a page of 10,000; a larger request (or 0, everything) is
     /// fetched page by page.
     async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
-        let want = if request.limit == 0 {
-            usize::MAX
-        } else {
-            request.limit
-        };
-        let mut out: Vec<StreamInfo> = Vec::new();
-        let mut after = request.after;
-        loop {
-            let page = (want - out.len()).min(PAGE);
-            let r = self
-                .grpc
-                .clone()
-                .list_streams(self.request(pb::ListStreamsRequest {
-                    prefix: request.prefix.clone(),
-                    after: after.clone(),
-                    limit: page as u64,
-                }))
-                .await
-                .map_err(|s| pb::error_from_status(&s))?;
-            let got = r.into_inner().streams;
-            let short = got.len() < page;
-            out.extend(got.into_iter().map(StreamInfo::from));
-            if short || out.len() >= want {
-                return Ok(out);
-            }
-            after = out.last().map(|s| s.stream_id.clone());
-        }
+        let prefix = request.prefix;
+        paged(
+            request.limit,
+            request.after,
+            |after, limit| {
+                let message = pb::ListStreamsRequest {
+                    prefix: prefix.clone(),
+                    after,
+                    limit: limit as u64,
+                };
+                async move {
+                    let r = self
+                        .grpc
+                        .clone()
+                        .list_streams(self.request(message))
+                        .await
+                        .map_err(|s| pb::error_from_status(&s))?;
+                    Ok(r.into_inner().streams.into_iter().map(Into::into).collect())
+                }
+            },
+            |s: &StreamInfo| s.stream_id.clone(),
+        )
+        .await
     }
 
     async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {
-        let want = if request.limit == 0 {
-            usize::MAX
-        } else {
-            request.limit
-        };
-        let mut out: Vec<CategoryInfo> = Vec::new();
-        let mut after = request.after;
-        loop {
-            let page = (want - out.len()).min(PAGE);
-            let r = self
-                .grpc
-                .clone()
-                .list_categories(self.request(pb::ListCategoriesRequest {
-                    after: after.clone(),
-                    limit: page as u64,
-                }))
-                .await
-                .map_err(|s| pb::error_from_status(&s))?;
-            let got = r.into_inner().categories;
-            let short = got.len() < page;
-            out.extend(got.into_iter().map(CategoryInfo::from));
-            if short || out.len() >= want {
-                return Ok(out);
-            }
-            after = out.last().map(|c| c.category.clone());
-        }
+        paged(
+            request.limit,
+            request.after,
+            |after, limit| {
+                let message = pb::ListCategoriesRequest {
+                    after,
+                    limit: limit as u64,
+                };
+                async move {
+                    let r = self
+                        .grpc
+                        .clone()
+                        .list_categories(self.request(message))
+                        .await
+                        .map_err(|s| pb::error_from_status(&s))?;
+                    Ok(r.into_inner()
+                        .categories
+                        .into_iter()
+                        .map(Into::into)
+                        .collect())
+                }
+            },
+            |c: &CategoryInfo| c.category.clone(),
+        )
+        .await
     }
 
     async fn position_at(&self, at: Timestamp) -> Result<Option<u64>> {
@@ -355,6 +350,32 @@ impl EventStore for Client {
 
     async fn head(&self) -> Result<Option<u64>> {
         Ok(self.server_info().await?.head)
+    }
+}
+
+/// Fetches `limit` entries of a listing (0: all of them) in pages of at most [`PAGE`], each
+/// page starting after the last entry of the one before (`key`).
+async fn paged<T, F, Fut>(
+    limit: usize,
+    mut after: Option<String>,
+    mut fetch: F,
+    key: impl Fn(&T) -> String,
+) -> Result<Vec<T>>
+where
+    F: FnMut(Option<String>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
+    let want = if limit == 0 { usize::MAX } else { limit };
+    let mut out: Vec<T> = Vec::new();
+    loop {
+        let page = (want - out.len()).min(PAGE);
+        let got = fetch(after.take(), page).await?;
+        let short = got.len() < page;
+        out.extend(got);
+        if short || out.len() >= want {
+            return Ok(out);
+        }
+        after = out.last().map(&key);
     }
 }
 

@@ -286,11 +286,6 @@ impl<'a> EventJson<'a> {
     }
 }
 
-/// An event as one JSON value.
-pub fn event_value(e: &RecordedEvent) -> serde_json::Value {
-    serde_json::to_value(EventJson::new(e)).unwrap_or(serde_json::Value::Null)
-}
-
 /// An event to append.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -911,6 +906,10 @@ impl ErrorJson {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event_value(e: &RecordedEvent) -> serde_json::Value {
+        serde_json::to_value(EventJson::new(e)).unwrap()
+    }
 
     #[test]
     fn json_data_stays_json_and_other_data_is_base64() {

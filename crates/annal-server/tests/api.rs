@@ -1043,3 +1043,38 @@ async fn appends_share_a_small_budget_without_waiting_on_each_other_for_ever() {
     assert_eq!(log.len(), 12 * 5 * 4 + 12 * 5);
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_larger_than_a_page_arrive_whole_and_in_order() {
+    let s = start().await;
+    let client = s.client().await;
+    for b in 0..11 {
+        let mut request = AppendRequest::default();
+        for i in 0..1000 {
+            request.streams.push(annal_core::StreamAppend::new(
+                format!("s-{:05}", b * 1000 + i),
+                ExpectedRevision::NoStream,
+                vec![NewEvent::new("A", b"{}".to_vec())],
+            ));
+        }
+        client.append(request).await.unwrap();
+    }
+    let all = client
+        .list_streams(annal_core::ListStreams::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 11_000, "more than one 10,000-entry page");
+    assert!(all.windows(2).all(|w| w[0].stream_id < w[1].stream_id));
+    let some = client
+        .list_streams(annal_core::ListStreams {
+            limit: 10_200,
+            after: Some("s-00099".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 10_200);
+    assert_eq!(some[0].stream_id, "s-00100");
+    assert_eq!(some.last().unwrap().stream_id, "s-10299");
+    s.server.shutdown().await.unwrap();
+}
