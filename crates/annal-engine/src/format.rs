@@ -255,17 +255,17 @@ impl<'a> Cursor<'a> {
     fn uuid(&mut self) -> DResult<Uuid> {
         Ok(Uuid::from_bytes(arr(self.take(16)?)))
     }
-    fn str_n(&mut self, n: usize) -> DResult<String> {
-        let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("text field is not UTF-8".into()))
+    fn text(&mut self, n: usize) -> DResult<&'a str> {
+        std::str::from_utf8(self.take(n)?)
+            .map_err(|_| DecodeError("text field is not UTF-8".into()))
     }
-    fn str16(&mut self) -> DResult<String> {
+    fn str16(&mut self) -> DResult<&'a str> {
         let n = self.u16()? as usize;
-        self.str_n(n)
+        self.text(n)
     }
-    fn str32(&mut self) -> DResult<String> {
+    fn str32(&mut self) -> DResult<&'a str> {
         let n = self.u32()? as usize;
-        self.str_n(n)
+        self.text(n)
     }
 }
 
@@ -298,6 +298,192 @@ pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
 
 /// Decodes every event of a batch payload.
 pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
+    let mut events = Vec::new();
+    visit_batch(payload, |e| {
+        if events.is_empty() {
+            events.reserve_exact(e.batch_len.min(65536));
+        }
+        events.push(e.to_event());
+        true
+    })?;
+    Ok(events)
+}
+
+/// An event as it is stored: a view into a batch payload (or into a decoded event) that
+/// reads its fields without copying or allocating.
+#[derive(Debug, Clone)]
+pub struct StoredEvent<'a> {
+    pub id: Uuid,
+    pub stream_id: &'a str,
+    pub revision: u64,
+    pub position: u64,
+    pub recorded_at: Timestamp,
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub content_type: &'a str,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub actor: Option<&'a str>,
+    /// Extra metadata pairs, in key order.
+    pub extra: Pairs<'a>,
+    pub tags: Strs<'a>,
+    pub data: &'a [u8],
+    /// How many events the batch holding this one has (1 for a decoded event).
+    pub batch_len: usize,
+}
+
+impl StoredEvent<'_> {
+    /// The event as an owned value.
+    pub fn to_event(&self) -> RecordedEvent {
+        RecordedEvent {
+            id: self.id,
+            stream_id: self.stream_id.to_owned(),
+            revision: self.revision,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            content_type: self.content_type.to_owned(),
+            metadata: Metadata {
+                correlation_id: self.correlation_id,
+                causation_id: self.causation_id,
+                actor: self.actor.map(str::to_owned),
+                extra: self
+                    .extra
+                    .clone()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            },
+            data: self.data.to_vec(),
+            tags: self.tags.clone().map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a RecordedEvent> for StoredEvent<'a> {
+    fn from(e: &'a RecordedEvent) -> Self {
+        StoredEvent {
+            id: e.id,
+            stream_id: &e.stream_id,
+            revision: e.revision,
+            position: e.position,
+            recorded_at: e.recorded_at,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            content_type: &e.content_type,
+            correlation_id: e.metadata.correlation_id,
+            causation_id: e.metadata.causation_id,
+            actor: e.metadata.actor.as_deref(),
+            extra: Pairs(PairsInner::Owned(e.metadata.extra.iter())),
+            tags: Strs(StrsInner::Owned(e.tags.iter())),
+            data: &e.data,
+            batch_len: 1,
+        }
+    }
+}
+
+/// The tags of a [`StoredEvent`].
+#[derive(Debug, Clone)]
+pub struct Strs<'a>(StrsInner<'a>);
+
+#[derive(Debug, Clone)]
+enum StrsInner<'a> {
+    /// `left` str16 values, already checked when the batch was visited.
+    Stored {
+        left: usize,
+        b: &'a [u8],
+    },
+    Owned(std::slice::Iter<'a, String>),
+}
+
+/// Takes a checked str16 or str32 from the front of `b`.
+fn checked_str<'a>(b: &mut &'a [u8], wide: bool) -> &'a str {
+    let (n, skip) = if wide {
+        (
+            b.get(..4)
+                .map_or(0, |l| u32::from_le_bytes(arr(l)) as usize),
+            4,
+        )
+    } else {
+        (
+            b.get(..2)
+                .map_or(0, |l| usize::from(u16::from_le_bytes(arr(l)))),
+            2,
+        )
+    };
+    let s = b.get(skip..skip + n).unwrap_or_default();
+    *b = b.get(skip + n..).unwrap_or_default();
+    std::str::from_utf8(s).unwrap_or_default()
+}
+
+impl<'a> Iterator for Strs<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        match &mut self.0 {
+            StrsInner::Stored { left: 0, .. } => None,
+            StrsInner::Stored { left, b } => {
+                *left -= 1;
+                Some(checked_str(b, false))
+            }
+            StrsInner::Owned(it) => it.next().map(String::as_str),
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.0 {
+            StrsInner::Stored { left, .. } => *left,
+            StrsInner::Owned(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Strs<'_> {}
+
+/// The extra metadata of a [`StoredEvent`]: (key, value) pairs.
+#[derive(Debug, Clone)]
+pub struct Pairs<'a>(PairsInner<'a>);
+
+#[derive(Debug, Clone)]
+enum PairsInner<'a> {
+    /// `left` pairs of a str16 key and a str32 value, already checked.
+    Stored {
+        left: usize,
+        b: &'a [u8],
+    },
+    Owned(std::collections::btree_map::Iter<'a, String, String>),
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<(&'a str, &'a str)> {
+        match &mut self.0 {
+            PairsInner::Stored { left: 0, .. } => None,
+            PairsInner::Stored { left, b } => {
+                *left -= 1;
+                let k = checked_str(b, false);
+                Some((k, checked_str(b, true)))
+            }
+            PairsInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.0 {
+            PairsInner::Stored { left, .. } => *left,
+            PairsInner::Owned(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Pairs<'_> {}
+
+/// Gives `f` every event of a batch payload, in position order, as a view into the payload,
+/// until `f` returns false. Every field is checked (lengths, UTF-8, counts) before `f` sees
+/// the event. `Ok(true)`: every event was given.
+pub fn visit_batch<'a>(
+    payload: &'a [u8],
+    mut f: impl FnMut(&StoredEvent<'a>) -> bool,
+) -> DResult<bool> {
     if payload.len() < BATCH_FIXED_LEN {
         return Err(DecodeError("batch record too short".into()));
     }
@@ -322,7 +508,7 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
             header.event_count
         )));
     }
-    let mut events = Vec::with_capacity((total as usize).min(65536));
+    let batch_len = total as usize;
     let mut position = header.first_position;
     for (stream_id, first_revision, count) in streams {
         for i in 0..u64::from(count) {
@@ -346,22 +532,30 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
             } else {
                 None
             };
-            let mut extra = std::collections::BTreeMap::new();
-            for _ in 0..c.u16()? {
-                let k = c.str16()?;
-                let v = c.str32()?;
-                extra.insert(k, v);
+            let pair_count = c.u16()?;
+            let pairs_at = c.at;
+            for _ in 0..pair_count {
+                c.str16()?;
+                c.str32()?;
             }
+            let extra = Pairs(PairsInner::Stored {
+                left: pair_count.into(),
+                b: &payload[pairs_at..c.at],
+            });
             let tag_count = c.u16()?;
-            let mut tags = Vec::with_capacity(tag_count as usize);
+            let tags_at = c.at;
             for _ in 0..tag_count {
-                tags.push(c.str16()?);
+                c.str16()?;
             }
+            let tags = Strs(StrsInner::Stored {
+                left: tag_count.into(),
+                b: &payload[tags_at..c.at],
+            });
             let data_len = c.u32()? as usize;
-            let data = c.take(data_len)?.to_vec();
-            events.push(RecordedEvent {
+            let data = c.take(data_len)?;
+            let event = StoredEvent {
                 id,
-                stream_id: stream_id.clone(),
+                stream_id,
                 revision: first_revision
                     .checked_add(i)
                     .ok_or_else(|| DecodeError("revision overflows".into()))?,
@@ -370,15 +564,17 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
                 event_type,
                 schema_version,
                 content_type,
-                metadata: Metadata {
-                    correlation_id,
-                    causation_id,
-                    actor,
-                    extra,
-                },
-                data,
+                correlation_id,
+                causation_id,
+                actor,
+                extra,
                 tags,
-            });
+                data,
+                batch_len,
+            };
+            if !f(&event) {
+                return Ok(false);
+            }
             position = position
                 .checked_add(1)
                 .ok_or_else(|| DecodeError("position overflows".into()))?;
@@ -390,7 +586,7 @@ pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
             payload.len() - c.at
         )));
     }
-    Ok(events)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -444,6 +640,25 @@ mod tests {
                 prop_assert_eq!(got.recorded_at, Timestamp(42));
             }
             prop_assert_eq!(events[0].revision, rev);
+            // The views give the same events, and a view of a decoded event gives it back.
+            let mut viewed = Vec::new();
+            let whole = visit_batch(&out[8..], |e| {
+                viewed.push(e.to_event());
+                true
+            });
+            prop_assert_eq!(whole, Ok(true));
+            prop_assert_eq!(&viewed, &events);
+            for e in &events {
+                prop_assert_eq!(&StoredEvent::from(e).to_event(), e);
+            }
+            // A visitor that stops is given nothing more.
+            let mut given = 0;
+            let stopped = visit_batch(&out[8..], |_| {
+                given += 1;
+                false
+            });
+            prop_assert_eq!(stopped, Ok(false));
+            prop_assert_eq!(given, 1);
         }
 
         #[test]

@@ -19,4 +19,5 @@ mod recovery;
 mod store;
 mod writer;
 
-pub use store::{Config, Store};
+pub use format::StoredEvent;
+pub use store::{Config, Store, StoredRead};

@@ -11,7 +11,7 @@ use annal_core::{Direction, Error, Query, RecordedEvent, Result, Source, Subscri
 use futures_core::Stream;
 use tokio::sync::watch;
 
-use crate::format::{decode_batch, decode_batch_header};
+use crate::format::{decode_batch, decode_batch_header, visit_batch, StoredEvent};
 use crate::index::{
     fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TYPE,
 };
@@ -338,6 +338,32 @@ impl Cursor {
         if next > max {
             return Ok(false);
         }
+        let mut events = Vec::new();
+        let read = self.walk_log(max, PAGE, &mut |e| {
+            events.push(e.to_event());
+            true
+        });
+        for e in events {
+            self.push(e);
+        }
+        Ok(read?.0 > 0)
+    }
+
+    /// Gives `f` the events of the log from `self.next` up to `max`, as stored, record by
+    /// record, starting no new record once `budget` events were given, until `f` returns
+    /// false. Returns how many were given and whether `f` stopped the walk.
+    fn walk_log(
+        &mut self,
+        max: u64,
+        budget: usize,
+        f: &mut dyn FnMut(&StoredEvent<'_>) -> bool,
+    ) -> Result<(usize, bool)> {
+        let Some(next) = self.next else {
+            return Ok((0, false));
+        };
+        if next > max {
+            return Ok((0, false));
+        }
         if self.seq.is_none() {
             let (_, offset) = self
                 .shared
@@ -352,9 +378,9 @@ impl Cursor {
         }
         let mut retried = false;
         let mut read = 0;
-        while read < PAGE && self.next.is_some_and(|n| n <= max) {
+        while read < budget && self.next.is_some_and(|n| n <= max) {
             let seq = self.seq.as_mut().expect("set above");
-            let events = match seq.next_record()? {
+            let (offset, payload) = match seq.next_record()? {
                 Next::Record(offset, payload) => {
                     let header = decode_batch_header(payload).map_err(|e| Error::Corruption {
                         file: "segments".into(),
@@ -369,11 +395,7 @@ impl Cursor {
                     {
                         continue;
                     }
-                    decode_batch(payload).map_err(|e| Error::Corruption {
-                        file: "segments".into(),
-                        offset,
-                        problem: e.0,
-                    })?
+                    (offset, payload)
                 }
                 Next::End | Next::Torn { .. } if !retried => {
                     // The writer may have moved on to a new segment, or our buffer may hold
@@ -404,15 +426,67 @@ impl Cursor {
             };
             retried = false;
             let want = self.next.unwrap_or(0);
-            for e in events {
-                if e.position >= want && e.position <= max {
-                    self.next = Some(e.position + 1);
-                    read += 1;
-                    self.push(e);
+            let next = &mut self.next;
+            let mut stopped = false;
+            visit_batch(payload, |e| {
+                if e.position > max {
+                    return false;
                 }
+                if e.position >= want {
+                    *next = Some(e.position + 1);
+                    read += 1;
+                    if !f(e) {
+                        stopped = true;
+                        return false;
+                    }
+                }
+                true
+            })
+            .map_err(|e| Error::Corruption {
+                file: "segments".into(),
+                offset,
+                problem: e.0,
+            })?;
+            if stopped {
+                return Ok((read, true));
             }
         }
-        Ok(read > 0)
+        Ok((read, false))
+    }
+
+    /// Gives `f` every event of the read, as stored, until `f` returns false. A forward read
+    /// of the whole log hands out views into the records as read from the segment files,
+    /// with no decoding into owned events; other reads decode each event.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&StoredEvent<'_>) -> bool) -> Result<()> {
+        let plain = matches!(
+            (&self.plan, self.dir, &self.filter),
+            (Plan::All, Direction::Forward, Filter::None)
+        );
+        if !plain {
+            while let Some(e) = self.next_event()? {
+                if !f(&StoredEvent::from(&e)) {
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
+        while self.remaining > 0 {
+            let Some(max) = self.max_pos else {
+                return Ok(());
+            };
+            let mut remaining = self.remaining;
+            let mut limited = |e: &StoredEvent<'_>| {
+                remaining -= 1;
+                f(e) && remaining > 0
+            };
+            let walked = self.walk_log(max, usize::MAX, &mut limited);
+            self.remaining = remaining;
+            let (read, stopped) = walked?;
+            if stopped || read == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,7 @@ use annal_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::format::StoredEvent;
 use crate::heads::{to_info, Heads};
 use crate::index::{fixed_key, key, Index, KIND_STREAM, KIND_TIME};
 use crate::io::{Fs, StdFs};
@@ -158,6 +159,18 @@ pub struct Store {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     _lock: Box<dyn Send + Sync>,
+}
+
+/// A read run on the caller's thread that gives each event as a view of how it is stored. A
+/// forward read of the whole log takes its events straight out of the log's records, with no
+/// owned copy of any of them; every other read decodes each event first.
+pub struct StoredRead(Cursor);
+
+impl StoredRead {
+    /// Gives `f` each event of the read until `f` returns false or the read ends.
+    pub fn visit(mut self, mut f: impl FnMut(&StoredEvent<'_>) -> bool) -> Result<()> {
+        self.0.visit(&mut f)
+    }
 }
 
 impl Store {
@@ -308,6 +321,12 @@ impl Store {
                 }
             }
         }))
+    }
+
+    /// A read whose events are handed out as stored (see [`StoredRead`]); the request is
+    /// checked now.
+    pub fn read_stored(&self, request: ReadRequest) -> Result<StoredRead> {
+        Ok(StoredRead(self.cursor(&request)?))
     }
 
     fn cursor(&self, request: &ReadRequest) -> Result<Cursor> {

@@ -828,6 +828,36 @@ async fn compare_read(
 ) -> Result<Vec<RecordedEvent>, String> {
     let what = show_read(&request);
     let e = engine.read_to_vec(request.clone()).await;
+    // The same read through views of the stored events gives the same events, and a visitor
+    // that stops is given nothing after.
+    let mut viewed = Vec::new();
+    let v = engine
+        .read_stored(request.clone())
+        .and_then(|r| {
+            r.visit(|s| {
+                viewed.push(s.to_event());
+                true
+            })
+        })
+        .map(|()| viewed);
+    ensure_eq(&v, &e, &format!("{what}, read as stored events"))?;
+    let mut first = Vec::new();
+    let stopped = engine
+        .read_stored(request.clone())
+        .and_then(|r| {
+            r.visit(|s| {
+                first.push(s.to_event());
+                first.len() < 2
+            })
+        })
+        .map(|()| first);
+    if let (Ok(stopped), Ok(all)) = (&stopped, &e) {
+        ensure_eq(
+            &stopped.as_slice(),
+            &&all[..all.len().min(2)],
+            &format!("{what}, read as stored events, stopped after two"),
+        )?;
+    }
     let m = model.read_to_vec(request).await;
     match (e, m) {
         (Ok(e), Ok(m)) => {

@@ -37,21 +37,126 @@ fn put_str(out: &mut impl BufMut, s: &str) {
     out.put_slice(s.as_bytes());
 }
 
+/// One event's fields, borrowed, as a batch carries them: taken from an owned event, or from
+/// a view of a stored one (so that a server can pack events straight out of its log).
+pub struct Parts<'a, T, X> {
+    pub position: u64,
+    pub revision: u64,
+    pub recorded_at: Timestamp,
+    pub schema_version: u32,
+    pub id: Uuid,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub actor: Option<&'a str>,
+    pub stream_id: &'a str,
+    pub event_type: &'a str,
+    pub content_type: &'a str,
+    pub tags: T,
+    /// Extra metadata (key, value) pairs.
+    pub extra: X,
+    pub data: &'a [u8],
+}
+
+impl<'a, T, X> Parts<'a, T, X>
+where
+    T: ExactSizeIterator<Item = &'a str> + Clone,
+    X: ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+{
+    /// The bytes the event takes in a batch.
+    pub fn encoded_len(&self) -> usize {
+        // Fixed fields 45, three string lengths 12, three counts 12.
+        69 + 16
+            * (usize::from(self.correlation_id.is_some())
+                + usize::from(self.causation_id.is_some()))
+            + self.stream_id.len()
+            + self.event_type.len()
+            + self.content_type.len()
+            + self.actor.map_or(0, |a| 4 + a.len())
+            + self.tags.clone().map(|t| 4 + t.len()).sum::<usize>()
+            + self
+                .extra
+                .clone()
+                .map(|(k, v)| 8 + k.len() + v.len())
+                .sum::<usize>()
+            + self.data.len()
+    }
+
+    /// Writes the event to `out`.
+    pub fn encode(self, out: &mut impl BufMut) {
+        out.put_u64_le(self.position);
+        out.put_u64_le(self.revision);
+        out.put_i64_le(self.recorded_at.as_micros());
+        out.put_u32_le(self.schema_version);
+        out.put_slice(self.id.as_bytes());
+        let flags = if self.correlation_id.is_some() {
+            CORRELATION
+        } else {
+            0
+        } | if self.causation_id.is_some() {
+            CAUSATION
+        } else {
+            0
+        } | if self.actor.is_some() { ACTOR } else { 0 };
+        out.put_u8(flags);
+        if let Some(c) = self.correlation_id {
+            out.put_slice(c.as_bytes());
+        }
+        if let Some(c) = self.causation_id {
+            out.put_slice(c.as_bytes());
+        }
+        put_str(out, self.stream_id);
+        put_str(out, self.event_type);
+        put_str(out, self.content_type);
+        if let Some(a) = self.actor {
+            put_str(out, a);
+        }
+        out.put_u32_le(self.tags.len() as u32);
+        for t in self.tags {
+            put_str(out, t);
+        }
+        out.put_u32_le(self.extra.len() as u32);
+        for (k, v) in self.extra {
+            put_str(out, k);
+            put_str(out, v);
+        }
+        out.put_u32_le(self.data.len() as u32);
+        out.put_slice(self.data);
+    }
+}
+
+type OwnedParts<'a> = Parts<
+    'a,
+    std::iter::Map<std::slice::Iter<'a, String>, fn(&String) -> &str>,
+    std::iter::Map<
+        std::collections::btree_map::Iter<'a, String, String>,
+        fn((&'a String, &'a String)) -> (&'a str, &'a str),
+    >,
+>;
+
+/// The parts of an owned event.
+pub fn parts(e: &RecordedEvent) -> OwnedParts<'_> {
+    let m = &e.metadata;
+    Parts {
+        position: e.position,
+        revision: e.revision,
+        recorded_at: e.recorded_at,
+        schema_version: e.schema_version,
+        id: e.id,
+        correlation_id: m.correlation_id,
+        causation_id: m.causation_id,
+        actor: m.actor.as_deref(),
+        stream_id: &e.stream_id,
+        event_type: &e.event_type,
+        content_type: &e.content_type,
+        tags: e.tags.iter().map(String::as_str as fn(&String) -> &str),
+        extra: m.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        data: &e.data,
+    }
+}
+
 /// The bytes `e` takes in a batch.
 pub fn encoded_len(e: &RecordedEvent) -> usize {
-    let m = &e.metadata;
-    // Fixed fields 45, three string lengths 12, three counts 12.
-    69 + 16 * (usize::from(m.correlation_id.is_some()) + usize::from(m.causation_id.is_some()))
-        + e.stream_id.len()
-        + e.event_type.len()
-        + e.content_type.len()
-        + m.actor.as_ref().map_or(0, |a| 4 + a.len())
-        + e.tags.iter().map(|t| 4 + t.len()).sum::<usize>()
-        + m.extra
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.len())
-            .sum::<usize>()
-        + e.data.len()
+    parts(e).encoded_len()
 }
 
 /// Appends the events to `out`.
@@ -63,45 +168,7 @@ pub fn encode(events: &[RecordedEvent], out: &mut Vec<u8>) {
 /// Writes the events to `out`.
 pub fn encode_into(events: &[RecordedEvent], out: &mut impl BufMut) {
     for e in events {
-        let m = &e.metadata;
-        out.put_u64_le(e.position);
-        out.put_u64_le(e.revision);
-        out.put_i64_le(e.recorded_at.as_micros());
-        out.put_u32_le(e.schema_version);
-        out.put_slice(e.id.as_bytes());
-        let flags = if m.correlation_id.is_some() {
-            CORRELATION
-        } else {
-            0
-        } | if m.causation_id.is_some() {
-            CAUSATION
-        } else {
-            0
-        } | if m.actor.is_some() { ACTOR } else { 0 };
-        out.put_u8(flags);
-        if let Some(c) = m.correlation_id {
-            out.put_slice(c.as_bytes());
-        }
-        if let Some(c) = m.causation_id {
-            out.put_slice(c.as_bytes());
-        }
-        put_str(out, &e.stream_id);
-        put_str(out, &e.event_type);
-        put_str(out, &e.content_type);
-        if let Some(a) = &m.actor {
-            put_str(out, a);
-        }
-        out.put_u32_le(e.tags.len() as u32);
-        for t in &e.tags {
-            put_str(out, t);
-        }
-        out.put_u32_le(m.extra.len() as u32);
-        for (k, v) in &m.extra {
-            put_str(out, k);
-            put_str(out, v);
-        }
-        out.put_u32_le(e.data.len() as u32);
-        out.put_slice(&e.data);
+        parts(e).encode(out);
     }
 }
 

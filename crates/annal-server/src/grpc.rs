@@ -87,14 +87,21 @@ impl pb::event_store_server::EventStore for Grpc {
         let message = request.into_inner();
         let packed = message.packed;
         let request = pb::read_request(message).map_err(status)?;
-        let rx = self
-            .state
-            .read_batches(request, READ_QUEUE, move |msg| match msg {
-                ReadMsg::Events(events) => Some(Ok(pb::ReadResponse::of(events, packed))),
-                ReadMsg::Failed(e) => Some(Err(pb::status_from_error(&e))),
-                ReadMsg::End => None,
-            })
-            .map_err(status)?;
+        let convert = move |msg| match msg {
+            ReadMsg::Events(events) => Some(Ok(pb::ReadResponse::of(events, packed))),
+            ReadMsg::Packed(bytes) => Some(Ok(pb::ReadResponse {
+                packed: bytes.into(),
+                ..Default::default()
+            })),
+            ReadMsg::Failed(e) => Some(Err(pb::status_from_error(&e))),
+            ReadMsg::End => None,
+        };
+        let rx = if packed {
+            self.state.read_packed(request, READ_QUEUE, convert)
+        } else {
+            self.state.read_batches(request, READ_QUEUE, convert)
+        }
+        .map_err(status)?;
         Ok(Response::new(Receiver(rx)))
     }
 

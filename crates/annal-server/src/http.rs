@@ -345,6 +345,11 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
                     last = Some(if by_revision { e.revision } else { e.position });
                 }
             }
+            ReadMsg::Packed(_) => {
+                return Some(Err(Error::Internal(
+                    "an HTTP read was given a packed batch".into(),
+                )))
+            }
             ReadMsg::Failed(e) => return Some(Err(e)),
             ReadMsg::End => {
                 out.extend_from_slice(b"]");

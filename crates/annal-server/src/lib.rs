@@ -58,9 +58,49 @@ fn approx_size(e: &RecordedEvent) -> usize {
 /// The share of the in-flight append budget that one request holds.
 pub type Budget = Arc<std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>>;
 
+/// What a packed batch buffer starts with room for.
+const PACKED_BUFFER: usize = 256 << 10;
+
+/// Runs `read` on the blocking pool, holding `permit`, and returns the queue its messages go
+/// to. `read` gets a sender (false once the receiver is gone) and a check whether the
+/// receiver is gone; a panic in it ends the read with an error, never with what looks like
+/// its end.
+fn spawn_read<T, F, R>(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    queue: usize,
+    mut convert: F,
+    read: R,
+) -> mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
+    R: FnOnce(&mut dyn FnMut(ReadMsg) -> bool, &dyn Fn() -> bool) + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let run = std::panic::AssertUnwindSafe(|| {
+            let mut send = |msg| match convert(msg) {
+                Some(item) => tx.blocking_send(item).is_ok(),
+                None => true,
+            };
+            read(&mut send, &|| tx.is_closed());
+        });
+        if std::panic::catch_unwind(run).is_err() {
+            let e = public(Error::Internal("the read stopped on a panic".into()));
+            if let Some(item) = convert(ReadMsg::Failed(e)) {
+                let _ = tx.blocking_send(item);
+            }
+        }
+    });
+    rx
+}
+
 /// One message of a read, before it is put on the wire.
 pub(crate) enum ReadMsg {
     Events(Vec<RecordedEvent>),
+    /// Events in the packed encoding.
+    Packed(Vec<u8>),
     Failed(Error),
     End,
 }
@@ -135,72 +175,125 @@ impl State {
         &self,
         request: ReadRequest,
         queue: usize,
-        mut convert: F,
+        convert: F,
     ) -> Result<mpsc::Receiver<T>, Error>
     where
         T: Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
-        let permit = self.reads.clone().try_acquire_owned().map_err(|_| {
+        let permit = self.read_permit()?;
+        let mut events = self.store.read_iter(request)?;
+        let batch = self.config.limits.read_batch_events;
+        Ok(spawn_read(permit, queue, convert, move |send, closed| {
+            let mut buf = Vec::with_capacity(batch);
+            let mut bytes = 0;
+            loop {
+                match events.next() {
+                    Some(Ok(e)) => {
+                        bytes += approx_size(&e);
+                        buf.push(e);
+                        if buf.len() == batch || bytes >= BATCH_BYTES {
+                            let full = std::mem::replace(&mut buf, Vec::with_capacity(batch));
+                            bytes = 0;
+                            if !send(ReadMsg::Events(full)) {
+                                return;
+                            }
+                        } else if buf.len() % 64 == 0 && closed() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        if !buf.is_empty() && !send(ReadMsg::Events(std::mem::take(&mut buf))) {
+                            return;
+                        }
+                        send(ReadMsg::Failed(public(e)));
+                        return;
+                    }
+                    None => {
+                        if !buf.is_empty() && !send(ReadMsg::Events(buf)) {
+                            return;
+                        }
+                        send(ReadMsg::End);
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Starts a read like [`State::read_batches`], with its batches in the packed encoding
+    /// (`ReadMsg::Packed`). Events are packed as the engine hands them out: a forward read of
+    /// the whole log goes from the log's records to the message without an owned copy of any
+    /// event.
+    pub fn read_packed<T, F>(
+        &self,
+        request: ReadRequest,
+        queue: usize,
+        convert: F,
+    ) -> Result<mpsc::Receiver<T>, Error>
+    where
+        T: Send + 'static,
+        F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
+    {
+        let permit = self.read_permit()?;
+        let read = self.store.read_stored(request)?;
+        let batch = self.config.limits.read_batch_events;
+        Ok(spawn_read(permit, queue, convert, move |send, closed| {
+            let mut buf = Vec::with_capacity(PACKED_BUFFER);
+            let mut count = 0;
+            let mut gone = false;
+            let result = read.visit(|e| {
+                annal_proto::packed::Parts {
+                    position: e.position,
+                    revision: e.revision,
+                    recorded_at: e.recorded_at,
+                    schema_version: e.schema_version,
+                    id: e.id,
+                    correlation_id: e.correlation_id,
+                    causation_id: e.causation_id,
+                    actor: e.actor,
+                    stream_id: e.stream_id,
+                    event_type: e.event_type,
+                    content_type: e.content_type,
+                    tags: e.tags.clone(),
+                    extra: e.extra.clone(),
+                    data: e.data,
+                }
+                .encode(&mut buf);
+                count += 1;
+                if count == batch || buf.len() >= BATCH_BYTES {
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(PACKED_BUFFER));
+                    if !send(ReadMsg::Packed(full)) {
+                        gone = true;
+                        return false;
+                    }
+                    count = 0;
+                } else if count % 64 == 0 && closed() {
+                    gone = true;
+                    return false;
+                }
+                true
+            });
+            if gone {
+                return;
+            }
+            if count > 0 && !send(ReadMsg::Packed(buf)) {
+                return;
+            }
+            send(match result {
+                Ok(()) => ReadMsg::End,
+                Err(e) => ReadMsg::Failed(public(e)),
+            });
+        }))
+    }
+
+    fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.reads.clone().try_acquire_owned().map_err(|_| {
             Error::Unavailable(format!(
                 "the server already serves {} reads, its limit (max_reads)",
                 self.config.limits.max_reads
             ))
-        })?;
-        let mut events = self.store.read_iter(request)?;
-        let batch = self.config.limits.read_batch_events;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let run = std::panic::AssertUnwindSafe(|| {
-                // False when the reader went away.
-                let mut send = |msg| match convert(msg) {
-                    Some(item) => tx.blocking_send(item).is_ok(),
-                    None => true,
-                };
-                let mut buf = Vec::with_capacity(batch);
-                let mut bytes = 0;
-                loop {
-                    match events.next() {
-                        Some(Ok(e)) => {
-                            bytes += approx_size(&e);
-                            buf.push(e);
-                            if buf.len() == batch || bytes >= BATCH_BYTES {
-                                let full = std::mem::replace(&mut buf, Vec::with_capacity(batch));
-                                bytes = 0;
-                                if !send(ReadMsg::Events(full)) {
-                                    return;
-                                }
-                            } else if buf.len() % 64 == 0 && tx.is_closed() {
-                                return;
-                            }
-                        }
-                        Some(Err(e)) => {
-                            if !buf.is_empty() && !send(ReadMsg::Events(std::mem::take(&mut buf))) {
-                                return;
-                            }
-                            send(ReadMsg::Failed(public(e)));
-                            return;
-                        }
-                        None => {
-                            if !buf.is_empty() && !send(ReadMsg::Events(buf)) {
-                                return;
-                            }
-                            send(ReadMsg::End);
-                            return;
-                        }
-                    }
-                }
-            });
-            if std::panic::catch_unwind(run).is_err() {
-                // The client must see an error, never what looks like the end of the read.
-                let e = public(Error::Internal("the read stopped on a panic".into()));
-                if let Some(item) = convert(ReadMsg::Failed(e)) {
-                    let _ = tx.blocking_send(item);
-                }
-            }
-        });
-        Ok(rx)
+        })
     }
 
     /// Starts a subscription: history, the caught-up marker, live events, checkpoints and

@@ -299,32 +299,51 @@ async fn reads_answer_the_same_events_packed_or_as_messages() {
     let mut raw = pb::event_store_client::EventStoreClient::connect(s.url.clone())
         .await
         .unwrap();
-    let mut by_mode = Vec::new();
-    for packed in [false, true] {
-        let mut request = pb::ReadRequest::from(ReadRequest::all());
-        request.packed = packed;
-        let mut stream = raw.read(request).await.unwrap().into_inner();
-        let mut events = Vec::new();
-        let mut batches = 0;
-        while let Some(batch) = stream.message().await.unwrap() {
+    // The whole log forward is packed straight from the log's records; the others from
+    // decoded events.
+    let reads = [
+        (ReadRequest::all(), 30, 5),
+        (ReadRequest::all().from(5).limit(11), 11, 2),
+        (ReadRequest::all().from(26), 4, 1),
+        (ReadRequest::stream("p-1"), 8, 2),
+        (ReadRequest::all().backward().limit(9), 9, 2),
+    ];
+    for (read, count, batches_expected) in reads {
+        let mut by_mode = Vec::new();
+        for packed in [false, true] {
+            let mut request = pb::ReadRequest::from(read.clone());
+            request.packed = packed;
+            let mut stream = raw.read(request).await.unwrap().into_inner();
+            let mut events = Vec::new();
+            let mut batches = 0;
+            while let Some(batch) = stream.message().await.unwrap() {
+                assert_eq!(
+                    batch.events.is_empty(),
+                    packed,
+                    "the batch comes the way it was asked for"
+                );
+                assert_eq!(batch.packed.is_empty(), !packed);
+                events.extend(batch.into_events().unwrap());
+                batches += 1;
+            }
             assert_eq!(
-                batch.events.is_empty(),
-                packed,
-                "the batch comes the way it was asked for"
+                batches, batches_expected,
+                "{read:?}: {count} events in batches of 7"
             );
-            assert_eq!(batch.packed.is_empty(), !packed);
-            events.extend(batch.into_events().unwrap());
-            batches += 1;
+            by_mode.push(events);
         }
-        assert_eq!(batches, 5, "30 events in batches of 7");
-        by_mode.push(events);
+        assert_eq!(by_mode[0], by_mode[1], "{read:?}");
+        assert_eq!(by_mode[0], client.read_to_vec(read.clone()).await.unwrap());
+        assert_eq!(by_mode[0].len(), count, "{read:?}");
     }
-    assert_eq!(by_mode[0], by_mode[1]);
-    assert_eq!(
-        by_mode[0],
-        client.read_to_vec(ReadRequest::all()).await.unwrap()
-    );
-    assert_eq!(by_mode[0].len(), 30);
+    let from5: Vec<u64> = client
+        .read_to_vec(ReadRequest::all().from(5).limit(11))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(from5, (5..16).collect::<Vec<_>>());
     s.server.shutdown().await.unwrap();
 }
 
