@@ -44,6 +44,8 @@ const PAGE: usize = 10_000;
 const STREAM_WINDOW: u32 = 4 << 20;
 /// Far above the sum of the streams' windows.
 const CONNECTION_WINDOW: u32 = 1 << 30;
+/// The largest HTTP/2 frame the server may send.
+const MAX_FRAME: u32 = 1 << 20;
 
 /// How to reach a server.
 #[derive(Debug, Clone)]
@@ -90,6 +92,8 @@ impl ClientBuilder {
             // a subscription the program does not read never stalls the others.
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            // Large batches arrive in few frames.
+            .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         if self.url.starts_with("https://") {

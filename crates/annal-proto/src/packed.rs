@@ -217,6 +217,20 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// A string; when it is the same as `prev` (the field of the event before, which a batch
+    /// repeats often), a copy of that without checking the bytes again.
+    fn string_like(&mut self, what: &str, prev: Option<&String>) -> Result<String> {
+        if let Some(prev) = prev {
+            let at = self.at;
+            let n = self.len(what)?;
+            if self.take(n, what)? == prev.as_bytes() {
+                return Ok(prev.clone());
+            }
+            self.at = at;
+        }
+        self.string(what)
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.len(what)?;
         let bytes = self.take(n, what)?;
@@ -251,9 +265,10 @@ pub fn decode(buf: &[u8]) -> Result<Vec<RecordedEvent>> {
         } else {
             None
         };
-        let stream_id = r.string("stream id")?;
-        let event_type = r.string("event type")?;
-        let content_type = r.string("content type")?;
+        let prev: Option<&RecordedEvent> = out.last();
+        let stream_id = r.string_like("stream id", prev.map(|e| &e.stream_id))?;
+        let event_type = r.string_like("event type", prev.map(|e| &e.event_type))?;
+        let content_type = r.string_like("content type", prev.map(|e| &e.content_type))?;
         let actor = if flags & ACTOR != 0 {
             Some(r.string("actor")?)
         } else {
