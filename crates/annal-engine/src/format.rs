@@ -324,7 +324,7 @@ pub struct StoredEvent<'a> {
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
     pub actor: Option<&'a str>,
-    /// Extra metadata pairs, in key order.
+    /// Extra metadata pairs, as stored (the writer stores them in key order).
     pub extra: Pairs<'a>,
     pub tags: Strs<'a>,
     pub data: &'a [u8],
@@ -478,12 +478,24 @@ impl<'a> Iterator for Pairs<'a> {
 impl ExactSizeIterator for Pairs<'_> {}
 
 /// Gives `f` every event of a batch payload, in position order, as a view into the payload,
-/// until `f` returns false. Every field is checked (lengths, UTF-8, counts) before `f` sees
-/// the event. `Ok(true)`: every event was given.
+/// until `f` returns false. The whole record is checked first (lengths, UTF-8, counts, no
+/// bytes left over), so a damaged record gives `f` nothing. `Ok(true)`: every event was
+/// given.
 pub fn visit_batch<'a>(
     payload: &'a [u8],
     mut f: impl FnMut(&StoredEvent<'a>) -> bool,
 ) -> DResult<bool> {
+    let events = check_batch(payload)?;
+    for e in &events {
+        if !f(e) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Checks a whole batch payload and returns views of its events.
+fn check_batch(payload: &[u8]) -> DResult<Vec<StoredEvent<'_>>> {
     if payload.len() < BATCH_FIXED_LEN {
         return Err(DecodeError("batch record too short".into()));
     }
@@ -509,6 +521,7 @@ pub fn visit_batch<'a>(
         )));
     }
     let batch_len = total as usize;
+    let mut events = Vec::with_capacity(batch_len.min(65536));
     let mut position = header.first_position;
     for (stream_id, first_revision, count) in streams {
         for i in 0..u64::from(count) {
@@ -572,9 +585,7 @@ pub fn visit_batch<'a>(
                 data,
                 batch_len,
             };
-            if !f(&event) {
-                return Ok(false);
-            }
+            events.push(event);
             position = position
                 .checked_add(1)
                 .ok_or_else(|| DecodeError("position overflows".into()))?;
@@ -586,7 +597,7 @@ pub fn visit_batch<'a>(
             payload.len() - c.at
         )));
     }
-    Ok(true)
+    Ok(events)
 }
 
 #[cfg(test)]
@@ -676,6 +687,36 @@ mod tests {
             damaged[i] ^= 0x5a;
             let _ = decode_batch(&damaged);
         }
+    }
+
+    #[test]
+    fn a_damaged_record_gives_a_visitor_none_of_its_events() {
+        let events: Vec<_> = (0..3)
+            .map(|i| NewEvent::new("A", format!("{{\"i\":{i}}}").into_bytes()))
+            .collect();
+        let mut out = Vec::new();
+        encode_batch(
+            &mut out,
+            0,
+            Timestamp(1),
+            0,
+            &[BatchStream {
+                stream_id: "s",
+                first_revision: 0,
+                events: &events,
+            }],
+        );
+        let payload = &out[8..];
+        for damaged in [&payload[..payload.len() - 3], &[payload, b"x"].concat()[..]] {
+            let mut given = 0;
+            assert!(visit_batch(damaged, |_| {
+                given += 1;
+                true
+            })
+            .is_err());
+            assert_eq!(given, 0, "the first events of a damaged record were given");
+        }
+        assert_eq!(decode_batch(payload).unwrap().len(), 3);
     }
 
     /// The worked example of docs/file-format.md, byte for byte.

@@ -428,7 +428,7 @@ impl Cursor {
             let want = self.next.unwrap_or(0);
             let next = &mut self.next;
             let mut stopped = false;
-            visit_batch(payload, |e| {
+            let whole = visit_batch(payload, |e| {
                 if e.position > max {
                     return false;
                 }
@@ -447,8 +447,11 @@ impl Cursor {
                 offset,
                 problem: e.0,
             })?;
-            if stopped {
-                return Ok((read, true));
+            if !whole {
+                // The reader has moved past this record, whose later events were not given:
+                // a later walk finds its place again through the batch index.
+                self.seq = None;
+                return Ok((read, stopped));
             }
         }
         Ok((read, false))

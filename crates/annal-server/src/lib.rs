@@ -58,8 +58,9 @@ fn approx_size(e: &RecordedEvent) -> usize {
 /// The share of the in-flight append budget that one request holds.
 pub type Budget = Arc<std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>>;
 
-/// What a packed batch buffer starts with room for.
-const PACKED_BUFFER: usize = 256 << 10;
+/// What the first packed batch buffer of a read starts with room for; later ones start with
+/// the size the one before reached.
+const FIRST_PACKED_BUFFER: usize = 16 << 10;
 
 /// Runs `read` on the blocking pool, holding `permit`, and returns the queue its messages go
 /// to. `read` gets a sender (false once the receiver is gone) and a check whether the
@@ -239,7 +240,7 @@ impl State {
         let read = self.store.read_stored(request)?;
         let batch = self.config.limits.read_batch_events;
         Ok(spawn_read(permit, queue, convert, move |send, closed| {
-            let mut buf = Vec::with_capacity(PACKED_BUFFER);
+            let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
             let mut count = 0;
             let mut gone = false;
             let result = read.visit(|e| {
@@ -262,7 +263,8 @@ impl State {
                 .encode(&mut buf);
                 count += 1;
                 if count == batch || buf.len() >= BATCH_BYTES {
-                    let full = std::mem::replace(&mut buf, Vec::with_capacity(PACKED_BUFFER));
+                    let size = buf.len();
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(size));
                     if !send(ReadMsg::Packed(full)) {
                         gone = true;
                         return false;

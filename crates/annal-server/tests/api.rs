@@ -299,14 +299,16 @@ async fn reads_answer_the_same_events_packed_or_as_messages() {
     let mut raw = pb::event_store_client::EventStoreClient::connect(s.url.clone())
         .await
         .unwrap();
-    // The whole log forward is packed straight from the log's records; the others from
-    // decoded events.
+    // Forward reads of the whole log (limited or not) are packed straight from the log's
+    // records; the others (a stream, backward, a query or category) from decoded events.
     let reads = [
         (ReadRequest::all(), 30, 5),
         (ReadRequest::all().from(5).limit(11), 11, 2),
         (ReadRequest::all().from(26), 4, 1),
         (ReadRequest::stream("p-1"), 8, 2),
         (ReadRequest::all().backward().limit(9), 9, 2),
+        (ReadRequest::query(annal_core::Query::all()).from(3), 27, 4),
+        (ReadRequest::category("p"), 30, 5),
     ];
     for (read, count, batches_expected) in reads {
         let mut by_mode = Vec::new();
