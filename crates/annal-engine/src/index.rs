@@ -224,6 +224,8 @@ impl Run {
         let mut fences = Vec::new();
         let mut block_crcs = Vec::new();
         let mut crc = 0u32;
+        // Where the bytes of the current block that `crc` does not cover yet start in `buf`.
+        let mut unhashed = 0;
         let mut id_keys = Vec::new();
         for e in entries {
             let e = e?;
@@ -232,26 +234,26 @@ impl Run {
             }
             if count.is_multiple_of(BLOCK as u64) {
                 if count > 0 {
-                    block_crcs.push(crc);
+                    block_crcs.push(crc32c::crc32c_append(crc, &buf[unhashed..]));
+                    unhashed = buf.len();
                 }
                 fences.push(e);
                 crc = 0;
             }
-            let mut bytes = [0u8; ENTRY_LEN];
-            bytes[0..8].copy_from_slice(&e.0.to_le_bytes());
-            bytes[8..16].copy_from_slice(&e.1.to_le_bytes());
-            bytes[16..24].copy_from_slice(&e.2.to_le_bytes());
-            crc = crc32c::crc32c_append(crc, &bytes);
-            buf.extend_from_slice(&bytes);
+            buf.extend_from_slice(&e.0.to_le_bytes());
+            buf.extend_from_slice(&e.1.to_le_bytes());
+            buf.extend_from_slice(&e.2.to_le_bytes());
             count += 1;
             if buf.len() >= 1 << 20 {
+                crc = crc32c::crc32c_append(crc, &buf[unhashed..]);
                 file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
                 at += buf.len() as u64;
                 buf.clear();
+                unhashed = 0;
             }
         }
         if count > 0 {
-            block_crcs.push(crc);
+            block_crcs.push(crc32c::crc32c_append(crc, &buf[unhashed..]));
         }
         let fence_start = buf.len();
         for f in &fences {
@@ -587,6 +589,15 @@ impl Index {
     }
 
     /// How many entries wait in the memtable.
+    /// False when no entry of this event id key can be in the index: not in the memtables,
+    /// and ruled out by every run's Bloom filter. Reads nothing from disk.
+    pub fn may_hold_id(&self, key: u64) -> bool {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        s.mem.holds_id(key)
+            || s.frozen.iter().any(|f| f.holds_id(key))
+            || s.runs.iter().any(|r| r.may_hold_id(key))
+    }
+
     pub fn mem_len(&self) -> usize {
         self.state
             .read()

@@ -131,19 +131,36 @@ impl MemTable {
     }
 
     /// Every entry, sorted, for writing out as a run.
+    ///
+    /// Each key's list is sorted already, so only the keys are sorted: the list keys (few),
+    /// and the id keys with their values; the two sorted sequences are then merged.
     pub fn sorted(&self) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.len);
-        for (k, list) in &self.lists {
-            out.extend(list.iter().map(|(s, v)| (*k, *s, *v)));
-        }
-        for (k, ids) in &self.ids {
-            match ids {
-                Ids::One(v) => out.push((*k, 0, *v)),
-                Ids::Many(all) => out.extend(all.iter().map(|v| (*k, 0, *v))),
+        let mut keys: Vec<u64> = self.lists.keys().copied().collect();
+        keys.sort_unstable();
+        let mut ids: Vec<(u64, u64)> = Vec::with_capacity(self.ids.len());
+        for (k, v) in &self.ids {
+            match v {
+                Ids::One(v) => ids.push((*k, *v)),
+                Ids::Many(all) => ids.extend(all.iter().map(|v| (*k, *v))),
             }
         }
-        out.sort_unstable();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(self.len);
+        let mut ids = ids.into_iter().map(|(k, v)| (k, 0, v)).peekable();
+        for k in keys {
+            while let Some(&id) = ids.peek().filter(|id| id.0 < k) {
+                out.push(id);
+                ids.next();
+            }
+            out.extend(self.lists[&k].iter().map(|(s, v)| (k, *s, *v)));
+        }
+        out.extend(ids);
         out
+    }
+
+    /// True when an entry of this event id key may be here.
+    pub fn holds_id(&self, key: u64) -> bool {
+        self.ids.contains_key(&key)
     }
 }
 

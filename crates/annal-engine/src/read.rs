@@ -61,9 +61,11 @@ pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEven
 
 /// The stored event with this id, if any.
 pub(crate) fn find_by_id(shared: &Shared, id: &annal_core::Uuid) -> Result<Option<RecordedEvent>> {
-    let hits = shared
-        .index
-        .scan(key(KIND_ID, id.as_bytes()), 0, 0, Direction::Forward, 64)?;
+    let k = key(KIND_ID, id.as_bytes());
+    if !shared.index.may_hold_id(k) {
+        return Ok(None);
+    }
+    let hits = shared.index.scan(k, 0, 0, Direction::Forward, 64)?;
     for (_, position) in hits {
         let e = fetch_event(shared, position)?;
         if e.id == *id {

@@ -50,7 +50,6 @@ pub(crate) enum Command {
 /// An event of a group that the syncer has not applied yet (as far as the writer knows).
 struct PendingEvent {
     seq: u64,
-    stream: String,
     revision: u64,
     position: u64,
     recorded_at: i64,
@@ -348,7 +347,6 @@ impl Writer {
                     e.id,
                     PendingEvent {
                         seq: w.seq,
-                        stream: s.stream_id.clone(),
                         revision,
                         position: p,
                         recorded_at: ts,
@@ -504,9 +502,10 @@ impl Writer {
     /// Finds an event id among pending groups, then in the store.
     fn find(&self, e: &NewEvent) -> Result<Option<Found>> {
         if let Some(p) = self.ids.get(&e.id) {
-            let original = &p.request.streams[p.stream_index].events[p.event_index];
+            let stream = &p.request.streams[p.stream_index];
+            let original = &stream.events[p.event_index];
             return Ok(Some(Found {
-                stream: p.stream.clone(),
+                stream: stream.stream_id.clone(),
                 revision: p.revision,
                 position: p.position,
                 recorded_at: Timestamp(p.recorded_at),
@@ -867,13 +866,14 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Merges the newest runs while the newest is at least half the size of the one before
-    /// (so sizes grow geometrically and a lookup visits few runs).
+    /// Merges the newest runs while the newest is at least as large as the one before (so
+    /// sizes grow geometrically, like a binary counter's digits: an entry is rewritten and a
+    /// lookup visits O(log n) runs), or while more than `MAX_RUNS` exist.
     fn merge(&mut self) -> Result<()> {
         loop {
             let runs = self.shared.index.runs();
             let n = runs.len();
-            if n < 2 || (runs[n - 1].count * 2 < runs[n - 2].count && n <= MAX_RUNS) {
+            if n < 2 || (runs[n - 1].count < runs[n - 2].count && n <= MAX_RUNS) {
                 return Ok(());
             }
             let fs = self.shared.fs.clone();
