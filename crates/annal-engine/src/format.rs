@@ -298,15 +298,10 @@ pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
 
 /// Decodes every event of a batch payload.
 pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
-    let mut events = Vec::new();
-    visit_batch(payload, |e| {
-        if events.is_empty() {
-            events.reserve_exact(e.batch_len.min(65536));
-        }
-        events.push(e.to_event());
-        true
-    })?;
-    Ok(events)
+    Ok(check_batch(payload)?
+        .iter()
+        .map(StoredEvent::to_event)
+        .collect())
 }
 
 /// An event as it is stored: a view into a batch payload (or into a decoded event) that
@@ -328,8 +323,6 @@ pub struct StoredEvent<'a> {
     pub extra: Pairs<'a>,
     pub tags: Strs<'a>,
     pub data: &'a [u8],
-    /// How many events the batch holding this one has (1 for a decoded event).
-    pub batch_len: usize,
 }
 
 impl StoredEvent<'_> {
@@ -377,7 +370,6 @@ impl<'a> From<&'a RecordedEvent> for StoredEvent<'a> {
             extra: Pairs(PairsInner::Owned(e.metadata.extra.iter())),
             tags: Strs(StrsInner::Owned(e.tags.iter())),
             data: &e.data,
-            batch_len: 1,
         }
     }
 }
@@ -520,8 +512,7 @@ fn check_batch(payload: &[u8]) -> DResult<Vec<StoredEvent<'_>>> {
             header.event_count
         )));
     }
-    let batch_len = total as usize;
-    let mut events = Vec::with_capacity(batch_len.min(65536));
+    let mut events = Vec::with_capacity((total as usize).min(65536));
     let mut position = header.first_position;
     for (stream_id, first_revision, count) in streams {
         for i in 0..u64::from(count) {
@@ -583,7 +574,6 @@ fn check_batch(payload: &[u8]) -> DResult<Vec<StoredEvent<'_>>> {
                 extra,
                 tags,
                 data,
-                batch_len,
             };
             events.push(event);
             position = position

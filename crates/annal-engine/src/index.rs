@@ -549,18 +549,21 @@ impl Index {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        let runs = {
+        let runs: Vec<Arc<Run>> = {
             let s = self.state.read().unwrap_or_else(|e| e.into_inner());
             s.mem.scan(key, lo, hi, dir, limit, &mut out);
             for f in &s.frozen {
                 f.scan(key, lo, hi, dir, limit, &mut out);
             }
-            s.runs.clone()
+            // An event id is looked up only in the runs whose Bloom filter may hold it, so
+            // the lookup of a new id allocates nothing and reads nothing.
+            s.runs
+                .iter()
+                .filter(|r| !is_id_key(key) || r.may_hold_id(key))
+                .cloned()
+                .collect()
         };
         for run in &runs {
-            if is_id_key(key) && !run.may_hold_id(key) {
-                continue;
-            }
             run.scan(key, lo, hi, dir, limit, &mut out)?;
         }
         match dir {
@@ -589,15 +592,6 @@ impl Index {
     }
 
     /// How many entries wait in the memtable.
-    /// False when no entry of this event id key can be in the index: not in the memtables,
-    /// and ruled out by every run's Bloom filter. Reads nothing from disk.
-    pub fn may_hold_id(&self, key: u64) -> bool {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
-        s.mem.holds_id(key)
-            || s.frozen.iter().any(|f| f.holds_id(key))
-            || s.runs.iter().any(|r| r.may_hold_id(key))
-    }
-
     pub fn mem_len(&self) -> usize {
         self.state
             .read()

@@ -157,11 +157,6 @@ impl MemTable {
         out.extend(ids);
         out
     }
-
-    /// True when an entry of this event id key may be here.
-    pub fn holds_id(&self, key: u64) -> bool {
-        self.ids.contains_key(&key)
-    }
 }
 
 #[cfg(test)]

@@ -61,11 +61,9 @@ pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEven
 
 /// The stored event with this id, if any.
 pub(crate) fn find_by_id(shared: &Shared, id: &annal_core::Uuid) -> Result<Option<RecordedEvent>> {
-    let k = key(KIND_ID, id.as_bytes());
-    if !shared.index.may_hold_id(k) {
-        return Ok(None);
-    }
-    let hits = shared.index.scan(k, 0, 0, Direction::Forward, 64)?;
+    let hits = shared
+        .index
+        .scan(key(KIND_ID, id.as_bytes()), 0, 0, Direction::Forward, 64)?;
     for (_, position) in hits {
         let e = fetch_event(shared, position)?;
         if e.id == *id {
@@ -235,7 +233,7 @@ impl Cursor {
             return Ok(false);
         };
         match (&self.plan, self.dir) {
-            (Plan::All, Direction::Forward) => self.fill_all_forward(next, max),
+            (Plan::All, Direction::Forward) => self.fill_all_forward(max),
             (Plan::All, Direction::Backward) => {
                 let p = next.min(max);
                 let batch = fetch_batch(&self.shared, p)?;
@@ -336,10 +334,7 @@ impl Cursor {
         }
     }
 
-    fn fill_all_forward(&mut self, next: u64, max: u64) -> Result<bool> {
-        if next > max {
-            return Ok(false);
-        }
+    fn fill_all_forward(&mut self, max: u64) -> Result<bool> {
         let mut events = Vec::new();
         let read = self.walk_log(max, PAGE, &mut |e| {
             events.push(e.to_event());

@@ -220,24 +220,19 @@ impl<'a> Reader<'a> {
     /// A string; when it is the same as `prev` (the field of the event before, which a batch
     /// repeats often), a copy of that without checking the bytes again.
     fn string_like(&mut self, what: &str, prev: Option<&String>) -> Result<String> {
-        if let Some(prev) = prev {
-            let at = self.at;
-            let n = self.len(what)?;
-            if self.take(n, what)? == prev.as_bytes() {
-                return Ok(prev.clone());
-            }
-            self.at = at;
-        }
-        self.string(what)
-    }
-
-    fn string(&mut self, what: &str) -> Result<String> {
         let n = self.len(what)?;
         let bytes = self.take(n, what)?;
+        if let Some(prev) = prev.filter(|p| p.as_bytes() == bytes) {
+            return Ok(prev.clone());
+        }
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_string()),
             Err(_) => Err(self.bad(what)),
         }
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        self.string_like(what, None)
     }
 }
 

@@ -43,6 +43,20 @@ fn one(stream: &str, expected: ExpectedRevision, event_type: &str) -> AppendRequ
     )
 }
 
+/// Appends one event of `event_type` to each of the streams `{prefix}-0` to `{prefix}-{n-1}`.
+async fn append_one_each(client: &Client, prefix: &str, n: usize, event_type: &str) {
+    for i in 0..n {
+        client
+            .append(one(
+                &format!("{prefix}-{i}"),
+                ExpectedRevision::Any,
+                event_type,
+            ))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_appends_reads_and_answers_errors_as_json() {
     let s = start_with(|c| c.limits.max_append_bytes = 64 * 1024).await;
@@ -353,12 +367,7 @@ async fn reads_answer_the_same_events_packed_or_as_messages() {
 async fn sse_delivers_history_the_marker_live_events_and_resumes_after_last_event_id() {
     let s = start().await;
     let client = s.client().await;
-    for i in 0..3 {
-        client
-            .append(one(&format!("order-{i}"), ExpectedRevision::Any, "Placed"))
-            .await
-            .unwrap();
-    }
+    append_one_each(&client, "order", 3, "Placed").await;
     client
         .append(one("user-1", ExpectedRevision::Any, "Joined"))
         .await
@@ -614,12 +623,7 @@ async fn tls_serves_grpc_and_http_on_one_port() {
 async fn metrics_health_and_readiness() {
     let s = start().await;
     let client = s.client().await;
-    for i in 0..5 {
-        client
-            .append(one(&format!("m-{i}"), ExpectedRevision::Any, "A"))
-            .await
-            .unwrap();
-    }
+    append_one_each(&client, "m", 5, "A").await;
     let _ = client
         .append(one("m-0", ExpectedRevision::NoStream, "A"))
         .await;
@@ -988,12 +992,7 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
 async fn a_read_of_damaged_data_answers_an_error_never_a_short_success() {
     let s = start().await;
     let client = s.client().await;
-    for i in 0..20 {
-        client
-            .append(one(&format!("d-{i}"), ExpectedRevision::Any, "A"))
-            .await
-            .unwrap();
-    }
+    append_one_each(&client, "d", 20, "A").await;
     // Damage a record in the middle of the log, under the running server.
     let seg = std::fs::read_dir(s.server.store().dir().join("segments"))
         .unwrap()
