@@ -164,15 +164,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let server = Server::start(config).await?;
+        // The handlers are in place before the line that says the server is up, so a signal
+        // sent as soon as it is read stops the server cleanly instead of killing it.
+        let mut signals = Signals::new()?;
         // Tests and scripts read this line to learn the port.
         println!("annal serving on {}", server.local_addr());
-        signal().await?;
+        signals.next().await;
         tracing::info!("stopping: finishing requests in flight (a second signal exits at once)");
-        tokio::spawn(async {
-            if signal().await.is_ok() {
-                eprintln!("second signal: exiting now");
-                std::process::exit(130);
-            }
+        tokio::spawn(async move {
+            signals.next().await;
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
         });
         server.shutdown().await?;
         tracing::info!("stopped cleanly");
@@ -192,13 +194,25 @@ fn refuse(problems: &[String]) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::from(2))
 }
 
-async fn signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened for from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
