@@ -7,6 +7,10 @@
 //! |---|---|
 //! | W1 | single-event appends from 1, 16 and 64 clients, each client its own connection and its own 8 streams; every append checks the stream (Annal: expected revision; UmaDB: a condition on the stream's tag after its last position) |
 //! | W2 | batches of 100 events from 1 and 16 clients, checked the same way |
+//!
+//! Annal's client appends over its framed protocol (docs/wire-protocol.md), as it does by
+//! default; W1 at 64 clients and W2 at 16 are also run with it on gRPC only, beside the same
+//! UmaDB figure.
 //! | W4 | reading the whole log through one connection (2 million events; 200,000 in quick) |
 //! | W6 | latency from calling append to a live subscriber on another connection receiving the event |
 //!
@@ -146,18 +150,25 @@ where
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
-/// W1/W2 against Annal: each client on its own 8 streams, expected revision on every append.
+/// W1/W2 against Annal: each client on its own 8 streams, expected revision on every append;
+/// appends over the framed protocol (the client's default) or, with `framed` false, gRPC.
 async fn annal_appends(
     url: &str,
     tag: &str,
     n: usize,
     batch: usize,
+    framed: bool,
     duration: Duration,
     progress: &Progress,
 ) -> anyhow::Result<f64> {
     let mut conns = Vec::new();
     for _ in 0..n {
-        conns.push(Client::connect(url.to_string()).await?);
+        conns.push(
+            Client::builder(url.to_string())
+                .framed_appends(framed)
+                .connect()
+                .await?,
+        );
     }
     let conns = Arc::new(Mutex::new(conns));
     clients(n, duration, |c, deadline| {
@@ -484,6 +495,35 @@ async fn uma_live(
     Ok(latencies(samples))
 }
 
+/// The same appends with Annal's client on gRPC only, beside the same UmaDB figure: what the
+/// framed protocol adds.
+async fn grpc_row(
+    report: &mut Report,
+    url: &str,
+    tag: &str,
+    n: usize,
+    batch: usize,
+    uma: f64,
+    dur: Duration,
+) -> anyhow::Result<()> {
+    let p = Progress::spinner(&format!("{tag} annal x{n} over gRPC"));
+    let a = annal_appends(url, &format!("{tag}x{n}"), n, batch, false, dur, &p).await?;
+    p.done();
+    let what = if batch == 1 {
+        "W1 append 1 event"
+    } else {
+        "W2 append batches of 100"
+    };
+    report.rows.push(row(
+        &format!("{what}, {n} clients, Annal over gRPC only"),
+        "events/s",
+        Some(a),
+        Some(uma),
+        true,
+    ));
+    Ok(())
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -528,7 +568,7 @@ pub async fn run(
     if wants(opts, "W1") {
         for n in [1usize, 16, 64] {
             let p = Progress::spinner(&format!("W1 annal x{n}"));
-            let a = annal_appends(&annal.url, &format!("w1x{n}"), n, 1, dur, &p).await?;
+            let a = annal_appends(&annal.url, &format!("w1x{n}"), n, 1, true, dur, &p).await?;
             p.done();
             let p = Progress::spinner(&format!("W1 umadb x{n}"));
             let u = uma_appends(&uma.url, &format!("w1x{n}"), n, 1, dur, &p).await?;
@@ -540,12 +580,15 @@ pub async fn run(
                 Some(u),
                 true,
             ));
+            if n == 64 {
+                grpc_row(report, &annal.url, "w1g", n, 1, u, dur).await?;
+            }
         }
     }
     if wants(opts, "W2") {
         for n in [1usize, 16] {
             let p = Progress::spinner(&format!("W2 annal x{n}"));
-            let a = annal_appends(&annal.url, &format!("w2x{n}"), n, 100, dur, &p).await?;
+            let a = annal_appends(&annal.url, &format!("w2x{n}"), n, 100, true, dur, &p).await?;
             p.done();
             let p = Progress::spinner(&format!("W2 umadb x{n}"));
             let u = uma_appends(&uma.url, &format!("w2x{n}"), n, 100, dur, &p).await?;
@@ -557,6 +600,9 @@ pub async fn run(
                 Some(u),
                 true,
             ));
+            if n == 16 {
+                grpc_row(report, &annal.url, "w2g", n, 100, u, dur).await?;
+            }
         }
     }
     if wants(opts, "W6") {

@@ -1,4 +1,4 @@
-//! Annal's Rust client: [`Client`] implements [`annal_core::EventStore`] over gRPC, so a
+//! Annal's Rust client: [`Client`] implements [`annal_core::EventStore`] over the network, so a
 //! program moves from the embedded engine to a server by changing one constructor:
 //!
 //! ```no_run
@@ -17,6 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Appends go over Annal's framed protocol on the same port (plain TCP, many appends in
+//! flight on one connection, none of HTTP/2's per-request framing) when the URL is
+//! `http://`; everything else, and every request over `https://`, goes over gRPC. See
+//! [`ClientBuilder::framed_appends`].
+//!
 //! Every error the server returns comes back as the same [`Error`] variant the engine would
 //! have returned; a server that cannot be reached is [`Error::Unavailable`]. Reads and
 //! subscriptions arrive in batches and are handed out one event at a time; heartbeats are
@@ -24,6 +29,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +42,8 @@ use annal_proto as pb;
 use futures_core::Stream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+mod wire;
 
 /// Listings are fetched in pages of this many (the server's largest page).
 const PAGE: usize = 10_000;
@@ -55,6 +63,7 @@ pub struct ClientBuilder {
     ca_pem: Option<Vec<u8>>,
     domain: Option<String>,
     connect_timeout: Duration,
+    framed_appends: bool,
 }
 
 impl ClientBuilder {
@@ -79,6 +88,15 @@ impl ClientBuilder {
 
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether appends go over Annal's framed protocol (the default for `http://` URLs;
+    /// `https://` always uses gRPC). Turn it off when only HTTP/2 reaches the server, such
+    /// as behind a gRPC proxy; without it the client still notices a server that does not
+    /// answer the protocol and falls back to gRPC, after one try.
+    pub fn framed_appends(mut self, on: bool) -> Self {
+        self.framed_appends = on;
         self
     }
 
@@ -116,7 +134,7 @@ impl ClientBuilder {
                 source_chain(&e)
             ))
         })?;
-        let token = match self.token {
+        let token = match &self.token {
             None => None,
             Some(t) => Some(
                 format!("Bearer {t}")
@@ -124,11 +142,17 @@ impl ClientBuilder {
                     .map_err(|_| Error::invalid("token", "must be visible ASCII characters"))?,
             ),
         };
+        let framed = self
+            .framed_appends
+            .then(|| wire::Framed::new(&self.url, self.token.as_deref(), self.connect_timeout))
+            .flatten()
+            .map(Arc::new);
         Ok(Client {
             grpc: pb::event_store_client::EventStoreClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
             token,
+            framed,
         })
     }
 }
@@ -164,6 +188,8 @@ pub struct ServerInfo {
 pub struct Client {
     grpc: pb::event_store_client::EventStoreClient<Channel>,
     token: Option<AsciiMetadataValue>,
+    /// Appends over the framed protocol, when the URL and the builder allow it.
+    framed: Option<Arc<wire::Framed>>,
 }
 
 impl Client {
@@ -180,6 +206,7 @@ impl Client {
             ca_pem: None,
             domain: None,
             connect_timeout: Duration::from_secs(5),
+            framed_appends: true,
         }
     }
 
@@ -240,10 +267,16 @@ impl Client {
 
 impl EventStore for Client {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
+        let message = pb::AppendRequest::from(request);
+        if let Some(framed) = &self.framed {
+            if let Some(r) = framed.append(&message).await? {
+                return Ok(r.into());
+            }
+        }
         let r = self
             .grpc
             .clone()
-            .append(self.request(pb::AppendRequest::from(request)))
+            .append(self.request(message))
             .await
             .map_err(|s| pb::error_from_status(&s))?;
         Ok(r.into_inner().into())

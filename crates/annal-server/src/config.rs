@@ -14,7 +14,7 @@
 //! | `read_tokens` | none | bearer tokens that may read |
 //! | `write_tokens` | none | bearer tokens that may read and append |
 //! | `max_connections` | 1024 | open connections; more wait in the accept queue |
-//! | `max_streams_per_connection` | 256 | concurrent HTTP/2 requests on one connection |
+//! | `max_streams_per_connection` | 256 | concurrent HTTP/2 requests on one connection, and appends in flight on one framed connection |
 //! | `max_subscriptions` | 1024 | live subscriptions (gRPC and SSE); more are refused |
 //! | `max_reads` | 256 | streamed reads at once (gRPC and HTTP); more are refused |
 //! | `max_inflight_append_bytes` | 268435456 | bytes of append requests received and being processed at once; more wait (at least twice `max_append_bytes` and 1 MiB, room for one base64 JSON append) |

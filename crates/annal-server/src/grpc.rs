@@ -72,7 +72,7 @@ impl pb::event_store_server::EventStore for Grpc {
         let request = pb::append_request(message).map_err(status)?;
         let result = self
             .state
-            .append(request, size, budget)
+            .append(request, size, budget, true)
             .await
             .map_err(status)?;
         Ok(Response::new(result.into()))

@@ -437,7 +437,9 @@ async fn append_stream(
     JsonBody(request, size): JsonBody<StreamAppendJson>,
 ) -> Result<Response, ApiError> {
     let request = request.into_core(stream_id)?;
-    let result = state.append(request, size, budget.map(|b| b.0)).await?;
+    let result = state
+        .append(request, size, budget.map(|b| b.0), true)
+        .await?;
     Ok(ok_json(&AppendResultJson::from(result)))
 }
 
@@ -456,7 +458,9 @@ async fn append(
     JsonBody(request, size): JsonBody<AppendJson>,
 ) -> Result<Response, ApiError> {
     let request = request.into_core()?;
-    let result = state.append(request, size, budget.map(|b| b.0)).await?;
+    let result = state
+        .append(request, size, budget.map(|b| b.0), true)
+        .await?;
     Ok(ok_json(&AppendResultJson::from(result)))
 }
 
@@ -979,7 +983,7 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
 
 /// Who a request's token says it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     Read,
     Write,
 }
@@ -991,7 +995,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 fn access(state: &State, headers: &HeaderMap) -> Option<Access> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ")?.trim().as_bytes();
+    token_access(state, value.strip_prefix("Bearer ")?.trim().as_bytes())
+}
+
+/// What a bearer token may do; `None` when it is no configured token.
+pub(crate) fn token_access(state: &State, token: &[u8]) -> Option<Access> {
     let config = &state.config;
     if config
         .write_tokens

@@ -30,6 +30,7 @@ pub mod http;
 pub mod json;
 mod metrics;
 mod serve;
+mod wire;
 
 pub use config::{Config, Limits, Settings};
 
@@ -132,14 +133,18 @@ pub(crate) fn public(e: Error) -> Error {
 }
 
 impl State {
-    /// Appends. The request's body already holds its share of the in-flight budget
-    /// (`budget`, taken as its bytes arrived); the engine call runs in a task of its own that
-    /// keeps that share until the engine has answered, even if the client goes away first.
+    /// Appends through the engine, counting it in the metrics. The request already holds its
+    /// share of the in-flight budget (`budget`, taken as its bytes arrived, or held by the
+    /// caller), kept until the engine has answered. With `detach`, the engine call runs in a
+    /// task of its own, so that a handler dropped halfway (its client went away) still
+    /// keeps the share until the engine answers; a caller that is such a task already
+    /// passes false.
     pub async fn append(
         &self,
         request: AppendRequest,
         wire_size: usize,
         budget: Option<Budget>,
+        detach: bool,
     ) -> Result<AppendResult, Error> {
         let limit = self.config.limits.max_append_bytes;
         if wire_size > limit.saturating_mul(2) {
@@ -157,14 +162,18 @@ impl State {
             .map(|e| e.data.len())
             .sum();
         let store = Arc::clone(&self.store);
-        let task = tokio::spawn(async move {
+        let append = async move {
             let _budget = budget;
             let started = Instant::now();
             let result = store.append(request).await;
             metrics::appended(&result, events, bytes, started.elapsed());
             result
-        });
-        task.await
+        };
+        if !detach {
+            return append.await;
+        }
+        tokio::spawn(append)
+            .await
             .map_err(|e| Error::Internal(format!("the append task failed: {e}")))?
     }
 

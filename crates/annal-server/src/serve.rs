@@ -1,6 +1,6 @@
-//! The accept loop: one port for HTTP/1.1 and HTTP/2 (gRPC needs HTTP/2), optionally behind
-//! TLS, with a cap on connections and on HTTP/2 streams per connection, and a graceful
-//! shutdown that waits for requests in flight.
+//! The accept loop: one port for HTTP/1.1, HTTP/2 (gRPC needs HTTP/2) and, on plain TCP, the
+//! framed append protocol; optionally behind TLS; with a cap on connections and on requests
+//! in flight per connection, and a graceful shutdown that waits for requests in flight.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,6 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let limits = state.config.limits.clone();
-    drop(state);
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
@@ -108,50 +107,68 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
+        let state = Arc::clone(&state);
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             let _permit = permit;
-            let result = match tls {
-                None => {
-                    // A connection that never says anything gives its place back.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, socket.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
+            let result =
+                match tls {
+                    None => {
+                        // A connection that never says anything gives its place back; one that
+                        // opens with the framed protocol's preface speaks it instead of HTTP.
+                        match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            crate::wire::opens_with_preface(&socket),
+                        )
+                        .await
+                        {
+                            Ok(Some(false)) => {}
+                            Ok(Some(true)) => {
+                                crate::wire::serve_connection(socket, state).await;
+                                return;
+                            }
+                            _ => return,
+                        }
+                        drop(state);
+                        let conn = builder.serve_connection(TokioIo::new(socket), service);
+                        watcher.watch(conn.into_owned()).await
                     }
-                    let conn = builder.serve_connection(TokioIo::new(socket), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(socket),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-            };
+                    Some(acceptor) => {
+                        drop(state);
+                        let stream =
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(state);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
+    // HTTP connections close through `graceful`; framed ones stop reading by themselves and
+    // end once their appends in flight are answered.
+    let drained = async {
+        graceful.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("every connection has closed"),
+        () = drained => tracing::info!("every connection has closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!(grace = ?limits.shutdown_grace, "requests still open after the grace period; closing their connections");
         }

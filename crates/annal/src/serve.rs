@@ -51,7 +51,7 @@ pub struct ServeArgs {
     /// Open connections at most [default: 1024].
     #[arg(long, env = "ANNAL_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
-    /// Concurrent HTTP/2 requests per connection [default: 256].
+    /// Concurrent HTTP/2 requests, or framed appends in flight, per connection [default: 256].
     #[arg(long, env = "ANNAL_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
     pub max_streams_per_connection: Option<String>,
     /// Live subscriptions at most; more are refused [default: 1024].

@@ -1,0 +1,452 @@
+//! Appends over Annal's framed protocol (`annal_proto::wire`, docs/wire-protocol.md): one
+//! plain TCP connection per [`Client`](crate::Client), opened on the first append, shared by
+//! every clone, with as many appends in flight as the callers make.
+//!
+//! A frame is written by the caller itself, in one non-blocking write; what the socket does
+//! not take at once is queued whole and sent by a flusher task, so a caller dropped at any
+//! point never leaves half a frame behind. A reader task hands each answer to its caller by
+//! request id. When the connection fails, every caller still waiting gets
+//! [`Error::Unavailable`] (as over gRPC, the append may or may not have been written; a retry
+//! with the same event ids is answered with the original result), and the next append opens
+//! a new connection.
+//!
+//! A server that does not answer the Hello as Annal does (a proxy that speaks only HTTP, an
+//! older server) is remembered, and this client's appends go over gRPC instead.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use annal_core::{Error, Result};
+use annal_proto as pb;
+use annal_proto::wire::{self, Header, Kind, HEADER_LEN};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+
+/// Where and how to open the framed connection.
+pub(crate) struct Framed {
+    /// `host:port`.
+    addr: String,
+    url: String,
+    token: Vec<u8>,
+    timeout: Duration,
+    current: Mutex<Option<Arc<Conn>>>,
+    /// Held while a connection is being opened, so that callers open one, not one each.
+    opening: tokio::sync::Mutex<()>,
+    unsupported: AtomicBool,
+}
+
+/// An answer: its kind and payload.
+type Answer = Result<(Kind, Vec<u8>)>;
+
+struct Conn {
+    write: OwnedWriteHalf,
+    out: Mutex<Out>,
+    flush: Notify,
+    /// Tells the reader to stop: the connection closed from this side.
+    stop: Notify,
+    waiting: Mutex<Waiting>,
+    next_id: AtomicU32,
+}
+
+#[derive(Default)]
+struct Out {
+    /// Whole frames (and the rest of a partly written one, first) for the flusher.
+    queued: Vec<u8>,
+    flushing: bool,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Why the connection is over, once it is.
+    closed: Option<Error>,
+    callers: HashMap<u32, oneshot::Sender<Answer>>,
+}
+
+impl Framed {
+    /// For an `http://` URL; `None` for anything else (TLS connections use gRPC).
+    pub fn new(url: &str, token: Option<&str>, timeout: Duration) -> Option<Framed> {
+        let uri: tonic::codegen::http::Uri = url.parse().ok()?;
+        if uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let host = uri.host()?;
+        let port = uri.port_u16().unwrap_or(80);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Some(Framed {
+            addr,
+            url: url.to_string(),
+            token: token.unwrap_or_default().as_bytes().to_vec(),
+            timeout,
+            current: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+            unsupported: AtomicBool::new(false),
+        })
+    }
+
+    /// Appends; `Ok(None)` when the server does not speak the framed protocol (the caller
+    /// uses gRPC).
+    pub async fn append(&self, message: &pb::AppendRequest) -> Result<Option<pb::AppendResponse>> {
+        let Some(conn) = self.conn().await? else {
+            return Ok(None);
+        };
+        let (kind, payload) = conn
+            .call(|out, id| wire::put_message(out, Kind::Append, id, message))
+            .await?;
+        match kind {
+            Kind::Appended => pb::AppendResponse::decode(payload.as_slice())
+                .map(Some)
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "the server's Appended frame is not an annal.v1.AppendResponse: {e}"
+                    ))
+                }),
+            _ => Err(status_error(&payload)),
+        }
+    }
+
+    /// The open connection, opening one if there is none.
+    async fn conn(&self) -> Result<Option<Arc<Conn>>> {
+        if let Some(c) = self.open_conn() {
+            return Ok(Some(c));
+        }
+        if self.unsupported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(c) = self.open_conn() {
+            return Ok(Some(c));
+        }
+        if self.unsupported.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        match self.open().await? {
+            Some(c) => {
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&c));
+                Ok(Some(c))
+            }
+            None => {
+                self.unsupported.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    fn open_conn(&self) -> Option<Arc<Conn>> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().filter(|c| c.is_open()).cloned()
+    }
+
+    /// Connects and says Hello. `Ok(None)`: whatever answered is not an Annal server that
+    /// speaks the protocol.
+    async fn open(&self) -> Result<Option<Arc<Conn>>> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!("cannot connect to {}: {e}", self.url))
+        };
+        let socket = tokio::time::timeout(self.timeout, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| unreachable(&"timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        let _ = socket.set_nodelay(true);
+        let (read, mut write) = socket.into_split();
+        let mut hello = wire::PREFACE.to_vec();
+        wire::put_frame(&mut hello, Kind::Hello, 0, &self.token);
+        write.write_all(&hello).await.map_err(|e| unreachable(&e))?;
+        let mut read = BufReader::with_capacity(16 << 10, read);
+        let answer = tokio::time::timeout(self.timeout, async {
+            let mut h = [0u8; HEADER_LEN];
+            read.read_exact(&mut h).await.ok()?;
+            let h = Header::parse(&h);
+            let kind = Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Ready | Kind::Error))?;
+            if h.len as usize > 1 << 20 {
+                return None;
+            }
+            let mut payload = vec![0u8; h.len as usize];
+            read.read_exact(&mut payload).await.ok()?;
+            Some((kind, payload))
+        })
+        .await;
+        match answer {
+            Ok(Some((Kind::Ready, p))) if p == wire::PREFACE => {}
+            Ok(Some((Kind::Error, p))) => return Err(status_error(&p)),
+            _ => return Ok(None),
+        }
+        let conn = Arc::new(Conn {
+            write,
+            out: Mutex::new(Out::default()),
+            flush: Notify::new(),
+            stop: Notify::new(),
+            waiting: Mutex::new(Waiting::default()),
+            next_id: AtomicU32::new(1),
+        });
+        tokio::spawn(read_answers(read, Arc::clone(&conn)));
+        tokio::spawn(flush(Arc::clone(&conn)));
+        Ok(Some(conn))
+    }
+}
+
+impl Drop for Framed {
+    /// The last clone of the client is gone: the connection closes (its tasks end, and with
+    /// them the socket).
+    fn drop(&mut self) {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = current {
+            c.close(Error::Closed);
+        }
+    }
+}
+
+fn status_error(payload: &[u8]) -> Error {
+    match wire::decode_status(payload) {
+        Some(status) => pb::error_from_status(&status),
+        None => Error::Internal("the server sent an Error frame that holds no status".into()),
+    }
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed
+            .is_none()
+    }
+
+    /// Ends the connection for every caller still waiting.
+    fn close(&self, why: Error) {
+        let callers = {
+            let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            w.closed.get_or_insert(why.clone());
+            std::mem::take(&mut w.callers)
+        };
+        for (_, caller) in callers {
+            let _ = caller.send(Err(why.clone()));
+        }
+        self.flush.notify_one();
+        self.stop.notify_one();
+    }
+
+    /// Sends the frame `frame` writes for a fresh request id and waits for its answer.
+    async fn call(&self, frame: impl FnOnce(&mut Vec<u8>, u32)) -> Answer {
+        let id = match self.next_id.fetch_add(1, Ordering::Relaxed) {
+            // Id 0 is the connection's own.
+            0 => self.next_id.fetch_add(1, Ordering::Relaxed),
+            id => id,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = &w.closed {
+                return Err(e.clone());
+            }
+            w.callers.insert(id, tx);
+        }
+        let mut bytes = Vec::new();
+        frame(&mut bytes, id);
+        self.send(bytes);
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Unavailable(
+                "the connection to the server closed before it answered".into(),
+            ))
+        })
+    }
+
+    /// Writes a whole frame now if the socket takes it, or queues it for the flusher. Never
+    /// waits, so a caller dropped afterwards leaves no partial frame.
+    fn send(&self, frame: Vec<u8>) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.flushing {
+            out.queued.extend_from_slice(&frame);
+            return;
+        }
+        let written = match self.write.try_write(&frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                drop(out);
+                self.close(Error::Unavailable(format!(
+                    "writing to the server failed: {e}"
+                )));
+                return;
+            }
+        };
+        if written < frame.len() {
+            out.queued.extend_from_slice(&frame[written..]);
+            out.flushing = true;
+            drop(out);
+            self.flush.notify_one();
+        }
+    }
+}
+
+/// Sends what callers queued, in order, until the connection closes.
+async fn flush(conn: Arc<Conn>) {
+    loop {
+        conn.flush.notified().await;
+        loop {
+            if !conn.is_open() {
+                return;
+            }
+            let chunk = {
+                let mut out = conn.out.lock().unwrap_or_else(|e| e.into_inner());
+                if out.queued.is_empty() {
+                    out.flushing = false;
+                    break;
+                }
+                std::mem::take(&mut out.queued)
+            };
+            let mut at = 0;
+            while at < chunk.len() {
+                if let Err(e) = conn.write.writable().await {
+                    return conn.close(Error::Unavailable(format!(
+                        "writing to the server failed: {e}"
+                    )));
+                }
+                match conn.write.try_write(&chunk[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        return conn.close(Error::Unavailable(format!(
+                            "writing to the server failed: {e}"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands each answer to its caller until the connection ends.
+async fn read_answers(mut read: BufReader<OwnedReadHalf>, conn: Arc<Conn>) {
+    let why = loop {
+        let mut h = [0u8; HEADER_LEN];
+        let got = tokio::select! {
+            got = read.read_exact(&mut h) => got,
+            () = conn.stop.notified() => return,
+        };
+        if let Err(e) = got {
+            break Error::Unavailable(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                "the server closed the connection".to_string()
+            } else {
+                format!("reading from the server failed: {e}")
+            });
+        }
+        let h = Header::parse(&h);
+        let mut payload = vec![0u8; h.len as usize];
+        if let Err(e) = read.read_exact(&mut payload).await {
+            break Error::Unavailable(format!("the connection ended inside a frame: {e}"));
+        }
+        let kind = match Kind::from_u8(h.kind) {
+            Some(k @ (Kind::Appended | Kind::Error)) => k,
+            _ => {
+                break Error::Internal(format!(
+                    "the server sent a frame of kind {} where an answer belongs",
+                    h.kind
+                ))
+            }
+        };
+        if h.id == 0 {
+            // The server ends the connection, and says why.
+            break status_error(&payload);
+        }
+        let caller = conn
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .callers
+            .remove(&h.id);
+        if let Some(caller) = caller {
+            let _ = caller.send(Ok((kind, payload)));
+        }
+    };
+    conn.close(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A listener that answers every connection with `reply` (once it has read something),
+    /// or says nothing at all when `reply` is `None`.
+    async fn listener(reply: Option<&'static [u8]>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 64];
+                let _ = s.read(&mut buf).await;
+                if let Some(r) = reply {
+                    let _ = s.write_all(r).await;
+                }
+                held.push(s);
+            }
+        });
+        url
+    }
+
+    fn message() -> pb::AppendRequest {
+        pb::AppendRequest::from(annal_core::AppendRequest::stream(
+            "s",
+            annal_core::ExpectedRevision::Any,
+            vec![annal_core::NewEvent::new("A", b"{}".to_vec())],
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_the_protocol_is_remembered() {
+        for reply in [
+            Some(&b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"[..]),
+            None,
+        ] {
+            let url = listener(reply).await;
+            let framed = Framed::new(&url, None, Duration::from_millis(300)).unwrap();
+            assert!(
+                framed.append(&message()).await.unwrap().is_none(),
+                "{reply:?}"
+            );
+            assert!(framed.unsupported.load(Ordering::Relaxed));
+            // Known now: no second try, no wait.
+            let started = std::time::Instant::now();
+            assert!(framed.append(&message()).await.unwrap().is_none());
+            assert!(started.elapsed() < Duration::from_millis(100));
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unavailable_and_tls_urls_do_not_use_it() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let framed = Framed::new(&url, None, Duration::from_secs(1)).unwrap();
+        let e = framed.append(&message()).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m.contains("cannot connect")),
+            "{e:?}"
+        );
+        assert!(
+            !framed.unsupported.load(Ordering::Relaxed),
+            "a later try may succeed"
+        );
+        assert!(Framed::new("https://127.0.0.1:2113", None, Duration::from_secs(1)).is_none());
+        let v6 = Framed::new("http://[::1]:2113", None, Duration::from_secs(1)).unwrap();
+        assert_eq!(v6.addr, "[::1]:2113");
+        let default_port = Framed::new("http://localhost", None, Duration::from_secs(1)).unwrap();
+        assert_eq!(default_port.addr, "localhost:80");
+    }
+}

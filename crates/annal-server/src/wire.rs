@@ -1,0 +1,263 @@
+//! The framed append protocol (`annal_proto::wire`, docs/wire-protocol.md) on a plain TCP
+//! connection that opened with its preface.
+//!
+//! One task reads frames; each append runs in a task of its own, so that many are in flight
+//! on one connection (at most `max_streams_per_connection`, the same bound as HTTP/2
+//! streams) and are answered as they finish. Every append takes its size from the in-flight
+//! append budget before its payload is read, as a gRPC or HTTP append does, so a flood of
+//! appends waits in TCP flow control instead of in the server's memory. A writer task sends
+//! the answers, all that are ready in one write.
+//!
+//! A frame that breaks the protocol (an unknown kind, a Hello that is not first, a payload
+//! over the limit) is answered with an Error frame and the connection is closed: after it,
+//! the stream of frames cannot be trusted. A malformed append message is answered with an
+//! error for that request alone, since its frame was whole. On shutdown the reader stops
+//! taking new frames, the appends in flight finish and are answered, and the connection
+//! closes.
+
+use std::sync::Arc;
+
+use annal_core::Error;
+use annal_proto as pb;
+use annal_proto::wire::{self, Header, Kind, HEADER_LEN};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::http::{token_access, Access};
+use crate::{metrics, public, stopping, State};
+
+/// A frame to send, and the in-flight place of the request it answers (given back once sent).
+type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+
+/// A failure that ends the connection: the request id it concerns (0 for none) and why.
+type Fatal = (u32, Error);
+
+/// True when the first bytes of a connection are the framed protocol's preface; false as soon
+/// as they cannot be (HTTP, TLS, anything else); `None` when the client closed first.
+pub async fn opens_with_preface(socket: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; wire::PREFACE.len()];
+    loop {
+        let n = socket.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first[..n] != wire::PREFACE[..n] {
+            return Some(false);
+        }
+        if n == first.len() {
+            return Some(true);
+        }
+        // A preface cut in two by the network: wait for the rest.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// Serves a connection whose preface [`opens_with_preface`] has seen, until the client
+/// closes it, it breaks the protocol, or the server shuts down.
+pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
+    let peer = socket.peer_addr().ok();
+    let (read, write) = socket.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(write, rx));
+    let mut read = BufReader::with_capacity(64 << 10, read);
+    if let Err((id, e)) = read_frames(&mut read, &state, &tx).await {
+        tracing::debug!(?peer, error = %e, "closing a framed connection");
+        metrics::request("wire", "refused");
+        let _ = tx.send((error_frame(id, e), None));
+    }
+    // The writer ends once every append in flight has sent its answer.
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn error_frame(id: u32, e: Error) -> Vec<u8> {
+    let status = pb::status_from_error(&public(e));
+    let mut out = Vec::new();
+    wire::put_frame(&mut out, Kind::Error, id, &wire::encode_status(&status));
+    out
+}
+
+async fn write_frames(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut buf = Vec::new();
+    let mut places = Vec::new();
+    while let Some((frame, place)) = rx.recv().await {
+        buf.extend_from_slice(&frame);
+        places.extend(place);
+        while let Ok((frame, place)) = rx.try_recv() {
+            buf.extend_from_slice(&frame);
+            places.extend(place);
+        }
+        if socket.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+        places.clear();
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// The next frame header; `None` at a clean end of the connection between frames.
+async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Header>, Fatal> {
+    let mut h = [0u8; HEADER_LEN];
+    match read.read_exact(&mut h).await {
+        Ok(_) => Ok(Some(Header::parse(&h))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err((0, Error::Unavailable(format!("reading a frame: {e}")))),
+    }
+}
+
+async fn read_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<Vec<u8>, Fatal> {
+    let mut payload = vec![0u8; h.len as usize];
+    read.read_exact(&mut payload).await.map_err(|e| {
+        (
+            h.id,
+            Error::Unavailable(format!("the connection ended inside a frame: {e}")),
+        )
+    })?;
+    Ok(payload)
+}
+
+async fn read_frames(
+    read: &mut BufReader<OwnedReadHalf>,
+    state: &Arc<State>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+) -> Result<(), Fatal> {
+    let mut preface = [0u8; wire::PREFACE.len()];
+    read.read_exact(&mut preface)
+        .await
+        .map_err(|e| (0, Error::Unavailable(format!("reading the preface: {e}"))))?;
+    let Some(hello) = read_header(read).await? else {
+        return Ok(());
+    };
+    if hello.kind != Kind::Hello as u8 {
+        return Err((
+            hello.id,
+            Error::invalid(
+                "frame",
+                format!(
+                    "the first frame must be Hello (kind 1), not kind {}",
+                    hello.kind
+                ),
+            ),
+        ));
+    }
+    if hello.len as usize > wire::MAX_HELLO {
+        return Err((
+            hello.id,
+            Error::TooLarge {
+                what: "Hello frame".into(),
+                size: hello.len as usize,
+                limit: wire::MAX_HELLO,
+            },
+        ));
+    }
+    let token = read_payload(read, hello).await?;
+    let access = if state.config.auth_enabled() {
+        token_access(state, &token).ok_or_else(|| {
+            (
+                hello.id,
+                Error::Unauthenticated(
+                    "a valid bearer token is required (in the Hello frame)".into(),
+                ),
+            )
+        })?
+    } else {
+        Access::Write
+    };
+    let mut ready = Vec::new();
+    wire::put_frame(&mut ready, Kind::Ready, hello.id, wire::PREFACE);
+    let _ = tx.send((ready, None));
+
+    let limits = &state.config.limits;
+    // An append's events plus their framing, as for gRPC; anything larger ends the connection
+    // before its payload is read.
+    let max_len = limits.max_append_bytes.saturating_add(1 << 20);
+    let in_flight = Arc::new(Semaphore::new(limits.max_streams_per_connection as usize));
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let place = tokio::select! {
+            p = Arc::clone(&in_flight).acquire_owned() => p.expect("never closed"),
+            () = stopping(&mut shutdown) => return Ok(()),
+        };
+        let header = tokio::select! {
+            h = read_header(read) => match h? {
+                Some(h) => h,
+                None => return Ok(()),
+            },
+            () = stopping(&mut shutdown) => return Ok(()),
+        };
+        if header.kind != Kind::Append as u8 {
+            return Err((
+                header.id,
+                Error::invalid(
+                    "frame",
+                    format!(
+                        "kind {} is not a frame a client sends after Hello (Append is 3)",
+                        header.kind
+                    ),
+                ),
+            ));
+        }
+        let len = header.len as usize;
+        if len > max_len {
+            return Err((
+                header.id,
+                Error::TooLarge {
+                    what: "append request".into(),
+                    size: len,
+                    limit: limits.max_append_bytes,
+                },
+            ));
+        }
+        if access == Access::Read {
+            read_payload(read, header).await?;
+            let e = Error::PermissionDenied("this token may read but not append".into());
+            metrics::request("wire", "4xx");
+            let _ = tx.send((error_frame(header.id, e), Some(place)));
+            continue;
+        }
+        let share =
+            u32::try_from(len.clamp(1, limits.max_inflight_append_bytes)).unwrap_or(u32::MAX);
+        let budget = tokio::select! {
+            b = Arc::clone(&state.append_budget).acquire_many_owned(share) => b.map_err(|_| (header.id, Error::Unavailable("the server is shutting down".into())))?,
+            () = stopping(&mut shutdown) => return Ok(()),
+        };
+        let payload = read_payload(read, header).await?;
+        let (state, tx) = (Arc::clone(state), tx.clone());
+        tokio::spawn(async move {
+            let frame = match append(&state, &payload).await {
+                Ok(response) => {
+                    metrics::request("wire", "2xx");
+                    let mut out = Vec::with_capacity(HEADER_LEN + response.encoded_len());
+                    wire::put_message(&mut out, Kind::Appended, header.id, &response);
+                    out
+                }
+                Err(e) => {
+                    let class = match crate::json::ErrorJson::from_error(&e).0 {
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    };
+                    metrics::request("wire", class);
+                    error_frame(header.id, e)
+                }
+            };
+            drop(budget);
+            let _ = tx.send((frame, Some(place)));
+        });
+    }
+}
+
+async fn append(state: &State, payload: &[u8]) -> Result<pb::AppendResponse, Error> {
+    let message = pb::AppendRequest::decode(payload).map_err(|e| {
+        Error::invalid(
+            "request",
+            format!("the Append frame does not hold an annal.v1.AppendRequest: {e}"),
+        )
+    })?;
+    let request = pb::append_request(message)?;
+    let result = state.append(request, payload.len(), None, false).await?;
+    Ok(result.into())
+}

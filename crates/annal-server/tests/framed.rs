@@ -1,0 +1,291 @@
+//! The framed append protocol on the server's port: the Rust client's appends go over it,
+//! pipelined on one connection; frames that break the protocol are refused with an error
+//! that names the problem, and cost nothing but their own connection.
+
+mod common;
+
+use std::time::Duration;
+
+use annal_client::Client;
+use annal_core::{
+    AppendRequest, Error, EventStore, EventStoreExt, ExpectedRevision, NewEvent, ReadRequest,
+};
+use annal_proto as pb;
+use annal_proto::wire::{self, Header, Kind, HEADER_LEN};
+use common::*;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The metrics are the process's: the tests here run one at a time, so that one can count
+/// what it caused.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `annal_requests_total` for these labels, as `/metrics` shows it now.
+async fn requests(addr: std::net::SocketAddr, labels: &str) -> u64 {
+    let m = http(addr, "GET", "/metrics", &[], "").await.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("annal_requests_total{{{labels}}} ")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn one(stream: &str, expected: ExpectedRevision) -> AppendRequest {
+    AppendRequest::stream(
+        stream,
+        expected,
+        vec![NewEvent::new("Noted", br#"{"n":1}"#.to_vec())],
+    )
+}
+
+/// A raw connection that has sent the preface.
+async fn raw(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(wire::PREFACE).await.unwrap();
+    s
+}
+
+async fn send(s: &mut TcpStream, kind: u8, id: u32, payload: &[u8]) {
+    let h = Header {
+        len: payload.len() as u32,
+        kind,
+        id,
+    };
+    s.write_all(&h.encode()).await.unwrap();
+    s.write_all(payload).await.unwrap();
+}
+
+/// The next frame, or `None` when the server closed the connection.
+async fn frame(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
+    tokio::time::timeout(WAIT, async {
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h).await.ok()?;
+        let h = Header::parse(&h);
+        let mut payload = vec![0u8; h.len as usize];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((h, payload))
+    })
+    .await
+    .expect("an answer or the end of the connection within the wait")
+}
+
+/// The error an Error frame carries, for the request id it names.
+async fn error(s: &mut TcpStream) -> (u32, Error) {
+    let (h, payload) = frame(s).await.expect("an Error frame");
+    assert_eq!(h.kind, Kind::Error as u8, "{h:?}");
+    let status = wire::decode_status(&payload).expect("a status");
+    (h.id, pb::error_from_status(&status))
+}
+
+async fn hello(s: &mut TcpStream, token: &str) {
+    send(s, Kind::Hello as u8, 0, token.as_bytes()).await;
+    let (h, payload) = frame(s).await.expect("Ready");
+    assert_eq!(
+        (h.kind, payload.as_slice()),
+        (Kind::Ready as u8, &wire::PREFACE[..])
+    );
+}
+
+fn append_payload(stream: &str) -> Vec<u8> {
+    pb::AppendRequest::from(one(stream, ExpectedRevision::Any)).encode_to_vec()
+}
+
+fn problem(e: &Error) -> String {
+    match e {
+        Error::InvalidArgument { field, problem } => format!("{field}: {problem}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_frames_are_refused_with_an_error_that_names_the_problem() {
+    let _serial = SERIAL.lock().await;
+    let s = start_with(|c| c.limits.max_append_bytes = 64 * 1024).await;
+    let addr = s.addr();
+
+    // An append before the Hello.
+    let mut c = raw(addr).await;
+    send(&mut c, Kind::Append as u8, 1, &append_payload("a")).await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 1);
+    assert!(problem(&e).contains("the first frame must be Hello"), "{e}");
+    assert!(frame(&mut c).await.is_none(), "the connection is closed");
+
+    // A payload that is no AppendRequest fails that request alone; the connection goes on.
+    let mut c = raw(addr).await;
+    hello(&mut c, "").await;
+    send(&mut c, Kind::Append as u8, 7, &[0xff, 0xff, 0xff]).await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 7);
+    assert!(
+        problem(&e).contains("does not hold an annal.v1.AppendRequest"),
+        "{e}"
+    );
+    send(&mut c, Kind::Append as u8, 8, &append_payload("framed-1")).await;
+    let (h, payload) = frame(&mut c).await.expect("Appended");
+    assert_eq!((h.kind, h.id), (Kind::Appended as u8, 8));
+    let r = pb::AppendResponse::decode(payload.as_slice()).unwrap();
+    assert_eq!(r.first_position, 0);
+
+    // An unknown kind ends the connection.
+    send(&mut c, 42, 9, b"").await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 9);
+    assert!(problem(&e).contains("kind 42"), "{e}");
+    assert!(frame(&mut c).await.is_none());
+
+    // A declared length over the limit ends it before the payload is read.
+    let mut c = raw(addr).await;
+    hello(&mut c, "").await;
+    let h = Header {
+        len: 10 << 20,
+        kind: Kind::Append as u8,
+        id: 3,
+    };
+    c.write_all(&h.encode()).await.unwrap();
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 3);
+    assert!(
+        matches!(e, Error::TooLarge { size, limit, .. } if size == 10 << 20 && limit == 64 * 1024),
+        "{e:?}"
+    );
+    assert!(frame(&mut c).await.is_none());
+
+    // A connection cut inside a frame writes nothing.
+    let mut c = raw(addr).await;
+    hello(&mut c, "").await;
+    let payload = append_payload("cut");
+    let h = Header {
+        len: payload.len() as u32,
+        kind: Kind::Append as u8,
+        id: 1,
+    };
+    c.write_all(&h.encode()).await.unwrap();
+    c.write_all(&payload[..payload.len() / 2]).await.unwrap();
+    drop(c);
+
+    // Through all of it the server stays up, and only the one valid append was written.
+    let client = s.client().await;
+    client
+        .append(one("framed-2", ExpectedRevision::NoStream))
+        .await
+        .unwrap();
+    let events = client.read_to_vec(ReadRequest::all()).await.unwrap();
+    let streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(streams, ["framed-1", "framed-2"]);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_from_many_tasks_share_one_connection_and_are_counted() {
+    const WIRE_OK: &str = r#"api="wire",status="2xx""#;
+    const WIRE_REFUSED: &str = r#"api="wire",status="4xx""#;
+    const GRPC_OK: &str = r#"api="grpc",status="2xx""#;
+    let _serial = SERIAL.lock().await;
+    // Eight in flight at most: the rest wait in TCP until answers make room.
+    let s = start_with(|c| {
+        c.limits.max_append_bytes = 64 * 1024;
+        c.limits.max_streams_per_connection = 8;
+    })
+    .await;
+    let mut before = [0; 3];
+    for (b, labels) in before.iter_mut().zip([WIRE_OK, WIRE_REFUSED, GRPC_OK]) {
+        *b = requests(s.addr(), labels).await;
+    }
+    let client = s.client().await;
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .append(one(&format!("p-{i}"), ExpectedRevision::NoStream))
+                    .await
+            })
+        })
+        .collect();
+    let mut positions = Vec::new();
+    for t in tasks {
+        positions.push(t.await.unwrap().unwrap().first_position);
+    }
+    positions.sort_unstable();
+    assert_eq!(positions, (0..200).collect::<Vec<u64>>());
+
+    // Errors come back as the engine's, and the connection serves on after them.
+    let e = client
+        .append(one("p-0", ExpectedRevision::NoStream))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::WrongExpectedRevision { stream, actual: Some(0), .. } if stream == "p-0"),
+        "{e:?}"
+    );
+    let big = AppendRequest::stream(
+        "big",
+        ExpectedRevision::Any,
+        vec![NewEvent::new("Big", vec![b'x'; 200 * 1024])],
+    );
+    let e = client.append(big).await.unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+    client
+        .append(one("p-200", ExpectedRevision::NoStream))
+        .await
+        .unwrap();
+
+    // The same appends through gRPC, when the client is told to.
+    let grpc = Client::builder(s.url.clone())
+        .framed_appends(false)
+        .connect()
+        .await
+        .unwrap();
+    grpc.append(one("g-0", ExpectedRevision::NoStream))
+        .await
+        .unwrap();
+
+    let counts = [WIRE_OK, WIRE_REFUSED, GRPC_OK];
+    let mut after = [0; 3];
+    for (a, labels) in after.iter_mut().zip(counts) {
+        *a = requests(s.addr(), labels).await;
+    }
+    assert_eq!(
+        after[0] - before[0],
+        201,
+        "appends answered over the framed protocol"
+    );
+    assert_eq!(after[1] - before[1], 2, "refused over the framed protocol");
+    assert!(after[2] > before[2], "the gRPC append");
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_after_the_server_closes_its_connection() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let client = s.client().await;
+    client
+        .append(one("r-1", ExpectedRevision::NoStream))
+        .await
+        .unwrap();
+    // The server closes the connection by stopping; another takes its data and its port.
+    let addr = s.addr();
+    let dir = s._dir;
+    s.server.shutdown().await.unwrap();
+    let config = annal_server::Config::new(dir.path().join("data"), addr);
+    let server = annal_server::Server::start(config).await.unwrap();
+    let e = client.append(one("r-1", ExpectedRevision::Exact(0))).await;
+    // The old connection is gone: the first append after the restart either finds that out
+    // (Unavailable, nothing written) or already runs on a new connection.
+    if let Err(e) = &e {
+        assert!(matches!(e, Error::Unavailable(_)), "{e:?}");
+    }
+    let mut tries = 0;
+    let r = loop {
+        match client.append(one("r-2", ExpectedRevision::NoStream)).await {
+            Ok(r) => break r,
+            Err(Error::Unavailable(_)) if tries < 3 => tries += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(r.first_position >= 1);
+    server.shutdown().await.unwrap();
+}
