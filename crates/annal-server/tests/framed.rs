@@ -165,6 +165,38 @@ async fn broken_frames_are_refused_with_an_error_that_names_the_problem() {
     c.write_all(&payload[..payload.len() / 2]).await.unwrap();
     drop(c);
 
+    // Random bytes after the Hello: every connection ends with an error or is closed, none
+    // takes the server down, and none writes anything.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for round in 0..64 {
+        let mut garbage = Vec::new();
+        for _ in 0..(round % 7 + 1) * 5 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            garbage.extend_from_slice(&x.to_le_bytes());
+        }
+        // Some rounds are Append frames of random content, so that decoding is tried too.
+        if round % 2 == 0 {
+            let len = (garbage.len() - HEADER_LEN) as u32;
+            garbage[..HEADER_LEN].copy_from_slice(
+                &Header {
+                    len,
+                    kind: Kind::Append as u8,
+                    id: round,
+                }
+                .encode(),
+            );
+        }
+        let mut c = raw(addr).await;
+        hello(&mut c, "").await;
+        c.write_all(&garbage).await.unwrap();
+        c.shutdown().await.unwrap();
+        while let Some((h, _)) = frame(&mut c).await {
+            assert_eq!(h.kind, Kind::Error as u8, "round {round}: {h:?}");
+        }
+    }
+
     // Through all of it the server stays up, and only the one valid append was written.
     let client = s.client().await;
     client
