@@ -2,9 +2,9 @@
 //! plain TCP connection per [`Client`](crate::Client), opened on the first append, shared by
 //! every clone, with as many appends in flight as the callers make.
 //!
-//! A frame is written by the caller itself, in one non-blocking write; what the socket does
-//! not take at once is queued whole and sent by a flusher task, so a caller dropped at any
-//! point never leaves half a frame behind. A reader task hands each answer to its caller by
+//! A frame is written by the caller itself through a [`FrameWriter`], in one non-blocking
+//! write; what the socket does not take at once is queued whole and sent by a flusher task,
+//! so a caller dropped at any point never leaves half a frame behind. A reader task hands each answer to its caller by
 //! request id. When the connection fails, every caller still waiting gets
 //! [`Error::Unavailable`] (as over gRPC, the append may or may not have been written; a retry
 //! with the same event ids is answered with the original result), and the next append opens
@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use annal_core::{Error, Result};
 use annal_proto as pb;
-use annal_proto::wire::{self, Header, Kind, HEADER_LEN};
+use annal_proto::wire::{self, FrameWriter, Header, Kind, HEADER_LEN};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
@@ -44,20 +44,11 @@ pub(crate) struct Framed {
 type Answer = Result<(Kind, Vec<u8>)>;
 
 struct Conn {
-    write: OwnedWriteHalf,
-    out: Mutex<Out>,
-    flush: Notify,
+    writer: FrameWriter,
     /// Tells the reader to stop: the connection closed from this side.
     stop: Notify,
     waiting: Mutex<Waiting>,
     next_id: AtomicU32,
-}
-
-#[derive(Default)]
-struct Out {
-    /// Whole frames (and the rest of a partly written one, first) for the flusher.
-    queued: Vec<u8>,
-    flushing: bool,
 }
 
 #[derive(Default)]
@@ -181,15 +172,22 @@ impl Framed {
             _ => return Ok(None),
         }
         let conn = Arc::new(Conn {
-            write,
-            out: Mutex::new(Out::default()),
-            flush: Notify::new(),
+            writer: FrameWriter::new(write),
             stop: Notify::new(),
             waiting: Mutex::new(Waiting::default()),
             next_id: AtomicU32::new(1),
         });
         tokio::spawn(read_answers(read, Arc::clone(&conn)));
-        tokio::spawn(flush(Arc::clone(&conn)));
+        tokio::spawn({
+            let conn = Arc::clone(&conn);
+            async move {
+                if let Err(e) = conn.writer.run().await {
+                    conn.close(Error::Unavailable(format!(
+                        "writing to the server failed: {e}"
+                    )));
+                }
+            }
+        });
         Ok(Some(conn))
     }
 }
@@ -235,7 +233,7 @@ impl Conn {
         for (_, caller) in callers {
             let _ = caller.send(Err(why.clone()));
         }
-        self.flush.notify_one();
+        self.writer.close();
         self.stop.notify_one();
     }
 
@@ -256,76 +254,16 @@ impl Conn {
         }
         let mut bytes = Vec::new();
         frame(&mut bytes, id);
-        self.send(bytes);
+        if let Err(e) = self.writer.send(&bytes) {
+            self.close(Error::Unavailable(format!(
+                "writing to the server failed: {e}"
+            )));
+        }
         rx.await.unwrap_or_else(|_| {
             Err(Error::Unavailable(
                 "the connection to the server closed before it answered".into(),
             ))
         })
-    }
-
-    /// Writes a whole frame now if the socket takes it, or queues it for the flusher. Never
-    /// waits, so a caller dropped afterwards leaves no partial frame.
-    fn send(&self, frame: Vec<u8>) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if out.flushing {
-            out.queued.extend_from_slice(&frame);
-            return;
-        }
-        let written = match self.write.try_write(&frame) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(e) => {
-                drop(out);
-                self.close(Error::Unavailable(format!(
-                    "writing to the server failed: {e}"
-                )));
-                return;
-            }
-        };
-        if written < frame.len() {
-            out.queued.extend_from_slice(&frame[written..]);
-            out.flushing = true;
-            drop(out);
-            self.flush.notify_one();
-        }
-    }
-}
-
-/// Sends what callers queued, in order, until the connection closes.
-async fn flush(conn: Arc<Conn>) {
-    loop {
-        conn.flush.notified().await;
-        loop {
-            if !conn.is_open() {
-                return;
-            }
-            let chunk = {
-                let mut out = conn.out.lock().unwrap_or_else(|e| e.into_inner());
-                if out.queued.is_empty() {
-                    out.flushing = false;
-                    break;
-                }
-                std::mem::take(&mut out.queued)
-            };
-            let mut at = 0;
-            while at < chunk.len() {
-                if let Err(e) = conn.write.writable().await {
-                    return conn.close(Error::Unavailable(format!(
-                        "writing to the server failed: {e}"
-                    )));
-                }
-                match conn.write.try_write(&chunk[at..]) {
-                    Ok(n) => at += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        return conn.close(Error::Unavailable(format!(
-                            "writing to the server failed: {e}"
-                        )))
-                    }
-                }
-            }
-        }
     }
 }
 

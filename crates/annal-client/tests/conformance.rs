@@ -1,5 +1,5 @@
 //! The client, talking to a real server over loopback, passes the same conformance suite as
-//! the embedded engine.
+//! the embedded engine, with its appends over the framed protocol and over gRPC.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -9,6 +9,17 @@ use annal_server::{Config, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_passes_the_conformance_suite_against_a_server() {
+    conformance_against_servers(true).await;
+}
+
+/// Appends over gRPC too (as over `https://`, or when a server does not speak the framed
+/// protocol), not only over the framed protocol that is the default for `http://`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_passes_the_conformance_suite_with_appends_over_grpc() {
+    conformance_against_servers(false).await;
+}
+
+async fn conformance_against_servers(framed_appends: bool) {
     let root = tempfile::tempdir().unwrap();
     let n = AtomicUsize::new(0);
     // Each check gets an empty store: a server of its own on a port the system picks.
@@ -24,7 +35,11 @@ async fn client_passes_the_conformance_suite_against_a_server() {
                 .unwrap();
             let url = format!("http://{}", server.local_addr());
             servers.lock().unwrap().push(server);
-            Client::connect(url).await.unwrap()
+            Client::builder(url)
+                .framed_appends(framed_appends)
+                .connect()
+                .await
+                .unwrap()
         }
     })
     .await;

@@ -10,7 +10,7 @@
 //! (an `annal.v1.AppendResponse`) or [`Kind::Error`] (a status: see [`encode_status`]).
 //! Many appends may be in flight on one connection.
 //!
-//! This module holds only the encoding; the server and the client bring the I/O.
+//! Both ends write frames through a [`FrameWriter`]; each brings its own reading.
 
 /// What a client sends first. It cannot begin an HTTP/1.1 request line, the HTTP/2 preface
 /// or a TLS handshake, so the server tells the three apart by the first bytes.
@@ -136,6 +136,116 @@ pub fn decode_status(payload: &[u8]) -> Option<tonic::Status> {
     ))
 }
 
+/// Whole frames onto a TCP connection from any task, without waiting.
+///
+/// [`send`](FrameWriter::send) writes a frame at once, in one non-blocking write, when the
+/// socket takes all of it (the usual case); what it does not take is queued whole, behind
+/// anything queued before, for [`run`](FrameWriter::run) to send once the socket is
+/// writable. Since nothing waits halfway, a task dropped at any point never leaves half a
+/// frame on the connection, and the frames of different tasks never interleave.
+pub struct FrameWriter {
+    socket: tokio::net::tcp::OwnedWriteHalf,
+    out: std::sync::Mutex<Queued>,
+    wake: tokio::sync::Notify,
+    /// Told each time queued bytes went out.
+    sent: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    bytes: Vec<u8>,
+    /// Queued bytes not yet written, with those `run` is writing.
+    unsent: usize,
+    /// `run` is sending: new frames go behind what it holds.
+    flushing: bool,
+    closing: bool,
+}
+
+impl FrameWriter {
+    pub fn new(socket: tokio::net::tcp::OwnedWriteHalf) -> FrameWriter {
+        FrameWriter {
+            socket,
+            out: std::sync::Mutex::new(Queued::default()),
+            wake: tokio::sync::Notify::new(),
+            sent: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits until fewer than `limit` bytes wait to be sent: a peer that does not read its
+    /// answers holds back the reading of its requests.
+    pub async fn room(&self, limit: usize) {
+        loop {
+            let sent = self.sent.notified();
+            if self.out.lock().unwrap_or_else(|e| e.into_inner()).unsent < limit {
+                return;
+            }
+            sent.await;
+        }
+    }
+
+    /// Sends one or more whole frames, now or soon; an error when the connection has failed.
+    pub fn send(&self, frames: &[u8]) -> std::io::Result<()> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.flushing {
+            out.bytes.extend_from_slice(frames);
+            out.unsent += frames.len();
+            return Ok(());
+        }
+        let written = match self.socket.try_write(frames) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < frames.len() {
+            out.bytes.extend_from_slice(&frames[written..]);
+            out.unsent += frames.len() - written;
+            out.flushing = true;
+            drop(out);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Makes [`run`](FrameWriter::run) return once everything queued is sent.
+    pub fn close(&self) {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).closing = true;
+        self.wake.notify_one();
+    }
+
+    /// Sends what [`send`](FrameWriter::send) queued, until [`close`](FrameWriter::close)
+    /// or a failed write (its error).
+    pub async fn run(&self) -> std::io::Result<()> {
+        loop {
+            self.wake.notified().await;
+            loop {
+                let chunk = {
+                    let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                    if out.bytes.is_empty() {
+                        out.flushing = false;
+                        if out.closing {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    out.flushing = true;
+                    std::mem::take(&mut out.bytes)
+                };
+                let mut at = 0;
+                while at < chunk.len() {
+                    self.socket.writable().await?;
+                    match self.socket.try_write(&chunk[at..]) {
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.out.lock().unwrap_or_else(|e| e.into_inner()).unsent -= chunk.len();
+                self.sent.notify_waiters();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +286,49 @@ mod tests {
         assert_eq!(crate::error_from_status(&back), e);
         assert!(decode_status(&[1, 0, 0]).is_none());
         assert!(decode_status(&[1, 0, 0, 0, 9, 0, 0, 0, b'x']).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_fills_the_queue_and_room_waits() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut peer, _) = accepted.unwrap();
+        let (_read, write) = client.unwrap().into_split();
+        let writer = std::sync::Arc::new(FrameWriter::new(write));
+        let flusher = tokio::spawn({
+            let w = writer.clone();
+            async move { w.run().await }
+        });
+        let frame = vec![7u8; 64 << 10];
+        let limit = 1 << 20;
+        let mut sent = 0usize;
+        // The socket buffers fill, then the queue: room() stops answering at once.
+        loop {
+            let quick =
+                tokio::time::timeout(std::time::Duration::from_millis(200), writer.room(limit))
+                    .await;
+            if quick.is_err() {
+                break;
+            }
+            writer.send(&frame).unwrap();
+            sent += frame.len();
+            assert!(sent < 512 << 20, "the queue never filled");
+        }
+        // Once the peer reads, everything arrives whole and in order, and there is room again.
+        let reading = tokio::spawn(async move {
+            let mut got = vec![0u8; sent];
+            peer.read_exact(&mut got).await.unwrap();
+            assert!(got.iter().all(|&b| b == 7));
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), writer.room(limit))
+            .await
+            .expect("room once the peer reads");
+        reading.await.unwrap();
+        writer.close();
+        flusher.await.unwrap().unwrap();
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! on one connection (at most `max_streams_per_connection`, the same bound as HTTP/2
 //! streams) and are answered as they finish. Every append takes its size from the in-flight
 //! append budget before its payload is read, as a gRPC or HTTP append does, so a flood of
-//! appends waits in TCP flow control instead of in the server's memory. A writer task sends
-//! the answers, all that are ready in one write.
+//! appends waits in TCP flow control instead of in the server's memory. Each append's task
+//! writes its answer itself through the connection's [`FrameWriter`].
 //!
 //! A frame that breaks the protocol (an unknown kind, a Hello that is not first, a payload
 //! over the limit) is answered with an Error frame and the connection is closed: after it,
@@ -19,18 +19,19 @@ use std::sync::Arc;
 
 use annal_core::Error;
 use annal_proto as pb;
-use annal_proto::wire::{self, Header, Kind, HEADER_LEN};
+use annal_proto::wire::{self, FrameWriter, Header, Kind, HEADER_LEN};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::http::{token_access, Access};
 use crate::{metrics, public, stopping, State};
 
-/// A frame to send, and the in-flight place of the request it answers (given back once sent).
-type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+/// Answers waiting to be sent beyond which no more requests are read: a client that does not
+/// read its answers stops being served instead of growing the server's memory.
+const MAX_UNSENT: usize = 1 << 20;
 
 /// A failure that ends the connection: the request id it concerns (0 for none) and why.
 type Fatal = (u32, Error);
@@ -60,17 +61,23 @@ pub async fn opens_with_preface(socket: &TcpStream) -> Option<bool> {
 pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
     let peer = socket.peer_addr().ok();
     let (read, write) = socket.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_frames(write, rx));
+    let writer = Arc::new(FrameWriter::new(write));
+    let flusher = tokio::spawn({
+        let writer = Arc::clone(&writer);
+        async move { writer.run().await }
+    });
+    let places = state.config.limits.max_streams_per_connection;
+    let in_flight = Arc::new(Semaphore::new(places as usize));
     let mut read = BufReader::with_capacity(64 << 10, read);
-    if let Err((id, e)) = read_frames(&mut read, &state, &tx).await {
+    if let Err((id, e)) = read_frames(&mut read, &state, &writer, &in_flight).await {
         tracing::debug!(?peer, error = %e, "closing a framed connection");
         metrics::request("wire", "refused");
-        let _ = tx.send((error_frame(id, e), None));
+        let _ = writer.send(&error_frame(id, e));
     }
-    // The writer ends once every append in flight has sent its answer.
-    drop(tx);
-    let _ = writer.await;
+    // Every append in flight answers before the connection closes.
+    let _all = in_flight.acquire_many(places).await;
+    writer.close();
+    let _ = flusher.await;
 }
 
 fn error_frame(id: u32, e: Error) -> Vec<u8> {
@@ -78,25 +85,6 @@ fn error_frame(id: u32, e: Error) -> Vec<u8> {
     let mut out = Vec::new();
     wire::put_frame(&mut out, Kind::Error, id, &wire::encode_status(&status));
     out
-}
-
-async fn write_frames(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut buf = Vec::new();
-    let mut places = Vec::new();
-    while let Some((frame, place)) = rx.recv().await {
-        buf.extend_from_slice(&frame);
-        places.extend(place);
-        while let Ok((frame, place)) = rx.try_recv() {
-            buf.extend_from_slice(&frame);
-            places.extend(place);
-        }
-        if socket.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        places.clear();
-    }
-    let _ = socket.shutdown().await;
 }
 
 /// The next frame header; `None` at a clean end of the connection between frames.
@@ -123,7 +111,8 @@ async fn read_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<
 async fn read_frames(
     read: &mut BufReader<OwnedReadHalf>,
     state: &Arc<State>,
-    tx: &mpsc::UnboundedSender<Outgoing>,
+    writer: &Arc<FrameWriter>,
+    in_flight: &Arc<Semaphore>,
 ) -> Result<(), Fatal> {
     let mut preface = [0u8; wire::PREFACE.len()];
     read.read_exact(&mut preface)
@@ -169,17 +158,20 @@ async fn read_frames(
     };
     let mut ready = Vec::new();
     wire::put_frame(&mut ready, Kind::Ready, hello.id, wire::PREFACE);
-    let _ = tx.send((ready, None));
+    gone(writer.send(&ready))?;
 
     let limits = &state.config.limits;
     // An append's events plus their framing, as for gRPC; anything larger ends the connection
     // before its payload is read.
     let max_len = limits.max_append_bytes.saturating_add(1 << 20);
-    let in_flight = Arc::new(Semaphore::new(limits.max_streams_per_connection as usize));
     let mut shutdown = state.shutdown.clone();
     loop {
+        tokio::select! {
+            () = writer.room(MAX_UNSENT) => {}
+            () = stopping(&mut shutdown) => return Ok(()),
+        }
         let place = tokio::select! {
-            p = Arc::clone(&in_flight).acquire_owned() => p.expect("never closed"),
+            p = Arc::clone(in_flight).acquire_owned() => p.expect("never closed"),
             () = stopping(&mut shutdown) => return Ok(()),
         };
         let header = tokio::select! {
@@ -216,7 +208,8 @@ async fn read_frames(
             read_payload(read, header).await?;
             let e = Error::PermissionDenied("this token may read but not append".into());
             metrics::request("wire", "4xx");
-            let _ = tx.send((error_frame(header.id, e), Some(place)));
+            gone(writer.send(&error_frame(header.id, e)))?;
+            drop(place);
             continue;
         }
         let share =
@@ -226,7 +219,7 @@ async fn read_frames(
             () = stopping(&mut shutdown) => return Ok(()),
         };
         let payload = read_payload(read, header).await?;
-        let (state, tx) = (Arc::clone(state), tx.clone());
+        let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
             let frame = match append(&state, &payload).await {
                 Ok(response) => {
@@ -245,9 +238,21 @@ async fn read_frames(
                 }
             };
             drop(budget);
-            let _ = tx.send((frame, Some(place)));
+            // A connection that failed is noticed by the reader; this answer is lost with it.
+            let _ = writer.send(&frame);
+            drop(place);
         });
     }
+}
+
+/// A failed write ends the connection.
+fn gone(sent: std::io::Result<()>) -> Result<(), Fatal> {
+    sent.map_err(|e| {
+        (
+            0,
+            Error::Unavailable(format!("writing to the client failed: {e}")),
+        )
+    })
 }
 
 async fn append(state: &State, payload: &[u8]) -> Result<pb::AppendResponse, Error> {
