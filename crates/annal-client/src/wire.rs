@@ -10,8 +10,10 @@
 //! with the same event ids is answered with the original result), and the next append opens
 //! a new connection.
 //!
-//! A server that does not answer the Hello as Annal does (a proxy that speaks only HTTP, an
-//! older server) is remembered, and this client's appends go over gRPC instead.
+//! A server whose answer to the Hello is not the protocol's (a proxy that speaks only HTTP,
+//! an older server) is remembered, and this client's appends go over gRPC instead; after no
+//! answer at all (a timeout, a closed connection) they go over gRPC for a minute, and then
+//! the protocol is tried again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,6 +29,14 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
+/// Larger than any answer: an AppendResponse has a few numbers per stream of its request,
+/// and a request is at most the server's `max_append_bytes`.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// After a Hello that got no answer (a timeout, or the connection closed), how long appends
+/// go over gRPC before the framed protocol is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// Where and how to open the framed connection.
 pub(crate) struct Framed {
     /// `host:port`.
@@ -37,7 +47,19 @@ pub(crate) struct Framed {
     current: Mutex<Option<Arc<Conn>>>,
     /// Held while a connection is being opened, so that callers open one, not one each.
     opening: tokio::sync::Mutex<()>,
+    /// Whatever answered the Hello is not an Annal server that speaks the protocol.
     unsupported: AtomicBool,
+    /// The Hello got no answer at this time: gRPC until [`RETRY_AFTER`] has passed.
+    unanswered: Mutex<Option<std::time::Instant>>,
+}
+
+/// What a Hello got.
+enum Opened {
+    Conn(Arc<Conn>),
+    /// An answer that is not the protocol's.
+    NotAnnal,
+    /// No answer: a timeout or a closed connection.
+    Silence,
 }
 
 /// An answer: its kind and payload.
@@ -81,6 +103,7 @@ impl Framed {
             current: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
             unsupported: AtomicBool::new(false),
+            unanswered: Mutex::new(None),
         })
     }
 
@@ -110,26 +133,41 @@ impl Framed {
         if let Some(c) = self.open_conn() {
             return Ok(Some(c));
         }
-        if self.unsupported.load(Ordering::Relaxed) {
+        if self.use_grpc() {
             return Ok(None);
         }
         let _opening = self.opening.lock().await;
         if let Some(c) = self.open_conn() {
             return Ok(Some(c));
         }
-        if self.unsupported.load(Ordering::Relaxed) {
+        if self.use_grpc() {
             return Ok(None);
         }
         match self.open().await? {
-            Some(c) => {
+            Opened::Conn(c) => {
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&c));
                 Ok(Some(c))
             }
-            None => {
+            Opened::NotAnnal => {
                 self.unsupported.store(true, Ordering::Relaxed);
                 Ok(None)
             }
+            Opened::Silence => {
+                *self.unanswered.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now());
+                Ok(None)
+            }
         }
+    }
+
+    /// True while appends should go over gRPC instead.
+    fn use_grpc(&self) -> bool {
+        self.unsupported.load(Ordering::Relaxed)
+            || self
+                .unanswered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < RETRY_AFTER)
     }
 
     fn open_conn(&self) -> Option<Arc<Conn>> {
@@ -137,9 +175,8 @@ impl Framed {
         current.as_ref().filter(|c| c.is_open()).cloned()
     }
 
-    /// Connects and says Hello. `Ok(None)`: whatever answered is not an Annal server that
-    /// speaks the protocol.
-    async fn open(&self) -> Result<Option<Arc<Conn>>> {
+    /// Connects and says Hello.
+    async fn open(&self) -> Result<Opened> {
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::Unavailable(format!("cannot connect to {}: {e}", self.url))
         };
@@ -157,19 +194,20 @@ impl Framed {
             let mut h = [0u8; HEADER_LEN];
             read.read_exact(&mut h).await.ok()?;
             let h = Header::parse(&h);
-            let kind = Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Ready | Kind::Error))?;
-            if h.len as usize > 1 << 20 {
-                return None;
-            }
+            let kind = Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Ready | Kind::Error));
+            let Some(kind) = kind.filter(|_| h.len as usize <= 1 << 20) else {
+                return Some(None);
+            };
             let mut payload = vec![0u8; h.len as usize];
             read.read_exact(&mut payload).await.ok()?;
-            Some((kind, payload))
+            Some(Some((kind, payload)))
         })
         .await;
         match answer {
-            Ok(Some((Kind::Ready, p))) if p == wire::PREFACE => {}
-            Ok(Some((Kind::Error, p))) => return Err(status_error(&p)),
-            _ => return Ok(None),
+            Ok(Some(Some((Kind::Ready, p)))) if p == wire::PREFACE => {}
+            Ok(Some(Some((Kind::Error, p)))) => return Err(status_error(&p)),
+            Ok(Some(_)) => return Ok(Opened::NotAnnal),
+            Ok(None) | Err(_) => return Ok(Opened::Silence),
         }
         let conn = Arc::new(Conn {
             writer: FrameWriter::new(write),
@@ -188,7 +226,7 @@ impl Framed {
                 }
             }
         });
-        Ok(Some(conn))
+        Ok(Opened::Conn(conn))
     }
 }
 
@@ -233,7 +271,8 @@ impl Conn {
         for (_, caller) in callers {
             let _ = caller.send(Err(why.clone()));
         }
-        self.writer.close();
+        // Nobody waits for what is still queued: every caller has its answer now.
+        self.writer.abandon();
         self.stop.notify_one();
     }
 
@@ -283,10 +322,6 @@ async fn read_answers(mut read: BufReader<OwnedReadHalf>, conn: Arc<Conn>) {
             });
         }
         let h = Header::parse(&h);
-        let mut payload = vec![0u8; h.len as usize];
-        if let Err(e) = read.read_exact(&mut payload).await {
-            break Error::Unavailable(format!("the connection ended inside a frame: {e}"));
-        }
         let kind = match Kind::from_u8(h.kind) {
             Some(k @ (Kind::Appended | Kind::Error)) => k,
             _ => {
@@ -296,6 +331,16 @@ async fn read_answers(mut read: BufReader<OwnedReadHalf>, conn: Arc<Conn>) {
                 ))
             }
         };
+        if h.len as usize > MAX_ANSWER {
+            break Error::Internal(format!(
+                "the server sent an answer of {} bytes, more than any answer can be",
+                h.len
+            ));
+        }
+        let mut payload = vec![0u8; h.len as usize];
+        if let Err(e) = read.read_exact(&mut payload).await {
+            break Error::Unavailable(format!("the connection ended inside a frame: {e}"));
+        }
         if h.id == 0 {
             // The server ends the connection, and says why.
             break status_error(&payload);
@@ -358,11 +403,23 @@ mod tests {
                 framed.append(&message()).await.unwrap().is_none(),
                 "{reply:?}"
             );
-            assert!(framed.unsupported.load(Ordering::Relaxed));
+            // An answer that is not Annal's is remembered for good; silence for a while,
+            // since the server may only have been too busy to answer.
+            assert_eq!(
+                framed.unsupported.load(Ordering::Relaxed),
+                reply.is_some(),
+                "{reply:?}"
+            );
+            assert!(framed.use_grpc());
             // Known now: no second try, no wait.
             let started = std::time::Instant::now();
             assert!(framed.append(&message()).await.unwrap().is_none());
             assert!(started.elapsed() < Duration::from_millis(100));
+            if reply.is_none() {
+                *framed.unanswered.lock().unwrap() =
+                    Some(std::time::Instant::now() - RETRY_AFTER - Duration::from_secs(1));
+                assert!(!framed.use_grpc(), "tried again after a while");
+            }
         }
     }
 

@@ -159,6 +159,8 @@ struct Queued {
     /// `run` is sending: new frames go behind what it holds.
     flushing: bool,
     closing: bool,
+    /// A write failed, or the connection was given up: nothing more is sent.
+    failed: bool,
 }
 
 impl FrameWriter {
@@ -176,8 +178,12 @@ impl FrameWriter {
     pub async fn room(&self, limit: usize) {
         loop {
             let sent = self.sent.notified();
-            if self.out.lock().unwrap_or_else(|e| e.into_inner()).unsent < limit {
-                return;
+            {
+                let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                // A failed connection has room: the next send says that it failed.
+                if out.unsent < limit || out.failed {
+                    return;
+                }
             }
             sent.await;
         }
@@ -186,6 +192,12 @@ impl FrameWriter {
     /// Sends one or more whole frames, now or soon; an error when the connection has failed.
     pub fn send(&self, frames: &[u8]) -> std::io::Result<()> {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.failed {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the connection failed or was closed",
+            ));
+        }
         if out.flushing {
             out.bytes.extend_from_slice(frames);
             out.unsent += frames.len();
@@ -194,7 +206,11 @@ impl FrameWriter {
         let written = match self.socket.try_write(frames) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
+            Err(e) => {
+                drop(out);
+                self.fail();
+                return Err(e);
+            }
         };
         if written < frames.len() {
             out.bytes.extend_from_slice(&frames[written..]);
@@ -212,14 +228,42 @@ impl FrameWriter {
         self.wake.notify_one();
     }
 
-    /// Sends what [`send`](FrameWriter::send) queued, until [`close`](FrameWriter::close)
-    /// or a failed write (its error).
+    /// Gives the connection up: what is queued is dropped, [`run`](FrameWriter::run)
+    /// returns at once (even while the peer reads nothing), and sends fail.
+    pub fn abandon(&self) {
+        self.fail();
+    }
+
+    fn fail(&self) {
+        {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            out.failed = true;
+            out.bytes = Vec::new();
+            out.unsent = 0;
+        }
+        self.wake.notify_one();
+        self.sent.notify_waiters();
+    }
+
+    /// Sends what [`send`](FrameWriter::send) queued, until [`close`](FrameWriter::close),
+    /// [`abandon`](FrameWriter::abandon) or a failed write (its error).
     pub async fn run(&self) -> std::io::Result<()> {
+        let result = self.flush_until_closed().await;
+        if result.is_err() {
+            self.fail();
+        }
+        result
+    }
+
+    async fn flush_until_closed(&self) -> std::io::Result<()> {
         loop {
             self.wake.notified().await;
             loop {
                 let chunk = {
                     let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                    if out.failed {
+                        return Ok(());
+                    }
                     if out.bytes.is_empty() {
                         out.flushing = false;
                         if out.closing {
@@ -232,14 +276,27 @@ impl FrameWriter {
                 };
                 let mut at = 0;
                 while at < chunk.len() {
-                    self.socket.writable().await?;
+                    tokio::select! {
+                        ready = self.socket.writable() => ready?,
+                        // A close or an abandon; only the latter stops the write (a
+                        // close is seen once the queue is empty).
+                        () = self.wake.notified() => {
+                            if self.out.lock().unwrap_or_else(|e| e.into_inner()).failed {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
                     match self.socket.try_write(&chunk[at..]) {
                         Ok(n) => at += n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(e),
                     }
                 }
-                self.out.lock().unwrap_or_else(|e| e.into_inner()).unsent -= chunk.len();
+                {
+                    let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                    out.unsent = out.unsent.saturating_sub(chunk.len());
+                }
                 self.sent.notify_waiters();
             }
         }
@@ -329,6 +386,38 @@ mod tests {
         reading.await.unwrap();
         writer.close();
         flusher.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_writer_stops_at_once_though_the_peer_reads_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let _peer = accepted.unwrap();
+        let (_read, write) = client.unwrap().into_split();
+        let writer = std::sync::Arc::new(FrameWriter::new(write));
+        let flusher = tokio::spawn({
+            let w = writer.clone();
+            async move { w.run().await }
+        });
+        let frame = vec![1u8; 1 << 20];
+        // Far more than the socket buffers hold: the flusher is stuck waiting to write.
+        for _ in 0..64 {
+            writer.send(&frame).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!flusher.is_finished());
+        writer.abandon();
+        tokio::time::timeout(std::time::Duration::from_secs(2), flusher)
+            .await
+            .expect("the flusher returns at once")
+            .unwrap()
+            .unwrap();
+        assert!(writer.send(b"more").is_err(), "nothing is sent after");
+        tokio::time::timeout(std::time::Duration::from_secs(1), writer.room(1))
+            .await
+            .expect("room does not wait on a connection given up");
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //! appends waits in TCP flow control instead of in the server's memory. Each append's task
 //! writes its answer itself through the connection's [`FrameWriter`].
 //!
-//! A frame that breaks the protocol (an unknown kind, a Hello that is not first, a payload
-//! over the limit) is answered with an Error frame and the connection is closed: after it,
-//! the stream of frames cannot be trusted. A malformed append message is answered with an
-//! error for that request alone, since its frame was whole. On shutdown the reader stops
+//! A frame that breaks the protocol (an unknown kind, a Hello that is not first, request id
+//! 0) is answered with an Error frame and the connection is closed: after it, the stream of
+//! frames cannot be trusted. An append over the size limit is read past without being kept
+//! and refused alone, and a malformed append message is answered with an error for that
+//! request alone, since their frames were whole. A client has 10 s for its Hello and 30 s
+//! for each payload once its header has arrived. On shutdown the reader stops
 //! taking new frames, the appends in flight finish and are answered, and the connection
 //! closes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use annal_core::Error;
 use annal_proto as pb;
@@ -62,10 +65,12 @@ pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
     let peer = socket.peer_addr().ok();
     let (read, write) = socket.into_split();
     let writer = Arc::new(FrameWriter::new(write));
-    let flusher = tokio::spawn({
+    // Stopped with this task, also when the server gives up on the connection at the end of
+    // its shutdown grace.
+    let mut flusher = AbortOnDrop(tokio::spawn({
         let writer = Arc::clone(&writer);
         async move { writer.run().await }
-    });
+    }));
     let places = state.config.limits.max_streams_per_connection;
     let in_flight = Arc::new(Semaphore::new(places as usize));
     let mut read = BufReader::with_capacity(64 << 10, read);
@@ -74,10 +79,26 @@ pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
         metrics::request("wire", "refused");
         let _ = writer.send(&error_frame(id, e));
     }
-    // Every append in flight answers before the connection closes.
+    // Every append in flight answers before the connection closes, and a client that does
+    // not read its answers gets a little while to, not for ever.
     let _all = in_flight.acquire_many(places).await;
     writer.close();
-    let _ = flusher.await;
+    if tokio::time::timeout(LAST_ANSWERS, &mut flusher.0)
+        .await
+        .is_err()
+    {
+        tracing::debug!(?peer, "a framed client did not read its last answers");
+        writer.abandon();
+    }
+}
+
+/// A task stopped when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn error_frame(id: u32, e: Error) -> Vec<u8> {
@@ -86,6 +107,13 @@ fn error_frame(id: u32, e: Error) -> Vec<u8> {
     wire::put_frame(&mut out, Kind::Error, id, &wire::encode_status(&status));
     out
 }
+
+/// How long a client has to say Hello after its preface.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a frame's payload may take to arrive once its header has.
+const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the answers still queued when a connection ends may take to be read.
+const LAST_ANSWERS: Duration = Duration::from_secs(10);
 
 /// The next frame header; `None` at a clean end of the connection between frames.
 async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Header>, Fatal> {
@@ -97,15 +125,44 @@ async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Heade
     }
 }
 
+/// A frame's payload; the caller has checked its length against the limits.
 async fn read_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<Vec<u8>, Fatal> {
     let mut payload = vec![0u8; h.len as usize];
-    read.read_exact(&mut payload).await.map_err(|e| {
-        (
+    within_payload_time(h, read.read_exact(&mut payload)).await?;
+    Ok(payload)
+}
+
+/// Reads past a frame's payload without keeping it.
+async fn skip_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<(), Fatal> {
+    let mut rest = read.take(u64::from(h.len));
+    let copied = within_payload_time(h, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await?;
+    if copied < u64::from(h.len) {
+        return Err((
+            h.id,
+            Error::Unavailable("the connection ended inside a frame".into()),
+        ));
+    }
+    Ok(())
+}
+
+async fn within_payload_time<T>(
+    h: Header,
+    read: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, Fatal> {
+    match tokio::time::timeout(PAYLOAD_TIMEOUT, read).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err((
             h.id,
             Error::Unavailable(format!("the connection ended inside a frame: {e}")),
-        )
-    })?;
-    Ok(payload)
+        )),
+        Err(_) => Err((
+            h.id,
+            Error::Unavailable(format!(
+                "a frame's payload did not arrive within {} s",
+                PAYLOAD_TIMEOUT.as_secs()
+            )),
+        )),
+    }
 }
 
 async fn read_frames(
@@ -118,8 +175,19 @@ async fn read_frames(
     read.read_exact(&mut preface)
         .await
         .map_err(|e| (0, Error::Unavailable(format!("reading the preface: {e}"))))?;
-    let Some(hello) = read_header(read).await? else {
-        return Ok(());
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_header(read)).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err((
+                0,
+                Error::Unavailable(format!(
+                    "no Hello within {} s of the preface",
+                    HELLO_TIMEOUT.as_secs()
+                )),
+            ))
+        }
     };
     if hello.kind != Kind::Hello as u8 {
         return Err((
@@ -181,6 +249,15 @@ async fn read_frames(
             },
             () = stopping(&mut shutdown) => return Ok(()),
         };
+        if header.id == 0 {
+            return Err((
+                0,
+                Error::invalid(
+                    "frame",
+                    "request id 0 is reserved for the connection itself",
+                ),
+            ));
+        }
         if header.kind != Kind::Append as u8 {
             return Err((
                 header.id,
@@ -195,17 +272,20 @@ async fn read_frames(
         }
         let len = header.len as usize;
         if len > max_len {
-            return Err((
-                header.id,
-                Error::TooLarge {
-                    what: "append request".into(),
-                    size: len,
-                    limit: limits.max_append_bytes,
-                },
-            ));
+            // Refused without being kept, and the connection goes on, as over gRPC.
+            skip_payload(read, header).await?;
+            let e = Error::TooLarge {
+                what: "append request".into(),
+                size: len,
+                limit: max_len,
+            };
+            metrics::request("wire", "4xx");
+            gone(writer.send(&error_frame(header.id, e)))?;
+            drop(place);
+            continue;
         }
         if access == Access::Read {
-            read_payload(read, header).await?;
+            skip_payload(read, header).await?;
             let e = Error::PermissionDenied("this token may read but not append".into());
             metrics::request("wire", "4xx");
             gone(writer.send(&error_frame(header.id, e)))?;

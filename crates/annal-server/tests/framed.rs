@@ -135,21 +135,29 @@ async fn broken_frames_are_refused_with_an_error_that_names_the_problem() {
     assert!(problem(&e).contains("kind 42"), "{e}");
     assert!(frame(&mut c).await.is_none());
 
-    // A declared length over the limit ends it before the payload is read.
+    // An append over the limit is read past, not kept, and refused alone.
     let mut c = raw(addr).await;
     hello(&mut c, "").await;
+    let big = 2usize << 20;
     let h = Header {
-        len: 10 << 20,
+        len: big as u32,
         kind: Kind::Append as u8,
         id: 3,
     };
     c.write_all(&h.encode()).await.unwrap();
+    c.write_all(&vec![0u8; big]).await.unwrap();
     let (id, e) = error(&mut c).await;
     assert_eq!(id, 3);
+    let cut = 64 * 1024 + (1 << 20);
     assert!(
-        matches!(e, Error::TooLarge { size, limit, .. } if size == 10 << 20 && limit == 64 * 1024),
+        matches!(e, Error::TooLarge { size, limit, .. } if size == big && limit == cut),
         "{e:?}"
     );
+    // Request id 0 belongs to the connection: using it ends the connection.
+    send(&mut c, Kind::Append as u8, 0, &append_payload("zero")).await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 0);
+    assert!(problem(&e).contains("request id 0 is reserved"), "{e}");
     assert!(frame(&mut c).await.is_none());
 
     // A connection cut inside a frame writes nothing.
