@@ -345,20 +345,32 @@ mod tests {
         assert!(decode_status(&[1, 0, 0, 0, 9, 0, 0, 0, b'x']).is_none());
     }
 
-    #[tokio::test]
-    async fn a_peer_that_does_not_read_fills_the_queue_and_room_waits() {
-        use tokio::io::AsyncReadExt;
+    /// A loopback connection: the peer's end, and this end's read half and writer with its
+    /// flusher running.
+    async fn writer_and_peer() -> (
+        tokio::net::TcpStream,
+        tokio::net::tcp::OwnedReadHalf,
+        std::sync::Arc<FrameWriter>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let (mut peer, _) = accepted.unwrap();
-        let (_read, write) = client.unwrap().into_split();
+        let (peer, _) = accepted.unwrap();
+        let (read, write) = client.unwrap().into_split();
         let writer = std::sync::Arc::new(FrameWriter::new(write));
         let flusher = tokio::spawn({
             let w = writer.clone();
             async move { w.run().await }
         });
+        (peer, read, writer, flusher)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_fills_the_queue_and_room_waits() {
+        use tokio::io::AsyncReadExt;
+        let (mut peer, _read, writer, flusher) = writer_and_peer().await;
         let frame = vec![7u8; 64 << 10];
         let limit = 1 << 20;
         let mut sent = 0usize;
@@ -390,17 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_writer_stops_at_once_though_the_peer_reads_nothing() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let _peer = accepted.unwrap();
-        let (_read, write) = client.unwrap().into_split();
-        let writer = std::sync::Arc::new(FrameWriter::new(write));
-        let flusher = tokio::spawn({
-            let w = writer.clone();
-            async move { w.run().await }
-        });
+        let (_peer, _read, writer, flusher) = writer_and_peer().await;
         let frame = vec![1u8; 1 << 20];
         // Far more than the socket buffers hold: the flusher is stuck waiting to write.
         for _ in 0..64 {
