@@ -329,3 +329,31 @@ async fn a_client_reconnects_after_the_server_closes_its_connection() {
     assert!(r.first_position >= 1);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_says_hello_is_let_go() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let mut c = raw(s.addr()).await;
+    let started = std::time::Instant::now();
+    let mut h = [0u8; HEADER_LEN];
+    tokio::time::timeout(Duration::from_secs(20), c.read_exact(&mut h))
+        .await
+        .expect("the server speaks within its Hello timeout")
+        .unwrap();
+    let h = Header::parse(&h);
+    assert_eq!((h.kind, h.id), (Kind::Error as u8, 0));
+    let mut payload = vec![0u8; h.len as usize];
+    c.read_exact(&mut payload).await.unwrap();
+    let e = pb::error_from_status(&wire::decode_status(&payload).unwrap());
+    assert!(
+        matches!(&e, Error::Unavailable(m) if m.contains("no Hello within 10 s")),
+        "{e:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    assert!(
+        frame(&mut c).await.is_none(),
+        "then the connection is closed"
+    );
+    s.server.shutdown().await.unwrap();
+}
