@@ -93,8 +93,9 @@ impl ClientBuilder {
 
     /// Whether appends go over Annal's framed protocol (the default for `http://` URLs;
     /// `https://` always uses gRPC). Turn it off when only HTTP/2 reaches the server, such
-    /// as behind a gRPC proxy; without it the client still notices a server that does not
-    /// answer the protocol and falls back to gRPC, after one try.
+    /// as behind a gRPC proxy; left on, the client falls back to gRPC by itself for a server
+    /// whose answer to the protocol is not Annal's, and for a minute after one that did not
+    /// answer at all.
     pub fn framed_appends(mut self, on: bool) -> Self {
         self.framed_appends = on;
         self

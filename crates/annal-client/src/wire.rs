@@ -4,8 +4,8 @@
 //!
 //! A frame is written by the caller itself through a [`FrameWriter`], in one non-blocking
 //! write; what the socket does not take at once is queued whole and sent by a flusher task,
-//! so a caller dropped at any point never leaves half a frame behind. A reader task hands each answer to its caller by
-//! request id. When the connection fails, every caller still waiting gets
+//! so a caller dropped at any point never leaves half a frame behind. A reader task hands
+//! each answer to its caller by request id. When the connection fails, every caller still waiting gets
 //! [`Error::Unavailable`] (as over gRPC, the append may or may not have been written; a retry
 //! with the same event ids is answered with the original result), and the next append opens
 //! a new connection.
@@ -220,9 +220,7 @@ impl Framed {
             let conn = Arc::clone(&conn);
             async move {
                 if let Err(e) = conn.writer.run().await {
-                    conn.close(Error::Unavailable(format!(
-                        "writing to the server failed: {e}"
-                    )));
+                    conn.close(write_failed(&e));
                 }
             }
         });
@@ -243,6 +241,10 @@ impl Drop for Framed {
             c.close(Error::Closed);
         }
     }
+}
+
+fn write_failed(e: &std::io::Error) -> Error {
+    Error::Unavailable(format!("writing to the server failed: {e}"))
 }
 
 fn status_error(payload: &[u8]) -> Error {
@@ -294,9 +296,7 @@ impl Conn {
         let mut bytes = Vec::new();
         frame(&mut bytes, id);
         if let Err(e) = self.writer.send(&bytes) {
-            self.close(Error::Unavailable(format!(
-                "writing to the server failed: {e}"
-            )));
+            self.close(write_failed(&e));
         }
         rx.await.unwrap_or_else(|_| {
             Err(Error::Unavailable(

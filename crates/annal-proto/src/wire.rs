@@ -34,8 +34,9 @@ pub enum Kind {
     Append = 3,
     /// Server, to an Append: an `annal.v1.AppendResponse`.
     Appended = 4,
-    /// Server: a status (see [`encode_status`]). Request id 0 means the connection itself
-    /// failed and the server closes it after this frame.
+    /// Server: a status (see [`encode_status`]), for the request id it answers, or for id 0
+    /// when it concerns the connection itself (a refused Hello, say). After one that
+    /// answers a breach of the protocol, the server closes the connection.
     Error = 5,
 }
 
@@ -78,10 +79,10 @@ impl Header {
     }
 }
 
-/// Appends a whole frame to `out`. Payloads are bounded far below 4 GiB by the server's
-/// limits; a longer one is a caller's bug.
-pub fn put_frame(out: &mut Vec<u8>, kind: Kind, id: u32, payload: &[u8]) {
-    let len = u32::try_from(payload.len()).expect("a frame payload below 4 GiB");
+/// Appends the header of a frame with a payload of `len` bytes. Payloads are bounded far
+/// below 4 GiB by the server's limits; a longer one is a caller's bug.
+fn put_header(out: &mut Vec<u8>, kind: Kind, id: u32, len: usize) {
+    let len = u32::try_from(len).expect("a frame payload below 4 GiB");
     out.extend_from_slice(
         &Header {
             len,
@@ -90,6 +91,11 @@ pub fn put_frame(out: &mut Vec<u8>, kind: Kind, id: u32, payload: &[u8]) {
         }
         .encode(),
     );
+}
+
+/// Appends a whole frame to `out`.
+pub fn put_frame(out: &mut Vec<u8>, kind: Kind, id: u32, payload: &[u8]) {
+    put_header(out, kind, id, payload.len());
     out.extend_from_slice(payload);
 }
 
@@ -97,15 +103,7 @@ pub fn put_frame(out: &mut Vec<u8>, kind: Kind, id: u32, payload: &[u8]) {
 pub fn put_message(out: &mut Vec<u8>, kind: Kind, id: u32, message: &impl prost::Message) {
     let len = message.encoded_len();
     out.reserve(HEADER_LEN + len);
-    let len32 = u32::try_from(len).expect("a frame payload below 4 GiB");
-    out.extend_from_slice(
-        &Header {
-            len: len32,
-            kind: kind as u8,
-            id,
-        }
-        .encode(),
-    );
+    put_header(out, kind, id, len);
     message
         .encode(out)
         .expect("a Vec grows to hold the message");
@@ -208,7 +206,7 @@ impl FrameWriter {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
             Err(e) => {
                 drop(out);
-                self.fail();
+                self.abandon();
                 return Err(e);
             }
         };
@@ -228,13 +226,10 @@ impl FrameWriter {
         self.wake.notify_one();
     }
 
-    /// Gives the connection up: what is queued is dropped, [`run`](FrameWriter::run)
-    /// returns at once (even while the peer reads nothing), and sends fail.
+    /// Gives the connection up (also what a failed write does): what is queued is dropped,
+    /// [`run`](FrameWriter::run) returns at once (even while the peer reads nothing), and
+    /// sends fail.
     pub fn abandon(&self) {
-        self.fail();
-    }
-
-    fn fail(&self) {
         {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
             out.failed = true;
@@ -250,7 +245,7 @@ impl FrameWriter {
     pub async fn run(&self) -> std::io::Result<()> {
         let result = self.flush_until_closed().await;
         if result.is_err() {
-            self.fail();
+            self.abandon();
         }
         result
     }

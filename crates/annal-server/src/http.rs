@@ -1096,13 +1096,7 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         req
     };
     let resp = next.run(req).await;
-    let class = match resp.status().as_u16() {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    };
-    metrics::request(api, class);
+    metrics::request(api, metrics::class(resp.status().as_u16()));
     resp
 }
 

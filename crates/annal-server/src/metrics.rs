@@ -114,6 +114,16 @@ pub fn lag(events: u64) {
 }
 
 /// Records a finished request.
+/// The class a response's HTTP status falls in, as `annal_requests_total` labels it.
+pub fn class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
 pub fn request(api: &'static str, status: &'static str) {
     metrics::counter!("annal_requests_total", "api" => api, "status" => status).increment(1);
 }

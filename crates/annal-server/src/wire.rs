@@ -55,7 +55,7 @@ pub async fn opens_with_preface(socket: &TcpStream) -> Option<bool> {
             return Some(true);
         }
         // A preface cut in two by the network: wait for the rest.
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -229,8 +229,7 @@ async fn read_frames(
     gone(writer.send(&ready))?;
 
     let limits = &state.config.limits;
-    // An append's events plus their framing, as for gRPC; anything larger ends the connection
-    // before its payload is read.
+    // An append's events plus their framing, as for gRPC; anything larger is refused.
     let max_len = limits.max_append_bytes.saturating_add(1 << 20);
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -271,22 +270,23 @@ async fn read_frames(
             ));
         }
         let len = header.len as usize;
-        if len > max_len {
-            // Refused without being kept, and the connection goes on, as over gRPC.
-            skip_payload(read, header).await?;
-            let e = Error::TooLarge {
+        let refusal = if len > max_len {
+            Some(Error::TooLarge {
                 what: "append request".into(),
                 size: len,
                 limit: max_len,
-            };
-            metrics::request("wire", "4xx");
-            gone(writer.send(&error_frame(header.id, e)))?;
-            drop(place);
-            continue;
-        }
-        if access == Access::Read {
+            })
+        } else if access == Access::Read {
+            Some(Error::PermissionDenied(
+                "this token may read but not append".into(),
+            ))
+        } else {
+            None
+        };
+        if let Some(e) = refusal {
+            // Read past without being kept, refused alone; the connection goes on, as over
+            // gRPC.
             skip_payload(read, header).await?;
-            let e = Error::PermissionDenied("this token may read but not append".into());
             metrics::request("wire", "4xx");
             gone(writer.send(&error_frame(header.id, e)))?;
             drop(place);
@@ -309,11 +309,8 @@ async fn read_frames(
                     out
                 }
                 Err(e) => {
-                    let class = match crate::json::ErrorJson::from_error(&e).0 {
-                        400..=499 => "4xx",
-                        _ => "5xx",
-                    };
-                    metrics::request("wire", class);
+                    let status = crate::json::ErrorJson::from_error(&e).0;
+                    metrics::request("wire", metrics::class(status));
                     error_frame(header.id, e)
                 }
             };

@@ -139,13 +139,7 @@ async fn broken_frames_are_refused_with_an_error_that_names_the_problem() {
     let mut c = raw(addr).await;
     hello(&mut c, "").await;
     let big = 2usize << 20;
-    let h = Header {
-        len: big as u32,
-        kind: Kind::Append as u8,
-        id: 3,
-    };
-    c.write_all(&h.encode()).await.unwrap();
-    c.write_all(&vec![0u8; big]).await.unwrap();
+    send(&mut c, Kind::Append as u8, 3, &vec![0u8; big]).await;
     let (id, e) = error(&mut c).await;
     assert_eq!(id, 3);
     let cut = 64 * 1024 + (1 << 20);
