@@ -93,10 +93,40 @@ pub fn event_entries(
     tags: &[String],
     id: &annal_core::Uuid,
 ) {
-    out.push((key(KIND_STREAM, stream.as_bytes()), revision, position));
+    keyed_event_entries(
+        out,
+        stream_keys(stream),
+        revision,
+        position,
+        key(KIND_TYPE, event_type.as_bytes()),
+        tags,
+        id,
+    );
+}
+
+/// The keys of a stream and of its category.
+pub fn stream_keys(stream: &str) -> (u64, u64) {
     let category = annal_core::category_of(stream);
-    out.push((key(KIND_CATEGORY, category.as_bytes()), position, position));
-    out.push((key(KIND_TYPE, event_type.as_bytes()), position, position));
+    (
+        key(KIND_STREAM, stream.as_bytes()),
+        key(KIND_CATEGORY, category.as_bytes()),
+    )
+}
+
+/// Adds the entries of one event, given the keys of its stream and category
+/// ([`stream_keys`]) and of its type.
+pub fn keyed_event_entries(
+    out: &mut Vec<Entry>,
+    (stream_key, category_key): (u64, u64),
+    revision: u64,
+    position: u64,
+    type_key: u64,
+    tags: &[String],
+    id: &annal_core::Uuid,
+) {
+    out.push((stream_key, revision, position));
+    out.push((category_key, position, position));
+    out.push((type_key, position, position));
     for (i, t) in tags.iter().enumerate() {
         // A tag named twice on one event is indexed once.
         if !tags[..i].contains(t) {

@@ -28,7 +28,7 @@ use tracing::{debug, error, warn};
 use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::heads::{Head, Heads};
-use crate::index::{batch_entries, event_entries, merge_runs, Entry, Run};
+use crate::index::{batch_entries, keyed_event_entries, merge_runs, stream_keys, Entry, Run};
 use crate::log::Segment;
 use crate::memtable::MemTable;
 use crate::read::{find_by_id, Cursor};
@@ -42,20 +42,22 @@ const MAX_RUNS: usize = 12;
 
 type Reply = oneshot::Sender<Result<AppendResult>>;
 
+/// A hash map with a fast hash seeded at random per process (the keys come from clients).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) enum Command {
     Append(AppendRequest, Reply),
     Checkpoint(oneshot::Sender<Result<()>>),
 }
 
-/// An event of a group that the syncer has not applied yet (as far as the writer knows).
-struct PendingEvent {
+/// An accepted request of a group that the syncer has not applied yet (as far as the writer
+/// knows).
+struct Pending {
     seq: u64,
-    revision: u64,
-    position: u64,
-    recorded_at: i64,
     request: Arc<AppendRequest>,
-    stream_index: usize,
-    event_index: usize,
+    recorded_at: i64,
+    /// For each stream of the request: the revision and the position of its first event.
+    starts: Vec<(u64, u64)>,
 }
 
 /// A group written to the log, waiting for its sync.
@@ -91,10 +93,13 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     seq: u64,
     /// Heads of streams changed by groups not yet applied, with the group that changed them.
-    heads: HashMap<String, (Head, u64)>,
-    ids: HashMap<Uuid, PendingEvent>,
-    /// (position, group, request, stream index, event index), oldest first.
-    events: VecDeque<(u64, u64, Arc<AppendRequest>, usize, usize)>,
+    heads: FastMap<String, (Head, u64)>,
+    /// Accepted requests of groups not yet applied, oldest first: `pending[i]` is request
+    /// number `popped + i`.
+    pending: VecDeque<Pending>,
+    popped: u64,
+    /// The event ids of `pending`: request number, stream index, event index.
+    ids: FastMap<Uuid, (u64, u32, u32)>,
     recovered_manifest: Option<Manifest>,
 }
 
@@ -123,9 +128,10 @@ impl Writer {
             last_ts: rec.last_recorded_at,
             buf: Vec::with_capacity(1 << 20),
             seq: 0,
-            heads: HashMap::new(),
-            ids: HashMap::new(),
-            events: VecDeque::new(),
+            heads: FastMap::default(),
+            pending: VecDeque::new(),
+            popped: 0,
+            ids: FastMap::default(),
             recovered_manifest: Some(rec.manifest.clone()),
         }
     }
@@ -184,9 +190,17 @@ impl Writer {
     fn prune(&mut self) {
         let synced = self.shared.synced_group.load(Ordering::Acquire);
         self.heads.retain(|_, (_, seq)| *seq > synced);
-        self.ids.retain(|_, p| p.seq > synced);
-        while self.events.front().is_some_and(|e| e.1 <= synced) {
-            self.events.pop_front();
+        while self.pending.front().is_some_and(|p| p.seq <= synced) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            let number = self.popped;
+            self.popped += 1;
+            for e in p.request.streams.iter().flat_map(|s| &s.events) {
+                if self.ids.get(&e.id).is_some_and(|at| at.0 == number) {
+                    self.ids.remove(&e.id);
+                }
+            }
         }
     }
 
@@ -326,36 +340,36 @@ impl Writer {
         let log_offset = self.log_end + self.buf.len() as u64;
         let mut batch = Vec::with_capacity(req.streams.len());
         let mut results = Vec::with_capacity(req.streams.len());
+        let mut starts = Vec::with_capacity(req.streams.len());
+        let number = self.popped + self.pending.len() as u64;
         let mut position = first_position;
+        // Events of a stream mostly share their type: its key is hashed once per run of it.
+        let mut type_key: Option<(&str, u64)> = None;
         for (si, s) in req.streams.iter().enumerate() {
             let prev = self.current(&s.stream_id);
             let first_revision = prev.map_or(0, |h| h.revision + 1);
             let count = s.events.len() as u64;
+            let keys = stream_keys(&s.stream_id);
+            starts.push((first_revision, position));
             for (ei, e) in s.events.iter().enumerate() {
-                let revision = first_revision + ei as u64;
-                let p = position + ei as u64;
-                event_entries(
+                let tk = match type_key {
+                    Some((t, k)) if t == e.event_type => k,
+                    _ => {
+                        let k = crate::index::key(crate::index::KIND_TYPE, e.event_type.as_bytes());
+                        type_key = Some((&e.event_type, k));
+                        k
+                    }
+                };
+                keyed_event_entries(
                     &mut w.entries,
-                    &s.stream_id,
-                    revision,
-                    p,
-                    &e.event_type,
+                    keys,
+                    first_revision + ei as u64,
+                    position + ei as u64,
+                    tk,
                     &e.tags,
                     &e.id,
                 );
-                self.ids.insert(
-                    e.id,
-                    PendingEvent {
-                        seq: w.seq,
-                        revision,
-                        position: p,
-                        recorded_at: ts,
-                        request: req.clone(),
-                        stream_index: si,
-                        event_index: ei,
-                    },
-                );
-                self.events.push_back((p, w.seq, req.clone(), si, ei));
+                self.ids.insert(e.id, (number, si as u32, ei as u32));
             }
             let last = position + count - 1;
             let head = Head {
@@ -397,6 +411,12 @@ impl Writer {
             log_offset,
         );
         *next = position;
+        self.pending.push_back(Pending {
+            seq: w.seq,
+            request: req.clone(),
+            recorded_at: ts,
+            starts,
+        });
         Ok(AppendResult {
             streams: results,
             first_position,
@@ -501,13 +521,15 @@ impl Writer {
 
     /// Finds an event id among pending groups, then in the store.
     fn find(&self, e: &NewEvent) -> Result<Option<Found>> {
-        if let Some(p) = self.ids.get(&e.id) {
-            let stream = &p.request.streams[p.stream_index];
-            let original = &stream.events[p.event_index];
+        if let Some(&(number, si, ei)) = self.ids.get(&e.id) {
+            let p = &self.pending[(number - self.popped) as usize];
+            let stream = &p.request.streams[si as usize];
+            let original = &stream.events[ei as usize];
+            let (revision, position) = p.starts[si as usize];
             return Ok(Some(Found {
                 stream: stream.stream_id.clone(),
-                revision: p.revision,
-                position: p.position,
+                revision: revision + u64::from(ei),
+                position: position + u64::from(ei),
                 recorded_at: Timestamp(p.recorded_at),
                 same: original == e,
             }));
@@ -525,16 +547,21 @@ impl Writer {
     /// applied, or in the groups still pending (which may overlap; the lowest wins).
     fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>> {
         let from = after.map_or(0, |a| a.saturating_add(1));
-        let pending = self
-            .events
-            .iter()
-            .find(|(p, _, r, si, ei)| {
-                *p >= from && {
-                    let e = &r.streams[*si].events[*ei];
-                    query.matches(&e.event_type, &e.tags)
-                }
-            })
-            .map(|(p, ..)| *p);
+        // Pending positions grow request by request, stream by stream: the first match is
+        // the lowest.
+        let pending = self.pending.iter().find_map(|p| {
+            p.request
+                .streams
+                .iter()
+                .zip(&p.starts)
+                .find_map(|(s, &(_, first))| {
+                    s.events.iter().enumerate().find_map(|(ei, e)| {
+                        let position = first + ei as u64;
+                        (position >= from && query.matches(&e.event_type, &e.tags))
+                            .then_some(position)
+                    })
+                })
+        });
         let head = self.shared.head();
         if head.is_some_and(|h| from <= h) {
             let mut cursor = Cursor::new(

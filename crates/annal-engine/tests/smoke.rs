@@ -157,3 +157,108 @@ async fn an_idle_subscriber_does_not_hold_back_writers() {
         }
     }
 }
+
+/// Requests in flight together reach the writer in the same or in consecutive groups, so a
+/// retry of a request not yet synced, a condition on events not yet synced and an event id
+/// reused while its first use is pending are all decided against the writer's pending state.
+#[tokio::test]
+async fn retries_conditions_and_id_reuse_against_requests_still_in_flight() {
+    use annal_core::{Error, Query, QueryItem};
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+    for round in 0..20u64 {
+        let head = store.head().await.unwrap();
+        let tag = format!("round:{round}");
+        let batch = |i: u64| {
+            AppendRequest::stream(
+                format!("s-{round}-{}", i % 4),
+                ExpectedRevision::Any,
+                (0..5)
+                    .map(|j| NewEvent::new("Deposited", format!("{{\"n\":{j}}}")).with_tag(&tag))
+                    .collect(),
+            )
+        };
+        let originals: Vec<AppendRequest> = (0..12).map(batch).collect();
+        let mut tasks = Vec::new();
+        for r in &originals {
+            // The original, then its retry, then the same ids in another stream.
+            let mut moved = r.clone();
+            moved.streams[0].stream_id = format!("elsewhere-{round}");
+            for req in [r.clone(), r.clone(), moved] {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move { store.append(req).await }));
+            }
+        }
+        let guarded = AppendRequest::stream(
+            format!("guarded-{round}"),
+            ExpectedRevision::Any,
+            vec![NewEvent::new("Checked", "{}")],
+        )
+        .with_condition(
+            Query {
+                items: vec![QueryItem::tags([tag.clone()])],
+            },
+            head,
+        );
+        let guarded = {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(guarded).await })
+        };
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        for (i, three) in results.chunks(3).enumerate() {
+            let first = three[0].as_ref().unwrap();
+            let retry = three[1].as_ref().unwrap();
+            assert_eq!(
+                first, retry,
+                "round {round}, request {i}: a retry gets the original result"
+            );
+            let Err(Error::EventIdConflict {
+                stream, position, ..
+            }) = &three[2]
+            else {
+                panic!(
+                    "round {round}, request {i}: reused ids in another stream: {:?}",
+                    three[2]
+                );
+            };
+            assert_eq!(
+                (stream.as_str(), *position),
+                (first.streams[0].stream_id.as_str(), first.first_position)
+            );
+        }
+        let first_tagged = results
+            .iter()
+            .step_by(3)
+            .map(|r| r.as_ref().unwrap().first_position)
+            .min()
+            .unwrap();
+        match guarded.await.unwrap() {
+            Err(Error::ConditionFailed { position, after }) => {
+                assert_eq!(after, head);
+                assert_eq!(
+                    position, first_tagged,
+                    "round {round}: the first tagged event is named"
+                );
+            }
+            Ok(r) => assert!(
+                r.first_position < first_tagged,
+                "round {round}: a condition passed although tagged events came before it"
+            ),
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        let tagged = store
+            .read_to_vec(ReadRequest::query(Query {
+                items: vec![QueryItem::tags([tag.clone()])],
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            tagged.len(),
+            12 * 5,
+            "round {round}: each original once, no retry written"
+        );
+    }
+}
