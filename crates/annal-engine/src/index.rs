@@ -18,7 +18,7 @@
 //! run file, and runs of similar size are merged so that there are only a few of them. Only a
 //! sparse fence (the first entry of every block) of each run stays in memory.
 //!
-//! A run file (`index/run-<id>.idx`):
+//! A run file (`index/run-<id>.idx`), version 2 (docs/file-format.md has every detail):
 //!
 //! | offset | size     | field                                         |
 //! |--------|----------|-----------------------------------------------|
@@ -27,13 +27,20 @@
 //! | 12     | 4        | entries per block (u32)                       |
 //! | 16     | 8        | entry count n (u64)                           |
 //! | 24     | 8        | id filter size w, in 64-bit words (u64)       |
-//! | 32     | 4        | CRC32C of the fence, block CRC and filter sections |
-//! | 36     | 8        | reserved, zero                                |
+//! | 32     | 4        | CRC32C of every section after the blocks      |
+//! | 36     | 8        | d: bytes of the blocks (version 1: zero)      |
 //! | 44     | 4        | CRC32C of bytes 0..44                         |
-//! | 48     | 24 n     | entries, sorted: key u64, seq u64, value u64  |
+//! | 48     | d        | blocks of 256 entries, packed                 |
 //! | ...    | 24 f     | fences: the first entry of each block         |
-//! | ...    | 4 f      | CRC32C of each block's entries                |
+//! | ...    | 8 f      | where each block starts, from offset 48       |
+//! | ...    | 4 f      | CRC32C of each block's bytes                  |
 //! | ...    | 8 w      | id filter: a Bloom filter of the event id keys |
+//!
+//! A packed entry is a flags byte and varints against the entry before it in its block: the
+//! key's delta (or nothing when it is the same key), the seq (or its delta), the value (or
+//! its delta, or nothing when it equals the seq). That takes about 5 bytes instead of 24, so
+//! checkpoints and merges write, checksum and read a fifth as many bytes. Version 1 runs
+//! hold 24-byte entries and no block table, and are still read.
 //!
 //! The id filter lets the idempotency check skip runs that cannot hold an id without reading
 //! them. It has 14 bits per event id. In version 2 it is blocked: an id sets 7 bits inside one
@@ -67,7 +74,7 @@ const RUN_VERSION: u32 = 2;
 const RUN_VERSION_UNBLOCKED: u32 = 1;
 const HEADER_LEN: u64 = 48;
 const ENTRY_LEN: usize = 24;
-/// Entries per block: a lookup reads one block of 6 KiB per run.
+/// Entries per block: a lookup reads one block per run (about 1.2 KiB packed).
 pub const BLOCK: usize = 256;
 
 /// `(key, seq, value)`.
@@ -273,10 +280,128 @@ pub struct Run {
     file: FileRef,
     path: std::path::PathBuf,
     fences: Vec<Entry>,
+    /// Where each block starts, in bytes after the header, and where the last one ends.
+    starts: Vec<u64>,
     block_crcs: Vec<u32>,
     filter: Vec<u64>,
-    /// The filter is blocked (version 2 runs).
+    /// Version 2: blocks are packed and the filter is blocked. Version 1: blocks are arrays
+    /// of 24-byte entries and the filter is not blocked.
     blocked: bool,
+}
+
+/// Flags of a packed entry: the key is the previous entry's.
+const SAME_KEY: u8 = 1;
+/// The value equals the seq (category, type and tag entries).
+const VALUE_IS_SEQ: u8 = 2;
+/// The value is the previous entry's value plus a varint.
+const VALUE_DELTA: u8 = 4;
+
+/// Puts `v` as a LEB128 varint at `out[*n..]` (at most 10 bytes).
+fn put_varint(out: &mut [u8; PACKED_MAX], n: &mut usize, mut v: u64) {
+    while v >= 0x80 {
+        out[*n] = v as u8 | 0x80;
+        *n += 1;
+        v >>= 7;
+    }
+    out[*n] = v as u8;
+    *n += 1;
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let first = *b.get(*at)?;
+    *at += 1;
+    if first < 0x80 {
+        return Some(u64::from(first));
+    }
+    let mut v = u64::from(first & 0x7f);
+    let mut shift = 7;
+    loop {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+/// The most bytes a packed entry takes: flags and three 10-byte varints.
+const PACKED_MAX: usize = 31;
+
+/// Packs an entry after `prev`, the entry before it in its block (`None` for the first);
+/// entries must not decrease.
+fn pack_entry(buf: &mut Vec<u8>, prev: Option<Entry>, e: Entry) {
+    let mut out = [0u8; PACKED_MAX];
+    let mut n = 1;
+    let same = prev.is_some_and(|p| p.0 == e.0);
+    let mut flags = if same { SAME_KEY } else { 0 };
+    let delta = prev.filter(|p| e.2 >= p.2 && e.2 != e.1);
+    if e.2 == e.1 {
+        flags |= VALUE_IS_SEQ;
+    } else if delta.is_some() {
+        flags |= VALUE_DELTA;
+    }
+    out[0] = flags;
+    match prev {
+        Some(p) if same => put_varint(&mut out, &mut n, e.1 - p.1),
+        Some(p) => {
+            put_varint(&mut out, &mut n, e.0 - p.0);
+            put_varint(&mut out, &mut n, e.1);
+        }
+        None => {
+            put_varint(&mut out, &mut n, e.0);
+            put_varint(&mut out, &mut n, e.1);
+        }
+    }
+    match delta {
+        _ if e.2 == e.1 => {}
+        Some(p) => put_varint(&mut out, &mut n, e.2 - p.2),
+        None => put_varint(&mut out, &mut n, e.2),
+    }
+    buf.extend_from_slice(&out[..n]);
+}
+
+/// Unpacks the `n` entries of a packed block; `None` when the bytes are not `n` entries
+/// exactly.
+fn unpack_block(b: &[u8], n: usize, out: &mut Vec<Entry>) -> Option<()> {
+    let mut at = 0;
+    let mut prev: Option<Entry> = None;
+    for _ in 0..n {
+        let flags = *b.get(at)?;
+        at += 1;
+        if flags & !(SAME_KEY | VALUE_IS_SEQ | VALUE_DELTA) != 0
+            || flags & (VALUE_IS_SEQ | VALUE_DELTA) == VALUE_IS_SEQ | VALUE_DELTA
+        {
+            return None;
+        }
+        let (key, seq) = match prev {
+            Some(p) if flags & SAME_KEY != 0 => (p.0, p.1.checked_add(get_varint(b, &mut at)?)?),
+            Some(p) => (
+                p.0.checked_add(get_varint(b, &mut at)?)?,
+                get_varint(b, &mut at)?,
+            ),
+            None if flags & SAME_KEY != 0 => return None,
+            None => (get_varint(b, &mut at)?, get_varint(b, &mut at)?),
+        };
+        let value = if flags & VALUE_IS_SEQ != 0 {
+            seq
+        } else if flags & VALUE_DELTA != 0 {
+            prev?.2.checked_add(get_varint(b, &mut at)?)?
+        } else {
+            get_varint(b, &mut at)?
+        };
+        let e = (key, seq, value);
+        out.push(e);
+        prev = Some(e);
+    }
+    (at == b.len()).then_some(())
 }
 
 impl Run {
@@ -290,49 +415,60 @@ impl Run {
         let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), &e);
         let file = fs.create(path).map_err(|e| io("creating", e))?;
         let mut buf = Vec::with_capacity(1 << 20);
-        let mut at = HEADER_LEN;
+        // Bytes of blocks written out of `buf` so far.
+        let mut flushed = 0u64;
         let mut count = 0u64;
         let mut fences = Vec::new();
+        let mut starts = Vec::new();
         let mut block_crcs = Vec::new();
-        let mut crc = 0u32;
-        // Where the bytes of the current block that `crc` does not cover yet start in `buf`.
-        let mut unhashed = 0;
+        // Where the current block starts in `buf`, and the entry before in it.
+        let mut block_start = 0;
+        let mut prev: Option<Entry> = None;
+        let mut last: Option<Entry> = None;
         let mut id_keys = Vec::new();
         for e in entries {
             let e = e?;
+            if let Some(last) = last.filter(|l| e < *l) {
+                return Err(Error::Internal(format!(
+                    "index run {} got entry {e:?} after {last:?}",
+                    path.display()
+                )));
+            }
+            last = Some(e);
             if is_id_key(e.0) {
                 id_keys.push(e.0);
             }
             if count.is_multiple_of(BLOCK as u64) {
                 if count > 0 {
-                    block_crcs.push(crc32c::crc32c_append(crc, &buf[unhashed..]));
-                    unhashed = buf.len();
+                    block_crcs.push(crc32c::crc32c(&buf[block_start..]));
+                    if buf.len() >= 1 << 20 {
+                        file.write_all_at(&buf, HEADER_LEN + flushed)
+                            .map_err(|e| io("writing", e))?;
+                        flushed += buf.len() as u64;
+                        buf.clear();
+                    }
                 }
+                block_start = buf.len();
+                starts.push(flushed + block_start as u64);
                 fences.push(e);
-                crc = 0;
+                prev = None;
             }
-            let mut bytes = [0u8; ENTRY_LEN];
-            bytes[0..8].copy_from_slice(&e.0.to_le_bytes());
-            bytes[8..16].copy_from_slice(&e.1.to_le_bytes());
-            bytes[16..24].copy_from_slice(&e.2.to_le_bytes());
-            buf.extend_from_slice(&bytes);
+            pack_entry(&mut buf, prev, e);
+            prev = Some(e);
             count += 1;
-            if buf.len() >= 1 << 20 {
-                crc = crc32c::crc32c_append(crc, &buf[unhashed..]);
-                file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
-                at += buf.len() as u64;
-                buf.clear();
-                unhashed = 0;
-            }
         }
         if count > 0 {
-            block_crcs.push(crc32c::crc32c_append(crc, &buf[unhashed..]));
+            block_crcs.push(crc32c::crc32c(&buf[block_start..]));
         }
+        let data_len = flushed + buf.len() as u64;
         let fence_start = buf.len();
         for f in &fences {
             buf.extend_from_slice(&f.0.to_le_bytes());
             buf.extend_from_slice(&f.1.to_le_bytes());
             buf.extend_from_slice(&f.2.to_le_bytes());
+        }
+        for s in &starts {
+            buf.extend_from_slice(&s.to_le_bytes());
         }
         for c in &block_crcs {
             buf.extend_from_slice(&c.to_le_bytes());
@@ -343,7 +479,8 @@ impl Run {
             buf.extend_from_slice(&w.to_le_bytes());
         }
         let tail_crc = crc32c::crc32c(&buf[fence_start..]);
-        file.write_all_at(&buf, at).map_err(|e| io("writing", e))?;
+        file.write_all_at(&buf, HEADER_LEN + flushed)
+            .map_err(|e| io("writing", e))?;
         let mut header = [0u8; HEADER_LEN as usize];
         header[0..8].copy_from_slice(MAGIC);
         header[8..12].copy_from_slice(&RUN_VERSION.to_le_bytes());
@@ -351,6 +488,7 @@ impl Run {
         header[16..24].copy_from_slice(&count.to_le_bytes());
         header[24..32].copy_from_slice(&(filter.len() as u64).to_le_bytes());
         header[32..36].copy_from_slice(&tail_crc.to_le_bytes());
+        header[36..44].copy_from_slice(&data_len.to_le_bytes());
         let crc = crc32c::crc32c(&header[0..44]);
         header[44..48].copy_from_slice(&crc.to_le_bytes());
         file.write_all_at(&header, 0)
@@ -362,6 +500,10 @@ impl Run {
             file,
             path: path.to_path_buf(),
             fences,
+            starts: {
+                starts.push(data_len);
+                starts
+            },
             block_crcs,
             filter,
             blocked: true,
@@ -411,16 +553,25 @@ impl Run {
             ));
         }
         let fence_count = count.div_ceil(BLOCK as u64);
-        let fence_at = count
-            .checked_mul(ENTRY_LEN as u64)
-            .and_then(|n| n.checked_add(HEADER_LEN))
-            .ok_or_else(|| corrupt(path, 16, format!("entry count {count} is impossible")))?;
+        let data_len = if blocked {
+            u64::from_le_bytes(header[36..44].try_into().unwrap_or_default())
+        } else {
+            count
+                .checked_mul(ENTRY_LEN as u64)
+                .ok_or_else(|| corrupt(path, 16, format!("entry count {count} is impossible")))?
+        };
+        let fence_at = data_len
+            .checked_add(HEADER_LEN)
+            .ok_or_else(|| corrupt(path, 36, format!("data size {data_len} is impossible")))?;
         let file_len = file
             .len()
             .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        // Per block: a fence, a checksum and, in version 2, where it starts.
+        let per_block = ENTRY_LEN as u64 + 4 + if blocked { 8 } else { 0 };
         let tail_len = words
             .checked_mul(8)
-            .and_then(|w| w.checked_add(fence_count * (ENTRY_LEN as u64 + 4)))
+            .and_then(|w| w.checked_add(fence_count.checked_mul(per_block)?))
+            .filter(|t| *t <= file_len)
             .ok_or_else(|| corrupt(path, 24, format!("filter size {words} is impossible")))?;
         if fence_at.checked_add(tail_len) != Some(file_len) {
             return Err(corrupt(
@@ -444,9 +595,31 @@ impl Run {
             ));
         }
         let split = (fence_count as usize) * ENTRY_LEN;
-        let crc_end = split + (fence_count as usize) * 4;
         let mut fences = Vec::with_capacity(fence_count as usize);
         decode_entries(&raw[..split], &mut fences);
+        let (starts, split) = if blocked {
+            let end = split + (fence_count as usize) * 8;
+            let mut starts: Vec<u64> = raw[split..end]
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+            starts.push(data_len);
+            // Each block holds at least one entry, so starts rise strictly from 0.
+            if starts.first().is_some_and(|s| *s != 0) || starts.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(corrupt(
+                    path,
+                    fence_at,
+                    "index run block table is inconsistent",
+                ));
+            }
+            (starts, end)
+        } else {
+            let starts = (0..=fence_count)
+                .map(|i| (i * BLOCK as u64).min(count) * ENTRY_LEN as u64)
+                .collect();
+            (starts, split)
+        };
+        let crc_end = split + (fence_count as usize) * 4;
         let block_crcs = raw[split..crc_end]
             .chunks_exact(4)
             .map(|c| {
@@ -469,6 +642,7 @@ impl Run {
             file,
             path: path.to_path_buf(),
             fences,
+            starts,
             block_crcs,
             filter,
             blocked,
@@ -515,27 +689,37 @@ impl Run {
         out: &mut Vec<Entry>,
     ) -> Result<()> {
         out.clear();
-        let start = (first * BLOCK) as u64;
-        let end = (start + (n * BLOCK) as u64).min(self.count);
-        if start >= end {
+        let last = (first + n).min(self.blocks());
+        if first >= last {
             return Ok(());
         }
-        raw.resize((end - start) as usize * ENTRY_LEN, 0);
-        let at = HEADER_LEN + start * ENTRY_LEN as u64;
+        let base = self.starts[first];
+        raw.resize((self.starts[last] - base) as usize, 0);
         self.file
-            .read_exact_at(raw, at)
+            .read_exact_at(raw, HEADER_LEN + base)
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), &e))?;
-        for (j, bytes) in raw.chunks(BLOCK * ENTRY_LEN).enumerate() {
-            let i = first + j;
+        for i in first..last {
+            let at = HEADER_LEN + self.starts[i];
+            let bytes =
+                &raw[(self.starts[i] - base) as usize..(self.starts[i + 1] - base) as usize];
             if self.block_crcs.get(i) != Some(&crc32c::crc32c(bytes)) {
                 return Err(corrupt(
                     &self.path,
-                    at + (j * BLOCK * ENTRY_LEN) as u64,
+                    at,
                     format!("index block {i} checksum mismatch"),
                 ));
             }
+            let n = (self.count - (i * BLOCK) as u64).min(BLOCK as u64) as usize;
+            if !self.blocked {
+                decode_entries(bytes, out);
+            } else if unpack_block(bytes, n, out).is_none() {
+                return Err(corrupt(
+                    &self.path,
+                    at,
+                    format!("index block {i} does not hold {n} packed entries"),
+                ));
+            }
         }
-        decode_entries(raw, out);
         Ok(())
     }
 
@@ -863,24 +1047,39 @@ mod tests {
         assert!(false_positives < 100, "{false_positives} of 20000");
     }
 
-    /// Rewrites a run file as version 1 wrote it: the same entries with an unblocked filter.
-    fn as_version_1(bytes: &[u8], id_keys: &[u64]) -> Vec<u8> {
-        let count = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-        let words = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
-        let mut unblocked = vec![0u64; words];
-        for &k in id_keys {
-            for bit in unblocked_probes(k, words as u64 * 64) {
-                unblocked[(bit / 64) as usize] |= 1 << (bit % 64);
+    /// A run file as version 1 wrote it: 24-byte entries, an unblocked filter of 14 bits per
+    /// id, the reserved header bytes zero.
+    fn version_1_file(entries: &[Entry]) -> Vec<u8> {
+        let ids = entries.iter().filter(|e| is_id_key(e.0)).count() as u64;
+        let words = (ids * 14).div_ceil(64).max(1);
+        let mut filter = vec![0u64; words as usize];
+        for e in entries.iter().filter(|e| is_id_key(e.0)) {
+            for bit in unblocked_probes(e.0, words * 64) {
+                filter[(bit / 64) as usize] |= 1 << (bit % 64);
             }
         }
-        let fence_at = HEADER_LEN as usize + count as usize * ENTRY_LEN;
-        let filter_at = bytes.len() - words * 8;
-        let mut out = bytes[..filter_at].to_vec();
-        for w in &unblocked {
+        let raw = |e: &Entry| [e.0, e.1, e.2].map(u64::to_le_bytes).concat();
+        let mut out = vec![0u8; HEADER_LEN as usize];
+        for e in entries {
+            out.extend_from_slice(&raw(e));
+        }
+        let fence_at = out.len();
+        for block in entries.chunks(BLOCK) {
+            out.extend_from_slice(&raw(&block[0]));
+        }
+        for block in entries.chunks(BLOCK) {
+            let bytes: Vec<u8> = block.iter().flat_map(raw).collect();
+            out.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+        }
+        for w in &filter {
             out.extend_from_slice(&w.to_le_bytes());
         }
         let tail_crc = crc32c::crc32c(&out[fence_at..]);
+        out[0..8].copy_from_slice(MAGIC);
         out[8..12].copy_from_slice(&RUN_VERSION_UNBLOCKED.to_le_bytes());
+        out[12..16].copy_from_slice(&(BLOCK as u32).to_le_bytes());
+        out[16..24].copy_from_slice(&(entries.len() as u64).to_le_bytes());
+        out[24..32].copy_from_slice(&words.to_le_bytes());
         out[32..36].copy_from_slice(&tail_crc.to_le_bytes());
         let crc = crc32c::crc32c(&out[0..44]);
         out[44..48].copy_from_slice(&crc.to_le_bytes());
@@ -895,15 +1094,11 @@ mod tests {
             .collect();
         let mut entries: Vec<Entry> = ids.iter().map(|&k| (k, 0, k & 0xffff)).collect();
         entries.sort();
+        // Other kinds too, so that blocks hold runs of one key.
+        entries.extend((0..2000u64).map(|i| (key(KIND_STREAM, &(i % 7).to_le_bytes()), i, i)));
+        entries.sort();
         let path = Path::new("/x/run-5.idx");
-        Run::write(&fs, path, 5, entries.iter().copied().map(Ok)).unwrap();
-        let v2 = fs.read_file(path).unwrap();
-        assert_eq!(
-            u32::from_le_bytes(v2[8..12].try_into().unwrap()),
-            RUN_VERSION
-        );
-        let v1 = as_version_1(&v2, &ids);
-        fs.write_file(path, v1);
+        fs.write_file(path, version_1_file(&entries));
         let old = Run::open(&fs, path, 5).unwrap();
         assert!(!old.blocked);
         // The unblocked probes find every id; the blocked ones would miss most of them.
@@ -921,6 +1116,58 @@ mod tests {
         assert!(ids.iter().all(|&k| merged.may_hold_id(k)));
         let all: Vec<Entry> = merged.iter().map(|e| e.unwrap()).collect();
         assert_eq!(all, entries);
+    }
+
+    proptest::proptest! {
+        /// Packed blocks give back exactly the sorted entries written, whatever their values.
+        #[test]
+        fn packed_runs_give_back_their_entries(
+            mut entries in proptest::collection::vec(
+                (0u64..6, proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>(), 0u8..4),
+                0..1500,
+            ),
+        ) {
+            let mut entries: Vec<Entry> = entries
+                .drain(..)
+                .map(|(k, seq, val, shape)| {
+                    let key = (k << 58) | (k * 0x0123_4567);
+                    match shape {
+                        0 => (key, seq, seq),
+                        1 => (key, seq % 1000, val % 1000),
+                        2 => (u64::MAX - k, seq, val),
+                        _ => (key, seq, val),
+                    }
+                })
+                .collect();
+            entries.sort();
+            let fs = SimFs::new();
+            let path = Path::new("/x/run-9.idx");
+            Run::write(&fs, path, 9, entries.iter().copied().map(Ok)).unwrap();
+            let run = Run::open(&fs, path, 9).unwrap();
+            let back: Vec<Entry> = run.iter().map(|e| e.unwrap()).collect();
+            proptest::prop_assert_eq!(back, entries);
+        }
+
+        /// Bytes that are not a packed block are refused, never a panic.
+        #[test]
+        fn unpacking_arbitrary_bytes_does_not_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            n in 0usize..40,
+        ) {
+            let mut out = Vec::new();
+            if unpack_block(&bytes, n, &mut out).is_some() {
+                proptest::prop_assert_eq!(out.len(), n);
+            }
+        }
+    }
+
+    #[test]
+    fn entries_out_of_order_are_refused() {
+        let fs = SimFs::new();
+        let path = Path::new("/x/run-8.idx");
+        let entries = [(1, 5, 5), (1, 4, 4)].map(Ok);
+        let err = Run::write(&fs, path, 8, entries.into_iter()).err().unwrap();
+        assert!(err.to_string().contains("after"), "{err}");
     }
 
     #[test]
@@ -946,9 +1193,9 @@ mod tests {
     fn a_damaged_block_is_reported_when_read() {
         let fs = SimFs::new();
         let path = Path::new("/x/run-4.idx");
-        Run::write(&fs, path, 4, (0..1000u64).map(|i| Ok((1, i, i)))).unwrap();
+        let run = Run::write(&fs, path, 4, (0..1000u64).map(|i| Ok((1, i, i)))).unwrap();
         let mut bytes = fs.read_file(path).unwrap();
-        bytes[HEADER_LEN as usize + 300 * ENTRY_LEN + 9] ^= 0x20;
+        bytes[(HEADER_LEN + run.starts[1] + 9) as usize] ^= 0x20;
         fs.write_file(path, bytes);
         let run = Run::open(&fs, path, 4).unwrap();
         assert!(run.block(0).is_ok());
