@@ -28,7 +28,9 @@ use tracing::{debug, error, warn};
 use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::heads::{Head, Heads};
-use crate::index::{batch_entries, keyed_event_entries, merge_runs, stream_keys, Entry, Run};
+use crate::index::{
+    batch_entries, key, keyed_event_entries, merge_runs, stream_keys, Entry, Run, KIND_TYPE,
+};
 use crate::log::Segment;
 use crate::memtable::MemTable;
 use crate::read::{find_by_id, Cursor};
@@ -355,7 +357,7 @@ impl Writer {
                 let tk = match type_key {
                     Some((t, k)) if t == e.event_type => k,
                     _ => {
-                        let k = crate::index::key(crate::index::KIND_TYPE, e.event_type.as_bytes());
+                        let k = key(KIND_TYPE, e.event_type.as_bytes());
                         type_key = Some((&e.event_type, k));
                         k
                     }
