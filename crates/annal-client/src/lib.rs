@@ -268,12 +268,12 @@ impl Client {
 
 impl EventStore for Client {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
-        let message = pb::AppendRequest::from(request);
         if let Some(framed) = &self.framed {
-            if let Some(r) = framed.append(&message).await? {
+            if let Some(r) = framed.append(&request).await? {
                 return Ok(r.into());
             }
         }
+        let message = pb::AppendRequest::from(request);
         let r = self
             .grpc
             .clone()

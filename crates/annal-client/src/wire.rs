@@ -109,12 +109,15 @@ impl Framed {
 
     /// Appends; `Ok(None)` when the server does not speak the framed protocol (the caller
     /// uses gRPC).
-    pub async fn append(&self, message: &pb::AppendRequest) -> Result<Option<pb::AppendResponse>> {
+    pub async fn append(
+        &self,
+        request: &annal_core::AppendRequest,
+    ) -> Result<Option<pb::AppendResponse>> {
         let Some(conn) = self.conn().await? else {
             return Ok(None);
         };
         let (kind, payload) = conn
-            .call(|out, id| wire::put_message(out, Kind::Append, id, message))
+            .call(|out, id| wire::put_append(out, id, request))
             .await?;
         match kind {
             Kind::Appended => pb::AppendResponse::decode(payload.as_slice())
@@ -383,12 +386,12 @@ mod tests {
         url
     }
 
-    fn message() -> pb::AppendRequest {
-        pb::AppendRequest::from(annal_core::AppendRequest::stream(
+    fn message() -> annal_core::AppendRequest {
+        annal_core::AppendRequest::stream(
             "s",
             annal_core::ExpectedRevision::Any,
             vec![annal_core::NewEvent::new("A", b"{}".to_vec())],
-        ))
+        )
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use uuid::Uuid;
+
 use crate::{AppendRequest, Error, Query, ReadRequest, Result, Source, SubscribeRequest};
 
 /// Longest stream id, in bytes.
@@ -31,6 +33,11 @@ fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
             format!("is {} bytes, longer than the limit of {max}", value.len()),
         ));
     }
+    // Printable ASCII, the common case, holds no control character; anything else is looked
+    // at character by character (C1 controls are two bytes in UTF-8).
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Error::invalid(
             field,
@@ -56,7 +63,8 @@ pub fn event_type(t: &str) -> Result<()> {
 /// A tag: 1 to 256 bytes, no control characters and no white space (`account:42`).
 pub fn tag(t: &str) -> Result<()> {
     check_name("tag", t, MAX_NAME_LEN)?;
-    if t.chars().any(char::is_whitespace) {
+    let graphic = t.bytes().all(|b| b.is_ascii_graphic());
+    if !graphic && t.chars().any(char::is_whitespace) {
         return Err(Error::invalid("tag", format!("'{t}' contains white space")));
     }
     Ok(())
@@ -129,7 +137,8 @@ pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
         ));
     }
     let mut streams = HashSet::new();
-    let mut ids = HashSet::new();
+    // Sorted, a repeated id sits next to its twin: no hashing of client-chosen keys.
+    let mut ids: Vec<u128> = Vec::with_capacity(total);
     for s in &req.streams {
         stream_id(&s.stream_id)?;
         if !streams.insert(s.stream_id.as_str()) {
@@ -145,12 +154,7 @@ pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
             ));
         }
         for e in &s.events {
-            if !ids.insert(e.id) {
-                return Err(Error::invalid(
-                    "event id",
-                    format!("{} appears twice in one request", e.id),
-                ));
-            }
+            ids.push(e.id.as_u128());
             if e.id.is_nil() {
                 return Err(Error::invalid("event id", "must not be the nil uuid"));
             }
@@ -197,6 +201,13 @@ pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
                 });
             }
         }
+    }
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::invalid(
+            "event id",
+            format!("{} appears twice in one request", Uuid::from_u128(w[0])),
+        ));
     }
     if let Some(c) = &req.condition {
         query(&c.query)?;
@@ -255,5 +266,53 @@ mod tests {
         assert!(append(&one("a", meta), 1 << 20).is_err());
         assert!(query(&Query::default()).is_err());
         assert!(query(&Query::all()).is_ok());
+    }
+
+    #[test]
+    fn names_outside_printable_ascii_are_looked_at_character_by_character() {
+        for ok in ["Opened", "Überwiesen", "注文", "a b", "x~"] {
+            assert!(event_type(ok).is_ok(), "{ok:?}");
+        }
+        for control in ["a\u{7f}", "a\nb", "\u{85}next line", "tab\there", "\u{9f}"] {
+            let err = event_type(control).unwrap_err().to_string();
+            assert!(err.contains("control character"), "{control:?}: {err}");
+        }
+        for ok in ["account:42", "kunde:Müller", "注文:1"] {
+            assert!(tag(ok).is_ok(), "{ok:?}");
+        }
+        for spaced in [
+            "a b",
+            "ideographic\u{3000}space",
+            "nbsp\u{a0}x",
+            "en\u{2002}x",
+        ] {
+            let err = tag(spaced).unwrap_err().to_string();
+            assert!(err.contains("white space"), "{spaced:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_event_id_is_named_wherever_it_stands() {
+        let a = NewEvent::new("A", b"{}".to_vec());
+        let b = NewEvent::new("B", b"{}".to_vec());
+        let c = NewEvent::new("C", b"{}".to_vec());
+        let req = AppendRequest {
+            streams: vec![
+                crate::StreamAppend {
+                    stream_id: "one".into(),
+                    expected: ExpectedRevision::Any,
+                    events: vec![a.clone(), b],
+                },
+                crate::StreamAppend {
+                    stream_id: "two".into(),
+                    expected: ExpectedRevision::Any,
+                    events: vec![c, a.clone()],
+                },
+            ],
+            condition: None,
+        };
+        let err = append(&req, 1024).unwrap_err().to_string();
+        assert!(err.contains(&a.id.to_string()), "{err}");
+        assert!(err.contains("twice"), "{err}");
     }
 }

@@ -26,6 +26,7 @@ mod generated {
 pub use batch::ReadResponse;
 pub use generated::*;
 
+pub mod append;
 mod batch;
 pub mod packed;
 pub mod wire;

@@ -109,6 +109,17 @@ pub fn put_message(out: &mut Vec<u8>, kind: Kind, id: u32, message: &impl prost:
         .expect("a Vec grows to hold the message");
 }
 
+/// Appends an Append frame whose payload is `request`, encoded straight from the core types
+/// (see [`crate::append`]).
+pub fn put_append(out: &mut Vec<u8>, id: u32, request: &annal_core::AppendRequest) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let len = crate::append::encode_append(request, out);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    put_header(&mut header, Kind::Append, id, len);
+    out[start..start + HEADER_LEN].copy_from_slice(&header);
+}
+
 /// A status as an Error payload: code `u32`, message length `u32`, the message (UTF-8), then
 /// the details (an `annal.v1.ErrorDetail`) to the end.
 pub fn encode_status(status: &tonic::Status) -> Vec<u8> {

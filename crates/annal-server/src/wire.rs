@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use annal_core::Error;
 use annal_proto as pb;
+use annal_proto::append::{decode_append, DecodeAppendError};
 use annal_proto::wire::{self, FrameWriter, Header, Kind, HEADER_LEN};
 use prost::Message;
 use tokio::io::{AsyncReadExt, BufReader};
@@ -333,13 +334,13 @@ fn gone(sent: std::io::Result<()>) -> Result<(), Fatal> {
 }
 
 async fn append(state: &State, payload: &[u8]) -> Result<pb::AppendResponse, Error> {
-    let message = pb::AppendRequest::decode(payload).map_err(|e| {
-        Error::invalid(
+    let request = decode_append(payload).map_err(|e| match e {
+        DecodeAppendError::Malformed(e) => Error::invalid(
             "request",
             format!("the Append frame does not hold an annal.v1.AppendRequest: {e}"),
-        )
+        ),
+        DecodeAppendError::Invalid(e) => e,
     })?;
-    let request = pb::append_request(message)?;
     let result = state.append(request, payload.len(), None, false).await?;
     Ok(result.into())
 }
