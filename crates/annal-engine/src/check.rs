@@ -13,8 +13,8 @@ use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
 use crate::log::{
-    header_mismatches, intact_record_after, read_header, segment_files, segments_dir, Next,
-    Segment, SeqReader,
+    header_mismatches, intact_record_after, read_header, segment_files, segments_dir, tail_after,
+    Next, Segment, SeqReader, Tail,
 };
 use crate::recovery::{heads_path, run_path};
 
@@ -154,7 +154,25 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     loop {
         let next = reader.next_record()?;
         match next {
-            Next::End => break,
+            Next::End => {
+                // What follows the end in the last segment: preallocated zeros, a tail cut
+                // off on the next open, or damage if an intact later record follows.
+                let (segment, at) = reader.position();
+                if let Some(seg) = segs.get(segment) {
+                    match tail_after(seg, at, next_position)? {
+                        Tail::Clear => {}
+                        Tail::Torn => report.notes.push(format!(
+                            "{} at offset {at}: bytes of an unfinished write after the end of the log; cut off on the next open",
+                            seg.path.display()
+                        )),
+                        Tail::Damage(later) => report.problems.push(format!(
+                            "{} at offset {at}: the log ends in zeros, but an intact record with acknowledged events follows at offset {later}",
+                            seg.path.display()
+                        )),
+                    }
+                }
+                break;
+            }
             Next::Torn {
                 segment,
                 file_offset,

@@ -14,6 +14,7 @@ mod index;
 pub mod io;
 mod log;
 mod memtable;
+mod prealloc;
 mod read;
 mod recovery;
 mod store;

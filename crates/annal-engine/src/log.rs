@@ -227,6 +227,16 @@ impl SeqReader {
             let mut h = [0u8; FRAME_HEADER_LEN];
             h.copy_from_slice(&self.chunk[off..off + FRAME_HEADER_LEN]);
             let (len, crc) = frame_header(&h);
+            if h == [0; FRAME_HEADER_LEN] {
+                // Zeros where a record would start: the preallocated rest of the active
+                // segment. Elsewhere it is damage. What is cached from here on may be
+                // zeros that records have since replaced: read it again next time.
+                self.chunk.truncate(off);
+                if self.seg + 1 == self.segments.len() {
+                    return Ok(Next::End);
+                }
+                return Ok(torn("zeros where a record should start".into(), self));
+            }
             let total = FRAME_HEADER_LEN + len as usize;
             // Never trust a length read from disk with an allocation: check it against the
             // file first.
@@ -339,6 +349,44 @@ pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join("segments")
 }
 
+/// What follows the end of the log in the last segment.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing, or zeros only: space preallocated for records to come.
+    Clear,
+    /// Bytes of records that were never made durable (or zeros where one was cut off): a
+    /// torn tail, cut off before new records are written.
+    Torn,
+    /// An intact record at this file offset proves that what ends the log was synced:
+    /// damage inside the log.
+    Damage(u64),
+}
+
+/// Classifies what lies in `seg` from `file_offset` (where reading found the end of the
+/// log, or a record it could not read) to the end of the file. `expected` is the position
+/// the next record would start at.
+pub fn tail_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Tail> {
+    if let Some(later) = intact_record_after(seg, file_offset, expected)? {
+        return Ok(Tail::Damage(later));
+    }
+    let len = seg
+        .file
+        .len()
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+    if len <= file_offset {
+        return Ok(Tail::Clear);
+    }
+    let mut rest = vec![0u8; (len - file_offset) as usize];
+    seg.file
+        .read_exact_at(&mut rest, file_offset)
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+    Ok(if rest.iter().all(|&b| b == 0) {
+        Tail::Clear
+    } else {
+        Tail::Torn
+    })
+}
+
 /// Looks for an intact record after a damaged one at `file_offset` of `seg` that proves the
 /// damaged bytes had been synced: one whose frame checks, whose batch starts after position
 /// `expected`, and whose watermark (the offset the log was durable up to when it was
@@ -358,21 +406,31 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
     seg.file
         .read_exact_at(&mut rest, file_offset)
         .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
-    for at in 1..rest.len().saturating_sub(FRAME_HEADER_LEN) {
+    let mut at = 1;
+    while at < rest.len().saturating_sub(FRAME_HEADER_LEN) {
         let mut h = [0u8; FRAME_HEADER_LEN];
         h.copy_from_slice(&rest[at..at + FRAME_HEADER_LEN]);
         let (n, crc) = frame_header(&h);
         let end = at + FRAME_HEADER_LEN + n as usize;
-        if n == 0 || end > rest.len() {
+        if n == 0 {
+            // A frame's length is not zero: skip a run of zeros (preallocated space) to
+            // the first place whose length field can hold a non-zero byte.
+            let next = rest[at..].iter().position(|&b| b != 0);
+            at = next.map_or(rest.len(), |i| (at + i).saturating_sub(3).max(at + 1));
             continue;
         }
-        let payload = &rest[at + FRAME_HEADER_LEN..end];
+        let start = at;
+        at += 1;
+        if end > rest.len() {
+            continue;
+        }
+        let payload = &rest[start + FRAME_HEADER_LEN..end];
         if frame_crc(n, payload) != crc {
             continue;
         }
         if let Ok(b) = crate::format::decode_batch_header(payload) {
             if b.first_position > expected && b.synced_up_to > damaged_at {
-                return Ok(Some(file_offset + at as u64));
+                return Ok(Some(file_offset + start as u64));
             }
         }
     }

@@ -13,8 +13,8 @@ use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
 use crate::log::{
-    header_mismatches, intact_record_after, read_header, segment_files, segment_name, segments_dir,
-    Next, Segment, SeqReader,
+    header_mismatches, read_header, segment_files, segment_name, segments_dir, tail_after, Next,
+    Segment, SeqReader, Tail,
 };
 
 /// Everything the store needs to start from what is on disk.
@@ -249,7 +249,9 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
             });
         }
     }
-    loop {
+    // Where reading stopped: the segment, the file offset, and what was wrong there (`None`
+    // at the end of the log).
+    let (segment, at, torn) = loop {
         match reader.next_record()? {
             Next::Record(offset, payload) => {
                 let corrupt = |problem: String| Error::Corruption {
@@ -277,48 +279,61 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
                 last_recorded_at = at.0;
                 replayed += events.len() as u64;
             }
-            Next::End => break,
+            Next::End => {
+                let (segment, at) = reader.position();
+                break (segment, at, None);
+            }
             Next::Torn {
                 segment,
                 file_offset,
                 problem,
-            } => {
-                let seg = &segments[segment];
-                if segment + 1 != segments.len() {
-                    return Err(Error::Corruption {
-                        file: seg.path.display().to_string(),
-                        offset: file_offset,
-                        problem: format!("{problem}, and later segments follow"),
-                    });
-                }
-                if let Some(later) = intact_record_after(seg, file_offset, next_position)? {
-                    return Err(Error::Corruption {
-                        file: seg.path.display().to_string(),
-                        offset: file_offset,
-                        problem: format!(
-                            "{problem}, but an intact later record follows at offset {later}: this is damage inside the log, not a torn final write; the store will not open (run `annal check`)"
-                        ),
-                    });
-                }
-                let len = seg
-                    .file
-                    .len()
-                    .map_err(|e| io_err("reading", &seg.path, &e))?;
-                warn!(
-                    file = %seg.path.display(),
-                    offset = file_offset,
-                    dropped_bytes = len - file_offset,
-                    %problem,
-                    "truncating a torn write at the end of the log"
-                );
-                seg.file
-                    .set_len(file_offset)
-                    .map_err(|e| io_err("truncating", &seg.path, &e))?;
-                seg.file
-                    .sync_data()
-                    .map_err(|e| io_err("syncing", &seg.path, &e))?;
-                break;
-            }
+            } => break (segment, file_offset, Some(problem)),
+        }
+    };
+    let seg = &segments[segment];
+    if let Some(problem) = &torn {
+        if segment + 1 != segments.len() {
+            return Err(Error::Corruption {
+                file: seg.path.display().to_string(),
+                offset: at,
+                problem: format!("{problem}, and later segments follow"),
+            });
+        }
+    }
+    // After the end: nothing, preallocated zeros, what an unfinished write left, or an
+    // intact record that proves the end was synced (damage).
+    let tail = tail_after(seg, at, next_position)?;
+    let clean_end = torn.is_none();
+    let problem = torn.unwrap_or_else(|| "the log ends in zeros".into());
+    match tail {
+        Tail::Clear if clean_end => {}
+        Tail::Damage(later) => {
+            return Err(Error::Corruption {
+                file: seg.path.display().to_string(),
+                offset: at,
+                problem: format!(
+                    "{problem}, but an intact later record follows at offset {later}: this is damage inside the log, not a torn final write; the store will not open (run `annal check`)"
+                ),
+            });
+        }
+        Tail::Clear | Tail::Torn => {
+            let len = seg
+                .file
+                .len()
+                .map_err(|e| io_err("reading", &seg.path, &e))?;
+            warn!(
+                file = %seg.path.display(),
+                offset = at,
+                dropped_bytes = len - at,
+                %problem,
+                "truncating a torn write at the end of the log"
+            );
+            seg.file
+                .set_len(at)
+                .map_err(|e| io_err("truncating", &seg.path, &e))?;
+            seg.file
+                .sync_data()
+                .map_err(|e| io_err("syncing", &seg.path, &e))?;
         }
     }
     let last = segments.last().expect("at least one segment");
@@ -327,10 +342,9 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
     last.file
         .sync_data()
         .map_err(|e| io_err("syncing", &last.path, &e))?;
-    let active_len = last
-        .file
-        .len()
-        .map_err(|e| io_err("reading", &last.path, &e))?;
+    // The log ends where reading stopped: at the end of the file, or where the zeros of
+    // preallocated space begin.
+    let active_len = at;
     let log_end = last.base_offset + active_len - SEGMENT_HEADER_LEN;
     if replayed > 0 {
         info!(

@@ -37,6 +37,10 @@ pub struct Config {
     pub checkpoint_entries: usize,
     /// Append requests waiting for the writer before senders wait.
     pub queue_depth: usize,
+    /// Bytes of zeros kept written and synced beyond the end of the log in the active
+    /// segment, so that a sync writes only the records (not the file's new length and
+    /// blocks); 0 turns preallocation off.
+    pub preallocate: u64,
     /// The file system (the real one unless a test supplies another).
     pub fs: Arc<dyn Fs>,
 }
@@ -49,6 +53,7 @@ impl Default for Config {
             max_append_size: 64 * 1024 * 1024,
             checkpoint_entries: 1 << 20,
             queue_depth: 4096,
+            preallocate: 8 << 20,
             fs: Arc::new(StdFs),
         }
     }
@@ -75,6 +80,11 @@ impl Config {
     }
     pub fn queue_depth(mut self, depth: usize) -> Self {
         self.queue_depth = depth.max(1);
+        self
+    }
+    /// Bytes of zeros kept ahead of the log (0: off).
+    pub fn preallocate(mut self, bytes: u64) -> Self {
+        self.preallocate = bytes;
         self
     }
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {

@@ -33,6 +33,7 @@ use crate::index::{
 };
 use crate::log::Segment;
 use crate::memtable::MemTable;
+use crate::prealloc::Filler;
 use crate::read::{find_by_id, Cursor};
 use crate::recovery::{create_segment, heads_path, run_path, Recovered};
 use crate::store::Shared;
@@ -103,6 +104,8 @@ pub(crate) struct Writer {
     /// The event ids of `pending`: request number, stream index, event index.
     ids: FastMap<Uuid, (u64, u32, u32)>,
     recovered_manifest: Option<Manifest>,
+    /// Keeps zeros ahead of the log in the active segment (`None` when turned off).
+    filler: Option<Filler>,
 }
 
 /// Where a stored event sits, for the idempotency check.
@@ -135,10 +138,34 @@ impl Writer {
             popped: 0,
             ids: FastMap::default(),
             recovered_manifest: Some(rec.manifest.clone()),
+            filler: None,
+        }
+    }
+
+    /// Starts preallocating the active segment, when configured.
+    fn start_filler(&mut self) {
+        let ahead = self.shared.config.preallocate;
+        if ahead == 0 {
+            return;
+        }
+        match Filler::start(self.shared.fs.clone(), ahead) {
+            Ok(f) => {
+                let len = self.active.file.len().unwrap_or(self.active_len);
+                f.target(
+                    Some((self.active.path.clone(), self.shared.config.segment_size)),
+                    self.active_len,
+                    len,
+                );
+                self.filler = Some(f);
+            }
+            Err(e) => {
+                warn!(error = %e, "could not start the preallocation thread; appends go on without")
+            }
         }
     }
 
     pub fn run(mut self) {
+        self.start_filler();
         let (tx, rx) = std_mpsc::channel();
         let manifest = self.recovered_manifest.take().unwrap_or_default();
         let syncer = Syncer {
@@ -265,6 +292,10 @@ impl Writer {
             w.replies.push((tx, outcome));
         }
         if !self.buf.is_empty() {
+            if let Some(f) = &mut self.filler {
+                let len = self.buf.len() as u64;
+                f.before_write(self.active_len + len, len);
+            }
             let written = self
                 .active
                 .file
@@ -596,6 +627,22 @@ impl Writer {
             }
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
+        // The old segment ends at its last record: cut the zeros preallocated after it, so
+        // that every segment but the last ends at its file's end.
+        if let Some(f) = &self.filler {
+            f.target(None, self.active_len, self.active_len);
+        }
+        let old = &self.active;
+        let len = old
+            .file
+            .len()
+            .map_err(|e| Error::io(format!("reading {}", old.path.display()), &e))?;
+        if len > self.active_len {
+            old.file
+                .set_len(self.active_len)
+                .and_then(|()| old.file.sync_data())
+                .map_err(|e| Error::io(format!("cutting {} to its end", old.path.display()), &e))?;
+        }
         let seg = create_segment(
             self.shared.fs.as_ref(),
             &self.shared.dir,
@@ -608,6 +655,13 @@ impl Writer {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(seg.clone());
+        if let Some(f) = &self.filler {
+            f.target(
+                Some((seg.path.clone(), self.shared.config.segment_size)),
+                SEGMENT_HEADER_LEN,
+                SEGMENT_HEADER_LEN,
+            );
+        }
         self.active = seg;
         self.active_len = SEGMENT_HEADER_LEN;
         Ok(())

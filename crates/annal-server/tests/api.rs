@@ -1001,7 +1001,9 @@ async fn a_read_of_damaged_data_answers_an_error_never_a_short_success() {
         .unwrap()
         .path();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let at = bytes.len() / 2;
+    // Records end where the segment's preallocated zeros begin.
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let at = 64 + (end - 64) / 2;
     bytes[at] ^= 0x5a;
     std::fs::write(&seg, &bytes).unwrap();
 

@@ -96,8 +96,9 @@ impl SimFs {
 
     /// The file system as it would be found after a reboot now: durable entries and bytes
     /// only. With `torn = Some(seed)`, each file also keeps a pseudo-random prefix of the
-    /// bytes appended after its last sync (a write that reached the disk in part), and half
-    /// the time a hole inside that prefix (write-back out of order).
+    /// bytes written after its last sync, from the first one that differs (appended, or
+    /// written over preallocated zeros): a write that reached the disk in part; and half the
+    /// time a hole inside that prefix (write-back out of order).
     pub fn crash_image(&self, torn: Option<u64>) -> SimFs {
         let s = lock(&self.state);
         let mut rng = torn.unwrap_or(0) | 1;
@@ -113,20 +114,32 @@ impl SimFs {
                 continue;
             };
             let mut bytes = data.durable.clone();
-            if torn.is_some()
-                && data.written.len() > bytes.len()
-                && data.written.starts_with(&bytes)
-            {
-                let extra = data.written.len() - bytes.len();
+            // Where the unsynced writes begin: past the durable bytes for appends, or at
+            // the first byte overwritten (records written over preallocated zeros).
+            let changed = data
+                .written
+                .iter()
+                .zip(&data.durable)
+                .position(|(w, d)| w != d)
+                .unwrap_or(data.durable.len().min(data.written.len()));
+            if torn.is_some() && data.written.len() > changed {
+                let extra = data.written.len() - changed;
                 let keep = (next() % (extra as u64 + 1)) as usize;
-                bytes.extend_from_slice(&data.written[data.durable.len()..][..keep]);
+                let end = changed + keep;
+                if bytes.len() < end {
+                    bytes.resize(end, 0);
+                }
+                bytes[changed..end].copy_from_slice(&data.written[changed..end]);
                 // Write-back need not follow write order: half the time, a stretch of the
-                // unsynced bytes never made it while later ones did.
+                // unsynced bytes never made it while later ones did (what was there before
+                // stays: the durable bytes, or nothing).
                 if keep > 1 && next() % 2 == 0 {
                     let from = (next() % keep as u64) as usize;
                     let len = 1 + (next() % (keep - from) as u64) as usize;
-                    let at = data.durable.len() + from;
-                    bytes[at..at + len].fill(0);
+                    let hole = bytes.iter_mut().enumerate().skip(changed + from).take(len);
+                    for (i, b) in hole {
+                        *b = data.durable.get(i).copied().unwrap_or(0);
+                    }
                 }
             }
             let id = out.next_inode;
