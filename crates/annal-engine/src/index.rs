@@ -664,6 +664,22 @@ impl Run {
         })
     }
 
+    /// `may_hold_id` for many keys: `out[i]` is set when the run may hold `keys[i]`. Every
+    /// key's filter block is read before any is tested, so their cache misses overlap
+    /// instead of coming one after the other.
+    fn may_hold_ids(&self, keys: &[u64], out: &mut [bool]) {
+        if self.blocked && !self.filter.is_empty() {
+            let blocks = self.filter.len() / BLOCK_WORDS;
+            let touched = keys.iter().fold(0u64, |acc, &k| {
+                acc ^ self.filter[blocked_probes(k, blocks).0 * BLOCK_WORDS]
+            });
+            std::hint::black_box(touched);
+        }
+        for (&k, maybe) in keys.iter().zip(out) {
+            *maybe = *maybe || self.may_hold_id(k);
+        }
+    }
+
     /// How many blocks the run has.
     pub fn blocks(&self) -> usize {
         self.fences.len()
@@ -893,6 +909,20 @@ impl Index {
         out.dedup();
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// For event id keys: `out[i]` is false when no part of the index holds `keys[i]` (the
+    /// answer for a new id, found without reading a run), true when one may.
+    pub fn may_hold_ids(&self, keys: &[u64], out: &mut Vec<bool>) {
+        out.clear();
+        out.resize(keys.len(), false);
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        for (&k, maybe) in keys.iter().zip(out.iter_mut()) {
+            *maybe = s.mem.holds_id(k) || s.frozen.iter().any(|f| f.holds_id(k));
+        }
+        for run in &s.runs {
+            run.may_hold_ids(keys, out);
+        }
     }
 
     /// The entry of `key` with the greatest seq at or below `seq`.

@@ -89,6 +89,11 @@ impl MemTable {
         self.len += 1;
     }
 
+    /// True when an event id key has an entry here.
+    pub fn holds_id(&self, key: u64) -> bool {
+        self.ids.contains_key(&key)
+    }
+
     /// `(seq, value)` of the entries of `key` with `lo <= seq <= hi`, in `dir` order, at most
     /// `limit`, appended to `out`.
     pub fn scan(

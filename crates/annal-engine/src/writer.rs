@@ -29,7 +29,8 @@ use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::heads::{Head, Heads};
 use crate::index::{
-    batch_entries, key, keyed_event_entries, merge_runs, stream_keys, Entry, Run, KIND_TYPE,
+    batch_entries, key, keyed_event_entries, merge_runs, stream_keys, Entry, Run, KIND_ID,
+    KIND_TYPE,
 };
 use crate::log::Segment;
 use crate::memtable::MemTable;
@@ -103,6 +104,9 @@ pub(crate) struct Writer {
     popped: u64,
     /// The event ids of `pending`: request number, stream index, event index.
     ids: FastMap<Uuid, (u64, u32, u32)>,
+    /// The index keys of a request's event ids, and whether the index may hold each.
+    id_keys: Vec<u64>,
+    id_maybe: Vec<bool>,
     recovered_manifest: Option<Manifest>,
     /// Keeps zeros ahead of the log in the active segment (`None` when turned off).
     filler: Option<Filler>,
@@ -137,6 +141,8 @@ impl Writer {
             pending: VecDeque::new(),
             popped: 0,
             ids: FastMap::default(),
+            id_keys: Vec::new(),
+            id_maybe: Vec::new(),
             recovered_manifest: Some(rec.manifest.clone()),
             filler: None,
         }
@@ -460,13 +466,26 @@ impl Writer {
 
     /// Looks up every event id of a request. `Ok(None)`: all are new. `Ok(Some)`: the whole
     /// request was written before (a retry): its original result. Otherwise an id conflict.
-    fn check_ids(&self, req: &AppendRequest) -> Result<Option<AppendResult>> {
+    fn check_ids(&mut self, req: &AppendRequest) -> Result<Option<AppendResult>> {
+        // Which ids the index may hold, all at once; a new id is then looked up no further.
+        self.id_keys.clear();
+        self.id_keys.extend(
+            req.streams
+                .iter()
+                .flat_map(|s| &s.events)
+                .map(|e| key(KIND_ID, e.id.as_bytes())),
+        );
+        self.shared
+            .index
+            .may_hold_ids(&self.id_keys, &mut self.id_maybe);
+        let mut maybe = self.id_maybe.iter();
         let mut found: Vec<Vec<Option<Found>>> = Vec::with_capacity(req.streams.len());
         let mut any = false;
         for s in &req.streams {
             let mut row = Vec::with_capacity(s.events.len());
             for e in &s.events {
-                let f = self.find(e)?;
+                let stored = maybe.next().copied().unwrap_or(true);
+                let f = self.find(e, stored)?;
                 any |= f.is_some();
                 row.push(f);
             }
@@ -552,8 +571,9 @@ impl Writer {
         }))
     }
 
-    /// Finds an event id among pending groups, then in the store.
-    fn find(&self, e: &NewEvent) -> Result<Option<Found>> {
+    /// Finds an event id among pending groups, then (when the index may hold it) in the
+    /// store.
+    fn find(&self, e: &NewEvent, maybe_stored: bool) -> Result<Option<Found>> {
         if let Some(&(number, si, ei)) = self.ids.get(&e.id) {
             let p = &self.pending[(number - self.popped) as usize];
             let stream = &p.request.streams[si as usize];
@@ -566,6 +586,9 @@ impl Writer {
                 recorded_at: Timestamp(p.recorded_at),
                 same: original == e,
             }));
+        }
+        if !maybe_stored {
+            return Ok(None);
         }
         Ok(find_by_id(&self.shared, &e.id)?.map(|stored| Found {
             same: stored.same_as(e),
