@@ -366,25 +366,24 @@ pub enum Tail {
 /// log, or a record it could not read) to the end of the file. `expected` is the position
 /// the next record would start at.
 pub fn tail_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Tail> {
-    if let Some(later) = intact_record_after(seg, file_offset, expected)? {
-        return Ok(Tail::Damage(later));
+    let io = |e: std::io::Error| Error::io(format!("reading {}", seg.path.display()), &e);
+    let len = seg.file.len().map_err(io)?;
+    // Zeros only, the usual case, are read a piece at a time; anything else is searched
+    // whole for an intact record.
+    let mut piece = vec![0u8; (1 << 20).min(len.saturating_sub(file_offset)) as usize];
+    let mut at = file_offset;
+    while at < len {
+        let n = piece.len().min((len - at) as usize);
+        seg.file.read_exact_at(&mut piece[..n], at).map_err(io)?;
+        if piece[..n].iter().any(|&b| b != 0) {
+            return Ok(match intact_record_after(seg, file_offset, expected)? {
+                Some(later) => Tail::Damage(later),
+                None => Tail::Torn,
+            });
+        }
+        at += n as u64;
     }
-    let len = seg
-        .file
-        .len()
-        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
-    if len <= file_offset {
-        return Ok(Tail::Clear);
-    }
-    let mut rest = vec![0u8; (len - file_offset) as usize];
-    seg.file
-        .read_exact_at(&mut rest, file_offset)
-        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
-    Ok(if rest.iter().all(|&b| b == 0) {
-        Tail::Clear
-    } else {
-        Tail::Torn
-    })
+    Ok(Tail::Clear)
 }
 
 /// Looks for an intact record after a damaged one at `file_offset` of `seg` that proves the
