@@ -287,6 +287,18 @@ fn merge_stream(
             "expected",
         ),
         3 => {
+            if s.events.capacity() == 0 {
+                // Room for as many events as the rest of the stream holds if they are the
+                // size of the first (at most 1,024 ahead of need), instead of growing the
+                // vector event by event.
+                let mut peek = *buf;
+                if let Ok(first) = decode_varint(&mut peek) {
+                    let each = usize::try_from(first)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(2);
+                    s.events.reserve((buf.len() / each).clamp(1, 1024));
+                }
+            }
             let mut e = NewEvent::default();
             at(
                 check_wire_type(WireType::LengthDelimited, wire_type)
