@@ -205,8 +205,9 @@ impl Inner {
                     Ok(f) => file = Some((t.generation, f)),
                     Err(e) => {
                         warn!(file = %t.path.display(), error = %e, "cannot open the segment to preallocate it; appends go on without");
+                        let generation = t.generation;
                         drop(s);
-                        self.give_up();
+                        self.give_up(generation);
                         continue;
                     }
                 }
@@ -217,20 +218,23 @@ impl Inner {
             if written.is_ok() {
                 self.filled.store(at + len, Ordering::Release);
             }
-            let path = t.path.clone();
+            let (path, generation) = (t.path.clone(), t.generation);
             drop(s);
             if let Err(e) = written.and_then(|()| f.sync_data()) {
                 // Not an error of the log: the writer's own writes and syncs report what
                 // is wrong with the disk. Preallocation stops for this segment.
                 warn!(file = %path.display(), error = %e, "preallocating the segment failed; appends go on without");
-                self.give_up();
+                self.give_up(generation);
             }
         }
     }
 
-    /// Stops filling the current segment.
-    fn give_up(&self) {
+    /// Stops filling the segment of `generation`, if it is still the one being filled.
+    fn give_up(&self, generation: u64) {
         let mut s = self.lock();
+        if s.target.as_ref().is_none_or(|t| t.generation != generation) {
+            return;
+        }
         s.target = None;
         self.limit.store(0, Ordering::Release);
     }
