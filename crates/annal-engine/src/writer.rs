@@ -638,9 +638,10 @@ impl Writer {
     /// Starts a new segment at the current end of the log.
     fn roll(&mut self) -> Result<()> {
         // The new segment's header records where the old one ends, so the old one's last
-        // writes must be durable first. Only the sync thread syncs segment files (a second
-        // sync of the same file could take a write-back error that the sync thread then never
-        // sees), so wait for it to get there.
+        // writes must be durable first. Only the sync thread syncs records (a second sync
+        // through the same handle could take a write-back error that the sync thread then
+        // never sees), so wait for it to get there; the cut below is synced here, when no
+        // record is left unsynced.
         loop {
             if let Some(cause) = self.shared.poison_cause() {
                 return Err(Error::Poisoned { cause });
