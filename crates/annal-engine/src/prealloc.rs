@@ -33,8 +33,6 @@ const SMALL_WRITES: u64 = 48 << 10;
 /// The segment being filled.
 struct Target {
     path: PathBuf,
-    /// The file offset zeros are not written beyond (the segment size).
-    limit: u64,
     /// Changes with every new target, so the thread opens the new file.
     generation: u64,
 }
@@ -54,7 +52,8 @@ struct Inner {
     /// The file offset of the end of the log in the active segment, as the writer last
     /// said.
     end: AtomicU64,
-    /// The file offset zeros are not written beyond in the current target (0 for none).
+    /// The file offset zeros are not written beyond in the current target (the segment
+    /// size; 0 for none). Changed under the lock only.
     limit: AtomicU64,
     /// How far beyond the end of the log zeros are kept now: up to the configured distance
     /// while writes are small, 0 while they are large.
@@ -115,11 +114,7 @@ impl Filler {
             segment.as_ref().map_or(0, |(_, limit)| *limit),
             Ordering::Release,
         );
-        s.target = segment.map(|(path, limit)| Target {
-            path,
-            limit,
-            generation,
-        });
+        s.target = segment.map(|(path, _)| Target { path, generation });
         self.inner.filled.store(len.max(end), Ordering::Release);
         self.inner.end.store(end, Ordering::Release);
         drop(s);
@@ -182,12 +177,13 @@ impl Inner {
             if s.stop {
                 return None;
             }
-            if let Some(t) = &s.target {
+            if s.target.is_some() {
+                let limit = self.limit.load(Ordering::Acquire);
                 let filled = self.filled.load(Ordering::Acquire);
                 let end = self.end.load(Ordering::Acquire);
                 let ahead = self.ahead_now.load(Ordering::Acquire);
-                if filled < t.limit && filled < end.saturating_add(ahead) {
-                    let len = CHUNK.min(t.limit - filled);
+                if filled < limit && filled < end.saturating_add(ahead) {
+                    let len = CHUNK.min(limit - filled);
                     return Some((s, filled, len));
                 }
             }
