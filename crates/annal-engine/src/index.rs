@@ -143,6 +143,59 @@ pub fn keyed_event_entries(
     out.push((key(KIND_ID, id.as_bytes()), 0, position));
 }
 
+/// The key of `name` of `kind`, hashed only when `name` differs from the one before it.
+fn cached_key<'a>(last: &mut Option<(&'a str, u64)>, kind: u8, name: &'a str) -> u64 {
+    match *last {
+        Some((n, k)) if n == name => k,
+        _ => {
+            let k = key(kind, name.as_bytes());
+            *last = Some((name, k));
+            k
+        }
+    }
+}
+
+/// Adds the entries of consecutive events of one stream, given the keys of the stream and
+/// its category ([`stream_keys`]) and of each event's id (`id_keys`, in event order).
+///
+/// The same entries as [`keyed_event_entries`] for each event, in another order: grouped by
+/// key (every stream entry, then every category entry, then type, tag and id entries), so
+/// that the memtable looks a key up once per run of it ([`MemTable::insert_all`]) instead
+/// of once per entry. Each key's entries come in order of position, except a tag that
+/// events name at different places in their lists (the memtable puts those in place).
+pub fn stream_entries(
+    out: &mut Vec<Entry>,
+    (stream_key, category_key): (u64, u64),
+    first_revision: u64,
+    first_position: u64,
+    events: &[annal_core::NewEvent],
+    id_keys: &[u64],
+) {
+    let n = events.len() as u64;
+    let positions = first_position..first_position + n;
+    out.reserve(events.len() * 5);
+    out.extend((0..n).map(|i| (stream_key, first_revision + i, first_position + i)));
+    out.extend(positions.clone().map(|p| (category_key, p, p)));
+    let mut last = None;
+    for (e, p) in events.iter().zip(positions.clone()) {
+        out.push((cached_key(&mut last, KIND_TYPE, &e.event_type), p, p));
+    }
+    // The first tag of every event, then the second, ...: events mostly carry the same tags
+    // in the same order, so each pass is a run of one key.
+    let slots = events.iter().map(|e| e.tags.len()).max().unwrap_or(0);
+    for j in 0..slots {
+        let mut last = None;
+        for (e, p) in events.iter().zip(positions.clone()) {
+            let Some(t) = e.tags.get(j) else { continue };
+            // A tag named twice on one event is indexed once.
+            if !e.tags[..j].contains(t) {
+                out.push((cached_key(&mut last, KIND_TAG, t), p, p));
+            }
+        }
+    }
+    out.extend(id_keys.iter().zip(positions).map(|(k, p)| (*k, 0, p)));
+}
+
 /// Adds every entry of one decoded batch record (its batch and time entries, and each
 /// event's).
 pub fn decoded_batch_entries(
@@ -933,12 +986,10 @@ impl Index {
             .next())
     }
 
-    /// Adds entries to the memtable.
-    pub fn insert(&self, entries: impl IntoIterator<Item = Entry>) {
+    /// Adds entries to the memtable; runs of entries of one key are looked up once.
+    pub fn insert(&self, entries: &[Entry]) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        for e in entries {
-            s.mem.insert(e);
-        }
+        s.mem.insert_all(entries);
     }
 
     /// How many entries wait in the memtable.
@@ -1173,6 +1224,47 @@ mod tests {
             let run = Run::open(&fs, path, 9).unwrap();
             let back: Vec<Entry> = run.iter().map(|e| e.unwrap()).collect();
             proptest::prop_assert_eq!(back, entries);
+        }
+
+        /// The entries of a stream's events grouped by key are those of each event alone.
+        #[test]
+        fn stream_entries_are_each_events_entries_grouped_by_key(
+            events in proptest::collection::vec(
+                (0u8..3, proptest::collection::vec(0u8..4, 0..4)),
+                1..30,
+            ),
+            first_revision in 0u64..1000,
+            first_position in 0u64..1000,
+        ) {
+            let events: Vec<annal_core::NewEvent> = events
+                .into_iter()
+                .map(|(t, tags)| {
+                    let mut e = annal_core::NewEvent::new(format!("T{t}"), b"{}".to_vec());
+                    e.tags = tags.iter().map(|t| format!("tag:{t}")).collect();
+                    e
+                })
+                .collect();
+            let keys = stream_keys("account-7");
+            let id_keys: Vec<u64> = events.iter().map(|e| key(KIND_ID, e.id.as_bytes())).collect();
+            let mut grouped = Vec::new();
+            stream_entries(&mut grouped, keys, first_revision, first_position, &events, &id_keys);
+            let mut each = Vec::new();
+            for (i, e) in events.iter().enumerate() {
+                let i = i as u64;
+                let type_key = key(KIND_TYPE, e.event_type.as_bytes());
+                keyed_event_entries(
+                    &mut each, keys, first_revision + i, first_position + i, type_key, &e.tags, &e.id,
+                );
+            }
+            let mut sorted = grouped.clone();
+            sorted.sort_unstable();
+            each.sort_unstable();
+            proptest::prop_assert_eq!(&sorted, &each);
+            // The stream's and the category's entries are one run each, in order.
+            let n = events.len();
+            proptest::prop_assert!(grouped[..n].iter().all(|e| e.0 == keys.0));
+            proptest::prop_assert!(grouped[n..2 * n].iter().all(|e| e.0 == keys.1));
+            proptest::prop_assert!(grouped[..2 * n].windows(2).all(|w| w[0] < w[1] || w[0].0 != w[1].0));
         }
 
         /// Bytes that are not a packed block are refused, never a panic.

@@ -49,9 +49,44 @@ fn is_id(key: u64) -> bool {
     key >> 56 == u64::from(KIND_ID)
 }
 
+/// Adds `e` to a sorted list, at its end almost always; false when it was there already.
+fn push(list: &mut Vec<(u64, u64)>, e: (u64, u64)) -> bool {
+    match list.last() {
+        None => list.push(e),
+        Some(last) if *last < e => list.push(e),
+        Some(last) if *last == e => return false,
+        Some(_) => match list.binary_search(&e) {
+            Ok(_) => return false,
+            Err(i) => list.insert(i, e),
+        },
+    }
+    true
+}
+
 impl MemTable {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Adds entries; each run of entries of one key costs one lookup of the key.
+    pub fn insert_all(&mut self, entries: &[Entry]) {
+        let mut rest = entries;
+        while let Some(&(key, ..)) = rest.first() {
+            let n = rest.iter().take_while(|e| e.0 == key).count();
+            let (run, after) = rest.split_at(n);
+            rest = after;
+            if is_id(key) {
+                for e in run {
+                    self.insert(*e);
+                }
+                continue;
+            }
+            let list = self.lists.entry(key).or_default();
+            list.reserve(run.len());
+            for &(_, seq, val) in run {
+                self.len += usize::from(push(list, (seq, val)));
+            }
+        }
     }
 
     pub fn insert(&mut self, (key, seq, val): Entry) {
@@ -76,17 +111,7 @@ impl MemTable {
             return;
         }
         let list = self.lists.entry(key).or_default();
-        let e = (seq, val);
-        match list.last() {
-            None => list.push(e),
-            Some(last) if *last < e => list.push(e),
-            Some(last) if *last == e => return,
-            Some(_) => match list.binary_search(&e) {
-                Ok(_) => return,
-                Err(i) => list.insert(i, e),
-            },
-        }
-        self.len += 1;
+        self.len += usize::from(push(list, (seq, val)));
     }
 
     /// True when an event id key has an entry here.
@@ -180,12 +205,19 @@ mod tests {
         ) {
             let mut mem = MemTable::default();
             let mut set = BTreeSet::new();
+            let mut all = Vec::new();
             for (k, seq, val, id) in entries {
                 let key = if id { key(KIND_ID, &[k]) } else { key(KIND_STREAM, &[k]) };
                 let seq = if id { 0 } else { seq };
                 mem.insert((key, seq, val));
                 set.insert((key, seq, val));
+                all.push((key, seq, val));
             }
+            // Added all at once (runs of one key looked up once), the same table.
+            let mut at_once = MemTable::default();
+            at_once.insert_all(&all);
+            prop_assert_eq!(at_once.len(), set.len());
+            prop_assert_eq!(at_once.sorted(), mem.sorted());
             prop_assert_eq!(mem.len(), set.len());
             prop_assert_eq!(mem.sorted(), set.iter().copied().collect::<Vec<_>>());
             for k in 0u8..4 {

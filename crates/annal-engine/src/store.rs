@@ -210,9 +210,7 @@ impl Store {
         {
             let mut s = index.state.write().unwrap_or_else(|e| e.into_inner());
             s.runs = rec.runs.clone();
-            for e in &rec.entries {
-                s.mem.insert(*e);
-            }
+            s.mem.insert_all(&rec.entries);
         }
         let (head_tx, _) = watch::channel(rec.next_position);
         let shared = Arc::new(Shared {

@@ -29,8 +29,7 @@ use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::heads::{Head, Heads};
 use crate::index::{
-    batch_entries, key, keyed_event_entries, merge_runs, stream_keys, Entry, Run, KIND_ID,
-    KIND_TYPE,
+    batch_entries, key, merge_runs, stream_entries, stream_keys, Entry, Run, KIND_ID,
 };
 use crate::log::Segment;
 use crate::memtable::MemTable;
@@ -382,32 +381,24 @@ impl Writer {
         let mut starts = Vec::with_capacity(req.streams.len());
         let number = self.popped + self.pending.len() as u64;
         let mut position = first_position;
-        // Events of a stream mostly share their type: its key is hashed once per run of it.
-        let mut type_key: Option<(&str, u64)> = None;
+        // check_ids left the keys of this request's event ids in `id_keys`, in event order.
+        let mut id_keys = &self.id_keys[..];
         for (si, s) in req.streams.iter().enumerate() {
             let prev = self.current(&s.stream_id);
             let first_revision = prev.map_or(0, |h| h.revision + 1);
             let count = s.events.len() as u64;
-            let keys = stream_keys(&s.stream_id);
+            let (keys, rest) = id_keys.split_at(s.events.len());
+            id_keys = rest;
+            stream_entries(
+                &mut w.entries,
+                stream_keys(&s.stream_id),
+                first_revision,
+                position,
+                &s.events,
+                keys,
+            );
             starts.push((first_revision, position));
             for (ei, e) in s.events.iter().enumerate() {
-                let tk = match type_key {
-                    Some((t, k)) if t == e.event_type => k,
-                    _ => {
-                        let k = key(KIND_TYPE, e.event_type.as_bytes());
-                        type_key = Some((&e.event_type, k));
-                        k
-                    }
-                };
-                keyed_event_entries(
-                    &mut w.entries,
-                    keys,
-                    first_revision + ei as u64,
-                    position + ei as u64,
-                    tk,
-                    &e.tags,
-                    &e.id,
-                );
                 self.ids.insert(e.id, (number, si as u32, ei as u32));
             }
             let last = position + count - 1;
@@ -853,7 +844,7 @@ impl Syncer {
             if g.segment.is_some() {
                 // Index first, then the head, then the stream heads: what stream_info and
                 // list_streams report is always readable.
-                self.shared.index.insert(g.entries);
+                self.shared.index.insert(&g.entries);
                 self.next_position = g.next_position;
                 self.log_end = g.log_end;
                 self.last_ts = g.last_ts;
