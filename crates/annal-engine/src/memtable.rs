@@ -163,8 +163,9 @@ impl MemTable {
     /// Every entry, sorted, for writing out as a run.
     ///
     /// Each key's list is sorted already, so only the keys are sorted: the list keys (few),
-    /// and the id keys with their values; the two sorted sequences are then merged.
-    pub fn sorted(&self) -> Vec<Entry> {
+    /// and the id keys with their values; the two sorted sequences are then merged as they
+    /// are read, without gathering every entry in one vector.
+    pub fn sorted(&self) -> impl Iterator<Item = Entry> + '_ {
         let mut keys: Vec<u64> = self.lists.keys().copied().collect();
         keys.sort_unstable();
         let mut ids: Vec<(u64, u64)> = Vec::with_capacity(self.ids.len());
@@ -175,17 +176,26 @@ impl MemTable {
             }
         }
         ids.sort_unstable();
-        let mut out = Vec::with_capacity(self.len);
         let mut ids = ids.into_iter().map(|(k, v)| (k, 0, v)).peekable();
-        for k in keys {
-            while let Some(&id) = ids.peek().filter(|id| id.0 < k) {
-                out.push(id);
-                ids.next();
+        let mut keys = keys.into_iter().peekable();
+        let mut list: Option<(u64, std::slice::Iter<'_, (u64, u64)>)> = None;
+        std::iter::from_fn(move || loop {
+            if let Some((k, it)) = &mut list {
+                if let Some(&(s, v)) = it.next() {
+                    return Some((*k, s, v));
+                }
+                list = None;
             }
-            out.extend(self.lists[&k].iter().map(|(s, v)| (k, *s, *v)));
-        }
-        out.extend(ids);
-        out
+            // The next list key, unless an id key comes before it.
+            match (keys.peek(), ids.peek()) {
+                (Some(&k), Some(id)) if id.0 < k => return ids.next(),
+                (Some(&k), _) => {
+                    keys.next();
+                    list = Some((k, self.lists[&k].iter()));
+                }
+                (None, _) => return ids.next(),
+            }
+        })
     }
 }
 
@@ -217,9 +227,9 @@ mod tests {
             let mut at_once = MemTable::default();
             at_once.insert_all(&all);
             prop_assert_eq!(at_once.len(), set.len());
-            prop_assert_eq!(at_once.sorted(), mem.sorted());
+            prop_assert_eq!(at_once.sorted().collect::<Vec<_>>(), mem.sorted().collect::<Vec<_>>());
             prop_assert_eq!(mem.len(), set.len());
-            prop_assert_eq!(mem.sorted(), set.iter().copied().collect::<Vec<_>>());
+            prop_assert_eq!(mem.sorted().collect::<Vec<_>>(), set.iter().copied().collect::<Vec<_>>());
             for k in 0u8..4 {
                 for id in [false, true] {
                     let key = if id { key(KIND_ID, &[k]) } else { key(KIND_STREAM, &[k]) };

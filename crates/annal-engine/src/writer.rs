@@ -40,6 +40,10 @@ use crate::store::Shared;
 
 /// Most requests the writer takes into one group.
 const MAX_GROUP: usize = 1024;
+/// Runs merged into one once they are of about one size: an entry is rewritten about
+/// log4(n) times (log2(n) when two are merged at a time), and a lookup visits at most three
+/// runs of each size.
+const FANOUT: usize = 4;
 /// Most runs kept before the newest are merged regardless of size.
 const MAX_RUNS: usize = 12;
 
@@ -936,7 +940,7 @@ impl Checkpointer {
                 fs.as_ref(),
                 &run_path(&dir, run_id),
                 run_id,
-                frozen.sorted().into_iter().map(Ok),
+                frozen.sorted().map(Ok),
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
@@ -964,16 +968,21 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Merges the newest runs while the newest is at least as large as the one before (so
-    /// sizes grow geometrically, like a binary counter's digits: an entry is rewritten and a
-    /// lookup visits O(log n) runs), or while more than `MAX_RUNS` exist.
+    /// Merges the newest `FANOUT` runs while they are of about one size (the oldest of them
+    /// at most twice the newest), so that sizes grow geometrically, like the digits of a
+    /// base-4 counter: an entry is rewritten and a lookup visits O(log n) runs. While more
+    /// than `MAX_RUNS` exist, the newest two are merged.
     fn merge(&mut self) -> Result<()> {
         loop {
             let runs = self.shared.index.runs();
             let n = runs.len();
-            if n < 2 || (runs[n - 1].count < runs[n - 2].count && n <= MAX_RUNS) {
+            let k = if n >= FANOUT && runs[n - FANOUT].count <= 2 * runs[n - 1].count {
+                FANOUT
+            } else if n > MAX_RUNS {
+                2
+            } else {
                 return Ok(());
-            }
+            };
             let fs = self.shared.fs.clone();
             let dir = self.shared.dir.clone();
             let id = self.manifest.next_file_id;
@@ -981,17 +990,17 @@ impl Checkpointer {
                 fs.as_ref(),
                 &run_path(&dir, id),
                 id,
-                merge_runs(&runs[n - 2..]),
+                merge_runs(&runs[n - k..]),
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
             let mut manifest = self.manifest.clone();
-            manifest.runs.truncate(n - 2);
+            manifest.runs.truncate(n - k);
             manifest.runs.push(id);
             manifest.next_file_id = id + 1;
             manifest.store(fs.as_ref(), &dir)?;
-            self.shared.index.replace_tail(n - 2, Arc::new(merged));
-            for r in &runs[n - 2..] {
+            self.shared.index.replace_tail(n - k, Arc::new(merged));
+            for r in &runs[n - k..] {
                 let _ = fs.remove(&run_path(&dir, r.id));
             }
             self.manifest = manifest;
