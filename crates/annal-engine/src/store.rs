@@ -110,6 +110,9 @@ pub(crate) struct Shared {
     pub synced_group: AtomicU64,
     /// The log offset below which the log is known durable.
     pub synced_log_end: AtomicU64,
+    /// What each sync of the log has made durable lately, in bytes (a moving average kept
+    /// by the sync thread; preallocation rests while it is large).
+    pub synced_per_sync: AtomicU64,
 }
 
 impl Shared {
@@ -227,6 +230,7 @@ impl Store {
             closed: AtomicBool::new(false),
             synced_group: AtomicU64::new(0),
             synced_log_end: AtomicU64::new(rec.log_end),
+            synced_per_sync: AtomicU64::new(0),
             config: config.clone(),
         });
         let (tx, rx) = mpsc::channel(config.queue_depth);

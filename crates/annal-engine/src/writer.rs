@@ -303,7 +303,8 @@ impl Writer {
         if !self.buf.is_empty() {
             if let Some(f) = &mut self.filler {
                 let len = self.buf.len() as u64;
-                f.before_write(self.active_len + len, len);
+                let per_sync = self.shared.synced_per_sync.load(Ordering::Relaxed);
+                f.before_write(self.active_len + len, len, per_sync);
             }
             let written = self
                 .active
@@ -827,7 +828,12 @@ impl Syncer {
                     .map(|g| g.log_end)
                     .max()
                 {
-                    self.shared.synced_log_end.store(end, Ordering::Release);
+                    let before = self.shared.synced_log_end.swap(end, Ordering::AcqRel);
+                    let per_sync = self.shared.synced_per_sync.load(Ordering::Relaxed);
+                    let bytes = end.saturating_sub(before);
+                    self.shared
+                        .synced_per_sync
+                        .store((per_sync * 7 + bytes) / 8, Ordering::Relaxed);
                 }
             }
         }

@@ -567,6 +567,40 @@ fn preallocated_zeros_are_no_events_and_appends_go_on_at_the_end_of_the_log() {
 }
 
 #[test]
+fn preallocation_rests_while_each_sync_makes_much_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::default()
+        .preallocate(8 << 20)
+        .checkpoint_entries(1_000_000);
+    let seg = dir.path().join("segments/00000000000000000000.seg");
+    let store = Store::open_with(dir.path(), config).unwrap();
+    // Small appends: zeros run ahead of the log.
+    for _ in 0..20 {
+        one_event(&store, "small", vec![b'x'; 100]);
+    }
+    zeros_past(&seg, 128 << 10);
+    // Appends of 256 KiB, each synced alone: after a few, no zeros are written any more,
+    // so the log soon passes the zeros written before and the file ends at its last
+    // record (whose last bytes are the event's data).
+    for _ in 0..80 {
+        one_event(&store, "large", vec![b'x'; 256 << 10]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let bytes = std::fs::read(&seg).unwrap();
+    assert!(
+        bytes.len() > 80 * (256 << 10),
+        "the large appends are in the segment"
+    );
+    assert_eq!(
+        &bytes[bytes.len() - 8..],
+        b"xxxxxxxx",
+        "no zeros after the last record ({} bytes)",
+        bytes.len()
+    );
+    drop(store);
+}
+
+#[test]
 fn segments_before_the_last_end_at_their_last_record() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::default()
