@@ -55,6 +55,7 @@ use std::sync::{Arc, RwLock};
 
 use annal_core::{Direction, Error, Result};
 
+use crate::idfilter::IdFilter;
 use crate::io::{FileRef, Fs};
 use crate::memtable::MemTable;
 
@@ -267,14 +268,14 @@ fn decode_entries(bytes: &[u8], out: &mut Vec<Entry>) {
 }
 
 /// Probes per key of the id filter.
-const FILTER_PROBES: u64 = 7;
+pub(crate) const FILTER_PROBES: u64 = 7;
 /// Filter bits per event id. At 10 (about 0.8% false positives, so about 3% of new ids
 /// read a block from one of four runs) the block reads showed in the writer's profile of
 /// batched appends; 14 makes them about six times rarer for 0.5 byte more memory per event.
-const FILTER_BITS_PER_KEY: u64 = 14;
+pub(crate) const FILTER_BITS_PER_KEY: u64 = 14;
 
 /// 64-bit words per block of a blocked filter: 512 bits, one cache line.
-const BLOCK_WORDS: usize = 8;
+pub(crate) const BLOCK_WORDS: usize = 8;
 
 /// The probes of a version 1 (unblocked) filter of `bits` bits.
 fn unblocked_probes(key: u64, bits: u64) -> impl Iterator<Item = u64> {
@@ -285,7 +286,7 @@ fn unblocked_probes(key: u64, bits: u64) -> impl Iterator<Item = u64> {
 
 /// The block of a blocked filter of `blocks` blocks that a key sets its bits in, and the
 /// seven bit numbers (0..512) within it, 9 bits of a second hash each.
-fn blocked_probes(key: u64, blocks: usize) -> (usize, u64) {
+pub(crate) fn blocked_probes(key: u64, blocks: usize) -> (usize, u64) {
     let h1 = mix(key);
     let block = ((u128::from(h1) * blocks as u128) >> 64) as usize;
     (block, mix(key ^ 0x5851_F42D_4C95_7F2D))
@@ -299,7 +300,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// Bit `i` (0..7) of a key's block, from its second hash.
-fn blocked_bit(h2: u64, i: u64) -> (usize, u64) {
+pub(crate) fn blocked_bit(h2: u64, i: u64) -> (usize, u64) {
     let bit = (h2 >> (9 * i)) & 511;
     ((bit / 64) as usize, 1 << (bit % 64))
 }
@@ -455,12 +456,24 @@ fn unpack_block(b: &[u8], n: usize, out: &mut Vec<Entry>) -> Option<()> {
 }
 
 impl Run {
+    #[cfg(test)]
     /// Writes a run of sorted entries and makes it durable.
     pub fn write(
         fs: &dyn Fs,
         path: &Path,
         id: u64,
         entries: impl Iterator<Item = Result<Entry>>,
+    ) -> Result<Run> {
+        Run::write_adding_ids(fs, path, id, entries, None)
+    }
+
+    /// `write`, adding the run's event id keys to `ids` as well.
+    pub fn write_adding_ids(
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        entries: impl Iterator<Item = Result<Entry>>,
+        ids: Option<&IdFilter>,
     ) -> Result<Run> {
         let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), &e);
         let file = fs.create(path).map_err(|e| io("creating", e))?;
@@ -524,6 +537,9 @@ impl Run {
             buf.extend_from_slice(&c.to_le_bytes());
         }
         let filter = build_filter(&id_keys);
+        if let Some(ids) = ids {
+            ids.add_all(&id_keys);
+        }
         drop(id_keys);
         for w in &filter {
             buf.extend_from_slice(&w.to_le_bytes());
@@ -733,6 +749,34 @@ impl Run {
         }
     }
 
+    /// About how many event ids the run holds, from the size of its filter (at most one
+    /// filter block's worth more than it holds).
+    pub fn estimated_ids(&self) -> u64 {
+        self.filter.len() as u64 * 64 / FILTER_BITS_PER_KEY
+    }
+
+    /// Appends the run's event id keys to `out`, in order (one per entry).
+    pub fn id_keys_into(&self, out: &mut Vec<u64>) -> Result<()> {
+        let first_id = (u64::from(KIND_ID) << 56, 0, 0);
+        let mut b = self
+            .fences
+            .partition_point(|f| *f < first_id)
+            .saturating_sub(1);
+        let (mut raw, mut buf) = (Vec::new(), Vec::new());
+        while b < self.blocks() {
+            self.blocks_into(b, READ_BLOCKS, &mut raw, &mut buf)?;
+            for e in &buf {
+                if is_id_key(e.0) {
+                    out.push(e.0);
+                } else if e.0 > first_id.0 {
+                    return Ok(());
+                }
+            }
+            b += READ_BLOCKS;
+        }
+        Ok(())
+    }
+
     /// How many blocks the run has.
     pub fn blocks(&self) -> usize {
         self.fences.len()
@@ -915,6 +959,10 @@ pub struct IndexState {
     pub mem: MemTable,
     pub frozen: Vec<Arc<MemTable>>,
     pub runs: Vec<Arc<Run>>,
+    /// The filter over the event ids of many runs, once built.
+    pub ids: Option<Arc<IdFilter>>,
+    /// The runs (by id) whose every event id is in `ids`.
+    pub covered: Vec<u64>,
 }
 
 /// The shared index, readable while the writer adds to it.
@@ -966,16 +1014,59 @@ impl Index {
 
     /// For event id keys: `out[i]` is false when no part of the index holds `keys[i]` (the
     /// answer for a new id, found without reading a run), true when one may.
-    pub fn may_hold_ids(&self, keys: &[u64], out: &mut Vec<bool>) {
+    /// A run the id filter covers is asked only about the keys the filter may hold.
+    pub fn may_hold_ids(&self, keys: &[u64], out: &mut Vec<bool>, scratch: &mut Vec<bool>) {
         out.clear();
         out.resize(keys.len(), false);
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         for (&k, maybe) in keys.iter().zip(out.iter_mut()) {
             *maybe = s.mem.holds_id(k) || s.frozen.iter().any(|f| f.holds_id(k));
         }
+        let Some(ids) = &s.ids else {
+            for run in &s.runs {
+                run.may_hold_ids(keys, out);
+            }
+            return;
+        };
+        ids.may_hold_many(keys, scratch);
+        let any = scratch.iter().any(|&m| m);
         for run in &s.runs {
-            run.may_hold_ids(keys, out);
+            if !s.covered.contains(&run.id) {
+                run.may_hold_ids(keys, out);
+            } else if any {
+                for ((&k, maybe), _) in keys
+                    .iter()
+                    .zip(out.iter_mut())
+                    .zip(&*scratch)
+                    .filter(|(_, &m)| m)
+                {
+                    *maybe = *maybe || run.may_hold_id(k);
+                }
+            }
         }
+    }
+
+    /// The id filter, when built.
+    pub fn id_filter(&self) -> Option<Arc<IdFilter>> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .clone()
+    }
+
+    /// True when the id filter holds every event id of the run.
+    pub fn is_covered(&self, run: u64) -> bool {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        s.ids.is_some() && s.covered.contains(&run)
+    }
+
+    /// Installs an id filter that holds every event id of the runs `covered`; `None` drops
+    /// it (the runs' own filters answer alone).
+    pub fn set_id_filter(&self, ids: Option<Arc<IdFilter>>, covered: Vec<u64>) {
+        let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
+        s.covered = if ids.is_some() { covered } else { Vec::new() };
+        s.ids = ids;
     }
 
     /// The entry of `key` with the greatest seq at or below `seq`.
@@ -1009,11 +1100,15 @@ impl Index {
         mem
     }
 
-    /// Replaces the oldest frozen memtable with the run written from it.
-    pub fn install(&self, run: Arc<Run>) {
+    /// Replaces the oldest frozen memtable with the run written from it; `covered`: every
+    /// event id of the run is in the id filter.
+    pub fn install(&self, run: Arc<Run>, covered: bool) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         if !s.frozen.is_empty() {
             s.frozen.remove(0);
+        }
+        if covered && s.ids.is_some() {
+            s.covered.push(run.id);
         }
         s.runs.push(run);
     }
@@ -1027,10 +1122,17 @@ impl Index {
             .clone()
     }
 
-    /// Replaces runs `from..` with `merged`.
-    pub fn replace_tail(&self, from: usize, merged: Arc<Run>) {
+    /// Replaces runs `from..` with `merged`; `covered` as for `install`.
+    pub fn replace_tail(&self, from: usize, merged: Arc<Run>, covered: bool) {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
         s.runs.truncate(from);
+        let IndexState {
+            runs, covered: c, ..
+        } = &mut *s;
+        c.retain(|id| runs.iter().any(|r| r.id == *id));
+        if covered && s.ids.is_some() {
+            s.covered.push(merged.id);
+        }
         s.runs.push(merged);
     }
 }

@@ -10,6 +10,7 @@ pub mod check;
 mod checkpoint;
 pub mod format;
 mod heads;
+mod idfilter;
 mod index;
 pub mod io;
 mod log;

@@ -114,6 +114,11 @@ impl MemTable {
         self.len += usize::from(push(list, (seq, val)));
     }
 
+    /// How many distinct event id keys are here.
+    pub fn id_keys(&self) -> usize {
+        self.ids.len()
+    }
+
     /// True when an event id key has an entry here.
     pub fn holds_id(&self, key: u64) -> bool {
         self.ids.contains_key(&key)

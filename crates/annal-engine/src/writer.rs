@@ -28,6 +28,7 @@ use tracing::{debug, error, warn};
 use crate::checkpoint::{encode_heads, write_all, Manifest};
 use crate::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::heads::{Head, Heads};
+use crate::idfilter::IdFilter;
 use crate::index::{
     batch_entries, key, merge_runs, stream_entries, stream_keys, Entry, Run, KIND_ID,
 };
@@ -110,6 +111,7 @@ pub(crate) struct Writer {
     /// The index keys of a request's event ids, and whether the index may hold each.
     id_keys: Vec<u64>,
     id_maybe: Vec<bool>,
+    id_scratch: Vec<bool>,
     recovered_manifest: Option<Manifest>,
     /// Keeps zeros ahead of the log in the active segment (`None` when turned off).
     filler: Option<Filler>,
@@ -146,6 +148,7 @@ impl Writer {
             ids: FastMap::default(),
             id_keys: Vec::new(),
             id_maybe: Vec::new(),
+            id_scratch: Vec::new(),
             recovered_manifest: Some(rec.manifest.clone()),
             filler: None,
         }
@@ -473,7 +476,7 @@ impl Writer {
         );
         self.shared
             .index
-            .may_hold_ids(&self.id_keys, &mut self.id_maybe);
+            .may_hold_ids(&self.id_keys, &mut self.id_maybe, &mut self.id_scratch);
         let mut maybe = self.id_maybe.iter();
         let mut found: Vec<Vec<Option<Found>>> = Vec::with_capacity(req.streams.len());
         let mut any = false;
@@ -910,6 +913,8 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
+        // The runs found at open go into the id filter before anything else.
+        self.id_filter(0);
         while let Ok(job) = jobs.recv() {
             if let Some(cause) = self.shared.poison_cause() {
                 for tx in job.replies {
@@ -941,12 +946,14 @@ impl Checkpointer {
         let dir = self.shared.dir.clone();
         let run_id = self.manifest.next_file_id;
         let heads_id = run_id + 1;
+        let ids = self.id_filter(frozen.id_keys() as u64);
         let written = (|| {
-            let run = Run::write(
+            let run = Run::write_adding_ids(
                 fs.as_ref(),
                 &run_path(&dir, run_id),
                 run_id,
                 frozen.sorted().map(Ok),
+                ids.as_deref(),
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
@@ -965,13 +972,47 @@ impl Checkpointer {
             Ok::<_, Error>((run, manifest))
         })();
         let (run, manifest) = written?;
-        self.shared.index.install(Arc::new(run));
+        self.shared.index.install(Arc::new(run), ids.is_some());
         let old_heads = heads_path(&dir, self.manifest.heads_id);
         if self.manifest.heads_id != heads_id {
             let _ = fs.remove(&old_heads);
         }
         self.manifest = manifest;
         Ok(())
+    }
+
+    /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),
+    /// a filter for one and a half times the ids of every run and the `n` is built from the runs' id
+    /// entries and installed, covering them all. `None` when the runs cannot be read: the
+    /// runs' own filters then answer alone, as they would without it.
+    fn id_filter(&mut self, n: u64) -> Option<Arc<IdFilter>> {
+        if let Some(f) = self.shared.index.id_filter().filter(|f| f.has_room(n)) {
+            return Some(f);
+        }
+        let runs = self.shared.index.runs();
+        let ids: u64 = runs.iter().map(|r| r.estimated_ids()).sum();
+        let filter = Arc::new(IdFilter::with_capacity((ids + n) * 3 / 2));
+        let mut keys = Vec::new();
+        for r in &runs {
+            keys.clear();
+            if let Err(e) = r.id_keys_into(&mut keys) {
+                warn!(error = %e, "could not read the event ids of an index run; every run's own filter answers for it");
+                self.shared.index.set_id_filter(None, Vec::new());
+                return None;
+            }
+            filter.add_all(&keys);
+        }
+        debug!(
+            runs = runs.len(),
+            ids = filter.added(),
+            capacity = filter.capacity(),
+            bytes = filter.bytes(),
+            "id filter built"
+        );
+        self.shared
+            .index
+            .set_id_filter(Some(filter.clone()), runs.iter().map(|r| r.id).collect());
+        Some(filter)
     }
 
     /// Merges the newest `FANOUT` runs while they are of about one size (the oldest of them
@@ -992,11 +1033,20 @@ impl Checkpointer {
             let fs = self.shared.fs.clone();
             let dir = self.shared.dir.clone();
             let id = self.manifest.next_file_id;
-            let merged = Run::write(
+            // Runs whose ids are all in the id filter merge into one whose ids are too.
+            let inputs = &runs[n - k..];
+            let covered = inputs.iter().all(|r| self.shared.index.is_covered(r.id));
+            let ids = if covered {
+                None
+            } else {
+                self.id_filter(inputs.iter().map(|r| r.estimated_ids()).sum())
+            };
+            let merged = Run::write_adding_ids(
                 fs.as_ref(),
                 &run_path(&dir, id),
                 id,
-                merge_runs(&runs[n - k..]),
+                merge_runs(inputs),
+                ids.as_deref(),
             )?;
             fs.sync_dir(&dir.join("index"))
                 .map_err(|e| Error::io("syncing the index folder", &e))?;
@@ -1005,7 +1055,9 @@ impl Checkpointer {
             manifest.runs.push(id);
             manifest.next_file_id = id + 1;
             manifest.store(fs.as_ref(), &dir)?;
-            self.shared.index.replace_tail(n - k, Arc::new(merged));
+            self.shared
+                .index
+                .replace_tail(n - k, Arc::new(merged), covered || ids.is_some());
             for r in &runs[n - k..] {
                 let _ = fs.remove(&run_path(&dir, r.id));
             }

@@ -262,3 +262,57 @@ async fn retries_conditions_and_id_reuse_against_requests_still_in_flight() {
         );
     }
 }
+
+/// Enough ids that the filter over the runs' event ids fills up and is built anew, twice,
+/// while runs are written and merged; then every earlier request, retried, must still get
+/// its original result and a reused id must still be refused, before and after reopening
+/// (where the filter is built from the runs again).
+#[test]
+fn ids_of_every_run_are_found_after_the_id_filter_grows_and_after_reopening() {
+    use annal_core::{AppendResult, Error};
+    use annal_engine::Config;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config::default().checkpoint_entries(3_000);
+    let batch = |i: u64| {
+        AppendRequest::stream(
+            format!("s-{}", i % 7),
+            ExpectedRevision::Any,
+            (0..50)
+                .map(|j| NewEvent::new("Deposited", format!("{{\"n\":{}}}", i * 50 + j)))
+                .collect(),
+        )
+    };
+    let requests: Vec<AppendRequest> = (0..400).map(batch).collect();
+    let check = |store: &Store, results: &[AppendResult], when: &str| {
+        for (i, (req, first)) in requests.iter().zip(results).enumerate().step_by(13) {
+            let again = store.append_blocking(req.clone()).unwrap();
+            assert_eq!(&again, first, "{when}: retry of request {i}");
+            let mut reused = batch(10_000 + i as u64);
+            reused.streams[0].events[17].id = req.streams[0].events[33].id;
+            match store.append_blocking(reused) {
+                Err(Error::EventIdConflict { position, .. }) => {
+                    assert_eq!(position, first.first_position + 33, "{when}: request {i}")
+                }
+                other => panic!("{when}: an id of request {i} reused: {other:?}"),
+            }
+        }
+    };
+    let results: Vec<AppendResult> = {
+        let store = Store::open_with(dir.path(), config()).unwrap();
+        let results: Vec<AppendResult> = requests
+            .iter()
+            .map(|r| store.append_blocking(r.clone()).unwrap())
+            .collect();
+        store.checkpoint_blocking().unwrap();
+        check(&store, &results, "while open");
+        store.close().unwrap();
+        results
+    };
+    let store = Store::open_with(dir.path(), config()).unwrap();
+    check(&store, &results, "after reopening");
+    // Nothing the failed requests carried was written.
+    assert_eq!(
+        store.head_now(),
+        Some(results.last().unwrap().last_position)
+    );
+}
