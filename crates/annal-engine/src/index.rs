@@ -755,22 +755,25 @@ impl Run {
         self.filter.len() as u64 * 64 / FILTER_BITS_PER_KEY
     }
 
-    /// Appends the run's event id keys to `out`, in order (one per entry).
-    pub fn id_keys_into(&self, out: &mut Vec<u64>) -> Result<()> {
+    /// Adds the run's event id keys to `ids`, read `READ_BLOCKS` blocks at a time (they
+    /// are contiguous: kind 5 is the top byte of their keys).
+    pub fn add_ids_to(&self, ids: &IdFilter) -> Result<()> {
         let first_id = (u64::from(KIND_ID) << 56, 0, 0);
         let mut b = self
             .fences
             .partition_point(|f| *f < first_id)
             .saturating_sub(1);
-        let (mut raw, mut buf) = (Vec::new(), Vec::new());
+        let (mut raw, mut buf, mut keys) = (Vec::new(), Vec::new(), Vec::new());
         while b < self.blocks() {
             self.blocks_into(b, READ_BLOCKS, &mut raw, &mut buf)?;
-            for e in &buf {
-                if is_id_key(e.0) {
-                    out.push(e.0);
-                } else if e.0 > first_id.0 {
-                    return Ok(());
-                }
+            keys.clear();
+            keys.extend(buf.iter().map(|e| e.0).filter(|&k| is_id_key(k)));
+            ids.add_all(&keys);
+            if buf
+                .last()
+                .is_some_and(|e| e.0 > first_id.0 && !is_id_key(e.0))
+            {
+                break;
             }
             b += READ_BLOCKS;
         }

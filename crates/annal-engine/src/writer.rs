@@ -992,15 +992,12 @@ impl Checkpointer {
         let runs = self.shared.index.runs();
         let ids: u64 = runs.iter().map(|r| r.estimated_ids()).sum();
         let filter = Arc::new(IdFilter::with_capacity((ids + n) * 3 / 2));
-        let mut keys = Vec::new();
         for r in &runs {
-            keys.clear();
-            if let Err(e) = r.id_keys_into(&mut keys) {
+            if let Err(e) = r.add_ids_to(&filter) {
                 warn!(error = %e, "could not read the event ids of an index run; every run's own filter answers for it");
                 self.shared.index.set_id_filter(None, Vec::new());
                 return None;
             }
-            filter.add_all(&keys);
         }
         debug!(
             runs = runs.len(),
