@@ -24,7 +24,7 @@ pub mod net;
 mod pg;
 pub mod stats;
 
-pub use engine::reopen_probe;
+pub use engine::{reopen_probe, Reopened};
 
 /// How a benchmark run is set up.
 #[derive(Debug, Clone)]
@@ -430,6 +430,7 @@ async fn run_workloads(
             let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
             let secs = v["open_secs"].as_f64().unwrap_or(f64::NAN);
             let rss = v["rss_after"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
+            let settled = v["rss_settled"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
             let base = v["rss_before"].as_f64().unwrap_or(f64::NAN) / 1048576.0;
             report.rows.push(row(
                 &format!("W5 reopen {n} events, {} streams", sizes.w4_streams),
@@ -442,6 +443,13 @@ async fn run_workloads(
                 "W5 resident memory after reopen",
                 "MiB",
                 Some(rss),
+                None,
+                false,
+            ));
+            report.rows.push(row(
+                "W5 resident memory once the id filter is built",
+                "MiB",
+                Some(settled),
                 None,
                 false,
             ));

@@ -226,10 +226,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchReopenProbe { dir } => {
-            let (secs, after, before) = annal_bench::reopen_probe(&dir)?;
+            let r = annal_bench::reopen_probe(&dir)?;
             println!(
                 "{}",
-                serde_json::json!({"open_secs": secs, "rss_after": after, "rss_before": before})
+                serde_json::json!({
+                    "open_secs": r.open_secs,
+                    "rss_after": r.rss_after,
+                    "rss_settled": r.rss_settled,
+                    "rss_before": r.rss_before,
+                })
             );
             Ok(ExitCode::SUCCESS)
         }
