@@ -20,7 +20,7 @@
 //! | `max_inflight_append_bytes` | 268435456 | bytes of append requests received and being processed at once; more wait (at least twice `max_append_bytes` and 1 MiB, room for one base64 JSON append) |
 //! | `max_event_bytes` | 16777216 | the largest event |
 //! | `max_append_bytes` | 67108864 | the largest append request |
-//! | `read_batch_events` | 512 | events per streamed batch |
+//! | `read_batch_events` | 2048 | events per streamed batch |
 //! | `subscription_buffer` | 8 | batches queued per subscriber before it is paused |
 //! | `heartbeat` | `5s` | heartbeat interval of idle subscriptions |
 //! | `shutdown_grace` | `30s` | how long a shutdown waits for requests in flight |
@@ -97,7 +97,7 @@ impl Default for Limits {
             max_inflight_append_bytes: 256 << 20,
             max_event_bytes: annal_core::validate::DEFAULT_MAX_EVENT_SIZE,
             max_append_bytes: 64 << 20,
-            read_batch_events: 512,
+            read_batch_events: 2048,
             subscription_buffer: 8,
             heartbeat: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),

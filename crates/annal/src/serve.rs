@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// The largest append request, in bytes [default: 67108864].
     #[arg(long, env = "ANNAL_MAX_APPEND_BYTES", value_name = "BYTES")]
     pub max_append_bytes: Option<String>,
-    /// Events per streamed batch [default: 512].
+    /// Events per streamed batch [default: 2048].
     #[arg(long, env = "ANNAL_READ_BATCH_EVENTS", value_name = "N")]
     pub read_batch_events: Option<String>,
     /// Batches queued per subscriber before it is paused [default: 8].
