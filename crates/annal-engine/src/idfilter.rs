@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::index::{blocked_bit, blocked_probes, BLOCK_WORDS, FILTER_PROBES};
+use crate::index::{blocked_bits, blocked_first_word, BLOCK_WORDS};
 
 /// The fewest ids a filter is sized for (5 KiB).
 pub const MIN_IDS: u64 = 4096;
@@ -71,11 +71,8 @@ impl IdFilter {
     /// Adds id keys. Readers see them once the lock that publishes their run is released.
     pub fn add_all(&self, keys: &[u64]) {
         for &k in keys {
-            let (block, h2) = blocked_probes(k, self.blocks);
-            let words = &self.words[block * BLOCK_WORDS..(block + 1) * BLOCK_WORDS];
-            for i in 0..FILTER_PROBES {
-                let (w, m) = blocked_bit(h2, i);
-                words[w].fetch_or(m, Ordering::Relaxed);
+            for (w, m) in blocked_bits(k, self.blocks) {
+                self.words[w].fetch_or(m, Ordering::Relaxed);
             }
         }
         self.added.fetch_add(keys.len() as u64, Ordering::Relaxed);
@@ -83,19 +80,14 @@ impl IdFilter {
 
     /// False when no run the filter covers holds the id key.
     pub fn may_hold(&self, key: u64) -> bool {
-        let (block, h2) = blocked_probes(key, self.blocks);
-        let words = &self.words[block * BLOCK_WORDS..(block + 1) * BLOCK_WORDS];
-        (0..FILTER_PROBES).all(|i| {
-            let (w, m) = blocked_bit(h2, i);
-            words[w].load(Ordering::Relaxed) & m != 0
-        })
+        blocked_bits(key, self.blocks).all(|(w, m)| self.words[w].load(Ordering::Relaxed) & m != 0)
     }
 
     /// `out[i] = may_hold(keys[i])`. Every key's block is touched before any is tested, so
     /// that their cache misses overlap.
     pub fn may_hold_many(&self, keys: &[u64], out: &mut Vec<bool>) {
         let touched = keys.iter().fold(0u64, |acc, &k| {
-            acc ^ self.words[blocked_probes(k, self.blocks).0 * BLOCK_WORDS].load(Ordering::Relaxed)
+            acc ^ self.words[blocked_first_word(k, self.blocks)].load(Ordering::Relaxed)
         });
         std::hint::black_box(touched);
         out.clear();

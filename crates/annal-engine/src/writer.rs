@@ -982,8 +982,8 @@ impl Checkpointer {
     }
 
     /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),
-    /// a filter for one and a half times the ids of every run and the `n` is built from the runs' id
-    /// entries and installed, covering them all. `None` when the runs cannot be read: the
+    /// a filter for one and a half times the ids of every run and the `n` is built from the
+    /// runs' id entries and installed, covering them all. `None` when the runs cannot be read: the
     /// runs' own filters then answer alone, as they would without it.
     fn id_filter(&mut self, n: u64) -> Option<Arc<IdFilter>> {
         if let Some(f) = self.shared.index.id_filter().filter(|f| f.has_room(n)) {
