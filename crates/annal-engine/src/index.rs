@@ -54,6 +54,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use annal_core::{Direction, Error, Result};
+use tracing::debug;
 
 use crate::idfilter::IdFilter;
 use crate::io::{FileRef, Fs};
@@ -315,24 +316,54 @@ pub(crate) fn blocked_bits(key: u64, blocks: usize) -> impl Iterator<Item = (usi
     })
 }
 
+/// The bits of a key in a blocked filter of `blocks` blocks as the first word of its block
+/// and one mask per word of the block: the same bits as [`blocked_bits`], gathered so that
+/// each word is written once.
+pub(crate) fn blocked_masks(key: u64, blocks: usize) -> (usize, [u64; BLOCK_WORDS]) {
+    let (block, h2) = blocked_probes(key, blocks);
+    let mut masks = [0u64; BLOCK_WORDS];
+    for i in 0..FILTER_PROBES {
+        let (w, m) = blocked_bit(h2, i);
+        masks[w] |= m;
+    }
+    (block * BLOCK_WORDS, masks)
+}
+
 /// The first word of the block a key's bits are in: read ahead of testing many keys, so
 /// that their cache misses overlap instead of coming one after the other.
 pub(crate) fn blocked_first_word(key: u64, blocks: usize) -> usize {
     blocked_probes(key, blocks).0 * BLOCK_WORDS
 }
 
-/// A blocked Bloom filter over the event id keys of a run.
-fn build_filter(id_keys: &[u64]) -> Vec<u64> {
-    let blocks = (id_keys.len() as u64 * FILTER_BITS_PER_KEY)
-        .div_ceil(64 * BLOCK_WORDS as u64)
-        .max(1) as usize;
-    let mut filter = vec![0u64; blocks * BLOCK_WORDS];
-    for &k in id_keys {
-        for (w, m) in blocked_bits(k, blocks) {
-            filter[w] |= m;
+/// A run's blocked Bloom filter over its event id keys, built as they are written.
+struct RunFilter {
+    words: Vec<u64>,
+    blocks: usize,
+    added: u64,
+}
+
+impl RunFilter {
+    /// An empty filter for `ids` ids.
+    fn with_capacity(ids: u64) -> RunFilter {
+        let blocks = (ids * FILTER_BITS_PER_KEY)
+            .div_ceil(64 * BLOCK_WORDS as u64)
+            .max(1) as usize;
+        RunFilter {
+            words: vec![0u64; blocks * BLOCK_WORDS],
+            blocks,
+            added: 0,
         }
     }
-    filter
+
+    fn add_all(&mut self, keys: &[u64]) {
+        for &k in keys {
+            let (first, masks) = blocked_masks(k, self.blocks);
+            for (w, m) in self.words[first..first + BLOCK_WORDS].iter_mut().zip(masks) {
+                *w |= m;
+            }
+        }
+        self.added += keys.len() as u64;
+    }
 }
 
 /// True when the id is an event id key of the kind, and in no other way.
@@ -402,10 +433,9 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 /// The most bytes a packed entry takes: flags and three 10-byte varints.
 const PACKED_MAX: usize = 31;
 
-/// Packs an entry after `prev`, the entry before it in its block (`None` for the first);
-/// entries must not decrease.
-fn pack_entry(buf: &mut Vec<u8>, prev: Option<Entry>, e: Entry) {
-    let mut out = [0u8; PACKED_MAX];
+/// Packs an entry after `prev`, the entry before it in its block (`None` for the first),
+/// into the start of `out`; returns how many bytes it took. Entries must not decrease.
+fn pack_entry(out: &mut [u8; PACKED_MAX], prev: Option<Entry>, e: Entry) -> usize {
     let mut n = 1;
     let same = prev.is_some_and(|p| p.0 == e.0);
     // The value varint to write, if any, and its flag.
@@ -416,20 +446,20 @@ fn pack_entry(buf: &mut Vec<u8>, prev: Option<Entry>, e: Entry) {
     };
     out[0] = if same { SAME_KEY } else { 0 } | value_flag;
     match prev {
-        Some(p) if same => put_varint(&mut out, &mut n, e.1 - p.1),
+        Some(p) if same => put_varint(out, &mut n, e.1 - p.1),
         Some(p) => {
-            put_varint(&mut out, &mut n, e.0 - p.0);
-            put_varint(&mut out, &mut n, e.1);
+            put_varint(out, &mut n, e.0 - p.0);
+            put_varint(out, &mut n, e.1);
         }
         None => {
-            put_varint(&mut out, &mut n, e.0);
-            put_varint(&mut out, &mut n, e.1);
+            put_varint(out, &mut n, e.0);
+            put_varint(out, &mut n, e.1);
         }
     }
     if let Some(v) = value {
-        put_varint(&mut out, &mut n, v);
+        put_varint(out, &mut n, v);
     }
-    buf.extend_from_slice(&out[..n]);
+    n
 }
 
 /// Unpacks the `n` entries of a packed block; `None` when the bytes are not `n` entries
@@ -477,20 +507,35 @@ impl Run {
         id: u64,
         entries: impl Iterator<Item = Result<Entry>>,
     ) -> Result<Run> {
-        Run::write_adding_ids(fs, path, id, entries, None)
+        let entries: Vec<_> = entries.collect();
+        let ids = entries
+            .iter()
+            .filter(|e| e.as_ref().is_ok_and(|e| is_id_key(e.0)))
+            .count();
+        Run::write_adding_ids(fs, path, id, entries.into_iter(), ids as u64, None)
     }
 
-    /// `write`, adding the run's event id keys to `ids` as well.
+    /// `write`, adding the run's event id keys to `ids` as well. Its filter is sized for
+    /// `expected_ids` event ids, and built as they go by: more make it answer "maybe" more
+    /// often, never wrongly.
     pub fn write_adding_ids(
         fs: &dyn Fs,
         path: &Path,
         id: u64,
         entries: impl Iterator<Item = Result<Entry>>,
+        expected_ids: u64,
         ids: Option<&IdFilter>,
     ) -> Result<Run> {
+        /// Bytes of blocks gathered before they are written out.
+        const FLUSH: usize = 1 << 20;
+        /// Id keys gathered before they go into the filters.
+        const ID_CHUNK: usize = 1024;
         let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), &e);
         let file = fs.create(path).map_err(|e| io("creating", e))?;
-        let mut buf = Vec::with_capacity(1 << 20);
+        // Entries are packed in place: `buf[..at]` holds the blocks not yet written, and
+        // the buffer always has room for one more packed entry past `at`.
+        let mut buf = vec![0u8; FLUSH + BLOCK * PACKED_MAX];
+        let mut at = 0;
         // Bytes of blocks written out of `buf` so far.
         let mut flushed = 0u64;
         let mut count = 0u64;
@@ -501,7 +546,15 @@ impl Run {
         let mut block_start = 0;
         let mut prev: Option<Entry> = None;
         let mut last: Option<Entry> = None;
-        let mut id_keys = Vec::new();
+        let mut filter = RunFilter::with_capacity(expected_ids);
+        let mut id_keys = Vec::with_capacity(ID_CHUNK);
+        let mut add_ids = |keys: &mut Vec<u64>| {
+            filter.add_all(keys);
+            if let Some(ids) = ids {
+                ids.add_all(keys);
+            }
+            keys.clear();
+        };
         for e in entries {
             let e = e?;
             if let Some(last) = last.filter(|l| e < *l) {
@@ -513,29 +566,37 @@ impl Run {
             last = Some(e);
             if is_id_key(e.0) {
                 id_keys.push(e.0);
+                if id_keys.len() == ID_CHUNK {
+                    add_ids(&mut id_keys);
+                }
             }
             if count.is_multiple_of(BLOCK as u64) {
                 if count > 0 {
-                    block_crcs.push(crc32c::crc32c(&buf[block_start..]));
-                    if buf.len() >= 1 << 20 {
-                        file.write_all_at(&buf, HEADER_LEN + flushed)
+                    block_crcs.push(crc32c::crc32c(&buf[block_start..at]));
+                    if at >= FLUSH {
+                        file.write_all_at(&buf[..at], HEADER_LEN + flushed)
                             .map_err(|e| io("writing", e))?;
-                        flushed += buf.len() as u64;
-                        buf.clear();
+                        flushed += at as u64;
+                        at = 0;
                     }
                 }
-                block_start = buf.len();
+                block_start = at;
                 starts.push(flushed + block_start as u64);
                 fences.push(e);
                 prev = None;
             }
-            pack_entry(&mut buf, prev, e);
+            let slot: &mut [u8; PACKED_MAX] = (&mut buf[at..at + PACKED_MAX])
+                .try_into()
+                .expect("a slot of PACKED_MAX bytes");
+            at += pack_entry(slot, prev, e);
             prev = Some(e);
             count += 1;
         }
+        add_ids(&mut id_keys);
         if count > 0 {
-            block_crcs.push(crc32c::crc32c(&buf[block_start..]));
+            block_crcs.push(crc32c::crc32c(&buf[block_start..at]));
         }
+        buf.truncate(at);
         let data_len = flushed + buf.len() as u64;
         let fence_start = buf.len();
         for f in &fences {
@@ -549,11 +610,15 @@ impl Run {
         for c in &block_crcs {
             buf.extend_from_slice(&c.to_le_bytes());
         }
-        let filter = build_filter(&id_keys);
-        if let Some(ids) = ids {
-            ids.add_all(&id_keys);
+        if filter.added > expected_ids {
+            debug!(
+                run = %path.display(),
+                ids = filter.added,
+                expected_ids,
+                "an index run holds more event ids than its filter was sized for"
+            );
         }
-        drop(id_keys);
+        let filter = filter.words;
         for w in &filter {
             buf.extend_from_slice(&w.to_le_bytes());
         }
@@ -1236,6 +1301,46 @@ mod tests {
             .count();
         // About 0.2% at 14 bits per id in 512-bit blocks (10 unblocked bits gave about 0.8%).
         assert!(false_positives < 100, "{false_positives} of 20000");
+    }
+
+    #[test]
+    fn filters_hold_every_id_whether_sized_for_them_or_for_fewer() {
+        let fs = SimFs::new();
+        let mut entries: Vec<Entry> = (0..5000u64)
+            .map(|i| (key(KIND_ID, &i.to_le_bytes()), i, i))
+            .chain((0..3000u64).map(|i| (key(KIND_TAG, &i.to_le_bytes()), i, i)))
+            .collect();
+        entries.sort();
+        let id_keys: Vec<u64> = (0..5000u64)
+            .map(|i| key(KIND_ID, &i.to_le_bytes()))
+            .collect();
+        for (n, expected_ids) in [(5, 5000u64), (6, 100)] {
+            let ids = IdFilter::with_capacity(10_000);
+            let path = std::path::PathBuf::from(format!("/x/run-{n}.idx"));
+            let written = Run::write_adding_ids(
+                &fs,
+                &path,
+                n,
+                entries.iter().copied().map(Ok),
+                expected_ids,
+                Some(&ids),
+            )
+            .unwrap();
+            let run = Run::open(&fs, &path, n).unwrap();
+            // Sized for what it was told, to within one filter block (36 ids).
+            assert!(
+                (expected_ids..expected_ids + 37).contains(&run.estimated_ids()),
+                "{} for {expected_ids}",
+                run.estimated_ids()
+            );
+            assert_eq!(run.estimated_ids(), written.estimated_ids());
+            assert_eq!(ids.added(), 5000);
+            for &k in &id_keys {
+                assert!(run.may_hold_id(k) && written.may_hold_id(k) && ids.may_hold(k));
+            }
+            let back: Vec<Entry> = merge_runs(&[Arc::new(run)]).map(|e| e.unwrap()).collect();
+            assert_eq!(back, entries);
+        }
     }
 
     /// A run file as version 1 wrote it: 24-byte entries, an unblocked filter of 14 bits per

@@ -953,6 +953,7 @@ impl Checkpointer {
                 &run_path(&dir, run_id),
                 run_id,
                 frozen.sorted().map(Ok),
+                frozen.id_keys() as u64,
                 ids.as_deref(),
             )?;
             fs.sync_dir(&dir.join("index"))
@@ -1033,16 +1034,18 @@ impl Checkpointer {
             // Runs whose ids are all in the id filter merge into one whose ids are too.
             let inputs = &runs[n - k..];
             let covered = inputs.iter().all(|r| self.shared.index.is_covered(r.id));
+            let expected_ids = inputs.iter().map(|r| r.estimated_ids()).sum();
             let ids = if covered {
                 None
             } else {
-                self.id_filter(inputs.iter().map(|r| r.estimated_ids()).sum())
+                self.id_filter(expected_ids)
             };
             let merged = Run::write_adding_ids(
                 fs.as_ref(),
                 &run_path(&dir, id),
                 id,
                 merge_runs(inputs),
+                expected_ids,
                 ids.as_deref(),
             )?;
             fs.sync_dir(&dir.join("index"))
