@@ -1182,7 +1182,8 @@ impl Index {
     /// Freezes the memtable for writing out; returns it.
     pub fn freeze(&self) -> Arc<MemTable> {
         let mut s = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mem = Arc::new(std::mem::take(&mut s.mem));
+        let next = s.mem.sized_like();
+        let mem = Arc::new(std::mem::replace(&mut s.mem, next));
         s.frozen.push(mem.clone());
         mem
     }

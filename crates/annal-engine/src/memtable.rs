@@ -64,6 +64,16 @@ fn push(list: &mut Vec<(u64, u64)>, e: (u64, u64)) -> bool {
 }
 
 impl MemTable {
+    /// An empty memtable with room for as many keys and ids as this one holds, so that the
+    /// next one fills without rehashing its maps as they grow.
+    pub fn sized_like(&self) -> MemTable {
+        MemTable {
+            lists: Map::with_capacity_and_hasher(self.lists.len(), Default::default()),
+            ids: Map::with_capacity_and_hasher(self.ids.len(), Default::default()),
+            len: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
