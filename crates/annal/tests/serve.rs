@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,19 @@ struct Served {
     child: Child,
     url: String,
     stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// Waits for the server to exit and for its stderr to be read to the end, so the log holds
+    /// every line the process wrote (the reading thread may lag behind the exit).
+    fn wait(&mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.stderr.lock().unwrap().clone())
+    }
 }
 
 fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
@@ -36,7 +49,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
     }
     let mut child = cmd.spawn().unwrap();
     let stderr = Arc::new(Mutex::new(String::new()));
-    {
+    let reader = {
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
         std::thread::spawn(move || {
@@ -45,8 +58,8 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
                 s.push_str(&line);
                 s.push('\n');
             }
-        });
-    }
+        })
+    };
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -65,6 +78,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         child,
         url: format!("http://{addr}"),
         stderr,
+        reader: Some(reader),
     }
 }
 
@@ -151,8 +165,8 @@ fn flags_beat_variables_which_beat_the_file() {
         "the file's data folder is used"
     );
     signal(&s.child, "-TERM");
-    assert!(s.child.wait().unwrap().success());
-    let log = s.stderr.lock().unwrap().clone();
+    let (status, log) = s.wait();
+    assert!(status.success(), "{status:?}: {log}");
     assert!(log.contains("annal is serving"), "{log}");
     assert!(
         !log.trim_start().starts_with('{'),
@@ -304,9 +318,9 @@ fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
     tail.wait().unwrap();
 
     signal(&s.child, "-TERM");
-    let status = s.child.wait().unwrap();
-    assert!(status.success(), "{status:?}: {}", s.stderr.lock().unwrap());
-    assert!(s.stderr.lock().unwrap().contains("stopped cleanly"));
+    let (status, log) = s.wait();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
 
     // A server that is not there exits 5.
     let (code, _, err) = cli(&url, &["read", "account-1"]);
@@ -458,8 +472,8 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     std::thread::sleep(Duration::from_millis(400));
     let stopping = Instant::now();
     signal(&s.child, "-TERM");
-    let status = s.child.wait().unwrap();
-    assert!(status.success(), "{status:?}: {}", s.stderr.lock().unwrap());
+    let (status, log) = s.wait();
+    assert!(status.success(), "{status:?}: {log}");
     assert!(stopping.elapsed() < Duration::from_secs(20));
     rt.block_on(async {
         for t in tasks {
@@ -478,7 +492,6 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     check_log(&events, &acked);
     let unique: HashSet<_> = events.iter().map(|e| e.id).collect();
     assert_eq!(unique.len(), events.len());
-    let log = s.stderr.lock().unwrap().clone();
     assert!(log.contains("stopped cleanly"), "{log}");
 }
 
@@ -542,8 +555,9 @@ fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
         second.elapsed() < Duration::from_secs(5),
         "the second signal exits at once"
     );
-    assert_eq!(status.code(), Some(130), "{status:?}");
-    assert!(s.stderr.lock().unwrap().contains("second signal"));
+    let (_, log) = s.wait();
+    assert_eq!(status.code(), Some(130), "{status:?}: {log}");
+    assert!(log.contains("second signal"), "{log}");
     // Acknowledged appends are durable whatever the stop: all 20,000 are there.
     let store = annal_engine::Store::open(Path::new(&data)).unwrap();
     assert_eq!(store.read_iter(ReadRequest::all()).unwrap().count(), 20_000);
