@@ -20,18 +20,17 @@ struct Served {
     child: Child,
     url: String,
     stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Served {
     /// Waits for the server to exit and for its stderr to be read to the end, so the log holds
     /// every line the process wrote (the reading thread may lag behind the exit).
-    fn wait(&mut self) -> (ExitStatus, String) {
+    fn wait(mut self) -> (ExitStatus, String) {
         let status = self.child.wait().unwrap();
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        (status, self.stderr.lock().unwrap().clone())
+        self.reader.join().unwrap();
+        let log = self.stderr.lock().unwrap().clone();
+        (status, log)
     }
 }
 
@@ -78,7 +77,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         child,
         url: format!("http://{addr}"),
         stderr,
-        reader: Some(reader),
+        reader,
     }
 }
 
@@ -152,7 +151,7 @@ fn flags_beat_variables_which_beat_the_file() {
     .unwrap();
     // The variable overrides the file's port 1 (which would fail to bind as non-root, or
     // clash); the flag overrides the variable's log format.
-    let mut s = serve(
+    let s = serve(
         &["--config", file.to_str().unwrap(), "--log-format", "text"],
         &[
             ("ANNAL_LISTEN", "127.0.0.1:0"),
@@ -177,7 +176,7 @@ fn flags_beat_variables_which_beat_the_file() {
 #[test]
 fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = serve(
+    let s = serve(
         &[
             "--data",
             dir.path().to_str().unwrap(),
@@ -463,7 +462,7 @@ fn sigkill_under_load_loses_no_acknowledged_event_and_writes_none_twice() {
 fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
-    let mut s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
+    let s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let tasks: Vec<_> = (0..8)
@@ -550,12 +549,11 @@ fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
     );
     let second = Instant::now();
     signal(&s.child, "-TERM");
-    let status = s.child.wait().unwrap();
+    let (status, log) = s.wait();
     assert!(
         second.elapsed() < Duration::from_secs(5),
         "the second signal exits at once"
     );
-    let (_, log) = s.wait();
     assert_eq!(status.code(), Some(130), "{status:?}: {log}");
     assert!(log.contains("second signal"), "{log}");
     // Acknowledged appends are durable whatever the stop: all 20,000 are there.
