@@ -8,15 +8,15 @@ use std::sync::Arc;
 use annal_core::{Error, RecordedEvent, Result};
 
 use crate::checkpoint::{load_heads, Manifest};
-use crate::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
+use crate::layout::{heads_path, run_path, segments_dir};
+use crate::log::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::log::{
-    header_mismatches, intact_record_after, read_header, segment_files, segments_dir, tail_after,
-    Next, Segment, SeqReader, Tail,
+    header_mismatches, intact_record_after, read_header, segment_files, tail_after, Next, Segment,
+    SeqReader, Tail,
 };
-use crate::recovery::{heads_path, run_path};
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -49,9 +49,9 @@ struct Digest {
 impl Digest {
     fn add(&mut self, e: &Entry) {
         let mut b = [0u8; 24];
-        b[0..8].copy_from_slice(&e.0.to_le_bytes());
-        b[8..16].copy_from_slice(&e.1.to_le_bytes());
-        b[16..24].copy_from_slice(&e.2.to_le_bytes());
+        b[0..8].copy_from_slice(&e.key.to_le_bytes());
+        b[8..16].copy_from_slice(&e.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&e.value.to_le_bytes());
         let h = xxhash_rust::xxh3::xxh3_64(&b);
         self.count += 1;
         self.sum = self.sum.wrapping_add(h);
@@ -130,7 +130,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     let fs = StdFs;
     let mut report = CheckReport::default();
     let segs = segments(&fs, dir, &mut report)?;
-    let manifest = match Manifest::load(&fs, &dir.join("manifest")) {
+    let manifest = match Manifest::load(&fs, dir) {
         Ok(m) => m,
         Err(e) => {
             report.problems.push(format!("manifest: {e}"));
@@ -256,7 +256,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 }
                 if last < checkpoint_at {
                     for en in &entries {
-                        expected.entry((en.0 >> 56) as u8).or_default().add(en);
+                        expected.entry(en.kind()).or_default().add(en);
                     }
                 }
                 next_position = last + 1;
@@ -306,6 +306,13 @@ fn check_checkpoint(
     for id in &m.runs {
         match Run::open(fs, &run_path(dir, *id), *id) {
             Ok(r) => runs.push(Arc::new(r)),
+            Err(Error::UnsupportedFormat {
+                path,
+                found,
+                supported,
+            }) if found < supported => report.notes.push(format!(
+                "{path}: index run of version {found}, older than this build's {supported}; the next open rebuilds the indexes from the log"
+            )),
             Err(e) => report.problems.push(format!("index run {id}: {e}")),
         }
     }
@@ -321,7 +328,7 @@ fn check_checkpoint(
                             .push(format!("index entry {e:?} appears twice"));
                     }
                     prev = Some(e);
-                    found.entry((e.0 >> 56) as u8).or_default().add(&e);
+                    found.entry(e.kind()).or_default().add(&e);
                     report.index_entries += 1;
                 }
                 Err(e) => {
@@ -386,11 +393,8 @@ pub fn scan_events(dir: &Path, from: u64, f: &mut dyn FnMut(RecordedEvent) -> bo
     loop {
         match reader.next_record()? {
             Next::Record(offset, payload) => {
-                let events = decode_batch(payload).map_err(|e| Error::Corruption {
-                    file: "segments".into(),
-                    offset,
-                    problem: e.0,
-                })?;
+                let events =
+                    decode_batch(payload).map_err(|e| reader.corruption_at(offset, e.0))?;
                 for e in events {
                     if e.position >= from && !f(e) {
                         return Ok(());

@@ -1,6 +1,6 @@
 //! The I/O seam: every byte the engine reads or writes goes through [`Fs`] and [`File`].
 //!
-//! [`StdFs`] is the real file system. [`sim::SimFs`] keeps what was written apart from what is
+//! [`StdFs`] is the real file system. `sim::SimFs` (feature `sim`) keeps what was written apart from what is
 //! durable, so that tests can crash the store at any sync point and reopen what a real disk
 //! would have kept.
 
@@ -8,6 +8,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 
 /// A file opened for reading and writing at explicit offsets.

@@ -1,25 +1,28 @@
 //! Annal's embedded storage engine.
 //!
 //! [`Store`] opens a folder and implements [`annal_core::EventStore`]: an append-only log of
-//! segment files with CRC-framed batch records, one writer thread with group commit, indexes
-//! by stream, category, event type, tag, event id, batch and time that are derived from the
-//! log and checkpointed, recovery that cuts a torn tail, and subscriptions that read the log
-//! and wait at its head.
+//! segment files with CRC-framed batch records (`log/`), one writer thread with group
+//! commit (`write/`), indexes by stream, category, event type, tag, event id, batch and time
+//! that are derived from the log (`index/`) and checkpointed (`checkpoint/`), recovery that
+//! cuts a torn tail (`recovery.rs`), and reads and subscriptions (`read/`). `layout.rs` names
+//! every file of a store folder; `threads.rs` starts and stops the engine's threads.
 
 pub mod check;
 mod checkpoint;
-pub mod format;
+mod config;
 mod heads;
-mod idfilter;
 mod index;
 pub mod io;
+mod layout;
 mod log;
-mod memtable;
-mod prealloc;
 mod read;
 mod recovery;
+mod shared;
 mod store;
-mod writer;
+mod threads;
+mod write;
 
-pub use format::StoredEvent;
-pub use store::{Config, Store, StoredRead};
+pub use config::Config;
+pub use log::format;
+pub use log::format::StoredEvent;
+pub use store::{Store, StoredRead};

@@ -8,12 +8,16 @@ use annal_core::{Error, Result};
 use tracing::{info, warn};
 
 use crate::checkpoint::{load_heads, Manifest};
-use crate::format::{decode_batch, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_LEN};
 use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
+use crate::layout::{
+    heads_name, heads_path, index_dir, is_manifest_tmp, parse_heads_name, parse_run_name, run_name,
+    run_path, segments_dir,
+};
+use crate::log::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::log::{
-    header_mismatches, read_header, segment_files, segment_name, segments_dir, tail_after, Next,
+    corruption_at, create_segment, header_mismatches, read_header, segment_files, tail_after, Next,
     Segment, SeqReader, Tail,
 };
 
@@ -30,47 +34,8 @@ pub(crate) struct Recovered {
     pub entries: Vec<Entry>,
 }
 
-pub(crate) fn run_path(dir: &Path, id: u64) -> std::path::PathBuf {
-    dir.join("index").join(format!("run-{id:016x}.idx"))
-}
-
-pub(crate) fn heads_path(dir: &Path, id: u64) -> std::path::PathBuf {
-    dir.join(format!("heads-{id:016x}.snap"))
-}
-
 fn io_err(op: &str, path: &Path, e: &std::io::Error) -> Error {
     Error::io(format!("{op} {}", path.display()), e)
-}
-
-/// Creates a segment file with its header, durably.
-pub(crate) fn create_segment(
-    fs: &dyn Fs,
-    dir: &Path,
-    first_position: u64,
-    base_offset: u64,
-) -> Result<Arc<Segment>> {
-    let sdir = segments_dir(dir);
-    let path = sdir.join(segment_name(first_position));
-    let file = fs
-        .create(&path)
-        .map_err(|e| io_err("creating", &path, &e))?;
-    let header = SegmentHeader {
-        version: FORMAT_VERSION,
-        first_position,
-        base_offset,
-        created_at: annal_core::Timestamp::now().0,
-    };
-    file.write_all_at(&header.encode(), 0)
-        .map_err(|e| io_err("writing", &path, &e))?;
-    file.sync_data().map_err(|e| io_err("syncing", &path, &e))?;
-    fs.sync_dir(&sdir)
-        .map_err(|e| io_err("syncing", &sdir, &e))?;
-    Ok(Arc::new(Segment {
-        first_position,
-        base_offset,
-        file,
-        path,
-    }))
 }
 
 /// Lists and checks the segment files.
@@ -133,7 +98,7 @@ type Checkpoint = (Manifest, Heads, Vec<Arc<Run>>);
 /// Loads the checkpoint named by the manifest; `None` (after a warning) when any part of it
 /// is unusable, so that the store rebuilds it from the log.
 fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
-    let manifest = match Manifest::load(fs, &dir.join("manifest")) {
+    let manifest = match Manifest::load(fs, dir) {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(None),
         Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
@@ -154,6 +119,20 @@ fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
     for id in &manifest.runs {
         match Run::open(fs, &run_path(dir, *id), *id) {
             Ok(r) => runs.push(Arc::new(r)),
+            Err(Error::UnsupportedFormat {
+                path,
+                found,
+                supported,
+            }) if found < supported => {
+                // Runs are derived data: an older version is rebuilt, not read.
+                info!(
+                    run = %path,
+                    version = found,
+                    current = supported,
+                    "an index run is of an older version; rebuilding the indexes from the log"
+                );
+                return Ok(None);
+            }
             Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
             Err(e) => {
                 warn!(error = %e, "an index run is unreadable; rebuilding indexes from the log");
@@ -166,37 +145,26 @@ fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
 
 /// One more than the highest id of any run or heads snapshot file present.
 fn next_free_file_id(fs: &dyn Fs, dir: &Path) -> u64 {
-    let parse = |name: &str, prefix: &str, suffix: &str| {
-        name.strip_prefix(prefix)
-            .and_then(|n| n.strip_suffix(suffix))
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-    };
-    let heads = fs.list(dir).unwrap_or_default();
-    let runs = fs.list(&dir.join("index")).unwrap_or_default();
-    heads
-        .iter()
-        .filter_map(|n| parse(n, "heads-", ".snap"))
-        .chain(runs.iter().filter_map(|n| parse(n, "run-", ".idx")))
+    let top = fs.list(dir).unwrap_or_default();
+    let runs = fs.list(&index_dir(dir)).unwrap_or_default();
+    top.iter()
+        .filter_map(|n| parse_heads_name(n))
+        .chain(runs.iter().filter_map(|n| parse_run_name(n)))
         .max()
         .map_or(0, |m| m.saturating_add(1))
 }
 
 /// Removes files that no checkpoint names (left by a crash during a checkpoint or merge).
 fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
-    let keep_heads = format!("heads-{:016x}.snap", manifest.heads_id);
-    let top = fs.list(dir).unwrap_or_default();
-    for name in top {
-        if (name.starts_with("heads-") && name != keep_heads) || name == "manifest.tmp" {
+    let keep_heads = heads_name(manifest.heads_id);
+    for name in fs.list(dir).unwrap_or_default() {
+        if (parse_heads_name(&name).is_some() && name != keep_heads) || is_manifest_tmp(&name) {
             let _ = fs.remove(&dir.join(&name));
         }
     }
-    let idir = dir.join("index");
+    let idir = index_dir(dir);
     for name in fs.list(&idir).unwrap_or_default() {
-        let keep = manifest
-            .runs
-            .iter()
-            .any(|id| name == format!("run-{id:016x}.idx"));
-        if !keep {
+        if !manifest.runs.iter().any(|&id| name == run_name(id)) {
             let _ = fs.remove(&idir.join(&name));
         }
     }
@@ -204,7 +172,7 @@ fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
 
 /// Opens what is on disk (creating an empty store where there is none).
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
-    for d in [dir.to_path_buf(), segments_dir(dir), dir.join("index")] {
+    for d in [dir.to_path_buf(), segments_dir(dir), index_dir(dir)] {
         fs.create_dir_all(&d)
             .map_err(|e| io_err("creating", &d, &e))?;
     }
@@ -254,11 +222,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
     let (segment, at, torn) = loop {
         match reader.next_record()? {
             Next::Record(offset, payload) => {
-                let corrupt = |problem: String| Error::Corruption {
-                    file: "segments".into(),
-                    offset,
-                    problem,
-                };
+                let corrupt = |problem: String| corruption_at(&segments, offset, problem);
                 let events = decode_batch(payload).map_err(|e| corrupt(e.0))?;
                 let Some(first) = events.first() else {
                     return Err(corrupt("empty batch".into()));

@@ -1,166 +1,28 @@
-//! The public handle: [`Store`], its [`Config`], and the state its threads share.
+//! The public handle: [`Store`], what it opens, and the `EventStore` it implements.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use annal_core::{
-    validate, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, Error, EventStore,
-    EventStream, ListCategories, ListStreams, ReadRequest, RecordedEvent, Result, Source,
-    StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
+    validate, AppendRequest, AppendResult, CategoryInfo, Direction, Error, EventStore, EventStream,
+    ListCategories, ListStreams, ReadRequest, RecordedEvent, Result, Source, StreamInfo,
+    SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::format::StoredEvent;
+use crate::config::Config;
 use crate::heads::{to_info, Heads};
-use crate::index::{fixed_key, key, Index, KIND_STREAM, KIND_TIME};
-use crate::io::{Fs, StdFs};
+use crate::index::{key, Index, KIND_STREAM};
+use crate::layout::lock_path;
+use crate::log::format::StoredEvent;
 use crate::log::Log;
 use crate::read::{Cursor, ReadStream, Subscription};
 use crate::recovery::recover;
-use crate::writer::{Command, Writer};
-
-/// The most bytes of events one request may carry: its record's length field is 32 bits.
-const MAX_RECORD_BYTES: usize = 3 << 30;
-
-/// How a store is opened. Every field has a default; the engine reads no environment or file.
-#[derive(Clone)]
-pub struct Config {
-    /// A segment is closed and a new one started once it holds this many bytes.
-    pub segment_size: u64,
-    /// The largest event accepted, in bytes (data plus everything it carries).
-    pub max_event_size: usize,
-    /// The largest append request accepted, in bytes.
-    pub max_append_size: usize,
-    /// Index entries kept in memory before a checkpoint writes them out.
-    pub checkpoint_entries: usize,
-    /// Append requests waiting for the writer before senders wait.
-    pub queue_depth: usize,
-    /// Bytes of zeros kept written and synced beyond the end of the log in the active
-    /// segment, so that a sync writes only the records (not the file's new length and
-    /// blocks); 0 turns preallocation off.
-    pub preallocate: u64,
-    /// The file system (the real one unless a test supplies another).
-    pub fs: Arc<dyn Fs>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            segment_size: 256 * 1024 * 1024,
-            max_event_size: validate::DEFAULT_MAX_EVENT_SIZE,
-            max_append_size: 64 * 1024 * 1024,
-            checkpoint_entries: 1 << 20,
-            queue_depth: 4096,
-            preallocate: 8 << 20,
-            fs: Arc::new(StdFs),
-        }
-    }
-}
-
-impl Config {
-    pub fn segment_size(mut self, bytes: u64) -> Self {
-        self.segment_size = bytes;
-        self
-    }
-    /// At most 3 GiB: a request is one record, whose length field is 32 bits.
-    pub fn max_event_size(mut self, bytes: usize) -> Self {
-        self.max_event_size = bytes.min(MAX_RECORD_BYTES);
-        self
-    }
-    /// At most 3 GiB: a request is one record, whose length field is 32 bits.
-    pub fn max_append_size(mut self, bytes: usize) -> Self {
-        self.max_append_size = bytes.min(MAX_RECORD_BYTES);
-        self
-    }
-    pub fn checkpoint_entries(mut self, entries: usize) -> Self {
-        self.checkpoint_entries = entries.max(1);
-        self
-    }
-    pub fn queue_depth(mut self, depth: usize) -> Self {
-        self.queue_depth = depth.max(1);
-        self
-    }
-    /// Bytes of zeros kept ahead of the log (0: off).
-    pub fn preallocate(mut self, bytes: u64) -> Self {
-        self.preallocate = bytes;
-        self
-    }
-    pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {
-        self.fs = fs;
-        self
-    }
-}
-
-/// State shared by the writer thread, readers and subscriptions.
-pub(crate) struct Shared {
-    pub fs: Arc<dyn Fs>,
-    pub dir: PathBuf,
-    pub config: Config,
-    pub log: Log,
-    pub index: Index,
-    pub heads: RwLock<Heads>,
-    /// Events below this position are durable and visible.
-    pub next_position: AtomicU64,
-    pub head_tx: watch::Sender<u64>,
-    pub poisoned: Mutex<Option<String>>,
-    pub closed: AtomicBool,
-    /// The last group the syncer has applied (the writer forgets pending state up to it).
-    pub synced_group: AtomicU64,
-    /// The log offset below which the log is known durable.
-    pub synced_log_end: AtomicU64,
-    /// What each sync of the log has made durable lately, in bytes (a moving average kept
-    /// by the sync thread; preallocation rests while it is large).
-    pub synced_per_sync: AtomicU64,
-}
-
-impl Shared {
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub fn poison_cause(&self) -> Option<String> {
-        self.poisoned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn head(&self) -> Option<u64> {
-        self.next_position.load(Ordering::Acquire).checked_sub(1)
-    }
-
-    /// The last position recorded at or before `at`.
-    pub fn position_at(&self, at: Timestamp) -> Result<Option<u64>> {
-        if at.0 < 0 {
-            return Ok(None);
-        }
-        // Clamped to the head: the time index may hold a group being applied right now.
-        let found = self
-            .index
-            .floor(fixed_key(KIND_TIME), at.0 as u64)?
-            .map(|(_, last)| last);
-        Ok(match (found, self.head()) {
-            (Some(p), Some(h)) => Some(p.min(h)),
-            _ => None,
-        })
-    }
-
-    /// The highest position a read as of `as_of` may return.
-    fn read_limit(&self, as_of: Option<AsOf>) -> Result<Option<u64>> {
-        let head = self.head();
-        let cut = match as_of {
-            None => return Ok(head),
-            Some(AsOf::Position(p)) => Some(p),
-            Some(AsOf::Time(t)) => self.position_at(t)?,
-        };
-        Ok(match (head, cut) {
-            (Some(h), Some(c)) => Some(h.min(c)),
-            _ => None,
-        })
-    }
-}
+use crate::shared::Shared;
+use crate::threads::{Start, Threads};
+use crate::write::writer::Tail;
+use crate::write::Command;
 
 /// An Annal store opened in this process.
 ///
@@ -169,8 +31,7 @@ impl Shared {
 /// thread and never wait for the writer.
 pub struct Store {
     shared: Arc<Shared>,
-    tx: Mutex<Option<mpsc::Sender<Command>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Threads>,
     _lock: Box<dyn Send + Sync>,
 }
 
@@ -198,7 +59,7 @@ impl Store {
         let fs = config.fs.clone();
         fs.create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
-        let lock = fs.lock(&dir.join("LOCK")).map_err(|e| {
+        let lock = fs.lock(&lock_path(&dir)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Unavailable(format!(
                     "the store in {} is open in another process",
@@ -212,37 +73,36 @@ impl Store {
         let index = Index::default();
         {
             let mut s = index.state.write().unwrap_or_else(|e| e.into_inner());
-            s.runs = rec.runs.clone();
+            s.runs = rec.runs;
             s.mem.insert_all(&rec.entries);
         }
-        let (head_tx, _) = watch::channel(rec.next_position);
-        let shared = Arc::new(Shared {
-            fs,
-            dir,
-            log: Log {
-                segments: RwLock::new(rec.segments.clone()),
+        let start = Start {
+            tail: Tail {
+                active: rec
+                    .segments
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| Error::Internal("recovery left no segment".into()))?,
+                active_len: rec.active_len,
+                log_end: rec.log_end,
+                next_position: rec.next_position,
+                last_ts: rec.last_recorded_at,
             },
+            manifest: rec.manifest,
+        };
+        let shared = Arc::new(Shared::new(
+            dir,
+            config,
+            Log::new(rec.segments),
             index,
-            heads: RwLock::new(rec.heads.clone()),
-            next_position: AtomicU64::new(rec.next_position),
-            head_tx,
-            poisoned: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            synced_group: AtomicU64::new(0),
-            synced_log_end: AtomicU64::new(rec.log_end),
-            synced_per_sync: AtomicU64::new(0),
-            config: config.clone(),
-        });
-        let (tx, rx) = mpsc::channel(config.queue_depth);
-        let writer = Writer::new(shared.clone(), rx, &rec);
-        let handle = std::thread::Builder::new()
-            .name("annal-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| Error::io("starting the writer thread", &e))?;
+            rec.heads,
+            rec.next_position,
+            rec.log_end,
+        ));
+        let threads = Threads::start(&shared, start)?;
         Ok(Store {
             shared,
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
+            threads: Mutex::new(threads),
             _lock: lock,
         })
     }
@@ -263,10 +123,11 @@ impl Store {
     }
 
     fn sender(&self) -> Result<mpsc::Sender<Command>> {
-        self.tx
+        self.threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .queue()
+            .cloned()
             .ok_or(Error::Closed)
     }
 
@@ -285,10 +146,7 @@ impl Store {
                 limit: self.shared.config.max_append_size,
             });
         }
-        if let Some(cause) = self.shared.poison_cause() {
-            return Err(Error::Poisoned { cause });
-        }
-        Ok(())
+        self.shared.check_poison()
     }
 
     /// Appends from synchronous code. Must not be called from inside an async runtime.
@@ -297,8 +155,8 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .blocking_send(Command::Append(request, reply))
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.blocking_recv().map_err(|_| self.shared.lost_answer())?
     }
 
     /// Writes a checkpoint now (indexes and stream heads), so that reopening replays nothing.
@@ -306,8 +164,8 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.sender()?
             .blocking_send(Command::Checkpoint(reply))
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.blocking_recv().map_err(|_| self.shared.lost_answer())?
     }
 
     /// A synchronous iterator over a read.
@@ -394,25 +252,23 @@ impl Store {
 
     /// Stops the writer after the appends already queued, writes a checkpoint and closes.
     pub fn close(self) -> Result<()> {
-        self.shutdown()
+        self.shutdown();
+        Ok(())
     }
 
-    fn shutdown(&self) -> Result<()> {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = handle {
-            h.join()
-                .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
-        }
+    fn shutdown(&self) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop();
         self.shared.closed.store(true, Ordering::Release);
         self.shared.head_tx.send_modify(|_| {});
-        Ok(())
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        self.shutdown();
     }
 }
 
@@ -423,8 +279,8 @@ impl EventStore for Store {
         self.sender()?
             .send(Command::Append(request, reply))
             .await
-            .map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.await.map_err(|_| self.shared.lost_answer())?
     }
 
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {

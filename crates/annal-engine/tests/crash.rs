@@ -231,7 +231,8 @@ fn writes_after_a_failed_sync_are_refused_and_reads_still_work() {
 #[test]
 fn a_full_disk_is_reported_as_a_full_disk() {
     let fs = SimFs::new();
-    let store = Store::open_with("/db", sim_config(&fs)).unwrap();
+    // Without preallocation: zeros written ahead would hold the space the append needs.
+    let store = Store::open_with("/db", sim_config_in_step(&fs)).unwrap();
     fs.set_space_left(Some(10));
     let err = store
         .append_blocking(AppendRequest::stream(

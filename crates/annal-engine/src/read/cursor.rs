@@ -1,77 +1,20 @@
-//! The read path: fetching events by position, read cursors over every kind of source, and
-//! subscriptions (a cursor that waits for the log to grow).
+//! Read cursors: a request turned into index scans of pages of entries, events fetched by
+//! position and filtered (hash collisions share keys), up to the read's upper bound. A
+//! forward read of the whole log skips the index and reads the segment files in order.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use annal_core::{Direction, Error, Query, RecordedEvent, Result, Source, SubscriptionItem};
-use futures_core::Stream;
-use tokio::sync::watch;
+use annal_core::{Direction, Query, RecordedEvent, Result, Source};
 
-use crate::format::{decode_batch, decode_batch_header, visit_batch, StoredEvent};
-use crate::index::{
-    fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TYPE,
-};
+use super::{fetch_batch, index_disagrees};
+use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_STREAM, KIND_TAG, KIND_TYPE};
+use crate::log::format::{decode_batch_header, visit_batch, StoredEvent};
 use crate::log::{Next, SeqReader};
-use crate::store::Shared;
+use crate::shared::Shared;
 
 /// Events read per index lookup.
 const PAGE: usize = 256;
-
-fn decode_at(shared: &Shared, log_offset: u64) -> Result<(Vec<RecordedEvent>, u64)> {
-    let (payload, next) = shared.log.read_record(log_offset)?;
-    let events = decode_batch(&payload).map_err(|e| Error::Corruption {
-        file: "segments".into(),
-        offset: log_offset,
-        problem: e.0,
-    })?;
-    Ok((events, next))
-}
-
-/// The whole batch holding `position`.
-pub(crate) fn fetch_batch(shared: &Shared, position: u64) -> Result<Vec<RecordedEvent>> {
-    let (_, offset) = shared
-        .index
-        .floor(fixed_key(KIND_BATCH), position)?
-        .ok_or_else(|| Error::Corruption {
-            file: "index".into(),
-            offset: position,
-            problem: format!("no batch holds position {position}"),
-        })?;
-    Ok(decode_at(shared, offset)?.0)
-}
-
-/// The event at `position`.
-pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEvent> {
-    let batch = fetch_batch(shared, position)?;
-    let first = batch.first().map_or(0, |e| e.position);
-    batch
-        .into_iter()
-        .nth(position.saturating_sub(first) as usize)
-        .filter(|e| e.position == position)
-        .ok_or_else(|| Error::Corruption {
-            file: "index".into(),
-            offset: position,
-            problem: format!("the batch found for position {position} does not hold it"),
-        })
-}
-
-/// The stored event with this id, if any.
-pub(crate) fn find_by_id(shared: &Shared, id: &annal_core::Uuid) -> Result<Option<RecordedEvent>> {
-    let hits = shared
-        .index
-        .scan(key(KIND_ID, id.as_bytes()), 0, 0, Direction::Forward, 64)?;
-    for (_, position) in hits {
-        let e = fetch_event(shared, position)?;
-        if e.id == *id {
-            return Ok(Some(e));
-        }
-    }
-    Ok(None)
-}
 
 enum Plan {
     /// Every event, in log order.
@@ -139,7 +82,7 @@ fn plan_for(source: &Source) -> (Plan, Filter) {
 
 /// A position in a read: where it goes on from, and how far it may go.
 pub(crate) struct Cursor {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     plan: Plan,
     filter: Filter,
     dir: Direction,
@@ -214,10 +157,11 @@ impl Cursor {
             .get(position.wrapping_sub(first) as usize)
             .filter(|e| e.position == position)
             .cloned()
-            .ok_or_else(|| Error::Corruption {
-                file: "index".into(),
-                offset: position,
-                problem: format!("the batch found for position {position} does not hold it"),
+            .ok_or_else(|| {
+                index_disagrees(
+                    &self.shared,
+                    format!("the batch found for position {position} does not hold it"),
+                )
             })
     }
 
@@ -366,10 +310,8 @@ impl Cursor {
                 .shared
                 .index
                 .floor(fixed_key(KIND_BATCH), next)?
-                .ok_or_else(|| Error::Corruption {
-                    file: "index".into(),
-                    offset: next,
-                    problem: format!("no batch holds position {next}"),
+                .ok_or_else(|| {
+                    index_disagrees(&self.shared, format!("no batch holds position {next}"))
                 })?;
             self.seq = Some(SeqReader::new(self.shared.log.segment_list(), offset));
         }
@@ -379,11 +321,8 @@ impl Cursor {
             let seq = self.seq.as_mut().expect("set above");
             let (offset, payload) = match seq.next_record()? {
                 Next::Record(offset, payload) => {
-                    let header = decode_batch_header(payload).map_err(|e| Error::Corruption {
-                        file: "segments".into(),
-                        offset,
-                        problem: e.0,
-                    })?;
+                    let header = decode_batch_header(payload)
+                        .map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
                     let want = self.next.unwrap_or(0);
                     if header
                         .first_position
@@ -403,23 +342,16 @@ impl Cursor {
                     continue;
                 }
                 Next::End => {
-                    return Err(Error::Corruption {
-                        file: "segments".into(),
-                        offset: 0,
-                        problem: format!("the log ends before position {max}"),
-                    })
+                    let end = seq.log_offset();
+                    return Err(
+                        seq.corruption_at(end, format!("the log ends here, before position {max}"))
+                    );
                 }
                 Next::Torn {
+                    segment,
                     file_offset,
                     problem,
-                    ..
-                } => {
-                    return Err(Error::Corruption {
-                        file: "segments".into(),
-                        offset: file_offset,
-                        problem,
-                    })
-                }
+                } => return Err(seq.torn_at(segment, file_offset, problem)),
             };
             retried = false;
             let want = self.next.unwrap_or(0);
@@ -439,11 +371,7 @@ impl Cursor {
                 }
                 true
             })
-            .map_err(|e| Error::Corruption {
-                file: "segments".into(),
-                offset,
-                problem: e.0,
-            })?;
+            .map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
             if !whole {
                 // The reader has moved past this record, whose later events were not given:
                 // a later walk finds its place again through the batch index.
@@ -503,117 +431,6 @@ fn trim_partial_seq(entries: &mut Vec<(u64, u64)>, page: usize) {
             .map_or(0, |i| i + 1);
         if keep > 0 {
             entries.truncate(keep);
-        }
-    }
-}
-
-/// A read as a stream of events.
-pub(crate) struct ReadStream {
-    pub cursor: Cursor,
-    pub done: bool,
-}
-
-impl Stream for ReadStream {
-    type Item = Result<RecordedEvent>;
-
-    fn poll_next(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.cursor.next_event() {
-            Ok(Some(e)) => Poll::Ready(Some(Ok(e))),
-            Ok(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Err(e) => {
-                this.done = true;
-                Poll::Ready(Some(Err(e)))
-            }
-        }
-    }
-}
-
-type Wait = Pin<Box<dyn Future<Output = watch::Receiver<u64>> + Send>>;
-
-/// A subscription: a forward cursor that, at the head of the log, waits for it to grow.
-pub(crate) struct Subscription {
-    pub cursor: Cursor,
-    pub rx: Option<watch::Receiver<u64>>,
-    pub wait: Option<Wait>,
-    pub caught_up: bool,
-    /// The highest position reported so far: by an event, the caught-up marker or a
-    /// checkpoint.
-    pub reported: Option<u64>,
-    pub done: bool,
-}
-
-impl Stream for Subscription {
-    type Item = Result<SubscriptionItem>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        loop {
-            if this.done {
-                return Poll::Ready(None);
-            }
-            if let Some(w) = this.wait.as_mut() {
-                match w.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(rx) => {
-                        this.rx = Some(rx);
-                        this.wait = None;
-                    }
-                }
-            }
-            if this.cursor.shared.is_closed() {
-                this.done = true;
-                return Poll::Ready(None);
-            }
-            let Some(rx) = this.rx.as_mut() else {
-                this.done = true;
-                return Poll::Ready(None);
-            };
-            let head = *rx.borrow_and_update();
-            if this.cursor.shared.is_closed() {
-                this.done = true;
-                return Poll::Ready(None);
-            }
-            this.cursor.max_pos = head.checked_sub(1);
-            match this.cursor.next_event() {
-                Err(e) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Ok(Some(e)) => {
-                    this.reported = Some(e.position);
-                    return Poll::Ready(Some(Ok(SubscriptionItem::Event(e))));
-                }
-                Ok(None) => {
-                    let scanned = head.checked_sub(1);
-                    if !this.caught_up {
-                        this.caught_up = true;
-                        this.reported = this.reported.max(scanned);
-                        return Poll::Ready(Some(Ok(SubscriptionItem::CaughtUp {
-                            position: scanned,
-                        })));
-                    }
-                    // Everything up to the head has been looked at: say so, once per advance
-                    // past events this subscription skipped.
-                    if let Some(position) = scanned.filter(|&p| Some(p) > this.reported) {
-                        this.reported = Some(position);
-                        return Poll::Ready(Some(Ok(SubscriptionItem::Checkpoint { position })));
-                    }
-                    let Some(mut rx) = this.rx.take() else {
-                        continue;
-                    };
-                    this.wait = Some(Box::pin(async move {
-                        let _ = rx.changed().await;
-                        rx
-                    }));
-                }
-            }
         }
     }
 }

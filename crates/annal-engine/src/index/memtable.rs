@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use annal_core::Direction;
 
-use crate::index::{Entry, KIND_ID};
+use super::key::{is_id_key, Entry};
 
 /// Keys are hashes already: mix them once and use them as they are.
 #[derive(Default)]
@@ -45,10 +45,6 @@ pub struct MemTable {
     len: usize,
 }
 
-fn is_id(key: u64) -> bool {
-    key >> 56 == u64::from(KIND_ID)
-}
-
 /// Adds `e` to a sorted list, at its end almost always; false when it was there already.
 fn push(list: &mut Vec<(u64, u64)>, e: (u64, u64)) -> bool {
     match list.last() {
@@ -81,11 +77,11 @@ impl MemTable {
     /// Adds entries; each run of entries of one key costs one lookup of the key.
     pub fn insert_all(&mut self, entries: &[Entry]) {
         let mut rest = entries;
-        while let Some(&(key, ..)) = rest.first() {
-            let n = rest.iter().take_while(|e| e.0 == key).count();
+        while let Some(&Entry { key, .. }) = rest.first() {
+            let n = rest.iter().take_while(|e| e.key == key).count();
             let (run, after) = rest.split_at(n);
             rest = after;
-            if is_id(key) {
+            if is_id_key(key) {
                 for e in run {
                     self.insert(*e);
                 }
@@ -93,14 +89,21 @@ impl MemTable {
             }
             let list = self.lists.entry(key).or_default();
             list.reserve(run.len());
-            for &(_, seq, val) in run {
-                self.len += usize::from(push(list, (seq, val)));
+            for e in run {
+                self.len += usize::from(push(list, (e.seq, e.value)));
             }
         }
     }
 
-    pub fn insert(&mut self, (key, seq, val): Entry) {
-        if is_id(key) {
+    pub fn insert(
+        &mut self,
+        Entry {
+            key,
+            seq,
+            value: val,
+        }: Entry,
+    ) {
+        if is_id_key(key) {
             match self.ids.get_mut(&key) {
                 None => {
                     self.ids.insert(key, Ids::One(val));
@@ -145,7 +148,7 @@ impl MemTable {
         limit: usize,
         out: &mut Vec<(u64, u64)>,
     ) {
-        if is_id(key) {
+        if is_id_key(key) {
             if lo > 0 {
                 return;
             }
@@ -191,19 +194,19 @@ impl MemTable {
             }
         }
         ids.sort_unstable();
-        let mut ids = ids.into_iter().map(|(k, v)| (k, 0, v)).peekable();
+        let mut ids = ids.into_iter().map(|(k, v)| Entry::new(k, 0, v)).peekable();
         let mut keys = keys.into_iter().peekable();
         let mut list: Option<(u64, std::slice::Iter<'_, (u64, u64)>)> = None;
         std::iter::from_fn(move || loop {
             if let Some((k, it)) = &mut list {
                 if let Some(&(s, v)) = it.next() {
-                    return Some((*k, s, v));
+                    return Some(Entry::new(*k, s, v));
                 }
                 list = None;
             }
             // The next list key, unless an id key comes before it.
             match (keys.peek(), ids.peek()) {
-                (Some(&k), Some(id)) if id.0 < k => return ids.next(),
+                (Some(&k), Some(id)) if id.key < k => return ids.next(),
                 (Some(&k), _) => {
                     keys.next();
                     list = Some((k, self.lists[&k].iter()));
@@ -217,7 +220,7 @@ impl MemTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{key, KIND_STREAM};
+    use crate::index::key::{key, KIND_ID, KIND_STREAM};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -234,9 +237,10 @@ mod tests {
             for (k, seq, val, id) in entries {
                 let key = if id { key(KIND_ID, &[k]) } else { key(KIND_STREAM, &[k]) };
                 let seq = if id { 0 } else { seq };
-                mem.insert((key, seq, val));
-                set.insert((key, seq, val));
-                all.push((key, seq, val));
+                let e = Entry::new(key, seq, val);
+                mem.insert(e);
+                set.insert(e);
+                all.push(e);
             }
             // Added all at once (runs of one key looked up once), the same table.
             let mut at_once = MemTable::default();
@@ -252,9 +256,9 @@ mod tests {
                         let mut got = Vec::new();
                         mem.scan(key, lo, hi, dir, limit, &mut got);
                         let mut want: Vec<(u64, u64)> = set
-                            .range((key, lo, 0)..=(key, hi.max(lo), u64::MAX))
-                            .filter(|e| e.1 <= hi)
-                            .map(|e| (e.1, e.2))
+                            .range(Entry::new(key, lo, 0)..=Entry::new(key, hi.max(lo), u64::MAX))
+                            .filter(|e| e.seq <= hi)
+                            .map(|e| (e.seq, e.value))
                             .collect();
                         if dir == Direction::Backward { want.reverse(); }
                         want.truncate(limit);

@@ -63,10 +63,9 @@ struct Inner {
     ahead_now: AtomicU64,
 }
 
-/// The writer's handle on the filler thread; stops it when dropped.
+/// The writer's handle on the filler thread.
 pub(crate) struct Filler {
     inner: Arc<Inner>,
-    thread: Option<std::thread::JoinHandle<()>>,
     /// How far beyond the end of the log zeros are kept while syncs are small.
     ahead: u64,
     /// Bytes written since the filler started: zeros are kept at most this far ahead (and
@@ -76,36 +75,52 @@ pub(crate) struct Filler {
     resting: bool,
 }
 
-impl Filler {
-    /// Starts a filler that keeps `ahead` bytes of zeros beyond the end of the log.
-    pub fn start(fs: Arc<dyn Fs>, ahead: u64) -> std::io::Result<Filler> {
-        let inner = Arc::new(Inner {
-            state: Mutex::new(State {
-                target: None,
-                stop: false,
-                generation: 0,
-            }),
-            wake: Condvar::new(),
-            filled: AtomicU64::new(0),
-            end: AtomicU64::new(0),
-            limit: AtomicU64::new(0),
-            ahead_now: AtomicU64::new(ahead.min(CHUNK)),
-        });
-        let thread = std::thread::Builder::new()
-            .name("annal-prealloc".into())
-            .spawn({
-                let inner = Arc::clone(&inner);
-                move || inner.run(fs.as_ref())
-            })?;
-        Ok(Filler {
-            inner,
-            thread: Some(thread),
-            ahead,
-            written: 0,
-            resting: false,
-        })
-    }
+/// The filler thread's body.
+pub(crate) struct FillerThread(Arc<Inner>);
 
+/// Stops the filler thread.
+pub(crate) struct FillerStop(Arc<Inner>);
+
+/// A filler that keeps `ahead` bytes of zeros beyond the end of the log: the writer's
+/// handle, the thread's body and what stops it.
+pub(crate) fn filler(ahead: u64) -> (Filler, FillerThread, FillerStop) {
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State {
+            target: None,
+            stop: false,
+            generation: 0,
+        }),
+        wake: Condvar::new(),
+        filled: AtomicU64::new(0),
+        end: AtomicU64::new(0),
+        limit: AtomicU64::new(0),
+        ahead_now: AtomicU64::new(ahead.min(CHUNK)),
+    });
+    let handle = Filler {
+        inner: Arc::clone(&inner),
+        ahead,
+        written: 0,
+        resting: false,
+    };
+    (handle, FillerThread(Arc::clone(&inner)), FillerStop(inner))
+}
+
+impl FillerThread {
+    /// Writes zeros as the writer's progress asks for them, until stopped.
+    pub fn run(self, fs: &dyn Fs) {
+        self.0.run(fs);
+    }
+}
+
+impl FillerStop {
+    /// Makes the thread return; it stops after the piece it is writing, if any.
+    pub fn stop(&self) {
+        self.0.lock().stop = true;
+        self.0.wake.notify_one();
+    }
+}
+
+impl Filler {
     /// Makes `path` the segment to fill: its records end at file offset `end`, and the
     /// file is `len` bytes long (zeros beyond `end`, if any, are kept). `None` stops
     /// filling (before the active segment is cut to its end).
@@ -161,16 +176,6 @@ impl Filler {
         drop(s);
         if short {
             inner.wake.notify_one();
-        }
-    }
-}
-
-impl Drop for Filler {
-    fn drop(&mut self) {
-        self.inner.lock().stop = true;
-        self.inner.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::index::{blocked_bits, blocked_first_word, blocked_masks, BLOCK_WORDS};
+use super::filter::{self, BLOCK_WORDS};
 
 /// The fewest ids a filter is sized for (5 KiB).
 pub const MIN_IDS: u64 = 4096;
@@ -78,7 +78,7 @@ impl IdFilter {
     pub fn add_all(&self, keys: &[u64]) {
         let _one_adder = self.adding.lock().unwrap_or_else(|e| e.into_inner());
         for &k in keys {
-            let (first, masks) = blocked_masks(k, self.blocks);
+            let (first, masks) = filter::masks(k, self.blocks);
             for (w, m) in self.words[first..first + BLOCK_WORDS].iter().zip(masks) {
                 // Only this thread stores to the words while the lock is held; readers see
                 // a word before or after its new bits, and a bit once set stays set. Every
@@ -92,14 +92,14 @@ impl IdFilter {
 
     /// False when no run the filter covers holds the id key.
     pub fn may_hold(&self, key: u64) -> bool {
-        blocked_bits(key, self.blocks).all(|(w, m)| self.words[w].load(Ordering::Relaxed) & m != 0)
+        filter::bits(key, self.blocks).all(|(w, m)| self.words[w].load(Ordering::Relaxed) & m != 0)
     }
 
     /// `out[i] = may_hold(keys[i])`. Every key's block is touched before any is tested, so
     /// that their cache misses overlap.
     pub fn may_hold_many(&self, keys: &[u64], out: &mut Vec<bool>) {
         let touched = keys.iter().fold(0u64, |acc, &k| {
-            acc ^ self.words[blocked_first_word(k, self.blocks)].load(Ordering::Relaxed)
+            acc ^ self.words[filter::first_word(k, self.blocks)].load(Ordering::Relaxed)
         });
         std::hint::black_box(touched);
         out.clear();
@@ -110,7 +110,7 @@ impl IdFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{key, KIND_ID};
+    use crate::index::key::{key, KIND_ID};
 
     fn id_key(i: u64) -> u64 {
         key(KIND_ID, &i.to_le_bytes())
