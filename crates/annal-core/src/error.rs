@@ -1,14 +1,52 @@
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::ExpectedRevision;
+
+/// An I/O error kept whole (its kind, message and the error itself) and shared, so that
+/// [`Error`] stays `Clone`. Two are equal when their kinds and messages are.
+#[derive(Debug, Clone)]
+pub struct IoError(Arc<std::io::Error>);
+
+impl IoError {
+    pub fn new(e: std::io::Error) -> Self {
+        IoError(Arc::new(e))
+    }
+
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// The error as the system reported it.
+    pub fn get(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq for IoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoError {}
 
 /// Every way an Annal operation can fail, shared by all backends.
 ///
 /// Conflicts ([`WrongExpectedRevision`](Error::WrongExpectedRevision),
 /// [`ConditionFailed`](Error::ConditionFailed)) are outcomes the caller handles; the rest are
 /// failures. Messages are lowercase and carry the values involved.
+///
+/// Every variant crosses the wire (`annal-proto` maps each one to a status and back), so a
+/// new variant is added there too; the enum is matched exhaustively to make sure of it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     #[error("wrong expected revision on stream '{stream}': expected {expected}, actual {}", actual.map_or_else(|| "no stream".to_string(), |r| format!("revision {r}")))]
     WrongExpectedRevision {
@@ -49,8 +87,8 @@ pub enum Error {
     #[error("the disk is full: {message}; writes are refused until space is freed and the store is reopened")]
     DiskFull { message: String },
 
-    #[error("i/o error while {op}: {message}")]
-    Io { op: String, message: String },
+    #[error("i/o error while {op}: {error}")]
+    Io { op: String, error: IoError },
 
     #[error("corruption in {file} at offset {offset}: {problem}")]
     Corruption {
@@ -97,7 +135,7 @@ impl Error {
     }
 
     /// An I/O error, classified: a full disk becomes [`Error::DiskFull`].
-    pub fn io(op: impl Into<String>, e: &std::io::Error) -> Self {
+    pub fn io(op: impl Into<String>, e: std::io::Error) -> Self {
         if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
             Error::DiskFull {
                 message: format!("{} failed: {e}", op.into()),
@@ -105,7 +143,7 @@ impl Error {
         } else {
             Error::Io {
                 op: op.into(),
-                message: e.to_string(),
+                error: IoError::new(e),
             }
         }
     }
@@ -142,7 +180,7 @@ mod tests {
         assert!(e
             .to_string()
             .ends_with("expected stream exists, actual no stream"));
-        let full = Error::io("fsync", &std::io::Error::from_raw_os_error(28));
+        let full = Error::io("fsync", std::io::Error::from_raw_os_error(28));
         assert!(matches!(full, Error::DiskFull { .. }), "{full:?}");
     }
 }

@@ -16,7 +16,7 @@ pub mod validate;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::Error;
+pub use error::{Error, IoError};
 pub use event::{category_of, Metadata, NewEvent, RecordedEvent, DEFAULT_CONTENT_TYPE};
 pub use query::{Query, QueryItem};
 pub use request::{

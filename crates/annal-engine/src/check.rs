@@ -87,7 +87,7 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
     for (i, (first, path)) in names.into_iter().enumerate() {
         let file = fs
             .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let len = file.len().unwrap_or(0);
         report.bytes += len;
         let h = match read_header(&file) {

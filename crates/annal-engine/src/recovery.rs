@@ -34,7 +34,7 @@ pub(crate) struct Recovered {
     pub entries: Vec<Entry>,
 }
 
-fn io_err(op: &str, path: &Path, e: &std::io::Error) -> Error {
+fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
     Error::io(format!("{op} {}", path.display()), e)
 }
 
@@ -45,22 +45,21 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
     let mut segments: Vec<Arc<Segment>> = Vec::new();
     let count = names.len();
     for (i, (first, path)) in names.into_iter().enumerate() {
-        let file = fs.open(&path).map_err(|e| io_err("opening", &path, &e))?;
+        let file = fs.open(&path).map_err(|e| io_err("opening", &path, e))?;
         let header = match read_header(&file) {
             Ok(h) => h,
             Err(problem)
                 if i + 1 == count
-                    && file.len().map_err(|e| io_err("reading", &path, &e))?
+                    && file.len().map_err(|e| io_err("reading", &path, e))?
                         <= SEGMENT_HEADER_LEN =>
             {
                 // The header is synced before any record is written: a last segment no longer
                 // than a header, with a bad one, was being created when the store stopped and
                 // holds nothing.
                 warn!(file = %path.display(), %problem, "removing a segment whose creation did not finish");
-                fs.remove(&path)
-                    .map_err(|e| io_err("removing", &path, &e))?;
+                fs.remove(&path).map_err(|e| io_err("removing", &path, e))?;
                 fs.sync_dir(&sdir)
-                    .map_err(|e| io_err("syncing", &sdir, &e))?;
+                    .map_err(|e| io_err("syncing", &sdir, e))?;
                 continue;
             }
             Err(problem) => {
@@ -174,7 +173,7 @@ fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
 pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
     for d in [dir.to_path_buf(), segments_dir(dir), index_dir(dir)] {
         fs.create_dir_all(&d)
-            .map_err(|e| io_err("creating", &d, &e))?;
+            .map_err(|e| io_err("creating", &d, e))?;
     }
     let mut segments = open_segments(fs, dir)?;
     let (mut manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
@@ -206,7 +205,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
         let len = segments[seg]
             .file
             .len()
-            .map_err(|e| io_err("reading", &segments[seg].path, &e))?;
+            .map_err(|e| io_err("reading", &segments[seg].path, e))?;
         if at > len {
             return Err(Error::Corruption {
                 file: segments[seg].path.display().to_string(),
@@ -284,7 +283,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
             let len = seg
                 .file
                 .len()
-                .map_err(|e| io_err("reading", &seg.path, &e))?;
+                .map_err(|e| io_err("reading", &seg.path, e))?;
             warn!(
                 file = %seg.path.display(),
                 offset = at,
@@ -294,10 +293,10 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
             );
             seg.file
                 .set_len(at)
-                .map_err(|e| io_err("truncating", &seg.path, &e))?;
+                .map_err(|e| io_err("truncating", &seg.path, e))?;
             seg.file
                 .sync_data()
-                .map_err(|e| io_err("syncing", &seg.path, &e))?;
+                .map_err(|e| io_err("syncing", &seg.path, e))?;
         }
     }
     let last = segments.last().expect("at least one segment");
@@ -305,7 +304,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
     // make it durable before new records, whose watermark will claim it is.
     last.file
         .sync_data()
-        .map_err(|e| io_err("syncing", &last.path, &e))?;
+        .map_err(|e| io_err("syncing", &last.path, e))?;
     // The log ends where reading stopped: at the end of the file, or where the zeros of
     // preallocated space begin.
     let active_len = at;

@@ -58,7 +58,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let fs = config.fs.clone();
         fs.create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = fs.lock(&lock_path(&dir)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Unavailable(format!(
@@ -66,7 +66,7 @@ impl Store {
                     dir.display()
                 ))
             } else {
-                Error::io(format!("locking {}", dir.display()), &e)
+                Error::io(format!("locking {}", dir.display()), e)
             }
         })?;
         let rec = recover(fs.as_ref(), &dir)?;

@@ -70,7 +70,7 @@ fn spawn(
                 ));
             }
         })
-        .map_err(|e| Error::io(format!("starting the {name} thread"), &e))
+        .map_err(|e| Error::io(format!("starting the {name} thread"), e))
 }
 
 impl Threads {

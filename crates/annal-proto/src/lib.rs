@@ -489,7 +489,6 @@ pub fn code_of(e: &Error) -> tonic::Code {
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::NotFound(_) => Code::NotFound,
         Error::Io { .. } | Error::Internal(_) => Code::Internal,
-        _ => Code::Internal,
     }
 }
 
@@ -533,7 +532,11 @@ pub fn status_from_error(e: &Error) -> tonic::Status {
         }),
         Error::Poisoned { cause } => Kind::Poisoned(cause),
         Error::DiskFull { message } => Kind::DiskFull(message),
-        Error::Io { op, message } => Kind::Io(IoError { op, message }),
+        Error::Io { op, error } => Kind::Io(IoError {
+            op,
+            message: error.to_string(),
+            kind: format!("{:?}", error.kind()),
+        }),
         Error::Corruption {
             file,
             offset,
@@ -558,10 +561,58 @@ pub fn status_from_error(e: &Error) -> tonic::Status {
         Error::Internal(what) => Kind::Internal(what),
         Error::Unauthenticated(what) => Kind::Unauthenticated(what),
         Error::PermissionDenied(what) => Kind::PermissionDenied(what),
-        other => Kind::Internal(other.to_string()),
     };
     let detail = ErrorDetail { kind: Some(kind) };
     tonic::Status::with_details(code_of(e), e.to_string(), detail.encode_to_vec().into())
+}
+
+/// The `std::io::ErrorKind` of its `Debug` name; `Other` for a name this build does not
+/// know.
+fn io_error_kind(name: &str) -> std::io::ErrorKind {
+    use std::io::ErrorKind as K;
+    [
+        K::NotFound,
+        K::PermissionDenied,
+        K::ConnectionRefused,
+        K::ConnectionReset,
+        K::ConnectionAborted,
+        K::NotConnected,
+        K::AddrInUse,
+        K::AddrNotAvailable,
+        K::BrokenPipe,
+        K::AlreadyExists,
+        K::WouldBlock,
+        K::InvalidInput,
+        K::InvalidData,
+        K::TimedOut,
+        K::WriteZero,
+        K::Interrupted,
+        K::Unsupported,
+        K::UnexpectedEof,
+        K::OutOfMemory,
+        K::StorageFull,
+        K::ReadOnlyFilesystem,
+        K::IsADirectory,
+        K::NotADirectory,
+        K::DirectoryNotEmpty,
+        K::FileTooLarge,
+        K::ResourceBusy,
+        K::QuotaExceeded,
+        K::Deadlock,
+        K::InvalidFilename,
+        K::ArgumentListTooLong,
+        K::CrossesDevices,
+        K::TooManyLinks,
+        K::NotSeekable,
+        K::StaleNetworkFileHandle,
+        K::ExecutableFileBusy,
+        K::HostUnreachable,
+        K::NetworkUnreachable,
+        K::NetworkDown,
+    ]
+    .into_iter()
+    .find(|k| format!("{k:?}") == name)
+    .unwrap_or(K::Other)
 }
 
 /// The error a status stands for: exact when it carries an [`ErrorDetail`], otherwise the
@@ -603,7 +654,10 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
             Kind::DiskFull(message) => Some(Error::DiskFull { message }),
             Kind::Io(i) => Some(Error::Io {
                 op: i.op,
-                message: i.message,
+                error: annal_core::IoError::new(std::io::Error::new(
+                    io_error_kind(&i.kind),
+                    i.message,
+                )),
             }),
             Kind::Corruption(c) => Some(Error::Corruption {
                 file: c.file,
@@ -652,55 +706,118 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
 mod tests {
     use super::*;
 
-    fn round_trip(e: Error) {
-        let back = error_from_status(&status_from_error(&e));
-        assert_eq!(back, e);
+    /// `name(e)`, the name of `e`'s variant, by a match with no wildcard arm, and `ALL`, the
+    /// names of every variant: a new variant does not compile until it is listed here, and
+    /// then `every_error_survives_the_wire` fails until it has an example.
+    macro_rules! variants {
+        ($($variant:ident $pattern:tt),* $(,)?) => {
+            fn name(e: &Error) -> &'static str {
+                match e {
+                    $(variants!(@pattern $variant $pattern) => stringify!($variant),)*
+                }
+            }
+            const ALL: &[&str] = &[$(stringify!($variant)),*];
+        };
+        (@pattern $variant:ident {}) => { Error::$variant { .. } };
+        (@pattern $variant:ident ()) => { Error::$variant(..) };
+        (@pattern $variant:ident unit) => { Error::$variant };
+    }
+
+    variants!(
+        WrongExpectedRevision {},
+        ConditionFailed {},
+        EventIdConflict {},
+        InvalidArgument {},
+        TooLarge {},
+        Poisoned {},
+        DiskFull {},
+        Io {},
+        Corruption {},
+        UnsupportedFormat {},
+        Closed unit,
+        NotFound (),
+        Unavailable (),
+        Unauthenticated (),
+        PermissionDenied (),
+        Internal (),
+    );
+
+    /// At least one error of every variant.
+    fn examples() -> Vec<Error> {
+        vec![
+            Error::WrongExpectedRevision {
+                stream: "account-1".into(),
+                expected: core::ExpectedRevision::Exact(3),
+                actual: Some(5),
+            },
+            Error::WrongExpectedRevision {
+                stream: "a".into(),
+                expected: core::ExpectedRevision::NoStream,
+                actual: None,
+            },
+            Error::ConditionFailed {
+                position: 7,
+                after: Some(2),
+            },
+            Error::ConditionFailed {
+                position: 0,
+                after: None,
+            },
+            Error::EventIdConflict {
+                event_id: Uuid::new_v4(),
+                stream: "s".into(),
+                position: 9,
+                problem: "different data".into(),
+            },
+            Error::invalid("stream id", "must not be empty"),
+            Error::TooLarge {
+                what: "event".into(),
+                size: 20,
+                limit: 10,
+            },
+            Error::Poisoned {
+                cause: "fsync failed".into(),
+            },
+            Error::DiskFull {
+                message: "no space".into(),
+            },
+            Error::io(
+                "opening segments/0.seg",
+                std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            ),
+            Error::io("reading x", std::io::Error::other("something odd")),
+            Error::Corruption {
+                file: "segments/0".into(),
+                offset: 42,
+                problem: "bad crc".into(),
+            },
+            Error::UnsupportedFormat {
+                path: "index/run-1.idx".into(),
+                found: 3,
+                supported: 2,
+            },
+            Error::Closed,
+            Error::NotFound("stream x".into()),
+            Error::Unavailable("shutting down".into()),
+            Error::Unauthenticated("no token".into()),
+            Error::PermissionDenied("read-only token".into()),
+            Error::Internal("see the server log".into()),
+        ]
     }
 
     #[test]
     fn every_error_survives_the_wire() {
-        round_trip(Error::WrongExpectedRevision {
-            stream: "account-1".into(),
-            expected: core::ExpectedRevision::Exact(3),
-            actual: Some(5),
-        });
-        round_trip(Error::WrongExpectedRevision {
-            stream: "a".into(),
-            expected: core::ExpectedRevision::NoStream,
-            actual: None,
-        });
-        round_trip(Error::ConditionFailed {
-            position: 7,
-            after: Some(2),
-        });
-        round_trip(Error::EventIdConflict {
-            event_id: Uuid::new_v4(),
-            stream: "s".into(),
-            position: 9,
-            problem: "different data".into(),
-        });
-        round_trip(Error::invalid("stream id", "must not be empty"));
-        round_trip(Error::TooLarge {
-            what: "event".into(),
-            size: 20,
-            limit: 10,
-        });
-        round_trip(Error::Poisoned {
-            cause: "fsync failed".into(),
-        });
-        round_trip(Error::DiskFull {
-            message: "no space".into(),
-        });
-        round_trip(Error::Corruption {
-            file: "segments/0".into(),
-            offset: 42,
-            problem: "bad crc".into(),
-        });
-        round_trip(Error::Closed);
-        round_trip(Error::NotFound("stream x".into()));
-        round_trip(Error::Internal("see the server log".into()));
-        round_trip(Error::Unauthenticated("no token".into()));
-        round_trip(Error::PermissionDenied("read-only token".into()));
+        let mut seen = std::collections::BTreeSet::new();
+        for e in examples() {
+            seen.insert(name(&e));
+            let back = error_from_status(&status_from_error(&e));
+            assert_eq!(back, e);
+            if let (Error::Io { error: a, .. }, Error::Io { error: b, .. }) = (&back, &e) {
+                assert_eq!(a.kind(), b.kind());
+            }
+        }
+        let missing: Vec<_> = ALL.iter().filter(|n| !seen.contains(*n)).collect();
+        assert!(missing.is_empty(), "no example of {missing:?}");
     }
 
     #[test]

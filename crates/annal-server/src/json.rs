@@ -876,7 +876,7 @@ impl ErrorJson {
             Error::PermissionDenied(_) => (403, "forbidden"),
             Error::Corruption { .. } => (500, "corruption"),
             Error::UnsupportedFormat { .. } => (500, "unsupported_format"),
-            _ => (500, "internal"),
+            Error::Io { .. } | Error::Internal(_) => (500, "internal"),
         };
         let mut body = ErrorJson::new(code, message);
         match e {

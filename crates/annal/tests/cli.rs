@@ -86,7 +86,12 @@ fn check_reports_damage_inside_the_log() {
         .unwrap()
         .find_map(Result::err)
         .expect("the damaged record is reported");
-    assert!(matches!(err, annal_core::Error::Corruption { .. }), "{err}");
+    // It names the segment file and where in that file the damaged record starts.
+    let annal_core::Error::Corruption { file, offset, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(Path::new(file), seg, "{err}");
+    assert!((64..=300).contains(offset), "{err}");
 }
 
 #[test]

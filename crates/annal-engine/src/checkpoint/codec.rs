@@ -19,13 +19,13 @@ pub fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
 pub fn read_all(fs: &dyn Fs, path: &Path) -> Result<Vec<u8>> {
     let f = fs
         .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let len = f
         .len()
-        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(buf)
 }
 
@@ -33,11 +33,11 @@ pub fn read_all(fs: &dyn Fs, path: &Path) -> Result<Vec<u8>> {
 pub fn write_all(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
     let f = fs
         .create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), &e))?;
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     f.write_all_at(bytes, 0)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), &e))?;
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     f.sync_data()
-        .map_err(|e| Error::io(format!("syncing {}", path.display()), &e))
+        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
 /// Checks the magic, the trailing CRC32C and the format version of a whole file, and

@@ -84,9 +84,9 @@ impl Manifest {
         let tmp = manifest_tmp_path(dir);
         write_all(fs, &tmp, &self.encode())?;
         fs.rename(&tmp, &manifest_path(dir))
-            .map_err(|e| Error::io("renaming the manifest", &e))?;
+            .map_err(|e| Error::io("renaming the manifest", e))?;
         fs.sync_dir(dir)
-            .map_err(|e| Error::io("syncing the store folder", &e))
+            .map_err(|e| Error::io("syncing the store folder", e))
     }
 }
 

@@ -99,7 +99,7 @@ impl Checkpointer {
                 ids.as_deref(),
             )?;
             fs.sync_dir(&index_dir(&dir))
-                .map_err(|e| Error::io("syncing the index folder", &e))?;
+                .map_err(|e| Error::io("syncing the index folder", e))?;
             let snapshot = encode_heads(&job.heads);
             codec::write_all(fs.as_ref(), &heads_path(&dir, heads_id), &snapshot)?;
             let mut manifest = Manifest {
@@ -183,7 +183,7 @@ impl Checkpointer {
                 ids.as_deref(),
             )?;
             fs.sync_dir(&index_dir(&dir))
-                .map_err(|e| Error::io("syncing the index folder", &e))?;
+                .map_err(|e| Error::io("syncing the index folder", e))?;
             let mut manifest = self.manifest.clone();
             manifest.runs.truncate(n - k);
             manifest.runs.push(id);

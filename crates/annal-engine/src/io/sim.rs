@@ -5,7 +5,8 @@
 //! `sync_dir`. [`SimFs::crash_at_sync`] makes the N-th sync fail and every later write fail too,
 //! as if the machine lost power there; [`SimFs::crash_image`] then gives the file system a
 //! reboot would find: only durable bytes and entries, optionally with a torn prefix of what
-//! was written but not yet synced.
+//! was written but not yet synced. [`SimFs::panic_in_thread`] makes one thread's next write
+//! or sync panic, to test what a panic in an engine thread does to the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -30,6 +31,8 @@ struct State {
     crash_at_sync: Option<u64>,
     dead: bool,
     space_left: Option<u64>,
+    /// The name of a thread whose next write or sync panics.
+    panic_in: Option<String>,
 }
 
 impl State {
@@ -67,6 +70,19 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Locks the state for a write or sync: panics (once, without holding the lock) when the
+/// calling thread is the one named by `panic_in_thread`.
+fn lock_to_change(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    let mut s = lock(state);
+    let this = std::thread::current();
+    if s.panic_in.is_some() && s.panic_in.as_deref() == this.name() {
+        s.panic_in = None;
+        drop(s);
+        panic!("injected panic in {}", this.name().unwrap_or("a thread"));
+    }
+    s
+}
+
 impl SimFs {
     pub fn new() -> Self {
         Self::default()
@@ -92,6 +108,16 @@ impl SimFs {
     /// Limits how many more bytes writes may add before they fail with "no space left".
     pub fn set_space_left(&self, bytes: Option<u64>) {
         lock(&self.state).space_left = bytes;
+    }
+
+    /// Makes the next write or sync (of a file or a folder) by the thread named `name` panic.
+    pub fn panic_in_thread(&self, name: &str) {
+        lock(&self.state).panic_in = Some(name.to_string());
+    }
+
+    /// True until the thread named by `panic_in_thread` has panicked.
+    pub fn panic_pending(&self) -> bool {
+        lock(&self.state).panic_in.is_some()
     }
 
     /// The file system as it would be found after a reboot now: durable entries and bytes
@@ -209,7 +235,7 @@ impl File for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.check_alive()?;
         let start = offset as usize;
         let end = start + buf.len();
@@ -234,7 +260,7 @@ impl File for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.sync_point()?;
         let data = s
             .files
@@ -254,7 +280,7 @@ impl File for SimFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.check_alive()?;
         let data = s
             .files
@@ -294,7 +320,7 @@ impl Fs for SimFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<FileRef> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.check_alive()?;
         let inode = s.next_inode;
         s.next_inode += 1;
@@ -316,7 +342,7 @@ impl Fs for SimFs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.check_alive()?;
         let inode = s.live.remove(from).ok_or(io::ErrorKind::NotFound)?;
         s.live.insert(to.to_path_buf(), inode);
@@ -324,7 +350,7 @@ impl Fs for SimFs {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let mut s = lock(&self.state);
+        let mut s = lock_to_change(&self.state);
         s.sync_point()?;
         s.durable.retain(|p, _| p.parent() != Some(dir));
         let entries: Vec<(PathBuf, u64)> = s

@@ -115,7 +115,7 @@ impl Log {
         let file_len = seg
             .file
             .len()
-            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
         if at + FRAME_HEADER_LEN as u64 + u64::from(len) > file_len {
             return Err(corrupt(
                 &seg,
@@ -144,9 +144,8 @@ pub fn create_segment(
     first_position: u64,
     base_offset: u64,
 ) -> Result<Arc<Segment>> {
-    let io = |op: &str, path: &Path, e: std::io::Error| {
-        Error::io(format!("{op} {}", path.display()), &e)
-    };
+    let io =
+        |op: &str, path: &Path, e: std::io::Error| Error::io(format!("{op} {}", path.display()), e);
     let sdir = segments_dir(dir);
     let path = segment_path(dir, first_position);
     let file = fs.create(&path).map_err(|e| io("creating", &path, e))?;
@@ -173,7 +172,7 @@ pub fn segment_files(fs: &dyn Fs, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let sdir = segments_dir(dir);
     let mut names: Vec<(u64, PathBuf)> = fs
         .list(&sdir)
-        .map_err(|e| Error::io(format!("listing {}", sdir.display()), &e))?
+        .map_err(|e| Error::io(format!("listing {}", sdir.display()), e))?
         .into_iter()
         .filter_map(|n| parse_segment_name(&n).map(|p| (p, sdir.join(n))))
         .collect();
@@ -219,7 +218,7 @@ pub fn header_mismatches(
         let len = prev
             .file
             .len()
-            .map_err(|e| Error::io(format!("reading {}", prev.path.display()), &e))?;
+            .map_err(|e| Error::io(format!("reading {}", prev.path.display()), e))?;
         let expected = prev.base_offset + len.saturating_sub(SEGMENT_HEADER_LEN);
         if header.base_offset != expected {
             out.push((

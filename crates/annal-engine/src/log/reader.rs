@@ -102,7 +102,7 @@ impl SeqReader {
             let r = seg
                 .file
                 .read_at(&mut self.chunk[got..], at + got as u64)
-                .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+                .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
             if r == 0 {
                 break;
             }
@@ -161,7 +161,7 @@ impl SeqReader {
                 self.seg_len = seg
                     .file
                     .len()
-                    .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+                    .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
             }
             let file_len = self.seg_len;
             if at + total as u64 > file_len {

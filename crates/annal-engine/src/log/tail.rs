@@ -25,7 +25,7 @@ pub enum Tail {
 /// log, or a record it could not read) to the end of the file. `expected` is the position
 /// the next record would start at.
 pub fn tail_after(seg: &Segment, file_offset: u64, expected: u64) -> Result<Tail> {
-    let io = |e: std::io::Error| Error::io(format!("reading {}", seg.path.display()), &e);
+    let io = |e: std::io::Error| Error::io(format!("reading {}", seg.path.display()), e);
     let len = seg.file.len().map_err(io)?;
     // Zeros only, the usual case, are read a piece at a time; anything else is searched
     // whole for an intact record.
@@ -55,7 +55,7 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
     let len = seg
         .file
         .len()
-        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
     if len <= file_offset + 1 {
         return Ok(None);
     }
@@ -63,7 +63,7 @@ pub fn intact_record_after(seg: &Segment, file_offset: u64, expected: u64) -> Re
     let mut rest = vec![0u8; (len - file_offset) as usize];
     seg.file
         .read_exact_at(&mut rest, file_offset)
-        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), &e))?;
+        .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
     let mut at = 1;
     while at < rest.len().saturating_sub(FRAME_HEADER_LEN) {
         let mut h = [0u8; FRAME_HEADER_LEN];

@@ -167,7 +167,7 @@ impl Syncer {
             let started = std::time::Instant::now();
             let result = seg.file.sync_data();
             metrics::histogram!("annal_fsync_seconds").record(started.elapsed().as_secs_f64());
-            result.map_err(|e| Error::io(format!("syncing {}", seg.path.display()), &e))?;
+            result.map_err(|e| Error::io(format!("syncing {}", seg.path.display()), e))?;
         }
         if let Some(end) = batch
             .iter()

@@ -186,7 +186,7 @@ impl Writer {
             .active
             .file
             .write_all_at(&self.buf, self.active_len)
-            .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), &e));
+            .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), e));
         if let Err(e) = written {
             self.shared.poison(e.to_string());
             w.fail(&e);
@@ -494,12 +494,12 @@ impl Writer {
         let len = old
             .file
             .len()
-            .map_err(|e| Error::io(format!("reading {}", old.path.display()), &e))?;
+            .map_err(|e| Error::io(format!("reading {}", old.path.display()), e))?;
         if len > self.active_len {
             old.file
                 .set_len(self.active_len)
                 .and_then(|()| old.file.sync_data())
-                .map_err(|e| Error::io(format!("cutting {} to its end", old.path.display()), &e))?;
+                .map_err(|e| Error::io(format!("cutting {} to its end", old.path.display()), e))?;
         }
         let seg = create_segment(
             self.shared.fs.as_ref(),

@@ -41,7 +41,7 @@ impl Run {
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<Run> {
         let file = fs
             .open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), &e))?;
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let mut header = [0u8; HEADER_LEN as usize];
         file.read_exact_at(&mut header, 0)
             .map_err(|_| corrupt(path, 0, "index run header is incomplete"))?;
@@ -83,7 +83,7 @@ impl Run {
             .ok_or_else(|| corrupt(path, 36, format!("data size {data_len} is impossible")))?;
         let file_len = file
             .len()
-            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         // Per block: a fence, where it starts and a checksum.
         let per_block = FENCE_LEN as u64 + 8 + 4;
         let tail_len = words
@@ -222,7 +222,7 @@ impl Run {
         raw.resize((self.starts[last] - base) as usize, 0);
         self.file
             .read_exact_at(raw, HEADER_LEN + base)
-            .map_err(|e| Error::io(format!("reading {}", self.path.display()), &e))?;
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         for i in first..last {
             let at = HEADER_LEN + self.starts[i];
             let bytes =

@@ -49,7 +49,7 @@ impl Run {
         expected_ids: u64,
         ids: Option<&IdFilter>,
     ) -> Result<Run> {
-        let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), &e);
+        let io = |op: &str, e: std::io::Error| Error::io(format!("{op} {}", path.display()), e);
         let file = fs.create(path).map_err(|e| io("creating", e))?;
         // Entries are packed in place: `buf[..at]` holds the blocks not yet written, and
         // the buffer always has room for one more packed entry past `at`.
