@@ -1,49 +1,85 @@
 //! The client, talking to a real server over loopback, passes the same conformance suite as
-//! the embedded engine, with its appends over the framed protocol and over gRPC.
-
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! the embedded engine, one test per check: with its appends over the framed protocol, with
+//! everything over gRPC, and with the in-memory reference store behind the server (the
+//! server's handlers are the same whatever store they serve).
 
 use annal_client::Client;
-use annal_core::testkit::conformance;
-use annal_server::{Config, Server};
+use annal_core::testkit::MemoryStore;
+use annal_server::{Backend, Config, Plain, Server};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_passes_the_conformance_suite_against_a_server() {
-    conformance_against_servers(true).await;
+/// A server of the test's own on a port the system picks, shut down (and its store
+/// closed) when the check is over.
+struct Served {
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
 }
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(server.shutdown())
+            })
+            .unwrap();
+        }
+    }
+}
+
+/// A client of a new server over `store` (the engine in a folder of its own when `None`).
+async fn client_of<S: Backend>(store: Option<S>, framed_appends: bool) -> (Client, Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    let server = match store {
+        Some(store) => Server::serve(store, config).await,
+        None => Server::start(config).await,
+    }
+    .unwrap();
+    let client = Client::builder(format!("http://{}", server.local_addr()))
+        .framed_appends(framed_appends)
+        .connect()
+        .await
+        .unwrap();
+    let served = Served {
+        server: Some(server),
+        _dir: dir,
+    };
+    (client, served)
+}
+
+async fn new_store() -> (Client, Served) {
+    client_of(None::<Plain<MemoryStore>>, true).await
+}
+
+annal_core::conformance_tests!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    new_store
+);
 
 /// Appends over gRPC too (as over `https://`, or when a server does not speak the framed
 /// protocol), not only over the framed protocol that is the default for `http://`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn client_passes_the_conformance_suite_with_appends_over_grpc() {
-    conformance_against_servers(false).await;
+mod appends_over_grpc {
+    use super::*;
+
+    async fn new_store() -> (Client, Served) {
+        client_of(None::<Plain<MemoryStore>>, false).await
+    }
+
+    annal_core::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        new_store
+    );
 }
 
-async fn conformance_against_servers(framed_appends: bool) {
-    let root = tempfile::tempdir().unwrap();
-    let n = AtomicUsize::new(0);
-    // Each check gets an empty store: a server of its own on a port the system picks.
-    let servers = std::sync::Mutex::new(Vec::new());
-    conformance::run_all(|| {
-        let dir = root
-            .path()
-            .join(n.fetch_add(1, Ordering::Relaxed).to_string());
-        let servers = &servers;
-        async move {
-            let server = Server::start(Config::new(dir, "127.0.0.1:0".parse().unwrap()))
-                .await
-                .unwrap();
-            let url = format!("http://{}", server.local_addr());
-            servers.lock().unwrap().push(server);
-            Client::builder(url)
-                .framed_appends(framed_appends)
-                .connect()
-                .await
-                .unwrap()
-        }
-    })
-    .await;
-    for server in servers.into_inner().unwrap() {
-        server.shutdown().await.unwrap();
+/// The server's handlers over another backend: the in-memory reference store.
+mod memory_store_behind_the_server {
+    use super::*;
+
+    async fn new_store() -> (Client, Served) {
+        client_of(Some(Plain(MemoryStore::new())), true).await
     }
+
+    annal_core::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        new_store
+    );
 }

@@ -1,13 +1,22 @@
-//! The in-memory reference store passes the conformance suite.
+//! The in-memory reference store passes the conformance suite, one test per check, on a
+//! multi-threaded runtime and on one thread.
 
-use annal_core::testkit::{conformance, MemoryStore};
+use annal_core::testkit::MemoryStore;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn memory_store_passes_the_conformance_suite() {
-    conformance::run_all(|| async { MemoryStore::new() }).await;
+async fn new_store() -> (MemoryStore, ()) {
+    (MemoryStore::new(), ())
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn memory_store_passes_the_conformance_suite_on_one_thread() {
-    conformance::run_all(|| async { MemoryStore::new() }).await;
+annal_core::conformance_tests!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    new_store
+);
+
+mod on_one_thread {
+    use super::new_store;
+
+    annal_core::conformance_tests!(
+        #[tokio::test(flavor = "current_thread")]
+        new_store
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use annal_core::{EventStore as _, ListCategories, ListStreams, Timestamp};
+use annal_core::{ListCategories, ListStreams, Timestamp};
 use annal_proto as pb;
 use futures_core::Stream;
 use prost::Message;
@@ -97,9 +97,9 @@ impl pb::event_store_server::EventStore for Grpc {
             ReadMsg::End => None,
         };
         let rx = if packed {
-            self.state.read_packed(request, READ_QUEUE, convert)
+            self.state.read_packed(request, READ_QUEUE, convert).await
         } else {
-            self.state.read_batches(request, READ_QUEUE, convert)
+            self.state.read_batches(request, READ_QUEUE, convert).await
         }
         .map_err(status)?;
         Ok(Response::new(Receiver(rx)))
@@ -211,7 +211,7 @@ impl pb::event_store_server::EventStore for Grpc {
             head: self.state.store.head().await.map_err(status)?,
             max_event_bytes: limits.max_event_bytes as u64,
             max_append_bytes: limits.max_append_bytes as u64,
-            poisoned: self.state.store.poison_cause(),
+            poisoned: self.state.store.health().err(),
         }))
     }
 }

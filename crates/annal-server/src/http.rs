@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annal_core::{
-    Direction, Error, EventStore as _, ListCategories, ListStreams, Query, QueryItem, ReadRequest,
-    Source, SubscribeFrom, SubscribeRequest, Timestamp,
+    Direction, Error, ListCategories, ListStreams, Query, QueryItem, ReadRequest, Source,
+    SubscribeFrom, SubscribeRequest, Timestamp,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request, State as AxState};
@@ -326,51 +326,53 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
     let mut count = 0u64;
     let mut last: Option<u64> = None;
     let mut started = false;
-    let mut rx = state.read_batches(request, HTTP_QUEUE, move |msg| {
-        let mut out = Vec::with_capacity(4096);
-        if !started {
-            out.extend_from_slice(b"{\"events\":[");
-            started = true;
-        }
-        match msg {
-            ReadMsg::Events(events) => {
-                for e in &events {
-                    if count > 0 {
-                        out.push(b',');
-                    }
-                    if let Err(e) = serde_json::to_writer(&mut out, &EventJson::new(e)) {
-                        return Some(Err(Error::Internal(format!("encoding an event: {e}"))));
-                    }
-                    count += 1;
-                    last = Some(if by_revision { e.revision } else { e.position });
-                }
+    let mut rx = state
+        .read_batches(request, HTTP_QUEUE, move |msg| {
+            let mut out = Vec::with_capacity(4096);
+            if !started {
+                out.extend_from_slice(b"{\"events\":[");
+                started = true;
             }
-            ReadMsg::Packed(_) => {
-                return Some(Err(Error::Internal(
-                    "an HTTP read was given a packed batch".into(),
-                )))
-            }
-            ReadMsg::Failed(e) => return Some(Err(e)),
-            ReadMsg::End => {
-                out.extend_from_slice(b"]");
-                let next = match (limit, last) {
-                    (Some(l), Some(last)) if count == l && l > 0 => {
-                        if backward {
-                            last.checked_sub(1)
-                        } else {
-                            last.checked_add(1)
+            match msg {
+                ReadMsg::Events(events) => {
+                    for e in &events {
+                        if count > 0 {
+                            out.push(b',');
                         }
+                        if let Err(e) = serde_json::to_writer(&mut out, &EventJson::new(e)) {
+                            return Some(Err(Error::Internal(format!("encoding an event: {e}"))));
+                        }
+                        count += 1;
+                        last = Some(if by_revision { e.revision } else { e.position });
                     }
-                    _ => None,
-                };
-                if let Some(n) = next {
-                    out.extend_from_slice(format!(",\"next\":{n}").as_bytes());
                 }
-                out.push(b'}');
+                ReadMsg::Packed(_) => {
+                    return Some(Err(Error::Internal(
+                        "an HTTP read was given a packed batch".into(),
+                    )))
+                }
+                ReadMsg::Failed(e) => return Some(Err(e)),
+                ReadMsg::End => {
+                    out.extend_from_slice(b"]");
+                    let next = match (limit, last) {
+                        (Some(l), Some(last)) if count == l && l > 0 => {
+                            if backward {
+                                last.checked_sub(1)
+                            } else {
+                                last.checked_add(1)
+                            }
+                        }
+                        _ => None,
+                    };
+                    if let Some(n) = next {
+                        out.extend_from_slice(format!(",\"next\":{n}").as_bytes());
+                    }
+                    out.push(b'}');
+                }
             }
-        }
-        Some(Ok(Bytes::from(out)))
-    })?;
+            Some(Ok(Bytes::from(out)))
+        })
+        .await?;
     let first = match rx.recv().await {
         Some(Ok(bytes)) => bytes,
         Some(Err(e)) => return Err(ApiError(e)),
@@ -643,7 +645,7 @@ async fn info(AxState(state): AxState<Arc<State>>) -> Result<Response, ApiError>
         uptime_secs: state.started.elapsed().as_secs(),
         max_event_bytes: limits.max_event_bytes as u64,
         max_append_bytes: limits.max_append_bytes as u64,
-        poisoned: state.store.poison_cause(),
+        poisoned: state.store.health().err(),
     }))
 }
 

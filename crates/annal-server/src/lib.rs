@@ -1,10 +1,12 @@
-//! Annal's server: the embedded engine behind gRPC (`annal.v1`) and HTTP/JSON on one port,
-//! with Server-Sent Events for subscriptions, an OpenAPI document, bearer-token
-//! authentication, TLS, Prometheus metrics, health and readiness.
+//! Annal's server: an event store behind gRPC (`annal.v1`) and HTTP/JSON on one port, with
+//! Server-Sent Events for subscriptions, an OpenAPI document, bearer-token authentication,
+//! TLS, Prometheus metrics, health and readiness.
 //!
-//! [`Server::start`] opens the store, binds the port and serves until [`Server::shutdown`]
-//! (or a signal, in the binary): it stops accepting, lets requests in flight finish (appends
-//! are durable before they are answered), ends subscriptions, and closes the store.
+//! [`Server::start`] opens the embedded engine in the configured folder; [`Server::serve`]
+//! serves any store that implements [`Backend`] (the engine, or any `EventStore` wrapped in
+//! [`Plain`]). Either binds the port and serves until [`Server::shutdown`] (or a signal, in
+//! the binary): it stops accepting, lets requests in flight finish (appends are durable
+//! before they are answered), ends subscriptions, and closes the store.
 //!
 //! Memory stays bounded under load: reads and subscriptions stream in batches through bounded
 //! queues (a slow reader pauses its producer rather than buffering), appends being processed
@@ -17,12 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annal_core::{
-    next_item, AppendRequest, AppendResult, Error, EventStore, ReadRequest, RecordedEvent,
-    SubscribeRequest, SubscriptionItem,
+    next_item, AppendRequest, AppendResult, Error, ReadRequest, RecordedEvent, SubscribeRequest,
+    SubscriptionItem,
 };
 use annal_engine::Store;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+mod backend;
 mod budget;
 pub mod config;
 mod grpc;
@@ -32,11 +35,14 @@ mod metrics;
 mod serve;
 mod wire;
 
+pub use backend::{Backend, Plain};
 pub use config::{Config, Limits, Settings};
+
+use backend::Served;
 
 /// What every request handler shares.
 pub(crate) struct State {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Served>,
     pub config: Config,
     pub subscriptions: Arc<Semaphore>,
     pub reads: Arc<Semaphore>,
@@ -132,8 +138,45 @@ pub(crate) fn public(e: Error) -> Error {
     }
 }
 
+/// How gathering a batch of a read ended.
+enum Gathered {
+    /// The batch is full; the read goes on.
+    Full,
+    /// The read is over.
+    End,
+    Failed(Error),
+    /// The receiver went away.
+    Gone,
+}
+
+/// The next events of a read, up to `batch` of them and about [`BATCH_BYTES`].
+async fn gather(
+    events: &mut annal_core::EventStream,
+    batch: usize,
+    closed: &dyn Fn() -> bool,
+) -> (Vec<RecordedEvent>, Gathered) {
+    let mut out = Vec::with_capacity(batch);
+    let mut bytes = 0;
+    loop {
+        match next_item(events).await {
+            Some(Ok(e)) => {
+                bytes += approx_size(&e);
+                out.push(e);
+                if out.len() == batch || bytes >= BATCH_BYTES {
+                    return (out, Gathered::Full);
+                }
+                if out.len() % 64 == 0 && closed() {
+                    return (out, Gathered::Gone);
+                }
+            }
+            Some(Err(e)) => return (out, Gathered::Failed(e)),
+            None => return (out, Gathered::End),
+        }
+    }
+}
+
 impl State {
-    /// Appends through the engine, counting it in the metrics. The request already holds its
+    /// Appends through the store, counting it in the metrics. The request already holds its
     /// share of the in-flight budget (`budget`, taken as its bytes arrived, or held by the
     /// caller), kept until the engine has answered. With `detach`, the engine call runs in a
     /// task of its own, so that a handler dropped halfway (its client went away) still
@@ -181,7 +224,7 @@ impl State {
     /// events (and about [`BATCH_BYTES`]) from a blocking thread through a queue of `queue`
     /// items. `convert` turns each [`ReadMsg`] into what goes on the queue (nothing, for
     /// `None`) on that thread. At most `max_reads` reads run at once; more are refused.
-    pub fn read_batches<T, F>(
+    pub async fn read_batches<T, F>(
         &self,
         request: ReadRequest,
         queue: usize,
@@ -192,37 +235,25 @@ impl State {
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
         let permit = self.read_permit()?;
-        let mut events = self.store.read_iter(request)?;
+        let mut events = self.store.read(request).await?;
         let batch = self.config.limits.read_batch_events;
+        let handle = tokio::runtime::Handle::current();
         Ok(spawn_read(permit, queue, convert, move |send, closed| {
-            let mut buf = Vec::with_capacity(batch);
-            let mut bytes = 0;
             loop {
-                match events.next() {
-                    Some(Ok(e)) => {
-                        bytes += approx_size(&e);
-                        buf.push(e);
-                        if buf.len() == batch || bytes >= BATCH_BYTES {
-                            let full = std::mem::replace(&mut buf, Vec::with_capacity(batch));
-                            bytes = 0;
-                            if !send(ReadMsg::Events(full)) {
-                                return;
-                            }
-                        } else if buf.len() % 64 == 0 && closed() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        if !buf.is_empty() && !send(ReadMsg::Events(std::mem::take(&mut buf))) {
-                            return;
-                        }
+                // A batch at a time under one `block_on`: the engine's reads never wait, so
+                // this costs a poll per event and nothing more.
+                let (events, end) = handle.block_on(gather(&mut events, batch, closed));
+                if !events.is_empty() && !send(ReadMsg::Events(events)) {
+                    return;
+                }
+                match end {
+                    Gathered::Full => {}
+                    Gathered::Gone => return,
+                    Gathered::Failed(e) => {
                         send(ReadMsg::Failed(public(e)));
                         return;
                     }
-                    None => {
-                        if !buf.is_empty() && !send(ReadMsg::Events(buf)) {
-                            return;
-                        }
+                    Gathered::End => {
                         send(ReadMsg::End);
                         return;
                     }
@@ -231,11 +262,12 @@ impl State {
         }))
     }
 
-    /// Starts a read like [`State::read_batches`], with its batches in the packed encoding
-    /// (`ReadMsg::Packed`). Events are packed as the engine hands them out: a forward read of
-    /// the whole log goes from the log's records to the message without an owned copy of any
-    /// event.
-    pub fn read_packed<T, F>(
+    /// Starts a read like [`State::read_batches`], with its batches in the packed encoding.
+    /// On a store that hands out events as stored (the engine), events are packed as they
+    /// are handed out (`ReadMsg::Packed`): a forward read of the whole log goes from the
+    /// log's records to the message without an owned copy of any event. Other stores give
+    /// owned events (`ReadMsg::Events`), which `convert` packs.
+    pub async fn read_packed<T, F>(
         &self,
         request: ReadRequest,
         queue: usize,
@@ -245,8 +277,11 @@ impl State {
         T: Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
+        let Some(read) = self.store.read_stored(&request) else {
+            return self.read_batches(request, queue, convert).await;
+        };
         let permit = self.read_permit()?;
-        let read = self.store.read_stored(request)?;
+        let read = read?;
         let batch = self.config.limits.read_batch_events;
         Ok(spawn_read(permit, queue, convert, move |send, closed| {
             let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
@@ -371,10 +406,9 @@ impl State {
         if self.draining.load(Ordering::Acquire) {
             return Err("the server is shutting down".into());
         }
-        if let Some(cause) = self.store.poison_cause() {
-            return Err(format!("the store refuses writes: {cause}"));
-        }
-        Ok(())
+        self.store
+            .health()
+            .map_err(|cause| format!("the store refuses writes: {cause}"))
     }
 }
 
@@ -430,7 +464,8 @@ where
             };
             let ended = events.is_empty() && marker.is_none();
             if !events.is_empty() {
-                self.record_lag(&events);
+                let head = handle.block_on(self.state.store.head()).ok().flatten();
+                record_lag(&events, head);
                 if self
                     .tx
                     .blocking_send((self.convert)(SubMsg::Events(events)))
@@ -459,7 +494,7 @@ where
                 None => {}
             }
             if last_sent.elapsed() >= self.heartbeat {
-                let head = self.state.store.head_now();
+                let head = handle.block_on(self.state.store.head()).ok().flatten();
                 if self
                     .tx
                     .blocking_send((self.convert)(SubMsg::Heartbeat(head)))
@@ -469,12 +504,6 @@ where
                 }
                 last_sent = Instant::now();
             }
-        }
-    }
-
-    fn record_lag(&self, events: &[RecordedEvent]) {
-        if let (Some(last), Some(head)) = (events.last(), self.state.store.head_now()) {
-            metrics::lag(head.saturating_sub(last.position));
         }
     }
 
@@ -501,7 +530,7 @@ where
                     () = self.tx.closed() => return,
                     item = next_item(&mut self.sub) => item,
                     () = tokio::time::sleep_until(next_beat) => {
-                        let head = self.state.store.head_now();
+                        let head = self.state.store.head().await.ok().flatten();
                         if !self.send(SubMsg::Heartbeat(head)).await {
                             return;
                         }
@@ -538,7 +567,7 @@ where
                             Some(None) | None => break,
                         }
                     }
-                    self.record_lag(&events);
+                    record_lag(&events, self.state.store.head().await.ok().flatten());
                     SubMsg::Events(events)
                 }
                 Some(Ok(SubscriptionItem::CaughtUp { position })) => SubMsg::CaughtUp(position),
@@ -572,6 +601,13 @@ where
     }
 }
 
+/// Records how far behind the head a subscriber's latest batch is.
+fn record_lag(events: &[RecordedEvent], head: Option<u64>) {
+    if let (Some(last), Some(head)) = (events.last(), head) {
+        metrics::lag(head.saturating_sub(last.position));
+    }
+}
+
 /// Returns once the server has begun shutting down.
 pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|&s| s).await;
@@ -588,22 +624,24 @@ async fn ready_item(
     .await
 }
 
+/// What closes the served store: once nothing else holds it, the closing to run (it may
+/// block); `None` while it is still held.
+type Closer = Box<dyn FnMut() -> Option<Box<dyn FnOnce() -> annal_core::Result<()> + Send>> + Send>;
+
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
     state: Arc<State>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    close: Closer,
 }
 
 impl Server {
-    /// Opens the store, binds the listen address and starts serving.
+    /// Opens the embedded engine in the configured folder, binds the listen address and
+    /// starts serving it.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         use anyhow::Context;
-        let tls = match &config.tls {
-            Some(files) => Some(serve::tls_acceptor(files)?),
-            None => None,
-        };
         let engine = annal_engine::Config::default()
             .max_event_size(config.limits.max_event_bytes)
             .max_append_size(config.limits.max_append_bytes);
@@ -611,14 +649,37 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || Store::open_with(&data, engine))
             .await?
             .with_context(|| format!("opening the store in {}", config.data.display()))?;
+        tracing::info!(data = %config.data.display(), "the store is open");
+        Self::serve(store, config).await
+    }
+
+    /// Binds the listen address and serves `store`; `config.data` is not used.
+    pub async fn serve<S: Backend>(store: S, config: Config) -> anyhow::Result<Server> {
+        use anyhow::Context;
+        let tls = match &config.tls {
+            Some(files) => Some(serve::tls_acceptor(files)?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         metrics::install();
         let (stop, shutdown) = watch::channel(false);
+        let store = Arc::new(store);
+        let mut held = Some(Arc::clone(&store));
+        let close: Closer = Box::new(move || {
+            let store = held.take()?;
+            match Arc::try_unwrap(store) {
+                Ok(store) => Some(Box::new(move || store.close())),
+                Err(store) => {
+                    held = Some(store);
+                    None
+                }
+            }
+        });
         let state = Arc::new(State {
-            store: Arc::new(store),
+            store,
             subscriptions: Arc::new(Semaphore::new(config.limits.max_subscriptions)),
             reads: Arc::new(Semaphore::new(config.limits.max_reads)),
             append_budget: Arc::new(Semaphore::new(config.limits.max_inflight_append_bytes)),
@@ -635,23 +696,19 @@ impl Server {
             Arc::clone(&state),
             shutdown,
         ));
-        tracing::info!(%addr, data = %state.config.data.display(), tls = state.config.tls.is_some(), auth = state.config.auth_enabled(), "annal is serving");
+        tracing::info!(%addr, tls = state.config.tls.is_some(), auth = state.config.auth_enabled(), "annal is serving");
         Ok(Server {
             addr,
             state,
             stop,
             done,
+            close,
         })
     }
 
     /// The address the server listens on (with the port the system chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// The store being served.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.state.store
     }
 
     /// Stops accepting, waits for requests in flight (up to `shutdown_grace`), ends
@@ -663,30 +720,23 @@ impl Server {
     }
 
     /// Waits until serving has stopped, then closes the store once nothing else holds it
-    /// (closing writes a checkpoint, so the next start replays nothing).
+    /// (closing the engine writes a checkpoint, so the next start replays nothing).
     async fn finish(self) -> anyhow::Result<()> {
         let served = self.done.await?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut state = self.state;
+        let mut close = self.close;
+        drop(self.state);
         loop {
-            match Arc::try_unwrap(state) {
-                Ok(s) => match Arc::try_unwrap(s.store) {
-                    Ok(store) => {
-                        tokio::task::spawn_blocking(move || store.close()).await??;
-                        break;
-                    }
-                    Err(_) => anyhow::bail!(
-                        "the store is still in use after shutdown, so it was not closed; acknowledged appends are durable, and the next start replays the log's tail"
-                    ),
-                },
-                Err(again) if Instant::now() < deadline => {
-                    state = again;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(_) => anyhow::bail!(
-                    "requests still held the store 5 s after shutdown, so it was not closed; acknowledged appends are durable, and the next start replays the log's tail"
-                ),
+            if let Some(closing) = close() {
+                tokio::task::spawn_blocking(closing).await??;
+                break;
             }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "requests still held the store 5 s after shutdown, so it was not closed; acknowledged appends are durable, and the next start replays the log's tail"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         served
     }

@@ -945,7 +945,7 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let dir = s.server.store().dir().to_path_buf();
+    let dir = s.data.clone();
     let keep = s._dir;
     s.server.shutdown().await.unwrap();
     for w in writers {
@@ -994,7 +994,7 @@ async fn a_read_of_damaged_data_answers_an_error_never_a_short_success() {
     let client = s.client().await;
     append_one_each(&client, "d", 20, "A").await;
     // Damage a record in the middle of the log, under the running server.
-    let seg = std::fs::read_dir(s.server.store().dir().join("segments"))
+    let seg = std::fs::read_dir(s.data.join("segments"))
         .unwrap()
         .next()
         .unwrap()
@@ -1099,4 +1099,39 @@ async fn listings_larger_than_a_page_arrive_whole_and_in_order() {
     assert_eq!(some[0].stream_id, "s-00100");
     assert_eq!(some.last().unwrap().stream_id, "s-10299");
     s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_cause_once_a_panic_poisons_the_store_and_reads_go_on() {
+    use annal_engine::io::sim::SimFs;
+    let fs = SimFs::new();
+    let engine = annal_engine::Config::default().fs(std::sync::Arc::new(fs.clone()));
+    let store = annal_engine::Store::open_with("/db", engine).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        annal_server::Config::new(dir.path().join("unused"), "127.0.0.1:0".parse().unwrap());
+    let server = annal_server::Server::serve(store, config).await.unwrap();
+    let addr = server.local_addr();
+    let append = r#"{"events":[{"event_type":"A"}]}"#;
+    let r = http(addr, "POST", "/v1/streams/s-1", &[], append).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(http(addr, "GET", "/ready", &[], "").await.status, 200);
+
+    fs.panic_in_thread("annal-writer");
+    let r = http(addr, "POST", "/v1/streams/s-1", &[], append).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "poisoned", "{}", r.text());
+    let r = http(addr, "GET", "/ready", &[], "").await;
+    assert_eq!(r.status, 503);
+    let why = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("the writer thread panicked: injected panic"),
+        "{why}"
+    );
+    // Reads are still served, and the health check still answers.
+    let r = http(addr, "GET", "/v1/streams/s-1/events", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 1);
+    assert_eq!(http(addr, "GET", "/health", &[], "").await.status, 200);
+    server.shutdown().await.unwrap();
 }

@@ -1,15 +1,19 @@
 //! Tools for testing backends: [`MemoryStore`], a plain in-memory [`EventStore`](crate::EventStore)
 //! that serves as the reference model, and [`conformance`], the suite every backend must pass.
 //!
-//! A backend runs the whole suite from one of its tests:
+//! A backend runs the whole suite from a test file, one test per check:
 //!
-//! ```no_run
-//! # use annal_core::testkit::MemoryStore;
-//! # async fn open_empty_store() -> MemoryStore { MemoryStore::new() }
-//! // In a test: #[tokio::test(flavor = "multi_thread")]
-//! async fn conformance() {
-//!     annal_core::testkit::conformance::run_all(|| async { open_empty_store().await }).await;
+//! ```ignore
+//! use annal_core::testkit::MemoryStore;
+//!
+//! async fn new_store() -> (MemoryStore, ()) {
+//!     (MemoryStore::new(), ())
 //! }
+//!
+//! annal_core::conformance_tests!(
+//!     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//!     new_store
+//! );
 //! ```
 //!
 //! The suite needs a tokio runtime with time enabled (`#[tokio::test]` enables it).

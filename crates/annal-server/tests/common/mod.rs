@@ -13,6 +13,8 @@ use hyper::body::Bytes;
 pub struct TestServer {
     pub server: Server,
     pub url: String,
+    /// The store's folder.
+    pub data: std::path::PathBuf,
     pub _dir: tempfile::TempDir,
 }
 
@@ -25,11 +27,13 @@ pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestServer {
     } else {
         "http"
     };
+    let data = config.data.clone();
     let server = Server::start(config).await.unwrap();
     let url = format!("{scheme}://{}", server.local_addr());
     TestServer {
         server,
         url,
+        data,
         _dir: dir,
     }
 }

@@ -1,17 +1,13 @@
 //! The conformance suite: what every [`EventStore`] must do, written against the trait alone.
 //!
-//! [`run_all`] runs every check, each on a fresh empty store, and prints each check's name
-//! before running it. The checks are also public one by one; most take `&S`, and the ones that
-//! share the store with spawned tasks take `&Arc<S>`. A failing check panics with a message naming what went wrong.
+//! [`conformance_tests!`](crate::conformance_tests) emits one test per check for a backend,
+//! each on a fresh empty store. The checks are public one by one; most take `&S`, and the
+//! ones that share the store with spawned tasks take `&Arc<S>`. A failing check panics with
+//! a message naming what went wrong.
 //!
 //! Every wait on a subscription or a spawned task is bounded (10 s), so a broken backend fails
 //! instead of hanging. The suite needs a tokio runtime with time enabled; a multi-threaded one
 //! makes the concurrency checks more searching.
-
-use std::future::Future;
-use std::sync::Arc;
-
-use crate::EventStore;
 
 mod append;
 mod concurrency;
@@ -26,71 +22,84 @@ pub use info::*;
 pub use read::*;
 pub use subscribe::*;
 
-/// Runs every check, each against a new empty store from `new_store`.
-pub async fn run_all<S, F, Fut>(mut new_store: F)
-where
-    S: EventStore + 'static,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = S>,
-{
-    let mut count = 0;
-    macro_rules! check {
-        ($name:ident) => {{
-            eprintln!("conformance: {}", stringify!($name));
-            let store = new_store().await;
-            $name(&store).await;
-            count += 1;
-        }};
-    }
-    macro_rules! check_shared {
-        ($name:ident) => {{
-            eprintln!("conformance: {}", stringify!($name));
-            let store = Arc::new(new_store().await);
-            $name(&store).await;
-            count += 1;
-        }};
-    }
-
-    check!(append_and_read_back);
-    check!(expected_revision_any);
-    check!(expected_revision_no_stream);
-    check!(expected_revision_stream_exists);
-    check!(expected_revision_exact);
-    check!(multi_stream_append_is_atomic);
-    check!(condition_passes_without_match);
-    check!(condition_fails_on_match);
-    check!(condition_with_expected_revision);
-    check!(condition_query_items);
-    check!(empty_query_is_rejected);
-    check!(idempotent_retry);
-    check!(idempotent_retry_multi_stream);
-    check!(event_id_conflicts);
-    check!(invalid_input_is_rejected);
-
-    check!(read_stream_forward_and_backward);
-    check!(read_all_forward_and_backward);
-    check!(read_by_event_types);
-    check!(read_by_query);
-    check!(read_by_category);
-    check!(read_missing_stream_is_empty);
-    check!(time_travel_as_of_position);
-    check!(time_travel_as_of_time);
-
-    check!(stream_info);
-    check!(list_streams);
-    check!(list_categories);
-    check!(position_at);
-    check!(head_tracks_the_log);
-
-    check!(subscribe_from_start);
-    check!(subscribe_from_after);
-    check!(subscribe_from_now);
-    check!(subscribe_filtered);
-    check!(subscribe_checkpoints);
-    check_shared!(subscribe_catch_up_race);
-
-    check_shared!(concurrent_expected_revision_race);
-    check_shared!(concurrent_writers);
-
-    eprintln!("conformance: all {count} checks passed");
+/// Emits one test per conformance check, each on a fresh store, so that one failure does
+/// not hide the others and a check can be run by name (`cargo test append_and_read_back`).
+///
+/// Give it the test attribute to put on each test (a tokio test: the checks need a runtime
+/// with time enabled, and a multi-threaded one makes the concurrency checks more searching)
+/// and the path of an async fn that returns a new empty store and a guard kept until the
+/// check ends (a temporary folder, a server):
+///
+/// ```ignore
+/// async fn new_store() -> (MyStore, tempfile::TempDir) { ... }
+///
+/// annal_core::conformance_tests!(
+///     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///     new_store
+/// );
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    (#[$attr:meta] $new:path) => {
+        $crate::conformance_tests!(@checks #[$attr] $new;
+            append_and_read_back,
+            expected_revision_any,
+            expected_revision_no_stream,
+            expected_revision_stream_exists,
+            expected_revision_exact,
+            multi_stream_append_is_atomic,
+            condition_passes_without_match,
+            condition_fails_on_match,
+            condition_with_expected_revision,
+            condition_query_items,
+            empty_query_is_rejected,
+            idempotent_retry,
+            idempotent_retry_multi_stream,
+            event_id_conflicts,
+            invalid_input_is_rejected,
+            read_stream_forward_and_backward,
+            read_all_forward_and_backward,
+            read_by_event_types,
+            read_by_query,
+            read_by_category,
+            read_missing_stream_is_empty,
+            time_travel_as_of_position,
+            time_travel_as_of_time,
+            stream_info,
+            list_streams,
+            list_categories,
+            position_at,
+            head_tracks_the_log,
+            subscribe_from_start,
+            subscribe_from_after,
+            subscribe_from_now,
+            subscribe_filtered,
+            subscribe_checkpoints;
+            shared:
+            subscribe_catch_up_race,
+            concurrent_expected_revision_race,
+            concurrent_writers
+        );
+    };
+    (@checks #[$attr:meta] $new:path; $($check:ident),*; shared: $($shared:ident),*) => {
+        $(
+            #[$attr]
+            async fn $check() {
+                let (store, guard) = $new().await;
+                $crate::testkit::conformance::$check(&store).await;
+                drop(store);
+                drop(guard);
+            }
+        )*
+        $(
+            #[$attr]
+            async fn $shared() {
+                let (store, guard) = $new().await;
+                let store = ::std::sync::Arc::new(store);
+                $crate::testkit::conformance::$shared(&store).await;
+                drop(store);
+                drop(guard);
+            }
+        )*
+    };
 }
