@@ -16,5 +16,5 @@ if [[ "$installed" != *"Version: 0.7.8"* ]]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "umadb==0.7.8"
 fi
 echo "== building annal (release)"
-cargo build --quiet --release -p annal
+cargo build --quiet --release -p annal --features bench
 exec target/release/annal bench --network --umadb "$venv/bin/umadb" "$@"

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "bench")]
+mod bench;
 mod client;
 mod dump;
 mod render;
@@ -81,36 +83,12 @@ enum Cmd {
         dir: PathBuf,
     },
     /// Run the benchmark workloads against Annal and, in the same run, PostgreSQL (or, with
-    /// --network, against Annal's server and the UmaDB server).
-    Bench {
-        /// A smoke run of a minute or two.
-        #[arg(long)]
-        quick: bool,
-        /// The PostgreSQL server to compare with.
-        #[arg(
-            long,
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres",
-            env = "ANNAL_BENCH_PG"
-        )]
-        pg: String,
-        /// Where to put the stores (default: a temporary folder here, removed afterwards).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Only these workloads, e.g. `--workloads W1,W4`.
-        #[arg(long, value_delimiter = ',')]
-        workloads: Vec<String>,
-        /// Also write the report as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Run the whole-stack workloads through the network instead: `annal serve` beside
-        /// the UmaDB server, both on loopback.
-        #[arg(long)]
-        network: bool,
-        /// The UmaDB server binary [default: `umadb` on the PATH].
-        #[arg(long, env = "ANNAL_BENCH_UMADB", value_name = "PATH")]
-        umadb: Option<PathBuf>,
-    },
+    /// --network, against Annal's server and the UmaDB server). Built with the `bench`
+    /// feature.
+    #[cfg(feature = "bench")]
+    Bench(bench::BenchArgs),
     /// (internal) Opens a store in a fresh process for the W5 benchmark.
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchReopenProbe { dir: PathBuf },
     /// Print a store's events, oldest first, reading the folder directly.
@@ -192,52 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Info { remote: r, args } => remote(|| async move { client::info(&r, args).await }),
         Cmd::Check { dir } => check(dir),
-        Cmd::Bench {
-            quick,
-            pg,
-            dir,
-            workloads,
-            json,
-            network,
-            umadb,
-        } => {
-            let opts = annal_bench::Options {
-                quick,
-                pg_url: pg,
-                dir,
-                workloads,
-                probe_exe: std::env::current_exe()?,
-                umadb,
-            };
-            let rt = tokio::runtime::Runtime::new()?;
-            let report = if network {
-                rt.block_on(annal_bench::run_network(&opts))?
-            } else {
-                rt.block_on(annal_bench::run(&opts))?
-            };
-            print!("{}", annal_bench::table(&report));
-            if let Some(path) = json {
-                std::fs::write(
-                    &path,
-                    serde_json::to_string_pretty(&annal_bench::to_json(&report))?,
-                )
-                .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::BenchReopenProbe { dir } => {
-            let r = annal_bench::reopen_probe(&dir)?;
-            println!(
-                "{}",
-                serde_json::json!({
-                    "open_secs": r.open_secs,
-                    "rss_after": r.rss_after,
-                    "rss_settled": r.rss_settled,
-                    "rss_before": r.rss_before,
-                })
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        #[cfg(feature = "bench")]
+        Cmd::Bench(args) => bench::run(args),
+        #[cfg(feature = "bench")]
+        Cmd::BenchReopenProbe { dir } => bench::reopen_probe(&dir),
         Cmd::Dump {
             dir,
             from,

@@ -1,0 +1,78 @@
+//! `annal bench` (feature `bench`): the benchmark workloads beside PostgreSQL, or through
+//! the network beside the UmaDB server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A smoke run of a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// The PostgreSQL server to compare with.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        env = "ANNAL_BENCH_PG"
+    )]
+    pg: String,
+    /// Where to put the stores (default: a temporary folder here, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Only these workloads, e.g. `--workloads W1,W4`.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Run the whole-stack workloads through the network instead: `annal serve` beside
+    /// the UmaDB server, both on loopback.
+    #[arg(long)]
+    network: bool,
+    /// The UmaDB server binary [default: `umadb` on the PATH].
+    #[arg(long, env = "ANNAL_BENCH_UMADB", value_name = "PATH")]
+    umadb: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let opts = annal_bench::Options {
+        quick: args.quick,
+        pg_url: args.pg,
+        dir: args.dir,
+        workloads: args.workloads,
+        probe_exe: std::env::current_exe()?,
+        umadb: args.umadb,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = if args.network {
+        rt.block_on(annal_bench::run_network(&opts))?
+    } else {
+        rt.block_on(annal_bench::run(&opts))?
+    };
+    print!("{}", annal_bench::table(&report));
+    if let Some(path) = args.json {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&annal_bench::to_json(&report))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the store in `dir` in this fresh process and prints what W5 measures, as JSON.
+pub fn reopen_probe(dir: &Path) -> anyhow::Result<ExitCode> {
+    let r = annal_bench::reopen_probe(dir)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "open_secs": r.open_secs,
+            "rss_after": r.rss_after,
+            "rss_settled": r.rss_settled,
+            "rss_before": r.rss_before,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}
