@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use annal_core::{AsOf, Error, Result, Timestamp};
 use tokio::sync::watch;
@@ -106,8 +107,16 @@ impl Shared {
     }
 
     /// What an append gets when its answer was lost: only an engine thread that stopped on
-    /// a panic drops a request unanswered, and that poisons the store.
+    /// a panic drops a request unanswered, and that thread poisons the store as soon as it
+    /// has unwound (after the answers it held were dropped), so this waits for the cause.
     pub fn lost_answer(&self) -> Error {
+        let waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        let _waited = self
+            .moved
+            .wait_timeout_while(waits, Duration::from_secs(1), |_| {
+                self.poison_cause().is_none()
+            })
+            .unwrap_or_else(|e| e.into_inner());
         Error::Poisoned {
             cause: self.poison_cause().unwrap_or_else(|| {
                 "an engine thread stopped while the request was in flight".into()
