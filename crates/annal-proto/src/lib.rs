@@ -29,7 +29,6 @@ pub use generated::*;
 pub mod append;
 mod batch;
 pub mod packed;
-pub mod wire;
 
 /// The gRPC service name, as it appears in request paths (`/annal.v1.EventStore/Append`).
 pub const SERVICE: &str = "annal.v1.EventStore";

@@ -1,7 +1,7 @@
-//! The in-flight append budget, taken as request bytes arrive.
+//! The in-flight append budget, taken by an HTTP or gRPC append before its body is read.
 //!
-//! An append's body is wrapped so that, before its first bytes are handed on, it takes its
-//! whole size in permits from the server's budget (`max_inflight_append_bytes`): the
+//! An append's body is wrapped so that, before its first bytes are handed on, it is
+//! admitted (`State::admit`, as a framed append is) for its whole size: the
 //! `Content-Length` of an HTTP request (the body limit when there is none), or the length
 //! in the 5-byte prefix of a gRPC message. Taking it all at once means two large requests
 //! can never each hold half of the budget and wait for the other. When the budget is spent
@@ -16,11 +16,12 @@ use std::task::{ready, Context, Poll};
 
 use axum::body::{Body, Bytes};
 use http_body::Frame;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::Budget;
+use crate::{Budget, State};
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+type Acquire =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, annal_core::Error>> + Send>>;
 
 /// How a request's size is known.
 #[derive(Clone, Copy)]
@@ -34,32 +35,29 @@ pub enum Size {
 /// A request body that pays for itself before it is read.
 pub struct Budgeted {
     inner: Body,
-    budget: Arc<Semaphore>,
+    state: Arc<State>,
     held: Budget,
     size: Size,
-    /// The most one request takes: the whole budget.
-    cap: usize,
     paid: bool,
     /// The first frame, waiting for its request's permits (gRPC).
     waiting: Option<(Option<Frame<Bytes>>, Acquire)>,
 }
 
 impl Budgeted {
-    pub fn new(inner: Body, budget: Arc<Semaphore>, held: Budget, size: Size, cap: usize) -> Self {
+    pub fn new(inner: Body, state: Arc<State>, held: Budget, size: Size) -> Self {
         Budgeted {
             inner,
-            budget,
+            state,
             held,
             size,
-            cap,
             paid: false,
             waiting: None,
         }
     }
 
     fn acquire(&self, bytes: usize) -> Acquire {
-        let permits = u32::try_from(bytes.clamp(1, self.cap)).unwrap_or(u32::MAX);
-        Box::pin(Arc::clone(&self.budget).acquire_many_owned(permits))
+        let state = Arc::clone(&self.state);
+        Box::pin(async move { state.admit(bytes).await })
     }
 }
 
@@ -73,8 +71,7 @@ impl http_body::Body for Budgeted {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         loop {
             if let Some((_, acquire)) = self.waiting.as_mut() {
-                let permit = ready!(acquire.as_mut().poll(cx))
-                    .map_err(|_| axum::Error::new("the server is shutting down"))?;
+                let permit = ready!(acquire.as_mut().poll(cx)).map_err(axum::Error::new)?;
                 self.held
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -103,7 +100,7 @@ impl http_body::Body for Budgeted {
                         let prefix: [u8; 4] = d.get(1..5)?.try_into().ok()?;
                         Some(u32::from_be_bytes(prefix) as usize + 5)
                     });
-                    let acquire = self.acquire(declared.unwrap_or(self.cap));
+                    let acquire = self.acquire(declared.unwrap_or(usize::MAX));
                     self.waiting = Some((Some(frame), acquire));
                 }
             }

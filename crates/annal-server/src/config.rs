@@ -1,29 +1,12 @@
-//! The server's configuration: layered settings and the validated [`Config`].
+//! The server's configuration: [`Settings`], every setting with its default and its
+//! meaning (written once, in the `settings!` list below), and the validated [`Config`].
 //!
-//! Settings come from four layers, highest first: command-line flags, `ANNAL_*` environment
-//! variables (the binary reads both through its argument parser), a TOML file, and the
-//! defaults below. [`Settings::resolve`] checks everything at once and returns every problem
-//! it found, so that a server with a bad configuration refuses to start with the whole list.
-//!
-//! | setting (TOML key) | default | meaning |
-//! |---|---|---|
-//! | `data` | `./annal-data` | the store folder |
-//! | `listen` | `127.0.0.1:2113` | address for gRPC and HTTP (one port) |
-//! | `log_format` | `text` | `text` or `json` log lines on standard error |
-//! | `tls_cert`, `tls_key` | none | PEM files; both or neither; TLS for both protocols |
-//! | `read_tokens` | none | bearer tokens that may read |
-//! | `write_tokens` | none | bearer tokens that may read and append |
-//! | `max_connections` | 1024 | open connections; more wait in the accept queue |
-//! | `max_streams_per_connection` | 256 | concurrent HTTP/2 requests on one connection, and appends in flight on one framed connection |
-//! | `max_subscriptions` | 1024 | live subscriptions (gRPC and SSE); more are refused |
-//! | `max_reads` | 256 | streamed reads at once (gRPC and HTTP); more are refused |
-//! | `max_inflight_append_bytes` | 268435456 | bytes of append requests received and being processed at once; more wait (at least twice `max_append_bytes` and 1 MiB, room for one base64 JSON append) |
-//! | `max_event_bytes` | 16777216 | the largest event |
-//! | `max_append_bytes` | 67108864 | the largest append request |
-//! | `read_batch_events` | 2048 | events per streamed batch |
-//! | `subscription_buffer` | 8 | batches queued per subscriber before it is paused |
-//! | `heartbeat` | `5s` | heartbeat interval of idle subscriptions |
-//! | `shutdown_grace` | `30s` | how long a shutdown waits for requests in flight |
+//! Settings come in four layers, highest first: command-line flags, `ANNAL_*` environment
+//! variables (the setting's name in capitals: `ANNAL_MAX_CONNECTIONS`), a TOML file, and the
+//! defaults. The layers are merged by figment; [`Sources::load`] reads each setting on its
+//! own and checks them all, so that a server with a bad configuration refuses to start with
+//! the whole list of problems, each naming the setting and where its value came from.
+//! `annal serve --help` shows every setting with its default, from the same list.
 //!
 //! With no token configured, authentication is off.
 
@@ -31,30 +14,255 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// One layer of settings; `None` means "not set here".
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub data: Option<PathBuf>,
-    pub listen: Option<String>,
-    pub log_format: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub read_tokens: Option<Vec<String>>,
-    pub write_tokens: Option<Vec<String>>,
-    pub max_connections: Option<u64>,
-    pub max_streams_per_connection: Option<u64>,
-    pub max_subscriptions: Option<u64>,
-    pub max_reads: Option<u64>,
-    pub max_inflight_append_bytes: Option<u64>,
-    pub max_event_bytes: Option<u64>,
-    pub max_append_bytes: Option<u64>,
-    pub read_batch_events: Option<u64>,
-    pub subscription_buffer: Option<u64>,
-    pub heartbeat: Option<String>,
-    pub shutdown_grace: Option<String>,
+/// A duration written the human way: `5s`, `250ms`, `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Span).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "'{text}' is not a duration like '5s' or '250ms' ({e})"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+/// A list of bearer tokens: a TOML array or one string, each string holding one token or
+/// several separated by commas (as an environment variable gives them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tokens(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            One(String),
+            Many(Vec<String>),
+        }
+        let given = match Given::deserialize(d)? {
+            Given::One(text) => vec![text],
+            Given::Many(list) => list,
+        };
+        Ok(Tokens(
+            given
+                .iter()
+                .flat_map(|text| text.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ))
+    }
+}
+
+impl std::fmt::Display for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// How a setting's default reads in `--help` (`None`: none is shown).
+pub trait ShowDefault {
+    fn show(&self) -> Option<String>;
+}
+
+macro_rules! show_by_display {
+    ($($t:ty),*) => {$(
+        impl ShowDefault for $t {
+            fn show(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+show_by_display!(u64, String, Span);
+
+impl ShowDefault for PathBuf {
+    fn show(&self) -> Option<String> {
+        Some(self.display().to_string())
+    }
+}
+
+impl<T: ShowDefault> ShowDefault for Option<T> {
+    fn show(&self) -> Option<String> {
+        self.as_ref().and_then(ShowDefault::show)
+    }
+}
+
+impl ShowDefault for Tokens {
+    fn show(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| self.to_string())
+    }
+}
+
+/// One setting, as `--help` and the environment layer need it.
+#[derive(Debug, Clone, Copy)]
+pub struct About {
+    /// The name in the TOML file; upper-cased after `ANNAL_` in the environment.
+    pub name: &'static str,
+    /// The command-line flag, without its dashes.
+    pub flag: &'static str,
+    /// What the value is, for `--help`.
+    pub value: &'static str,
+    /// What it does.
+    pub help: &'static str,
+    /// True when the flag may be given more than once (its values make a list).
+    pub repeats: bool,
+}
+
+/// Defines [`Settings`] (each field with its default and its meaning), its `Default`, the
+/// list of [`About`]s, and the reading of each setting on its own from the merged layers.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident: $ty:ty = $default:expr, flag $flag:literal, value $value:literal $(, $repeats:ident)?;
+    )*) => {
+        /// Every setting of the server, with its default.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $( $name: $default, )* }
+            }
+        }
+
+        impl Settings {
+            /// Every setting, in the order `--help` shows them.
+            pub const ABOUT: &'static [About] = &[$(About {
+                name: stringify!($name),
+                flag: $flag,
+                value: $value,
+                help: concat!($($doc),+),
+                repeats: settings!(@repeats $($repeats)?),
+            }),*];
+
+            /// Each setting's default as `--help` shows it, by name.
+            pub fn defaults_shown() -> Vec<(&'static str, Option<String>)> {
+                let d = Settings::default();
+                vec![$( (stringify!($name), ShowDefault::show(&d.$name)) ),*]
+            }
+
+            /// Reads each setting on its own from the merged layers, so that every bad value
+            /// is reported, not only the first; a bad one keeps its default.
+            fn extract_each(figment: &Figment, problems: &mut Vec<String>) -> Settings {
+                let d = Settings::default();
+                Settings {$(
+                    $name: match figment.extract_inner_lossy::<$ty>(stringify!($name)) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            problems.push(describe(stringify!($name), e));
+                            d.$name
+                        }
+                    },
+                )*}
+            }
+        }
+    };
+    (@repeats repeats) => { true };
+    (@repeats) => { false };
+}
+
+settings! {
+    /// The store folder.
+    data: PathBuf = PathBuf::from("./annal-data"), flag "data", value "DIR";
+    /// The address for gRPC and HTTP, one port.
+    listen: String = "127.0.0.1:2113".into(), flag "listen", value "HOST:PORT";
+    /// `text` or `json` log lines on standard error (RUST_LOG sets the level).
+    log_format: String = "text".into(), flag "log-format", value "FORMAT";
+    /// TLS certificate chain (PEM); needs the key.
+    tls_cert: Option<PathBuf> = None, flag "tls-cert", value "FILE";
+    /// TLS private key (PEM); needs the certificate.
+    tls_key: Option<PathBuf> = None, flag "tls-key", value "FILE";
+    /// A bearer token that may read (repeat the flag, or comma-separate in the variable).
+    read_tokens: Tokens = Tokens::default(), flag "read-token", value "TOKEN", repeats;
+    /// A bearer token that may read and append (repeat the flag, or comma-separate in the
+    /// variable).
+    write_tokens: Tokens = Tokens::default(), flag "write-token", value "TOKEN", repeats;
+    /// Open connections at most; more wait in the accept queue.
+    max_connections: u64 = 1024, flag "max-connections", value "N";
+    /// Concurrent HTTP/2 requests, or framed appends in flight, per connection.
+    max_streams_per_connection: u64 = 256, flag "max-streams-per-connection", value "N";
+    /// Live subscriptions at most (gRPC and SSE); more are refused.
+    max_subscriptions: u64 = 1024, flag "max-subscriptions", value "N";
+    /// Streamed reads at once (gRPC and HTTP); more are refused.
+    max_reads: u64 = 256, flag "max-reads", value "N";
+    /// Bytes of appends received and processed at once; more wait (at least twice
+    /// max_append_bytes and 1 MiB, room for one base64 JSON append).
+    max_inflight_append_bytes: u64 = 256 << 20, flag "max-inflight-append-bytes", value "BYTES";
+    /// The largest event, in bytes.
+    max_event_bytes: u64 = annal_core::validate::DEFAULT_MAX_EVENT_SIZE as u64, flag "max-event-bytes", value "BYTES";
+    /// The largest append request, in bytes.
+    max_append_bytes: u64 = 64 << 20, flag "max-append-bytes", value "BYTES";
+    /// Events per streamed batch (and at most about 4 MiB).
+    read_batch_events: u64 = 2048, flag "read-batch-events", value "N";
+    /// Batches queued per subscriber before it is paused.
+    subscription_buffer: u64 = 8, flag "subscription-buffer", value "N";
+    /// Heartbeat interval of idle subscriptions.
+    heartbeat: Span = Span(Duration::from_secs(5)), flag "heartbeat", value "DURATION";
+    /// How long a shutdown waits for requests in flight.
+    shutdown_grace: Span = Span(Duration::from_secs(30)), flag "shutdown-grace", value "DURATION";
+    /// How long a new connection has to send its first bytes, or to finish its TLS
+    /// handshake.
+    handshake_timeout: Span = Span(Duration::from_secs(10)), flag "handshake-timeout", value "DURATION";
+    /// How long an HTTP/1.1 client has to send a request's headers.
+    header_timeout: Span = Span(Duration::from_secs(30)), flag "header-timeout", value "DURATION";
+    /// How long a framed client has to say Hello after its preface.
+    hello_timeout: Span = Span(Duration::from_secs(10)), flag "hello-timeout", value "DURATION";
+    /// How long a framed append's payload may take to arrive once its header has.
+    payload_timeout: Span = Span(Duration::from_secs(30)), flag "payload-timeout", value "DURATION";
+    /// How long the answers still queued when a framed connection ends may take to be read.
+    answer_timeout: Span = Span(Duration::from_secs(10)), flag "answer-timeout", value "DURATION";
+    /// How often a quiet HTTP/2 connection is pinged.
+    ping_interval: Span = Span(Duration::from_secs(30)), flag "ping-interval", value "DURATION";
+    /// How long an answer to a ping may take before the connection is closed.
+    ping_timeout: Span = Span(Duration::from_secs(20)), flag "ping-timeout", value "DURATION";
+}
+
+/// A problem with one setting, in words: figment's message names where the value came from.
+fn describe(name: &str, e: figment::Error) -> String {
+    let from = match &e.metadata {
+        Some(m) => match &m.source {
+            Some(source) => format!(" (from {} {source})", m.name),
+            None => format!(" (from {})", m.name),
+        },
+        None => String::new(),
+    };
+    use figment::error::{Actual, Kind};
+    let what = match &e.kind {
+        Kind::InvalidType(Actual::Str(text), expected)
+        | Kind::InvalidValue(Actual::Str(text), expected)
+            if expected.contains("u64") =>
+        {
+            format!("'{text}' is not a whole number")
+        }
+        Kind::Message(message) => message.clone(),
+        other => other.to_string(),
+    };
+    format!("{name}: {what}{from}")
 }
 
 /// How log lines are written.
@@ -71,7 +279,7 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Limits that keep memory bounded under load.
+/// Limits that keep memory bounded under load, and how long a client may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
@@ -85,23 +293,21 @@ pub struct Limits {
     pub subscription_buffer: usize,
     pub heartbeat: Duration,
     pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub hello_timeout: Duration,
+    pub payload_timeout: Duration,
+    pub answer_timeout: Duration,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_connections: 1024,
-            max_streams_per_connection: 256,
-            max_subscriptions: 1024,
-            max_reads: 256,
-            max_inflight_append_bytes: 256 << 20,
-            max_event_bytes: annal_core::validate::DEFAULT_MAX_EVENT_SIZE,
-            max_append_bytes: 64 << 20,
-            read_batch_events: 2048,
-            subscription_buffer: 8,
-            heartbeat: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(30),
-        }
+        let mut problems = Vec::new();
+        let limits = Settings::default().limits(&mut problems);
+        debug_assert!(problems.is_empty(), "{problems:?}");
+        limits
     }
 }
 
@@ -137,137 +343,145 @@ impl Config {
     }
 }
 
-/// The default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:2113";
-/// The default store folder.
-pub const DEFAULT_DATA: &str = "./annal-data";
+/// A layer of settings given as text, one value (or several, for a list) per setting name:
+/// the command-line flags, or the `ANNAL_*` environment. Values are read as the setting's
+/// type when it is extracted (`5` as a number for a count, as text for a token).
+#[derive(Debug, Clone, Default)]
+pub struct TextLayer {
+    /// Where the values came from, for messages: "command-line flag", ...
+    pub origin: &'static str,
+    pub values: Vec<(String, Vec<String>)>,
+}
 
-impl Settings {
-    /// Reads a TOML settings file.
-    pub fn from_file(path: &Path) -> Result<Settings, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            format!(
-                "the config file {} is not valid: {}",
-                path.display(),
-                e.to_string().trim_end()
-            )
-        })
-    }
-
-    /// These settings, with `lower`'s filling whatever these leave unset.
-    pub fn over(self, lower: Settings) -> Settings {
-        Settings {
-            data: self.data.or(lower.data),
-            listen: self.listen.or(lower.listen),
-            log_format: self.log_format.or(lower.log_format),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            read_tokens: self.read_tokens.or(lower.read_tokens),
-            write_tokens: self.write_tokens.or(lower.write_tokens),
-            max_connections: self.max_connections.or(lower.max_connections),
-            max_streams_per_connection: self
-                .max_streams_per_connection
-                .or(lower.max_streams_per_connection),
-            max_subscriptions: self.max_subscriptions.or(lower.max_subscriptions),
-            max_reads: self.max_reads.or(lower.max_reads),
-            max_inflight_append_bytes: self
-                .max_inflight_append_bytes
-                .or(lower.max_inflight_append_bytes),
-            max_event_bytes: self.max_event_bytes.or(lower.max_event_bytes),
-            max_append_bytes: self.max_append_bytes.or(lower.max_append_bytes),
-            read_batch_events: self.read_batch_events.or(lower.read_batch_events),
-            subscription_buffer: self.subscription_buffer.or(lower.subscription_buffer),
-            heartbeat: self.heartbeat.or(lower.heartbeat),
-            shutdown_grace: self.shutdown_grace.or(lower.shutdown_grace),
+impl TextLayer {
+    /// The `ANNAL_*` variables of the settings, from `vars`.
+    pub fn environment(vars: impl IntoIterator<Item = (String, String)>) -> TextLayer {
+        let mut values = Vec::new();
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix("ANNAL_") else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            if Settings::ABOUT.iter().any(|a| a.name == name) {
+                values.push((name, vec![value]));
+            }
+        }
+        TextLayer {
+            origin: "environment variable",
+            values,
         }
     }
+}
 
-    /// Checks every setting and fills defaults; on failure, every problem found.
-    pub fn resolve(self) -> Result<Config, Vec<String>> {
+impl Provider for TextLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.origin)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (name, values) in &self.values {
+            let repeats = Settings::ABOUT.iter().any(|a| a.name == name && a.repeats);
+            let value = match values.as_slice() {
+                [one] if !repeats => Value::from(one.clone()),
+                many => Value::from(many.to_vec()),
+            };
+            dict.insert(name.clone(), value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Where settings come from, highest layer first.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub flags: TextLayer,
+    pub environment: TextLayer,
+    /// A TOML file of settings.
+    pub file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// Merges the layers over the defaults, reads every setting and checks it: the
+    /// configuration, or every problem found.
+    pub fn load(&self) -> Result<Config, Vec<String>> {
         let mut problems = Vec::new();
-        let d = Limits::default();
-
-        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-        let listen = match listen_text.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                problems.push(format!(
-                    "listen: '{listen_text}' is not an address of the form HOST:PORT with an IP host (e.g. 127.0.0.1:2113)"
-                ));
-                None
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &self.file {
+            // Read and parsed here first, so that a file that cannot be used is one problem,
+            // not one for every setting.
+            match std::fs::read_to_string(path).map(|t| t.parse::<toml::Table>()) {
+                Ok(Ok(_)) => figment = figment.merge(Toml::file_exact(path)),
+                Ok(Err(e)) => problems.push(format!(
+                    "the config file {} is not valid TOML: {}",
+                    path.display(),
+                    e.to_string().trim_end()
+                )),
+                Err(e) => problems.push(format!(
+                    "cannot read the config file {}: {e}",
+                    path.display()
+                )),
             }
-        };
-        let data = self.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA));
-        if data.as_os_str().is_empty() {
-            problems.push("data: the store folder must not be empty".into());
-        } else if data.exists() && !data.is_dir() {
-            problems.push(format!(
-                "data: {} exists and is not a folder",
-                data.display()
-            ));
         }
-        let log_format = match self.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                problems.push(format!(
-                    "log_format: '{other}' is neither 'text' nor 'json'"
-                ));
-                LogFormat::Text
-            }
-        };
-        let tls = match (self.tls_cert, self.tls_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                for (name, p) in [("tls_cert", &cert), ("tls_key", &key)] {
-                    if !p.is_file() {
-                        problems.push(format!("{name}: {} is not a readable file", p.display()));
+        let figment = figment
+            .merge(self.environment.clone())
+            .merge(self.flags.clone());
+        match figment.data() {
+            Ok(data) => {
+                for key in data.values().flat_map(|dict| dict.keys()) {
+                    if !Settings::ABOUT.iter().any(|a| a.name == *key) {
+                        problems.push(unknown(&figment, key));
                     }
                 }
-                Some(TlsFiles { cert, key })
             }
-            (Some(_), None) => {
-                problems.push("tls_key: missing; tls_cert needs a private key".into());
-                None
+            Err(e) => problems.push(e.to_string()),
+        }
+        let settings = Settings::extract_each(&figment, &mut problems);
+        match settings.resolve() {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                problems.extend(more);
+                Err(problems)
             }
-            (None, Some(_)) => {
-                problems.push("tls_cert: missing; tls_key needs a certificate".into());
-                None
-            }
-        };
-        let mut tokens = |name: &str, list: Option<Vec<String>>| -> Vec<String> {
-            let list = list.unwrap_or_default();
-            for t in &list {
-                if t.len() < 16 {
-                    problems.push(format!(
-                        "{name}: a token of {} characters is too short to be secret (at least 16)",
-                        t.len()
-                    ));
-                } else if !t.chars().all(|c| c.is_ascii_graphic()) {
-                    problems.push(format!(
-                        "{name}: tokens may hold only visible ASCII characters"
-                    ));
-                }
-            }
-            list
-        };
-        let read_tokens = tokens("read_tokens", self.read_tokens);
-        let write_tokens = tokens("write_tokens", self.write_tokens);
+        }
+    }
+}
 
-        let mut count = |name: &str, v: Option<u64>, default: usize, max: u64| -> usize {
-            match v {
-                None => default,
-                Some(0) => {
-                    problems.push(format!("{name}: must be at least 1"));
-                    default
-                }
-                Some(n) if n > max => {
-                    problems.push(format!("{name}: {n} is over the maximum of {max}"));
-                    default
-                }
-                Some(n) => n as usize,
+/// The problem of a setting no one knows.
+fn unknown(figment: &Figment, key: &str) -> String {
+    let from = figment
+        .find_metadata(key)
+        .map(|m| match &m.source {
+            Some(source) => format!(" (in {} {source})", m.name),
+            None => format!(" (in {})", m.name),
+        })
+        .unwrap_or_default();
+    format!("{key}: there is no such setting{from}")
+}
+
+impl Settings {
+    /// Reads a TOML settings file alone over the defaults (for tools and tests).
+    pub fn from_file(path: &Path) -> Result<Config, Vec<String>> {
+        Sources {
+            file: Some(path.to_path_buf()),
+            ..Sources::default()
+        }
+        .load()
+    }
+
+    /// The limits these settings give, with a problem for each one out of its range.
+    fn limits(&self, problems: &mut Vec<String>) -> Limits {
+        let d = Settings::default();
+        let mut count = |name: &str, n: u64, default: u64, max: u64| -> usize {
+            if n == 0 {
+                problems.push(format!("{name}: must be at least 1"));
+                default as usize
+            } else if n > max {
+                problems.push(format!("{name}: {n} is over the maximum of {max}"));
+                default as usize
+            } else {
+                n as usize
             }
         };
         let max_connections = count(
@@ -279,7 +493,7 @@ impl Settings {
         let max_streams_per_connection = count(
             "max_streams_per_connection",
             self.max_streams_per_connection,
-            d.max_streams_per_connection as usize,
+            d.max_streams_per_connection,
             1 << 16,
         ) as u32;
         let max_subscriptions = count(
@@ -330,30 +544,114 @@ impl Settings {
                 "max_inflight_append_bytes: {max_inflight_append_bytes} is below {room}, twice max_append_bytes ({max_append_bytes}) and 1 MiB; the largest append, sent as base64 JSON, could never be received"
             ));
         }
-        let mut duration = |name: &str, v: Option<String>, default: Duration| -> Duration {
-            match v {
-                None => default,
-                Some(text) => match humantime::parse_duration(&text) {
-                    Ok(d) if d.is_zero() => {
-                        problems.push(format!("{name}: must be longer than zero"));
-                        default
-                    }
-                    Ok(d) if d > Duration::from_secs(3600) => {
-                        problems.push(format!("{name}: '{text}' is longer than the maximum of 1h"));
-                        default
-                    }
-                    Ok(d) => d,
-                    Err(e) => {
-                        problems.push(format!(
-                            "{name}: '{text}' is not a duration like '5s' or '250ms' ({e})"
-                        ));
-                        default
-                    }
-                },
+        let mut duration = |name: &str, span: Span, default: Span| -> Duration {
+            if span.0.is_zero() {
+                problems.push(format!("{name}: must be longer than zero"));
+                default.0
+            } else if span.0 > Duration::from_secs(3600) {
+                problems.push(format!("{name}: '{span}' is longer than the maximum of 1h"));
+                default.0
+            } else {
+                span.0
             }
         };
-        let heartbeat = duration("heartbeat", self.heartbeat, d.heartbeat);
-        let shutdown_grace = duration("shutdown_grace", self.shutdown_grace, d.shutdown_grace);
+        Limits {
+            max_connections,
+            max_streams_per_connection,
+            max_subscriptions,
+            max_reads,
+            max_inflight_append_bytes,
+            max_event_bytes,
+            max_append_bytes,
+            read_batch_events,
+            subscription_buffer,
+            heartbeat: duration("heartbeat", self.heartbeat, d.heartbeat),
+            shutdown_grace: duration("shutdown_grace", self.shutdown_grace, d.shutdown_grace),
+            handshake_timeout: duration(
+                "handshake_timeout",
+                self.handshake_timeout,
+                d.handshake_timeout,
+            ),
+            header_timeout: duration("header_timeout", self.header_timeout, d.header_timeout),
+            hello_timeout: duration("hello_timeout", self.hello_timeout, d.hello_timeout),
+            payload_timeout: duration("payload_timeout", self.payload_timeout, d.payload_timeout),
+            answer_timeout: duration("answer_timeout", self.answer_timeout, d.answer_timeout),
+            ping_interval: duration("ping_interval", self.ping_interval, d.ping_interval),
+            ping_timeout: duration("ping_timeout", self.ping_timeout, d.ping_timeout),
+        }
+    }
+
+    /// Checks every setting and the ones that depend on each other: the configuration, or
+    /// every problem found.
+    pub fn resolve(self) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let d = Settings::default();
+        let limits = self.limits(&mut problems);
+        let listen = match self.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "listen: '{}' is not an address of the form HOST:PORT with an IP host (e.g. {})",
+                    self.listen, d.listen
+                ));
+                None
+            }
+        };
+        let data = self.data;
+        if data.as_os_str().is_empty() {
+            problems.push("data: the store folder must not be empty".into());
+        } else if data.exists() && !data.is_dir() {
+            problems.push(format!(
+                "data: {} exists and is not a folder",
+                data.display()
+            ));
+        }
+        let log_format = match self.log_format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!(
+                    "log_format: '{other}' is neither 'text' nor 'json'"
+                ));
+                LogFormat::Text
+            }
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                for (name, p) in [("tls_cert", &cert), ("tls_key", &key)] {
+                    if !p.is_file() {
+                        problems.push(format!("{name}: {} is not a readable file", p.display()));
+                    }
+                }
+                Some(TlsFiles { cert, key })
+            }
+            (Some(_), None) => {
+                problems.push("tls_key: missing; tls_cert needs a private key".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("tls_cert: missing; tls_key needs a certificate".into());
+                None
+            }
+        };
+        let mut tokens = |name: &str, list: Tokens| -> Vec<String> {
+            for t in &list.0 {
+                if t.len() < 16 {
+                    problems.push(format!(
+                        "{name}: a token of {} characters is too short to be secret (at least 16)",
+                        t.len()
+                    ));
+                } else if !t.chars().all(|c| c.is_ascii_graphic()) {
+                    problems.push(format!(
+                        "{name}: tokens may hold only visible ASCII characters"
+                    ));
+                }
+            }
+            list.0
+        };
+        let read_tokens = tokens("read_tokens", self.read_tokens);
+        let write_tokens = tokens("write_tokens", self.write_tokens);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -365,19 +663,7 @@ impl Settings {
             tls,
             read_tokens,
             write_tokens,
-            limits: Limits {
-                max_connections,
-                max_streams_per_connection,
-                max_subscriptions,
-                max_reads,
-                max_inflight_append_bytes,
-                max_event_bytes,
-                max_append_bytes,
-                read_batch_events,
-                subscription_buffer,
-                heartbeat,
-                shutdown_grace,
-            },
+            limits,
         })
     }
 }
@@ -386,42 +672,94 @@ impl Settings {
 mod tests {
     use super::*;
 
+    fn text(origin: &'static str, values: &[(&str, &str)]) -> TextLayer {
+        TextLayer {
+            origin,
+            values: values
+                .iter()
+                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+                .collect(),
+        }
+    }
+
     #[test]
     fn nothing_set_gives_the_defaults() {
-        let c = Settings::default().resolve().unwrap();
-        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!(c.data, PathBuf::from(DEFAULT_DATA));
+        let c = Sources::default().load().unwrap();
+        let d = Settings::default();
+        assert_eq!(c.listen, d.listen.parse().unwrap());
+        assert_eq!(c.data, d.data);
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_connections as u64, d.max_connections);
         assert!(!c.auth_enabled());
     }
 
     #[test]
     fn higher_layers_win() {
-        let file: Settings =
-            toml::from_str("listen = \"127.0.0.1:1\"\ndata = \"/from/file\"\nheartbeat = \"1s\"")
-                .unwrap();
-        let flags = Settings {
-            listen: Some("127.0.0.1:2".into()),
-            ..Settings::default()
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("annal.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\ndata = \"/from/file\"\nheartbeat = \"1s\"\nmax_reads = 7\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            flags: text("command-line flag", &[("listen", "127.0.0.1:2")]),
+            environment: TextLayer::environment([
+                ("ANNAL_LISTEN".to_string(), "127.0.0.1:3".to_string()),
+                ("ANNAL_MAX_READS".to_string(), "9".to_string()),
+                ("ANNAL_SERVER".to_string(), "not a setting".to_string()),
+            ]),
+            file: Some(path),
         };
-        let c = flags.over(file).resolve().unwrap();
+        let c = sources.load().unwrap();
         assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.limits.max_reads, 9);
         assert_eq!(c.data, PathBuf::from("/from/file"));
         assert_eq!(c.limits.heartbeat, Duration::from_secs(1));
     }
 
     #[test]
-    fn every_problem_is_reported_together() {
-        let s = Settings {
-            listen: Some("nowhere".into()),
-            log_format: Some("xml".into()),
-            tls_cert: Some("/no/such/cert.pem".into()),
-            write_tokens: Some(vec!["short".into()]),
-            max_subscriptions: Some(0),
-            heartbeat: Some("soon".into()),
-            ..Settings::default()
+    fn tokens_come_as_a_list_or_comma_separated() {
+        let sources = Sources {
+            environment: TextLayer::environment([(
+                "ANNAL_WRITE_TOKENS".to_string(),
+                "aaaaaaaaaaaaaaaa,1234567890123456".to_string(),
+            )]),
+            flags: TextLayer {
+                origin: "command-line flag",
+                values: vec![(
+                    "read_tokens".into(),
+                    vec!["rrrrrrrrrrrrrrrr".into(), "9999999999999999".into()],
+                )],
+            },
+            file: None,
         };
-        let problems = s.resolve().unwrap_err();
+        let c = sources.load().unwrap();
+        assert_eq!(c.write_tokens, ["aaaaaaaaaaaaaaaa", "1234567890123456"]);
+        assert_eq!(c.read_tokens, ["rrrrrrrrrrrrrrrr", "9999999999999999"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_together_with_where_it_came_from() {
+        let sources = Sources {
+            flags: text(
+                "command-line flag",
+                &[
+                    ("listen", "nowhere"),
+                    ("log_format", "xml"),
+                    ("tls_cert", "/no/such/cert.pem"),
+                    ("write_tokens", "short"),
+                    ("max_subscriptions", "0"),
+                    ("heartbeat", "soon"),
+                ],
+            ),
+            environment: TextLayer::environment([(
+                "ANNAL_MAX_READS".to_string(),
+                "many".to_string(),
+            )]),
+            file: None,
+        };
+        let problems = sources.load().unwrap_err();
         let all = problems.join("\n");
         for needle in [
             "listen: 'nowhere'",
@@ -429,11 +767,14 @@ mod tests {
             "tls_key: missing",
             "write_tokens: a token of 5 characters",
             "max_subscriptions: must be at least 1",
-            "heartbeat: 'soon'",
+            "heartbeat: ",
+            "'soon' is not a duration",
+            "max_reads: ",
+            "environment variable",
         ] {
             assert!(all.contains(needle), "missing '{needle}' in:\n{all}");
         }
-        assert_eq!(problems.len(), 6, "{all}");
+        assert_eq!(problems.len(), 7, "{all}");
     }
 
     #[test]
@@ -441,7 +782,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("annal.toml");
         std::fs::write(&path, "listn = \"127.0.0.1:1\"\n").unwrap();
-        let e = Settings::from_file(&path).unwrap_err();
-        assert!(e.contains("listn"), "{e}");
+        let e = Settings::from_file(&path).unwrap_err().join("\n");
+        assert!(e.contains("listn: there is no such setting"), "{e}");
+        assert!(e.contains("annal.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_defaults_are_shown_for_every_setting_that_has_one() {
+        let shown = Settings::defaults_shown();
+        assert_eq!(shown.len(), Settings::ABOUT.len());
+        let of = |name: &str| shown.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        assert_eq!(of("listen").as_deref(), Some("127.0.0.1:2113"));
+        assert_eq!(of("heartbeat").as_deref(), Some("5s"));
+        assert_eq!(of("max_connections").as_deref(), Some("1024"));
+        assert_eq!(of("tls_cert"), None);
+        assert_eq!(of("write_tokens"), None);
     }
 }

@@ -52,8 +52,7 @@ pub struct Grpc {
 impl Grpc {
     /// The tonic service with message size limits that fit the configured append limit.
     pub fn service(state: Arc<State>) -> pb::event_store_server::EventStoreServer<Grpc> {
-        // An append's events plus its framing; anything larger is refused before decoding.
-        let max_in = state.config.limits.max_append_bytes.saturating_add(1 << 20);
+        let max_in = state.max_append_message();
         pb::event_store_server::EventStoreServer::new(Grpc { state })
             .max_decoding_message_size(max_in)
             .max_encoding_message_size(usize::MAX)

@@ -124,13 +124,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
         _state: &S,
     ) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        serde_urlencoded_like(query)
-            .and_then(|pairs| {
-                let map: serde_json::Map<String, serde_json::Value> = pairs
-                    .into_iter()
-                    .map(|(k, v)| (k, serde_json::Value::String(v)))
-                    .collect();
-                serde_json::from_value(serde_json::Value::Object(map))
+        check_query(query)
+            .and_then(|()| {
+                serde_urlencoded::from_str(query)
                     .map_err(|e| Error::invalid("query", e.to_string()))
             })
             .map(Params)
@@ -138,44 +134,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
     }
 }
 
-/// Splits a query string into decoded pairs; a repeated key is refused.
-fn serde_urlencoded_like(query: &str) -> Result<Vec<(String, String)>, Error> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (percent_decode(k)?, percent_decode(v)?);
-        if out.iter().any(|(seen, _)| *seen == k) {
-            return Err(Error::invalid(
-                "query",
-                format!("parameter '{k}' is given twice"),
-            ));
+/// Refuses what the query parser would take leniently: a malformed %-escape (taken
+/// literally), or escapes that do not make UTF-8 (replaced).
+fn check_query(query: &str) -> Result<(), Error> {
+    let bytes = query.as_bytes();
+    for (i, _) in query.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(Error::invalid("query", "has a malformed %-escape"));
         }
-        out.push((k, v));
     }
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> Result<String, Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| Error::invalid("query", "has a malformed %-escape"))?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+    for part in query.split(['&', '=']) {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map_err(|_| Error::invalid("query", "is not UTF-8"))?;
     }
-    String::from_utf8(out).map_err(|_| Error::invalid("query", "is not UTF-8"))
+    Ok(())
 }
 
 /// The path's stream id, decoded.
@@ -983,37 +957,10 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Who a request's token says it is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Access {
-    Read,
-    Write,
-}
-
-/// Compares without stopping at the first differing byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn access(state: &State, headers: &HeaderMap) -> Option<Access> {
+/// The bearer token of a request's `Authorization` header, if any.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    token_access(state, value.strip_prefix("Bearer ")?.trim().as_bytes())
-}
-
-/// What a bearer token may do; `None` when it is no configured token.
-pub(crate) fn token_access(state: &State, token: &[u8]) -> Option<Access> {
-    let config = &state.config;
-    if config
-        .write_tokens
-        .iter()
-        .any(|t| same(t.as_bytes(), token))
-    {
-        return Some(Access::Write);
-    }
-    if config.read_tokens.iter().any(|t| same(t.as_bytes(), token)) {
-        return Some(Access::Read);
-    }
-    None
+    Some(value.strip_prefix("Bearer ")?.trim().as_bytes())
 }
 
 /// True for the routes that append: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
@@ -1046,17 +993,13 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
     };
     let open = matches!(path, "/health" | "/ready" | "/openapi.json");
     let writes = appends(req.method(), path, grpc_method);
-    if state.config.auth_enabled() && !open {
-        let refusal = match access(&state, req.headers()) {
-            None => Some(Error::Unauthenticated(
-                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
-            )),
-            Some(Access::Read) if writes => Some(Error::PermissionDenied(
-                "this token may read but not append".into(),
-            )),
-            _ => None,
-        };
-        if let Some(e) = refusal {
+    if !open {
+        let authorized = state.authorize(
+            bearer(req.headers()),
+            writes,
+            "Authorization: Bearer <token>",
+        );
+        if let Err(e) = authorized {
             metrics::request(api, "refused");
             if grpc_method.is_some() {
                 return annal_proto::status_from_error(&e)
@@ -1086,13 +1029,7 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         let held = crate::Budget::default();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(held.clone());
-        let body = crate::budget::Budgeted::new(
-            body,
-            Arc::clone(&state.append_budget),
-            held,
-            size,
-            state.config.limits.max_inflight_append_bytes,
-        );
+        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), held, size);
         Request::from_parts(parts, Body::new(body))
     } else {
         req

@@ -25,6 +25,7 @@ use annal_core::{
 use annal_engine::Store;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+mod access;
 mod backend;
 mod budget;
 pub mod config;

@@ -18,15 +18,6 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsFiles;
 use crate::{stopping, State};
 
-/// How long a new connection has to send its first bytes, or finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an HTTP/1.1 client has to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 pings on quiet connections, and how long an answer may take before the
-/// connection is closed.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
@@ -71,12 +62,12 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(limits.header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_interval(limits.ping_interval)
+        .keep_alive_timeout(limits.ping_timeout)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(1 << 30)
@@ -111,48 +102,49 @@ pub async fn serve(
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
             let _permit = permit;
-            let result =
-                match tls {
-                    None => {
-                        // A connection that never says anything gives its place back; one that
-                        // opens with the framed protocol's preface speaks it instead of HTTP.
-                        match tokio::time::timeout(
-                            HANDSHAKE_TIMEOUT,
-                            crate::wire::opens_with_preface(&socket),
-                        )
-                        .await
-                        {
-                            Ok(Some(false)) => {}
-                            Ok(Some(true)) => {
-                                crate::wire::serve_connection(socket, state).await;
-                                return;
-                            }
-                            _ => return,
+            let result = match tls {
+                None => {
+                    // A connection that never says anything gives its place back; one that
+                    // opens with the framed protocol's preface speaks it instead of HTTP.
+                    match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        crate::wire::opens_with_preface(&socket),
+                    )
+                    .await
+                    {
+                        Ok(Some(false)) => {}
+                        Ok(Some(true)) => {
+                            crate::wire::serve_connection(socket, state).await;
+                            return;
                         }
-                        drop(state);
-                        let conn = builder.serve_connection(TokioIo::new(socket), service);
-                        watcher.watch(conn.into_owned()).await
+                        _ => return,
                     }
-                    Some(acceptor) => {
-                        drop(state);
-                        let stream =
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
+                    drop(state);
+                    let conn = builder.serve_connection(TokioIo::new(socket), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    drop(state);
+                    let stream = match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(socket),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

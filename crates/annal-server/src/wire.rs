@@ -1,4 +1,4 @@
-//! The framed append protocol (`annal_proto::wire`, docs/wire-protocol.md) on a plain TCP
+//! The framed append protocol (`annal_wire`, docs/wire-protocol.md) on a plain TCP
 //! connection that opened with its preface.
 //!
 //! One task reads frames; each append runs in a task of its own, so that many are in flight
@@ -12,8 +12,8 @@
 //! 0) is answered with an Error frame and the connection is closed: after it, the stream of
 //! frames cannot be trusted. An append over the size limit is read past without being kept
 //! and refused alone, and a malformed append message is answered with an error for that
-//! request alone, since their frames were whole. A client has 10 s for its Hello and 30 s
-//! for each payload once its header has arrived. On shutdown the reader stops
+//! request alone, since their frames were whole. A client has `hello_timeout` for its Hello
+//! and `payload_timeout` for each payload once its header has arrived. On shutdown the reader stops
 //! taking new frames, the appends in flight finish and are answered, and the connection
 //! closes.
 
@@ -23,14 +23,14 @@ use std::time::Duration;
 use annal_core::Error;
 use annal_proto as pb;
 use annal_proto::append::{decode_append, DecodeAppendError};
-use annal_proto::wire::{self, FrameWriter, Header, Kind, HEADER_LEN};
+use annal_wire::{self as wire, FrameWriter, Header, Kind, HEADER_LEN};
 use prost::Message;
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::http::{token_access, Access};
+use crate::access::Access;
 use crate::{metrics, public, stopping, State};
 
 /// Answers waiting to be sent beyond which no more requests are read: a client that does not
@@ -84,7 +84,7 @@ pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
     // not read its answers gets a little while to, not for ever.
     let _all = in_flight.acquire_many(places).await;
     writer.close();
-    if tokio::time::timeout(LAST_ANSWERS, &mut flusher.0)
+    if tokio::time::timeout(state.config.limits.answer_timeout, &mut flusher.0)
         .await
         .is_err()
     {
@@ -109,13 +109,6 @@ fn error_frame(id: u32, e: Error) -> Vec<u8> {
     out
 }
 
-/// How long a client has to say Hello after its preface.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a frame's payload may take to arrive once its header has.
-const PAYLOAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the answers still queued when a connection ends may take to be read.
-const LAST_ANSWERS: Duration = Duration::from_secs(10);
-
 /// The next frame header; `None` at a clean end of the connection between frames.
 async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Header>, Fatal> {
     let mut h = [0u8; HEADER_LEN];
@@ -127,16 +120,25 @@ async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Heade
 }
 
 /// A frame's payload; the caller has checked its length against the limits.
-async fn read_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<Vec<u8>, Fatal> {
+async fn read_payload(
+    read: &mut BufReader<OwnedReadHalf>,
+    h: Header,
+    limit: Duration,
+) -> Result<Vec<u8>, Fatal> {
     let mut payload = vec![0u8; h.len as usize];
-    within_payload_time(h, read.read_exact(&mut payload)).await?;
+    within_payload_time(h, limit, read.read_exact(&mut payload)).await?;
     Ok(payload)
 }
 
 /// Reads past a frame's payload without keeping it.
-async fn skip_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<(), Fatal> {
+async fn skip_payload(
+    read: &mut BufReader<OwnedReadHalf>,
+    h: Header,
+    limit: Duration,
+) -> Result<(), Fatal> {
     let mut rest = read.take(u64::from(h.len));
-    let copied = within_payload_time(h, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await?;
+    let copied =
+        within_payload_time(h, limit, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await?;
     if copied < u64::from(h.len) {
         return Err((
             h.id,
@@ -148,9 +150,10 @@ async fn skip_payload(read: &mut BufReader<OwnedReadHalf>, h: Header) -> Result<
 
 async fn within_payload_time<T>(
     h: Header,
+    limit: Duration,
     read: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> Result<T, Fatal> {
-    match tokio::time::timeout(PAYLOAD_TIMEOUT, read).await {
+    match tokio::time::timeout(limit, read).await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err((
             h.id,
@@ -159,8 +162,8 @@ async fn within_payload_time<T>(
         Err(_) => Err((
             h.id,
             Error::Unavailable(format!(
-                "a frame's payload did not arrive within {} s",
-                PAYLOAD_TIMEOUT.as_secs()
+                "a frame's payload did not arrive within {}",
+                humantime::format_duration(limit)
             )),
         )),
     }
@@ -176,7 +179,8 @@ async fn read_frames(
     read.read_exact(&mut preface)
         .await
         .map_err(|e| (0, Error::Unavailable(format!("reading the preface: {e}"))))?;
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_header(read)).await {
+    let limits = &state.config.limits;
+    let hello = match tokio::time::timeout(limits.hello_timeout, read_header(read)).await {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
@@ -184,8 +188,8 @@ async fn read_frames(
             return Err((
                 0,
                 Error::Unavailable(format!(
-                    "no Hello within {} s of the preface",
-                    HELLO_TIMEOUT.as_secs()
+                    "no Hello within {} of the preface",
+                    humantime::format_duration(limits.hello_timeout)
                 )),
             ))
         }
@@ -212,26 +216,15 @@ async fn read_frames(
             },
         ));
     }
-    let token = read_payload(read, hello).await?;
-    let access = if state.config.auth_enabled() {
-        token_access(state, &token).ok_or_else(|| {
-            (
-                hello.id,
-                Error::Unauthenticated(
-                    "a valid bearer token is required (in the Hello frame)".into(),
-                ),
-            )
-        })?
-    } else {
-        Access::Write
-    };
+    let token = read_payload(read, hello, limits.payload_timeout).await?;
+    let access = state
+        .authorize(Some(&token), false, "in the Hello frame")
+        .map_err(|e| (hello.id, e))?;
     let mut ready = Vec::new();
     wire::put_frame(&mut ready, Kind::Ready, hello.id, wire::PREFACE);
     gone(writer.send(&ready))?;
 
-    let limits = &state.config.limits;
-    // An append's events plus their framing, as for gRPC; anything larger is refused.
-    let max_len = limits.max_append_bytes.saturating_add(1 << 20);
+    let max_len = state.max_append_message();
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
@@ -278,28 +271,26 @@ async fn read_frames(
                 limit: max_len,
             })
         } else if access == Access::Read {
-            Some(Error::PermissionDenied(
-                "this token may read but not append".into(),
-            ))
+            state
+                .authorize(Some(&token), true, "in the Hello frame")
+                .err()
         } else {
             None
         };
         if let Some(e) = refusal {
             // Read past without being kept, refused alone; the connection goes on, as over
             // gRPC.
-            skip_payload(read, header).await?;
+            skip_payload(read, header, limits.payload_timeout).await?;
             metrics::request("wire", "4xx");
             gone(writer.send(&error_frame(header.id, e)))?;
             drop(place);
             continue;
         }
-        let share =
-            u32::try_from(len.clamp(1, limits.max_inflight_append_bytes)).unwrap_or(u32::MAX);
         let budget = tokio::select! {
-            b = Arc::clone(&state.append_budget).acquire_many_owned(share) => b.map_err(|_| (header.id, Error::Unavailable("the server is shutting down".into())))?,
+            b = state.admit(len) => b.map_err(|e| (header.id, e))?,
             () = stopping(&mut shutdown) => return Ok(()),
         };
-        let payload = read_payload(read, header).await?;
+        let payload = read_payload(read, header, limits.payload_timeout).await?;
         let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
             let frame = match append(&state, &payload).await {

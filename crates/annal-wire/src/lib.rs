@@ -10,7 +10,9 @@
 //! (an `annal.v1.AppendResponse`) or [`Kind::Error`] (a status: see [`encode_status`]).
 //! Many appends may be in flight on one connection.
 //!
-//! Both ends write frames through a [`FrameWriter`]; each brings its own reading.
+//! Both ends write frames through a [`FrameWriter`]; each brings its own reading. The
+//! messages are `annal-proto`'s, and an Append is encoded straight from the core types
+//! (`annal_proto::append`).
 
 /// What a client sends first. It cannot begin an HTTP/1.1 request line, the HTTP/2 preface
 /// or a TLS handshake, so the server tells the three apart by the first bytes.
@@ -110,11 +112,11 @@ pub fn put_message(out: &mut Vec<u8>, kind: Kind, id: u32, message: &impl prost:
 }
 
 /// Appends an Append frame whose payload is `request`, encoded straight from the core types
-/// (see [`crate::append`]).
+/// (see `annal_proto::append`).
 pub fn put_append(out: &mut Vec<u8>, id: u32, request: &annal_core::AppendRequest) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    let len = crate::append::encode_append(request, out);
+    let len = annal_proto::append::encode_append(request, out);
     let mut header = Vec::with_capacity(HEADER_LEN);
     put_header(&mut header, Kind::Append, id, len);
     out[start..start + HEADER_LEN].copy_from_slice(&header);
@@ -342,11 +344,11 @@ mod tests {
             expected: annal_core::ExpectedRevision::Exact(3),
             actual: Some(5),
         };
-        let status = crate::status_from_error(&e);
+        let status = annal_proto::status_from_error(&e);
         let back = decode_status(&encode_status(&status)).expect("a status");
         assert_eq!(back.code(), status.code());
         assert_eq!(back.message(), status.message());
-        assert_eq!(crate::error_from_status(&back), e);
+        assert_eq!(annal_proto::error_from_status(&back), e);
         assert!(decode_status(&[1, 0, 0]).is_none());
         assert!(decode_status(&[1, 0, 0, 0, 9, 0, 0, 0, b'x']).is_none());
     }
@@ -410,11 +412,12 @@ mod tests {
     async fn an_abandoned_writer_stops_at_once_though_the_peer_reads_nothing() {
         let (_peer, _read, writer, flusher) = writer_and_peer().await;
         let frame = vec![1u8; 1 << 20];
-        // Far more than the socket buffers hold: the flusher is stuck waiting to write.
+        // Far more than the socket buffers hold: the flusher is stuck waiting to write once
+        // it has run (on this one-thread runtime, when this task yields).
         for _ in 0..64 {
             writer.send(&frame).unwrap();
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
         assert!(!flusher.is_finished());
         writer.abandon();
         tokio::time::timeout(std::time::Duration::from_secs(2), flusher)
@@ -430,7 +433,7 @@ mod tests {
 
     #[test]
     fn message_frames_hold_their_length() {
-        let m = crate::ServerInfoRequest {};
+        let m = annal_proto::ServerInfoRequest {};
         let mut out = Vec::new();
         put_message(&mut out, Kind::Append, 3, &m);
         put_frame(&mut out, Kind::Hello, 0, b"token");
