@@ -117,6 +117,20 @@ impl Store {
         self.shared.head()
     }
 
+    /// Waits until the preallocation thread has written and synced every zero due now
+    /// (feature `sim`, for tests that look at segment files).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn wait_preallocated(&self) {
+        let filler = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .filler();
+        if let Some(f) = filler {
+            f.wait_idle();
+        }
+    }
+
     /// Why the store refuses writes, when an earlier failure poisoned it.
     pub fn poison_cause(&self) -> Option<String> {
         self.shared.poison_cause()

@@ -117,6 +117,12 @@ impl Threads {
         Ok(threads)
     }
 
+    /// What waits for the preallocation thread, when there is one.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn filler(&self) -> Option<FillerStop> {
+        self.filler.as_ref().map(|(stop, _)| stop.clone())
+    }
+
     /// The writer's queue; `None` once the store is closing.
     pub fn queue(&self) -> Option<&mpsc::Sender<Command>> {
         self.queue.as_ref()

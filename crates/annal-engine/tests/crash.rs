@@ -513,16 +513,16 @@ fn one_event(store: &Store, stream: &str, data: Vec<u8>) -> annal_core::AppendRe
         .unwrap()
 }
 
-/// Waits until the preallocation thread has written zeros past `at` in `path`.
-fn zeros_past(path: &Path, at: u64) -> u64 {
-    for _ in 0..500 {
-        let len = std::fs::metadata(path).unwrap().len();
-        if len > at {
-            return len;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("{} was not preallocated past {at} bytes", path.display());
+/// The length of `path` once the preallocation thread has written every zero due: past `at`.
+fn zeros_past(store: &Store, path: &Path, at: u64) -> u64 {
+    store.wait_preallocated();
+    let len = std::fs::metadata(path).unwrap().len();
+    assert!(
+        len > at,
+        "{} was not preallocated past {at} bytes",
+        path.display()
+    );
+    len
 }
 
 #[test]
@@ -547,7 +547,7 @@ fn preallocated_zeros_are_no_events_and_appends_go_on_at_the_end_of_the_log() {
         }
         if round == 0 {
             // The records take a few KiB; zeros follow them up to the segment size.
-            zeros_past(&seg, 128 << 10);
+            zeros_past(&store, &seg, 128 << 10);
         }
         drop(store);
     }
@@ -579,14 +579,15 @@ fn preallocation_rests_while_each_sync_makes_much_durable() {
     for _ in 0..20 {
         one_event(&store, "small", vec![b'x'; 100]);
     }
-    zeros_past(&seg, 128 << 10);
+    zeros_past(&store, &seg, 128 << 10);
     // Appends of 256 KiB, each synced alone: after a few, no zeros are written any more,
     // so the log soon passes the zeros written before and the file ends at its last
     // record (whose last bytes are the event's data).
     for _ in 0..80 {
         one_event(&store, "large", vec![b'x'; 256 << 10]);
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Whatever zeros the thread still meant to write are written now.
+    store.wait_preallocated();
     let bytes = std::fs::read(&seg).unwrap();
     assert!(
         bytes.len() > 80 * (256 << 10),

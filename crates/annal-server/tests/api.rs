@@ -373,25 +373,15 @@ async fn sse_delivers_history_the_marker_live_events_and_resumes_after_last_even
         .await
         .unwrap();
     let addr = s.addr();
-    let writer = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            client
-                .append(one("order-9", ExpectedRevision::Any, "Placed"))
-                .await
-                .unwrap();
-        })
-    };
-    // The body ends when the connection does, so read it raw until the live event arrives.
-    let text = sse_until(
-        addr,
-        "/v1/subscribe?category=order&heartbeat_ms=100",
-        &[],
-        "id: 4",
-    )
-    .await;
-    writer.await.unwrap();
+    // History, the marker, a heartbeat while nothing happens, then a live event.
+    let mut sse = Sse::open(addr, "/v1/subscribe?category=order&heartbeat_ms=100", &[]).await;
+    sse.until("event: caught-up").await;
+    sse.until("event: heartbeat").await;
+    client
+        .append(one("order-9", ExpectedRevision::Any, "Placed"))
+        .await
+        .unwrap();
+    let text = sse.until("id: 4").await;
     let ids: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("id: "))
@@ -419,47 +409,78 @@ async fn sse_delivers_history_the_marker_live_events_and_resumes_after_last_even
 }
 
 /// Reads a Server-Sent Events response until `until` appears, then drops the connection.
+/// A Server-Sent Events response read raw from its connection, as it arrives.
+struct Sse {
+    tcp: tokio::net::TcpStream,
+    got: Vec<u8>,
+    /// How much of `got` earlier waits have passed.
+    seen: usize,
+}
+
+impl Sse {
+    async fn open(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        Sse {
+            tcp,
+            got: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    /// Reads until `until` has arrived after what earlier waits passed, and the SSE event
+    /// holding it has ended; returns everything read so far.
+    async fn until(&mut self, until: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let seen = self.seen;
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let text = String::from_utf8_lossy(&self.got[seen..]).into_owned();
+                if let Some(at) = text.find(until) {
+                    // Wait for the end of that SSE event.
+                    if let Some(end) = text[at..].find("\n\n") {
+                        return seen + at + end;
+                    }
+                }
+                let n = self.tcp.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "the stream ended: {}",
+                    String::from_utf8_lossy(&self.got)
+                );
+                self.got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "'{until}' did not arrive: {}",
+                String::from_utf8_lossy(&self.got)
+            )
+        });
+        self.seen = found;
+        let text = String::from_utf8_lossy(&self.got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("text/event-stream"), "{text}");
+        text
+    }
+}
+
+/// Reads a Server-Sent Events response raw until `until` has arrived.
 async fn sse_until(
     addr: std::net::SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
     until: &str,
 ) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&got));
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got);
-            if let Some(at) = text.find(until) {
-                // Wait for the end of that SSE event.
-                if text[at..].contains("\n\n") {
-                    return;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "'{until}' did not arrive: {}",
-            String::from_utf8_lossy(&got)
-        )
-    });
-    let text = String::from_utf8_lossy(&got).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("text/event-stream"), "{text}");
-    text
+    Sse::open(addr, path, headers).await.until(until).await
 }
 
 const WRITE: &str = "write-token-0123456789";
@@ -920,9 +941,12 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
         SubscriptionItem::CaughtUp { .. }
     ));
     let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    // How many appends were acknowledged so far, to wait on.
+    let (count, mut counted) = tokio::sync::watch::channel(0usize);
+    let count = Arc::new(count);
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (client, acked) = (client.clone(), acked.clone());
+        let (client, acked, count) = (client.clone(), acked.clone(), count.clone());
         writers.push(tokio::spawn(async move {
             for i in 0..1_000 {
                 let e = NewEvent::new("E", b"{}".to_vec());
@@ -937,6 +961,7 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
                 {
                     Ok(_) => {
                         acked.lock().unwrap().insert(id);
+                        count.send_modify(|n| *n += 1);
                     }
                     Err(_) if i > 0 => return,
                     Err(e) => panic!("the first append failed: {e}"),
@@ -944,7 +969,11 @@ async fn shutdown_answers_appends_in_flight_and_ends_subscriptions() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down while every writer is appending.
+    tokio::time::timeout(WAIT, counted.wait_for(|&n| n >= 64))
+        .await
+        .expect("the writers got going")
+        .unwrap();
     let dir = s.data.clone();
     let keep = s._dir;
     s.server.shutdown().await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use annal_client::Client;
@@ -15,11 +15,14 @@ use annal_core::{
 
 const ANNAL: &str = env!("CARGO_BIN_EXE_annal");
 
+/// What a server has written to stderr so far, and a signal for each new line.
+type Log = Arc<(Mutex<String>, Condvar)>;
+
 /// A running `annal serve` and the address it printed.
 struct Served {
     child: Child,
     url: String,
-    stderr: Arc<Mutex<String>>,
+    stderr: Log,
     reader: std::thread::JoinHandle<()>,
 }
 
@@ -29,8 +32,19 @@ impl Served {
     fn wait(mut self) -> (ExitStatus, String) {
         let status = self.child.wait().unwrap();
         self.reader.join().unwrap();
-        let log = self.stderr.lock().unwrap().clone();
+        let log = self.stderr.0.lock().unwrap().clone();
         (status, log)
+    }
+
+    /// Waits until the server has logged a line holding `needle`.
+    fn wait_for_log(&self, needle: &str) {
+        let (log, line) = &*self.stderr;
+        let (log, waited) = line
+            .wait_timeout_while(log.lock().unwrap(), Duration::from_secs(30), |l| {
+                !l.contains(needle)
+            })
+            .unwrap();
+        assert!(!waited.timed_out(), "no '{needle}' in the log:\n{log}");
     }
 }
 
@@ -47,15 +61,16 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let stderr = Arc::new(Mutex::new(String::new()));
+    let stderr: Log = Arc::new((Mutex::new(String::new()), Condvar::new()));
     let reader = {
         let pipe = child.stderr.take().unwrap();
         let sink = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
+                let mut s = sink.0.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
+                sink.1.notify_all();
             }
         })
     };
@@ -69,7 +84,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         .unwrap_or_else(|| {
             panic!(
                 "unexpected first line {line:?}; stderr: {}",
-                stderr.lock().unwrap()
+                stderr.0.lock().unwrap()
             )
         })
         .to_string();
@@ -335,7 +350,25 @@ struct Ledger {
     unknown: Vec<(String, Vec<NewEvent>)>,
 }
 
-async fn write_until_killed(url: String, writer: usize, ledger: Arc<Mutex<Ledger>>) {
+/// A ledger the writers share, and a signal for each acknowledged append.
+type Book = Arc<(Mutex<Ledger>, Condvar)>;
+
+/// Waits until the writers have had `n` appends acknowledged.
+fn wait_acked(book: &Book, n: usize) {
+    let (ledger, acked) = &**book;
+    let (_ledger, waited) = acked
+        .wait_timeout_while(ledger.lock().unwrap(), Duration::from_secs(30), |l| {
+            l.acked.len() < n
+        })
+        .unwrap();
+    assert!(
+        !waited.timed_out(),
+        "fewer than {n} appends were acknowledged"
+    );
+}
+
+async fn write_until_killed(url: String, writer: usize, book: Book) {
+    let (ledger, acked) = &*book;
     let Ok(client) = Client::connect(url).await else {
         return;
     };
@@ -348,11 +381,14 @@ async fn write_until_killed(url: String, writer: usize, ledger: Arc<Mutex<Ledger
         let stream = format!("w{writer}-{}", i % 3);
         let request = AppendRequest::stream(stream.clone(), ExpectedRevision::Any, events.clone());
         match client.append(request).await {
-            Ok(_) => ledger
-                .lock()
-                .unwrap()
-                .acked
-                .push(events.iter().map(|e| e.id).collect()),
+            Ok(_) => {
+                ledger
+                    .lock()
+                    .unwrap()
+                    .acked
+                    .push(events.iter().map(|e| e.id).collect());
+                acked.notify_all();
+            }
             Err(_) => {
                 ledger.lock().unwrap().unknown.push((stream, events));
                 return;
@@ -390,11 +426,12 @@ fn sigkill_under_load_loses_no_acknowledged_event_and_writes_none_twice() {
     let mut all_acked: Vec<Vec<Uuid>> = Vec::new();
     for round in 0..4u64 {
         let mut s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let book: Book = Arc::default();
         let tasks: Vec<_> = (0..8)
-            .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, ledger.clone())))
+            .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, book.clone())))
             .collect();
-        std::thread::sleep(Duration::from_millis(300 + 150 * round));
+        // Killed at a different point of the load each round.
+        wait_acked(&book, 100 * (round as usize + 1));
         s.child.kill().unwrap(); // SIGKILL
         s.child.wait().unwrap();
         rt.block_on(async {
@@ -405,7 +442,7 @@ fn sigkill_under_load_loses_no_acknowledged_event_and_writes_none_twice() {
                     .unwrap();
             }
         });
-        let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+        let ledger = std::mem::take(&mut *book.0.lock().unwrap());
         assert!(
             !ledger.acked.is_empty(),
             "round {round}: some appends were acknowledged"
@@ -464,11 +501,12 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     let data = dir.path().to_str().unwrap().to_string();
     let s = serve(&["--data", &data, "--listen", "127.0.0.1:0"], &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let book: Book = Arc::default();
     let tasks: Vec<_> = (0..8)
-        .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, ledger.clone())))
+        .map(|w| rt.spawn(write_until_killed(s.url.clone(), w, book.clone())))
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Stopped while every writer is appending.
+    wait_acked(&book, 200);
     let stopping = Instant::now();
     signal(&s.child, "-TERM");
     let (status, log) = s.wait();
@@ -479,7 +517,7 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
             t.await.unwrap();
         }
     });
-    let acked = std::mem::take(&mut ledger.lock().unwrap().acked);
+    let acked = std::mem::take(&mut book.0.lock().unwrap().acked);
     assert!(!acked.is_empty());
     // Closed cleanly: the store opens with nothing to replay, every acknowledged event there.
     let store = annal_engine::Store::open(Path::new(&data)).unwrap();
@@ -494,26 +532,12 @@ fn sigterm_stops_cleanly_after_answering_appends_in_flight() {
     assert!(log.contains("stopped cleanly"), "{log}");
 }
 
-#[test]
-fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap().to_string();
-    let mut s = serve(
-        &[
-            "--data",
-            &data,
-            "--listen",
-            "127.0.0.1:0",
-            "--shutdown-grace",
-            "60s",
-        ],
-        &[],
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// Starts a read far larger than the socket buffers whose answer is never read: the server
+/// cannot finish it, so a graceful stop has to wait for it. Returns once the answer has
+/// begun (its status line arrived), with the connection that holds it.
+fn stall_a_read(s: &Served, rt: &tokio::runtime::Runtime) -> tokio::net::TcpStream {
     let addr = s.url.trim_start_matches("http://").to_string();
-    // A read far larger than the socket buffers, whose answer is never read: the server
-    // cannot finish it, so a graceful stop has to wait.
-    let _stalled = rt.block_on(async {
+    rt.block_on(async {
         let client = Client::connect(s.url.clone()).await.unwrap();
         for b in 0..40 {
             let events = (0..500)
@@ -533,20 +557,65 @@ fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
                 .await
                 .unwrap();
         }
-        use tokio::io::AsyncWriteExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         tcp.write_all(b"GET /v1/events?limit=20000 HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut status = [0u8; 12];
+        tcp.read_exact(&mut status).await.unwrap();
+        assert_eq!(&status, b"HTTP/1.1 200");
         tcp
-    });
-    signal(&s.child, "-TERM");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        s.child.try_wait().unwrap().is_none(),
-        "the first signal waits for the request in flight"
+    })
+}
+
+#[test]
+fn the_first_signal_waits_for_a_request_in_flight_up_to_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let s = serve(
+        &[
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "1s",
+        ],
+        &[],
     );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _stalled = stall_a_read(&s, &rt);
+    signal(&s.child, "-TERM");
+    // It waited for the stalled read for the whole grace period, then closed it and the
+    // store, and exited cleanly.
+    s.wait_for_log("requests still open after the grace period");
+    let (status, log) = s.wait();
+    assert!(status.success(), "{status:?}: {log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    let store = annal_engine::Store::open(Path::new(&data)).unwrap();
+    assert_eq!(store.read_iter(ReadRequest::all()).unwrap().count(), 20_000);
+}
+
+#[test]
+fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let s = serve(
+        &[
+            "--data",
+            &data,
+            "--listen",
+            "127.0.0.1:0",
+            "--shutdown-grace",
+            "60s",
+        ],
+        &[],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _stalled = stall_a_read(&s, &rt);
+    signal(&s.child, "-TERM");
+    s.wait_for_log("waiting for requests in flight");
     let second = Instant::now();
     signal(&s.child, "-TERM");
     let (status, log) = s.wait();

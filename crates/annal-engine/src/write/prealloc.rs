@@ -44,11 +44,16 @@ struct State {
     target: Option<Target>,
     stop: bool,
     generation: u64,
+    /// True from the moment a piece is taken until the thread looks for the next one (the
+    /// piece's sync happens outside the lock).
+    busy: bool,
 }
 
 struct Inner {
     state: Mutex<State>,
     wake: Condvar,
+    /// Told whenever the thread is about to wait with nothing due.
+    idle: Condvar,
     /// The file offset up to which the active segment holds either zeros written by the
     /// filler or records: the filler writes only beyond it. Changed under the lock only.
     filled: AtomicU64,
@@ -78,7 +83,8 @@ pub(crate) struct Filler {
 /// The filler thread's body.
 pub(crate) struct FillerThread(Arc<Inner>);
 
-/// Stops the filler thread.
+/// Stops the filler thread, or waits for it to be idle.
+#[derive(Clone)]
 pub(crate) struct FillerStop(Arc<Inner>);
 
 /// A filler that keeps `ahead` bytes of zeros beyond the end of the log: the writer's
@@ -89,8 +95,10 @@ pub(crate) fn filler(ahead: u64) -> (Filler, FillerThread, FillerStop) {
             target: None,
             stop: false,
             generation: 0,
+            busy: false,
         }),
         wake: Condvar::new(),
+        idle: Condvar::new(),
         filled: AtomicU64::new(0),
         end: AtomicU64::new(0),
         limit: AtomicU64::new(0),
@@ -117,6 +125,17 @@ impl FillerStop {
     pub fn stop(&self) {
         self.0.lock().stop = true;
         self.0.wake.notify_one();
+    }
+
+    /// Waits until the thread has written and synced every piece of zeros due now (or has
+    /// stopped).
+    #[cfg(any(test, feature = "sim"))]
+    pub fn wait_idle(&self) {
+        let inner = &self.0;
+        let mut s = inner.lock();
+        while !s.stop && (s.busy || inner.due(&s).is_some()) {
+            s = inner.idle.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -185,24 +204,33 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The piece of zeros due now, (offset, length), if any: zeros are kept up to the
+    /// distance ahead of the end of the log, within the segment.
+    fn due(&self, s: &State) -> Option<(u64, u64)> {
+        s.target.as_ref()?;
+        let limit = self.limit.load(Ordering::Acquire);
+        let filled = self.filled.load(Ordering::Acquire);
+        let end = self.end.load(Ordering::Acquire);
+        let ahead = self.ahead_now.load(Ordering::Acquire);
+        (filled < limit && filled < end.saturating_add(ahead))
+            .then(|| (filled, CHUNK.min(limit - filled)))
+    }
+
     /// The next piece of zeros to write, (offset, length), with the lock held; waits until
     /// one is due. `None` when stopping.
     fn next_piece(&self) -> Option<(MutexGuard<'_, State>, u64, u64)> {
         let mut s = self.lock();
+        s.busy = false;
         loop {
             if s.stop {
+                self.idle.notify_all();
                 return None;
             }
-            if s.target.is_some() {
-                let limit = self.limit.load(Ordering::Acquire);
-                let filled = self.filled.load(Ordering::Acquire);
-                let end = self.end.load(Ordering::Acquire);
-                let ahead = self.ahead_now.load(Ordering::Acquire);
-                if filled < limit && filled < end.saturating_add(ahead) {
-                    let len = CHUNK.min(limit - filled);
-                    return Some((s, filled, len));
-                }
+            if let Some((at, len)) = self.due(&s) {
+                s.busy = true;
+                return Some((s, at, len));
             }
+            self.idle.notify_all();
             s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -249,5 +277,45 @@ impl Inner {
         }
         s.target = None;
         self.limit.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filler over a segment of 64 MiB whose log ends at 4 KiB, without its thread.
+    fn filler_at_4k() -> (Filler, FillerThread) {
+        let (handle, body, _stop) = filler(8 << 20);
+        handle.target(Some(("/x.seg".into(), 64 << 20)), 4096, 4096);
+        (handle, body)
+    }
+
+    fn due(body: &FillerThread) -> Option<(u64, u64)> {
+        let s = body.0.lock();
+        body.0.due(&s)
+    }
+
+    #[test]
+    fn zeros_are_due_while_syncs_are_small() {
+        let (mut handle, body) = filler_at_4k();
+        handle.before_write(8192, 4096, 4 << 10);
+        assert_eq!(due(&body), Some((8192, CHUNK)));
+    }
+
+    #[test]
+    fn nothing_is_due_while_syncs_are_large_and_zeros_resume_below_half() {
+        let (mut handle, body) = filler_at_4k();
+        handle.before_write(8192, 4096, 4 << 10);
+        assert!(due(&body).is_some());
+        // Syncs grow past the line: the filler rests, even with zeros short.
+        handle.before_write(1 << 20, 1 << 20, SMALL_SYNCS + 1);
+        assert_eq!(due(&body), None);
+        // Between half the line and the line: still resting.
+        handle.before_write(2 << 20, 1 << 20, SMALL_SYNCS * 3 / 4);
+        assert_eq!(due(&body), None);
+        // Below half: zeros are due again.
+        handle.before_write(3 << 20, 4096, SMALL_SYNCS / 4);
+        assert!(due(&body).is_some());
     }
 }

@@ -55,9 +55,12 @@ pub async fn subscribe_from_start<S: EventStore>(store: &S) {
         wait_in_task(sub, "waiting subscriber"),
         wait_in_task(early, "waiting early subscriber"),
     ];
-    tokio::time::sleep(QUIET).await;
+    let mut waiters: Vec<_> = waiters.into_iter().collect();
+    for (_, parked) in waiters.iter_mut() {
+        waits_for_the_store(parked, 1, "waiting subscriber").await;
+    }
     let r = append_to(store, "a-1", vec![e.clone()]).await;
-    for waiter in waiters {
+    for (waiter, _) in waiters {
         let (_, got) = joined(waiter, "waiting subscriber").await;
         assert_eq!(got.position, r.first_position);
         assert!(got.same_as(&e));
@@ -66,14 +69,56 @@ pub async fn subscribe_from_start<S: EventStore>(store: &S) {
 
 /// Waits for a subscription's next event in a task of its own, so that only the store can wake
 /// it.
+///
+/// Also returns how many times the subscription has been left waiting for the store (its
+/// stream returned `Pending`), so that a test can append once the task waits.
 fn wait_in_task(
-    mut sub: SubscriptionStream,
+    sub: SubscriptionStream,
     what: &'static str,
-) -> tokio::task::JoinHandle<(SubscriptionStream, RecordedEvent)> {
-    tokio::spawn(async move {
+) -> (
+    tokio::task::JoinHandle<(SubscriptionStream, RecordedEvent)>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let (parked, parks) = tokio::sync::watch::channel(0usize);
+    let mut sub: SubscriptionStream = Box::pin(Parks { sub, parked });
+    let task = tokio::spawn(async move {
         let e = next_event(&mut sub, what).await;
         (sub, e)
-    })
+    });
+    (task, parks)
+}
+
+/// A subscription that counts the times it was left waiting.
+struct Parks {
+    sub: SubscriptionStream,
+    parked: tokio::sync::watch::Sender<usize>,
+}
+
+impl futures_core::Stream for Parks {
+    type Item = crate::Result<SubscriptionItem>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = this.sub.as_mut().poll_next(cx);
+        if polled.is_pending() {
+            this.parked.send_modify(|n| *n += 1);
+        }
+        polled
+    }
+}
+
+/// Waits until a subscription in a task has been left waiting `n` times.
+async fn waits_for_the_store(
+    parks: &mut tokio::sync::watch::Receiver<usize>,
+    n: usize,
+    what: &str,
+) {
+    if within(parks.wait_for(|&count| count >= n)).await.is_none() {
+        panic!("{what}: the subscription never waited within {WAIT:?}");
+    }
 }
 
 async fn joined<T: Send + 'static>(handle: tokio::task::JoinHandle<T>, what: &str) -> T {
@@ -230,10 +275,12 @@ pub async fn subscribe_filtered<S: EventStore>(store: &S) {
     // A waiting filtered subscriber skips an unmatched event and is woken by a matched one.
     let name = "waiting category subscriber";
     let matched = ev("Closed");
-    let waiter = wait_in_task(subs.swap_remove(1), name);
-    tokio::time::sleep(QUIET).await;
+    let (waiter, mut parks) = wait_in_task(subs.swap_remove(1), name);
+    waits_for_the_store(&mut parks, 1, name).await;
     append_to(store, "order-1", vec![ev("Deposited")]).await; // 10
-    tokio::time::sleep(QUIET).await;
+                                                              // Give the waiter the chance to skip it and wait again before the matched event comes
+                                                              // (a store need not wake a subscriber for an event it skips, so this wait is bounded).
+    let _ = tokio::time::timeout(QUIET, parks.wait_for(|&count| count >= 2)).await;
     append_to(store, "account-2", vec![matched.clone()]).await; // 11
     let (_, got) = joined(waiter, name).await;
     assert_eq!(got.position, 11, "{name}");

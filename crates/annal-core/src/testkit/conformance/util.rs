@@ -273,7 +273,12 @@ pub(super) async fn assert_quiet(sub: &mut SubscriptionStream, what: &str) {
     }
 }
 
-/// Sleeps long enough that the next append gets a later timestamp.
+/// Waits until the clock has moved on by a millisecond, so that the next append gets a later
+/// timestamp than the last (the stores of the tests share this machine's clock). Yields
+/// rather than sleeps: it waits on the clock itself.
 pub(super) async fn tick() {
-    tokio::time::sleep(Duration::from_millis(3)).await;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(1) {
+        tokio::task::yield_now().await;
+    }
 }
