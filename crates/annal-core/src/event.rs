@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::Timestamp;
+use crate::{Text, Timestamp};
 
 /// The content type events get when none is given.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
@@ -15,7 +16,7 @@ pub struct Metadata {
     /// The id of the event or command that directly caused this one.
     pub causation_id: Option<Uuid>,
     /// Who did it (a user, a service).
-    pub actor: Option<String>,
+    pub actor: Option<Text>,
     /// Free-form key/values.
     pub extra: BTreeMap<String, String>,
 }
@@ -31,31 +32,34 @@ impl Metadata {
 }
 
 /// An event to append. The store assigns stream, revision, position and time.
+///
+/// Names are [`Text`] and the payload [`Bytes`]: shared buffers, so that a request decoded
+/// from the network keeps each event's data where it arrived instead of copying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     /// Unique across the store; the idempotency key of retries.
     pub id: Uuid,
     /// What happened, e.g. `MoneyDeposited`.
-    pub event_type: String,
+    pub event_type: Text,
     /// Version of the event's schema, for upcasting (default 1).
     pub schema_version: u32,
     /// Content type of `data` (default `application/json`).
-    pub content_type: String,
+    pub content_type: Text,
     pub metadata: Metadata,
     /// The payload; opaque to the store.
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// Tags for Dynamic Consistency Boundary queries, e.g. `account:42`.
-    pub tags: Vec<String>,
+    pub tags: Vec<Text>,
 }
 
 impl NewEvent {
     /// A JSON event with a fresh random id, schema version 1 and no tags or metadata.
-    pub fn new(event_type: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+    pub fn new(event_type: impl Into<Text>, data: impl Into<Bytes>) -> Self {
         NewEvent {
             id: Uuid::new_v4(),
             event_type: event_type.into(),
             schema_version: 1,
-            content_type: DEFAULT_CONTENT_TYPE.to_string(),
+            content_type: default_content_type(),
             metadata: Metadata::default(),
             data: data.into(),
             tags: Vec::new(),
@@ -69,7 +73,7 @@ impl NewEvent {
     }
 
     /// Adds a tag.
-    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+    pub fn with_tag(mut self, tag: impl Into<Text>) -> Self {
         self.tags.push(tag.into());
         self
     }
@@ -87,7 +91,7 @@ impl NewEvent {
     }
 
     /// Sets the content type.
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<Text>) -> Self {
         self.content_type = content_type.into();
         self
     }
@@ -110,22 +114,25 @@ impl NewEvent {
 }
 
 /// An event as stored.
+///
+/// Its names and payload are shared buffers: the events read from one record of the log
+/// share that record's bytes and their stream's id, so reading allocates nothing per field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
     pub id: Uuid,
-    pub stream_id: String,
+    pub stream_id: Text,
     /// 0, 1, 2, ... gapless within the stream.
     pub revision: u64,
     /// 0, 1, 2, ... gapless across the whole log.
     pub position: u64,
     /// When the store wrote it; never decreases along the log.
     pub recorded_at: Timestamp,
-    pub event_type: String,
+    pub event_type: Text,
     pub schema_version: u32,
-    pub content_type: String,
+    pub content_type: Text,
     pub metadata: Metadata,
-    pub data: Vec<u8>,
-    pub tags: Vec<String>,
+    pub data: Bytes,
+    pub tags: Vec<Text>,
 }
 
 impl RecordedEvent {
@@ -144,6 +151,14 @@ impl RecordedEvent {
             && self.data == e.data
             && self.tags == e.tags
     }
+}
+
+/// The default content type as [`Text`], shared by every event that takes it.
+pub fn default_content_type() -> Text {
+    static DEFAULT: std::sync::OnceLock<Text> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| Text::from(DEFAULT_CONTENT_TYPE))
+        .clone()
 }
 
 /// The category of a stream: the prefix before the first `-` (the whole id when it has none).

@@ -10,14 +10,18 @@ mod event;
 mod query;
 mod request;
 mod store;
+mod text;
 mod time;
 pub mod validate;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use bytes::Bytes;
 pub use error::{Error, IoError};
-pub use event::{category_of, Metadata, NewEvent, RecordedEvent, DEFAULT_CONTENT_TYPE};
+pub use event::{
+    category_of, default_content_type, Metadata, NewEvent, RecordedEvent, DEFAULT_CONTENT_TYPE,
+};
 pub use query::{Query, QueryItem};
 pub use request::{
     AppendCondition, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, ExpectedRevision,
@@ -25,6 +29,7 @@ pub use request::{
     SubscribeFrom, SubscribeRequest, SubscriptionItem,
 };
 pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
+pub use text::{Text, TextCache};
 pub use time::{Timestamp, TimestampError};
 pub use uuid::Uuid;
 

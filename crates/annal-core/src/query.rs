@@ -41,7 +41,7 @@ impl Query {
     }
 
     /// True when an event with this type and these tags matches.
-    pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
+    pub fn matches<T: AsRef<str>>(&self, event_type: &str, tags: &[T]) -> bool {
         self.items.iter().any(|i| i.matches(event_type, tags))
     }
 }
@@ -70,9 +70,12 @@ impl QueryItem {
     }
 
     /// True when an event with this type and these tags matches.
-    pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
+    pub fn matches<T: AsRef<str>>(&self, event_type: &str, tags: &[T]) -> bool {
         (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
-            && self.tags.iter().all(|t| tags.contains(t))
+            && self
+                .tags
+                .iter()
+                .all(|t| tags.iter().any(|have| have.as_ref() == t))
     }
 }
 
@@ -90,16 +93,17 @@ mod tests {
         assert!(item.matches("A", &tags(&["y", "x", "z"])));
         assert!(!item.matches("A", &tags(&["x"])));
         assert!(!item.matches("C", &tags(&["x", "y"])));
-        assert!(QueryItem::default().matches("anything", &[]));
+        assert!(QueryItem::default().matches::<String>("anything", &[]));
     }
 
     #[test]
     fn query_is_an_or_of_items() {
         let q = Query::item(QueryItem::types(["A"])).or(QueryItem::tags(["t"]));
-        assert!(q.matches("A", &[]));
+        let none: &[String] = &[];
+        assert!(q.matches("A", none));
         assert!(q.matches("B", &tags(&["t"])));
-        assert!(!q.matches("B", &[]));
-        assert!(!Query::default().matches("A", &[]));
-        assert!(Query::all().matches("A", &[]));
+        assert!(!q.matches("B", none));
+        assert!(!Query::default().matches("A", none));
+        assert!(Query::all().matches("A", none));
     }
 }

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{NewEvent, Query, RecordedEvent, Timestamp};
+use crate::{NewEvent, Query, RecordedEvent, Text, Timestamp};
 
 /// What the writer expects of a stream before its batch is appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,14 +42,14 @@ impl ExpectedRevision {
 /// A batch of events for one stream, with its concurrency check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {
-    pub stream_id: String,
+    pub stream_id: Text,
     pub expected: ExpectedRevision,
     pub events: Vec<NewEvent>,
 }
 
 impl StreamAppend {
     pub fn new(
-        stream_id: impl Into<String>,
+        stream_id: impl Into<Text>,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Self {
@@ -79,7 +79,7 @@ pub struct AppendRequest {
 impl AppendRequest {
     /// A batch to one stream.
     pub fn stream(
-        stream_id: impl Into<String>,
+        stream_id: impl Into<Text>,
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Self {
@@ -110,7 +110,7 @@ impl AppendRequest {
 /// Where one stream's batch landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppendResult {
-    pub stream_id: String,
+    pub stream_id: Text,
     /// The stream's revision after the append (its last event's revision).
     pub revision: u64,
     pub first_position: u64,

@@ -253,7 +253,9 @@ mod tests {
             .to_string()
             .contains("twice"));
         let mut many = NewEvent::new("Tagged", b"{}".to_vec());
-        many.tags = (0..=MAX_TAGS_PER_EVENT).map(|i| format!("t{i}")).collect();
+        many.tags = (0..=MAX_TAGS_PER_EVENT)
+            .map(|i| format!("t{i}").into())
+            .collect();
         let err = append(&one("a", many), 1 << 20).unwrap_err();
         assert!(
             err.to_string().contains("more than the limit of 100"),

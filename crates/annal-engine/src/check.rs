@@ -210,7 +210,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
             }
             Next::Record(offset, payload) => {
                 done_bytes += payload.len() as u64 + 8;
-                let events = match decode_batch(payload) {
+                let events = match decode_batch(&payload) {
                     Ok(ev) if !ev.is_empty() => ev,
                     Ok(_) => {
                         report
@@ -244,14 +244,14 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 entries.clear();
                 decoded_batch_entries(&mut entries, &events, offset);
                 for e in &events {
-                    let want = revisions.get(&e.stream_id).copied().unwrap_or(0);
+                    let want = revisions.get(e.stream_id.as_str()).copied().unwrap_or(0);
                     if e.revision != want {
                         report.problems.push(format!(
                             "position {}: stream '{}' has revision {}, expected {want}",
                             e.position, e.stream_id, e.revision
                         ));
                     }
-                    revisions.insert(e.stream_id.clone(), e.revision + 1);
+                    revisions.insert(e.stream_id.to_string(), e.revision + 1);
                     heads.apply_event(e);
                 }
                 if last < checkpoint_at {
@@ -394,7 +394,7 @@ pub fn scan_events(dir: &Path, from: u64, f: &mut dyn FnMut(RecordedEvent) -> bo
         match reader.next_record()? {
             Next::Record(offset, payload) => {
                 let events =
-                    decode_batch(payload).map_err(|e| reader.corruption_at(offset, e.0))?;
+                    decode_batch(&payload).map_err(|e| reader.corruption_at(offset, e.0))?;
                 for e in events {
                     if e.position >= from && !f(e) {
                         return Ok(());

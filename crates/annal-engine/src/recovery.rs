@@ -222,7 +222,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
         match reader.next_record()? {
             Next::Record(offset, payload) => {
                 let corrupt = |problem: String| corruption_at(&segments, offset, problem);
-                let events = decode_batch(payload).map_err(|e| corrupt(e.0))?;
+                let events = decode_batch(&payload).map_err(|e| corrupt(e.0))?;
                 let Some(first) = events.first() else {
                     return Err(corrupt("empty batch".into()));
                 };

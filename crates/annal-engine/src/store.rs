@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::heads::{to_info, Heads};
 use crate::index::{key, Index, KIND_STREAM};
+use crate::io::Fs;
 use crate::layout::lock_path;
 use crate::log::format::StoredEvent;
 use crate::log::Log;
@@ -47,6 +48,34 @@ impl StoredRead {
     }
 }
 
+/// How long opening waits for a lock another holder is releasing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Takes the store's lock. A process that forks while it holds the lock shares it with the
+/// child until the child execs, so a store just closed in this process can look open for a
+/// moment; a lock that stays taken for `LOCK_WAIT` is another process's.
+fn lock(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn Send + Sync>> {
+    let path = lock_path(dir);
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match fs.lock(&path) {
+            Ok(lock) => return Ok(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(Error::Unavailable(format!(
+                        "the store in {} is open in another process",
+                        dir.display()
+                    )));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(Error::io(format!("locking {}", dir.display()), e)),
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with the default configuration.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
@@ -59,16 +88,7 @@ impl Store {
         let fs = config.fs.clone();
         fs.create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let lock = fs.lock(&lock_path(&dir)).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::Unavailable(format!(
-                    "the store in {} is open in another process",
-                    dir.display()
-                ))
-            } else {
-                Error::io(format!("locking {}", dir.display()), e)
-            }
-        })?;
+        let lock = lock(fs.as_ref(), &dir)?;
         let rec = recover(fs.as_ref(), &dir)?;
         let index = Index::default();
         {

@@ -128,12 +128,12 @@ struct Step {
     probe: Probe,
 }
 
-fn mask_names(mask: u8, names: &[&str]) -> Vec<String> {
+fn mask_names<T: for<'a> From<&'a str>>(mask: u8, names: &[&str]) -> Vec<T> {
     names
         .iter()
         .enumerate()
         .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, n)| n.to_string())
+        .map(|(_, n)| T::from(n))
         .collect()
 }
 
@@ -147,7 +147,7 @@ impl fmt::Debug for EventSpec {
             f,
             "{}{:?} d{}",
             TYPES[self.event_type],
-            mask_names(self.tags, &TAGS),
+            mask_names::<String>(self.tags, &TAGS),
             self.data
         )?;
         if self.big {
@@ -175,8 +175,8 @@ impl fmt::Debug for ItemSpec {
         write!(
             f,
             "types{:?} tags{:?}",
-            mask_names(self.types, &TYPES),
-            mask_names(self.tags, &TAGS)
+            mask_names::<String>(self.types, &TYPES),
+            mask_names::<String>(self.tags, &TAGS)
         )
     }
 }

@@ -273,7 +273,7 @@ async fn retries_conditions_and_id_reuse_against_requests_still_in_flight() {
         for r in &originals {
             // The original, then its retry, then the same ids in another stream.
             let mut moved = r.clone();
-            moved.streams[0].stream_id = format!("elsewhere-{round}");
+            moved.streams[0].stream_id = format!("elsewhere-{round}").into();
             for req in [r.clone(), r.clone(), moved] {
                 let store = store.clone();
                 tasks.push(tokio::spawn(async move { store.append(req).await }));

@@ -3,8 +3,8 @@
 //! An append is the one message whose size grows with the events it carries, so both ends
 //! skip the generated structs for it: the client encodes a core request into the frame
 //! ([`encode_append`], byte for byte what prost writes for the same request), and the server
-//! decodes the frame into a core request ([`decode_append`]), each event's strings and data
-//! copied once. Small parts (expected revision, metadata, condition) still go through the
+//! decodes the frame into a core request ([`decode_append`]): each event's data is a slice of
+//! the frame, and names that repeat between events share one text. Small parts (expected revision, metadata, condition) still go through the
 //! generated messages, so every wire rule (unknown fields skipped, the last of a repeated
 //! scalar wins, repeated messages merged) is prost's own.
 //!
@@ -168,13 +168,16 @@ struct StreamIn {
 }
 
 /// What decoding has met so far: the first field that makes no sense, kept until the whole
-/// message is known to be well-formed.
-struct Decoder {
+/// message is known to be well-formed; the names made so far; and the whole message, which
+/// event data is sliced from.
+struct Decoder<'a> {
     invalid: Option<Error>,
     stream: usize,
+    names: core::TextCache,
+    whole: &'a core::Bytes,
 }
 
-impl Decoder {
+impl Decoder<'_> {
     fn invalid(&mut self, e: impl FnOnce() -> Error) {
         if self.invalid.is_none() {
             self.invalid = Some(e());
@@ -186,7 +189,7 @@ impl Decoder {
     fn event(&mut self, e: NewEvent, index: usize) -> Option<core::NewEvent> {
         let stream = self.stream;
         let field = || format!("streams[{stream}].events[{index}]");
-        match crate::new_event(e, field) {
+        match crate::new_event(e, field, &mut self.names) {
             Ok(e) => Some(e),
             Err(err) => {
                 self.invalid(|| err);
@@ -208,7 +211,12 @@ fn at<T>(
     })
 }
 
-fn merge_event(e: &mut NewEvent, buf: &mut &[u8], ctx: DecodeContext) -> Result<(), DecodeError> {
+fn merge_event(
+    e: &mut NewEvent,
+    buf: &mut &[u8],
+    ctx: DecodeContext,
+    whole: &core::Bytes,
+) -> Result<(), DecodeError> {
     let (tag, wire_type) = decode_key(buf)?;
     const EVENT: &str = "NewEvent";
     match tag {
@@ -250,7 +258,7 @@ fn merge_event(e: &mut NewEvent, buf: &mut &[u8], ctx: DecodeContext) -> Result<
         ),
         6 => {
             let data = at(delimited(wire_type, buf), EVENT, "data")?;
-            e.data = prost::bytes::Bytes::copy_from_slice(data);
+            e.data = whole.slice_ref(data);
             Ok(())
         }
         7 => at(
@@ -263,7 +271,7 @@ fn merge_event(e: &mut NewEvent, buf: &mut &[u8], ctx: DecodeContext) -> Result<
 }
 
 fn merge_stream(
-    d: &mut Decoder,
+    d: &mut Decoder<'_>,
     s: &mut StreamIn,
     buf: &mut &[u8],
     ctx: DecodeContext,
@@ -300,9 +308,13 @@ fn merge_stream(
                 }
             }
             let mut e = NewEvent::default();
+            let whole = d.whole;
             at(
-                check_wire_type(WireType::LengthDelimited, wire_type)
-                    .and_then(|()| merge_loop(&mut e, buf, ctx, merge_event)),
+                check_wire_type(WireType::LengthDelimited, wire_type).and_then(|()| {
+                    merge_loop(&mut e, buf, ctx, |e, buf, ctx| {
+                        merge_event(e, buf, ctx, whole)
+                    })
+                }),
                 STREAM,
                 "events",
             )?;
@@ -316,11 +328,15 @@ fn merge_stream(
 
 /// Decodes an `annal.v1.AppendRequest` into a core request, as decoding it with prost and
 /// converting it with [`crate::append_request`] would. Events without an id get a random one.
-pub fn decode_append(mut buf: &[u8]) -> Result<core::AppendRequest, DecodeAppendError> {
+/// Each event's data is a slice of `whole`, not a copy.
+pub fn decode_append(whole: &core::Bytes) -> Result<core::AppendRequest, DecodeAppendError> {
+    let mut buf: &[u8] = whole;
     let ctx = DecodeContext::default();
     let mut d = Decoder {
         invalid: None,
         stream: 0,
+        names: core::TextCache::default(),
+        whole,
     };
     let mut streams = Vec::new();
     let mut condition: Option<AppendCondition> = None;
@@ -336,7 +352,7 @@ pub fn decode_append(mut buf: &[u8]) -> Result<core::AppendRequest, DecodeAppend
                         merge_stream(&mut d, s, buf, ctx)
                     })?;
                     streams.push(core::StreamAppend {
-                        stream_id: s.stream_id,
+                        stream_id: s.stream_id.into(),
                         expected: crate::expected_revision(s.expected),
                         events: s.events,
                     });
@@ -407,7 +423,7 @@ mod tests {
             .prop_map(|(c, k, actor, extra)| core::Metadata {
                 correlation_id: c.map(Uuid::from_u128),
                 causation_id: k.map(Uuid::from_u128),
-                actor,
+                actor: actor.map(core::Text::from),
                 extra: extra.into_iter().collect::<BTreeMap<_, _>>(),
             })
     }
@@ -424,12 +440,12 @@ mod tests {
         )
             .prop_map(|(id, t, v, ct, m, data, tags)| core::NewEvent {
                 id: Uuid::from_u128(id),
-                event_type: t,
+                event_type: t.into(),
                 schema_version: v,
-                content_type: ct,
+                content_type: ct.into(),
                 metadata: m,
-                data,
-                tags,
+                data: data.into(),
+                tags: tags.into_iter().map(core::Text::from).collect(),
             })
     }
 
@@ -445,7 +461,7 @@ mod tests {
     fn request() -> impl Strategy<Value = core::AppendRequest> {
         let stream = (name(), expected(), proptest::collection::vec(event(), 0..5)).prop_map(
             |(stream_id, expected, events)| core::StreamAppend {
-                stream_id,
+                stream_id: stream_id.into(),
                 expected,
                 events,
             },
@@ -515,7 +531,7 @@ mod tests {
             let theirs = crate::AppendRequest::from(r.clone()).encode_to_vec();
             prop_assert_eq!(n, theirs.len());
             prop_assert_eq!(&out[1..], &theirs[..]);
-            let back = decode_append(&theirs);
+            let back = decode_append(&core::Bytes::from(theirs));
             prop_assert!(matches!(&back, Ok(b) if *b == r), "{:?}", back.err());
         }
 
@@ -538,14 +554,14 @@ mod tests {
             if let Some(t) = truncate {
                 bytes.truncate(t.index(bytes.len()));
             }
-            let ours = decode_append(&bytes);
+            let ours = decode_append(&core::Bytes::from(bytes.clone()));
             let theirs = prost_reading(&bytes);
             prop_assert!(same(&ours, &theirs), "ours {:?}, prost {:?}", ours.as_ref().err(), theirs.as_ref().err());
         }
 
         #[test]
         fn agrees_with_prost_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let ours = decode_append(&bytes);
+            let ours = decode_append(&core::Bytes::from(bytes.clone()));
             let theirs = prost_reading(&bytes);
             prop_assert!(same(&ours, &theirs), "ours {:?}, prost {:?}", ours.as_ref().err(), theirs.as_ref().err());
         }
@@ -563,7 +579,7 @@ mod tests {
         ));
         r.streams[0].events[1].id = vec![1, 2, 3];
         let bytes = r.encode_to_vec();
-        match decode_append(&bytes) {
+        match decode_append(&core::Bytes::from(bytes.clone())) {
             Err(DecodeAppendError::Invalid(e)) => {
                 let text = e.to_string();
                 assert!(text.contains("streams[0].events[1].id"), "{text}");
@@ -573,12 +589,12 @@ mod tests {
         }
         // Cut short, the same message is malformed first.
         assert!(matches!(
-            decode_append(&bytes[..bytes.len() - 1]),
+            decode_append(&core::Bytes::copy_from_slice(&bytes[..bytes.len() - 1])),
             Err(DecodeAppendError::Malformed(_))
         ));
         // No id: a random one.
         r.streams[0].events[1].id.clear();
-        let decoded = decode_append(&r.encode_to_vec()).expect("well-formed");
+        let decoded = decode_append(&r.encode_to_vec().into()).expect("well-formed");
         assert_eq!(decoded.streams[0].events[1].id.get_version_num(), 4);
     }
 }

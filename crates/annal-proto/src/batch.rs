@@ -107,7 +107,7 @@ mod tests {
         (0..5u64)
             .map(|i| core::RecordedEvent {
                 id: core::Uuid::from_u128(u128::from(i) + 1),
-                stream_id: format!("s-{i}"),
+                stream_id: format!("s-{i}").into(),
                 revision: 0,
                 position: i,
                 recorded_at: core::Timestamp(i as i64),
@@ -115,8 +115,8 @@ mod tests {
                 schema_version: 1,
                 content_type: "application/json".into(),
                 metadata: core::Metadata::default(),
-                data: format!("{{\"i\":{i}}}").into_bytes(),
-                tags: vec![format!("n:{i}")],
+                data: format!("{{\"i\":{i}}}").into(),
+                tags: vec![format!("n:{i}").into()],
             })
             .collect()
     }

@@ -75,7 +75,7 @@ impl From<core::Metadata> for Metadata {
         Metadata {
             correlation_id: uuid_bytes(m.correlation_id),
             causation_id: uuid_bytes(m.causation_id),
-            actor: m.actor,
+            actor: m.actor.map(String::from),
             extra: m.extra.into_iter().collect(),
         }
     }
@@ -89,7 +89,7 @@ fn metadata(m: Option<Metadata>, field: impl Fn() -> String) -> Result<core::Met
     Ok(core::Metadata {
         correlation_id: optional_uuid(&m.correlation_id, || format!("{}.correlation_id", field()))?,
         causation_id: optional_uuid(&m.causation_id, || format!("{}.causation_id", field()))?,
-        actor: m.actor,
+        actor: m.actor.map(core::Text::from),
         extra: m.extra.into_iter().collect::<BTreeMap<_, _>>(),
     })
 }
@@ -98,19 +98,24 @@ impl From<core::NewEvent> for NewEvent {
     fn from(e: core::NewEvent) -> Self {
         NewEvent {
             id: e.id.as_bytes().to_vec(),
-            event_type: e.event_type,
+            event_type: e.event_type.into(),
             schema_version: Some(e.schema_version),
-            content_type: Some(e.content_type),
+            content_type: Some(e.content_type.into()),
             metadata: (!e.metadata.is_empty()).then(|| e.metadata.into()),
-            data: e.data.into(),
-            tags: e.tags,
+            data: e.data,
+            tags: e.tags.into_iter().map(String::from).collect(),
         }
     }
 }
 
 /// An event of a client's request; `field` names it in errors (called only when there is
 /// one, so valid requests format nothing).
-fn new_event(e: NewEvent, field: impl Fn() -> String) -> Result<core::NewEvent> {
+/// Names that repeat between the events of one request share one `Text` through `names`.
+fn new_event(
+    e: NewEvent,
+    field: impl Fn() -> String,
+    names: &mut core::TextCache,
+) -> Result<core::NewEvent> {
     let id = if e.id.is_empty() {
         Uuid::new_v4()
     } else {
@@ -118,14 +123,14 @@ fn new_event(e: NewEvent, field: impl Fn() -> String) -> Result<core::NewEvent> 
     };
     Ok(core::NewEvent {
         id,
-        event_type: e.event_type,
+        event_type: names.string(e.event_type),
         schema_version: e.schema_version.unwrap_or(1),
         content_type: e
             .content_type
-            .unwrap_or_else(|| core::DEFAULT_CONTENT_TYPE.to_string()),
+            .map_or_else(core::default_content_type, |c| names.string(c)),
         metadata: metadata(e.metadata, || format!("{}.metadata", field()))?,
-        data: Vec::from(e.data),
-        tags: e.tags,
+        data: e.data,
+        tags: e.tags.into_iter().map(|t| names.string(t)).collect(),
     })
 }
 
@@ -133,16 +138,16 @@ impl From<core::RecordedEvent> for RecordedEvent {
     fn from(e: core::RecordedEvent) -> Self {
         RecordedEvent {
             id: e.id.as_bytes().to_vec(),
-            stream_id: e.stream_id,
+            stream_id: e.stream_id.into(),
             revision: e.revision,
             position: e.position,
             recorded_at_us: e.recorded_at.as_micros(),
-            event_type: e.event_type,
+            event_type: e.event_type.into(),
             schema_version: e.schema_version,
-            content_type: e.content_type,
+            content_type: e.content_type.into(),
             metadata: (!e.metadata.is_empty()).then(|| e.metadata.into()),
-            data: e.data.into(),
-            tags: e.tags,
+            data: e.data,
+            tags: e.tags.into_iter().map(String::from).collect(),
         }
     }
 }
@@ -151,16 +156,16 @@ impl From<core::RecordedEvent> for RecordedEvent {
 pub fn recorded_event(e: RecordedEvent) -> Result<core::RecordedEvent> {
     Ok(core::RecordedEvent {
         id: uuid_field(&e.id, || "event id".into()).map_err(from_server)?,
-        stream_id: e.stream_id,
+        stream_id: e.stream_id.into(),
         revision: e.revision,
         position: e.position,
         recorded_at: Timestamp(e.recorded_at_us),
-        event_type: e.event_type,
+        event_type: e.event_type.into(),
         schema_version: e.schema_version,
-        content_type: e.content_type,
+        content_type: e.content_type.into(),
         metadata: metadata(e.metadata, || "event metadata".into()).map_err(from_server)?,
-        data: Vec::from(e.data),
-        tags: e.tags,
+        data: e.data,
+        tags: e.tags.into_iter().map(core::Text::from).collect(),
     })
 }
 
@@ -227,7 +232,7 @@ impl From<core::AppendRequest> for AppendRequest {
                 .streams
                 .into_iter()
                 .map(|s| StreamAppend {
-                    stream_id: s.stream_id,
+                    stream_id: s.stream_id.into(),
                     expected: Some(s.expected.into()),
                     events: s.events.into_iter().map(Into::into).collect(),
                 })
@@ -243,13 +248,18 @@ impl From<core::AppendRequest> for AppendRequest {
 /// A client's append request. Events without an id get a random one.
 pub fn append_request(r: AppendRequest) -> Result<core::AppendRequest> {
     let mut streams = Vec::with_capacity(r.streams.len());
+    let mut names = core::TextCache::default();
     for (i, s) in r.streams.into_iter().enumerate() {
         let mut events = Vec::with_capacity(s.events.len());
         for (j, e) in s.events.into_iter().enumerate() {
-            events.push(new_event(e, || format!("streams[{i}].events[{j}]"))?);
+            events.push(new_event(
+                e,
+                || format!("streams[{i}].events[{j}]"),
+                &mut names,
+            )?);
         }
         streams.push(core::StreamAppend {
-            stream_id: s.stream_id,
+            stream_id: s.stream_id.into(),
             expected: expected_revision(s.expected),
             events,
         });
@@ -274,7 +284,7 @@ impl From<core::AppendResult> for AppendResponse {
                 .streams
                 .into_iter()
                 .map(|s| StreamAppendResult {
-                    stream_id: s.stream_id,
+                    stream_id: s.stream_id.into(),
                     revision: s.revision,
                     first_position: s.first_position,
                     last_position: s.last_position,
@@ -294,7 +304,7 @@ impl From<AppendResponse> for core::AppendResult {
                 .streams
                 .into_iter()
                 .map(|s| core::StreamAppendResult {
-                    stream_id: s.stream_id,
+                    stream_id: s.stream_id.into(),
                     revision: s.revision,
                     first_position: s.first_position,
                     last_position: s.last_position,
@@ -907,7 +917,7 @@ mod tests {
         ) {
             let e = core::RecordedEvent {
                 id: Uuid::new_v4(),
-                stream_id: stream,
+                stream_id: stream.into(),
                 revision,
                 position,
                 recorded_at: Timestamp(at),
@@ -917,11 +927,11 @@ mod tests {
                 metadata: core::Metadata {
                     correlation_id: correlated.then(Uuid::new_v4),
                     causation_id: None,
-                    actor,
+                    actor: actor.map(core::Text::from),
                     extra: [("k".to_string(), "v".to_string())].into_iter().collect(),
                 },
-                data,
-                tags,
+                data: data.into(),
+                tags: tags.into_iter().map(core::Text::from).collect(),
             };
             let wire = RecordedEvent::from(e.clone()).encode_to_vec();
             let back = recorded_event(RecordedEvent::decode(wire.as_slice()).unwrap()).unwrap();

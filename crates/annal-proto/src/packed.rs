@@ -25,7 +25,7 @@
 //!
 //! where `str` is a 4-byte length and that many bytes of UTF-8.
 
-use annal_core::{Error, Metadata, RecordedEvent, Result, Timestamp, Uuid};
+use annal_core::{Bytes, Error, Metadata, RecordedEvent, Result, Text, TextCache, Timestamp, Uuid};
 use bytes::BufMut;
 
 const CORRELATION: u8 = 1;
@@ -126,7 +126,7 @@ where
 
 type OwnedParts<'a> = Parts<
     'a,
-    std::iter::Map<std::slice::Iter<'a, String>, fn(&String) -> &str>,
+    std::iter::Map<std::slice::Iter<'a, Text>, fn(&Text) -> &str>,
     std::iter::Map<
         std::collections::btree_map::Iter<'a, String, String>,
         fn((&'a String, &'a String)) -> (&'a str, &'a str),
@@ -148,7 +148,7 @@ pub fn parts(e: &RecordedEvent) -> OwnedParts<'_> {
         stream_id: &e.stream_id,
         event_type: &e.event_type,
         content_type: &e.content_type,
-        tags: e.tags.iter().map(String::as_str as fn(&String) -> &str),
+        tags: e.tags.iter().map(Text::as_str as fn(&Text) -> &str),
         extra: m.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         data: &e.data,
     }
@@ -174,11 +174,12 @@ pub fn encode_into(events: &[RecordedEvent], out: &mut impl BufMut) {
 
 /// Reads a batch; any malformed byte is an error, never a panic.
 struct Reader<'a> {
-    buf: &'a [u8],
+    buf: &'a Bytes,
     at: usize,
+    names: TextCache,
 }
 
-impl<'a> Reader<'a> {
+impl Reader<'_> {
     fn bad(&self, what: &str) -> Error {
         Error::Internal(format!(
             "the server sent a malformed packed batch: {what} at byte {}",
@@ -186,21 +187,21 @@ impl<'a> Reader<'a> {
         ))
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: &str) -> Result<std::ops::Range<usize>> {
         let end = self
             .at
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
             .ok_or_else(|| self.bad(what))?;
-        let s = &self.buf[self.at..end];
+        let range = self.at..end;
         self.at = end;
-        Ok(s)
+        Ok(range)
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let s = self.take(N, what)?;
+        let range = self.take(N, what)?;
         let mut a = [0u8; N];
-        a.copy_from_slice(s);
+        a.copy_from_slice(&self.buf[range]);
         Ok(a)
     }
 
@@ -217,28 +218,43 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    /// A string; when it is the same as `prev` (the field of the event before, which a batch
-    /// repeats often), a copy of that without checking the bytes again.
-    fn string_like(&mut self, what: &str, prev: Option<&String>) -> Result<String> {
+    /// A string: the one `prev` holds (the field of the event before, which a batch repeats
+    /// often) when the bytes are the same, without checking them again; otherwise one of
+    /// the batch's names.
+    fn text_like(&mut self, what: &str, prev: Option<&Text>) -> Result<Text> {
         let n = self.len(what)?;
-        let bytes = self.take(n, what)?;
+        let range = self.take(n, what)?;
+        let bytes = &self.buf[range];
         if let Some(prev) = prev.filter(|p| p.as_bytes() == bytes) {
             return Ok(prev.clone());
         }
         match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_string()),
+            Ok(s) => Ok(self.names.text(s)),
             Err(_) => Err(self.bad(what)),
         }
     }
 
+    fn text(&mut self, what: &str) -> Result<Text> {
+        self.text_like(what, None)
+    }
+
     fn string(&mut self, what: &str) -> Result<String> {
-        self.string_like(what, None)
+        let n = self.len(what)?;
+        let range = self.take(n, what)?;
+        match std::str::from_utf8(&self.buf[range]) {
+            Ok(s) => Ok(s.to_string()),
+            Err(_) => Err(self.bad(what)),
+        }
     }
 }
 
-/// The events of a batch.
-pub fn decode(buf: &[u8]) -> Result<Vec<RecordedEvent>> {
-    let mut r = Reader { buf, at: 0 };
+/// The events of a batch; their data are slices of `buf`, and their names shared.
+pub fn decode(buf: &Bytes) -> Result<Vec<RecordedEvent>> {
+    let mut r = Reader {
+        buf,
+        at: 0,
+        names: TextCache::default(),
+    };
     let mut out = Vec::new();
     while r.at < buf.len() {
         let position = u64::from_le_bytes(r.array("position")?);
@@ -261,18 +277,18 @@ pub fn decode(buf: &[u8]) -> Result<Vec<RecordedEvent>> {
             None
         };
         let prev: Option<&RecordedEvent> = out.last();
-        let stream_id = r.string_like("stream id", prev.map(|e| &e.stream_id))?;
-        let event_type = r.string_like("event type", prev.map(|e| &e.event_type))?;
-        let content_type = r.string_like("content type", prev.map(|e| &e.content_type))?;
+        let stream_id = r.text_like("stream id", prev.map(|e| &e.stream_id))?;
+        let event_type = r.text_like("event type", prev.map(|e| &e.event_type))?;
+        let content_type = r.text_like("content type", prev.map(|e| &e.content_type))?;
         let actor = if flags & ACTOR != 0 {
-            Some(r.string("actor")?)
+            Some(r.text("actor")?)
         } else {
             None
         };
         let n = r.len("tag count")?;
         let mut tags = Vec::with_capacity(n);
         for _ in 0..n {
-            tags.push(r.string("tag")?);
+            tags.push(r.text("tag")?);
         }
         let n = r.len("metadata count")?;
         let mut extra = std::collections::BTreeMap::new();
@@ -282,7 +298,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<RecordedEvent>> {
             extra.insert(k, v);
         }
         let n = r.len("data length")?;
-        let data = r.take(n, "data")?.to_vec();
+        let data = buf.slice(r.take(n, "data")?);
         out.push(RecordedEvent {
             id,
             stream_id,
@@ -319,7 +335,7 @@ mod tests {
     ) -> RecordedEvent {
         RecordedEvent {
             id: Uuid::from_u128(u128::from(i) * 7919 + 1),
-            stream_id: format!("account-{i}"),
+            stream_id: format!("account-{i}").into(),
             revision: i / 3,
             position: i,
             recorded_at: Timestamp(1_795_000_000_000_000 - i as i64 * 1000),
@@ -329,11 +345,11 @@ mod tests {
             metadata: Metadata {
                 correlation_id: linked.then(|| Uuid::from_u128(42)),
                 causation_id: linked.then(|| Uuid::from_u128(43)),
-                actor,
+                actor: actor.map(Text::from),
                 extra: [("k".to_string(), format!("v{i}"))].into_iter().collect(),
             },
-            data,
-            tags,
+            data: data.into(),
+            tags: tags.into_iter().map(Text::from).collect(),
         }
     }
 
@@ -358,7 +374,7 @@ mod tests {
             let mut buf = Vec::new();
             encode(&events, &mut buf);
             prop_assert_eq!(buf.len(), events.iter().map(encoded_len).sum::<usize>());
-            prop_assert_eq!(decode(&buf).unwrap(), events);
+            prop_assert_eq!(decode(&Bytes::from(buf)).unwrap(), events);
         }
 
         #[test]
@@ -372,11 +388,11 @@ mod tests {
             let mut buf = Vec::new();
             encode(&events, &mut buf);
             let cut = cut.min(buf.len());
-            let _ = decode(&buf[..cut]);
+            let _ = decode(&Bytes::copy_from_slice(&buf[..cut]));
             if flip < buf.len() {
                 buf[flip] ^= 0xa5;
             }
-            let _ = decode(&buf);
+            let _ = decode(&Bytes::from(buf));
         }
     }
 
@@ -384,8 +400,8 @@ mod tests {
     fn a_truncated_batch_names_what_is_missing() {
         let mut buf = Vec::new();
         encode(&[event(1, None, vec![], b"{}".to_vec(), false)], &mut buf);
-        let e = decode(&buf[..buf.len() - 1]).unwrap_err();
+        let e = decode(&Bytes::copy_from_slice(&buf[..buf.len() - 1])).unwrap_err();
         assert!(e.to_string().contains("data"), "{e}");
-        assert!(decode(&[]).unwrap().is_empty());
+        assert!(decode(&Bytes::new()).unwrap().is_empty());
     }
 }

@@ -198,12 +198,17 @@ pub struct MetadataJson {
     pub extra: BTreeMap<String, String>,
 }
 
+/// Serializes texts as a JSON array of strings.
+fn texts<S: serde::Serializer>(texts: &&[annal_core::Text], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(texts.iter().map(annal_core::Text::as_str))
+}
+
 impl From<&Metadata> for MetadataJson {
     fn from(m: &Metadata) -> Self {
         MetadataJson {
             correlation_id: m.correlation_id.map(|u| u.to_string()),
             causation_id: m.causation_id.map(|u| u.to_string()),
-            actor: m.actor.clone(),
+            actor: m.actor.as_ref().map(|a| a.to_string()),
             extra: m.extra.clone(),
         }
     }
@@ -225,7 +230,7 @@ impl MetadataJson {
                 .causation_id
                 .map(|u| parse_uuid(&u, || format!("{}.causation_id", field())))
                 .transpose()?,
-            actor: self.actor,
+            actor: self.actor.map(annal_core::Text::from),
             extra: self.extra,
         })
     }
@@ -249,7 +254,9 @@ pub struct EventJson<'a> {
     pub schema_version: u32,
     pub content_type: &'a str,
     pub metadata: MetadataJson,
-    pub tags: &'a [String],
+    #[serde(serialize_with = "texts")]
+    #[schema(value_type = Vec<String>)]
+    pub tags: &'a [annal_core::Text],
     /// The data, when its content type is JSON: any JSON value.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>)]
@@ -332,7 +339,7 @@ impl NewEventJson {
                 ))
             }
             (Some(raw), None) => (
-                raw.get().as_bytes().to_vec(),
+                annal_core::Bytes::copy_from_slice(raw.get().as_bytes()),
                 annal_core::DEFAULT_CONTENT_TYPE,
             ),
             (None, Some(b64)) => (
@@ -343,10 +350,11 @@ impl NewEventJson {
                             format!("{}.data_base64", field()),
                             format!("is not base64: {e}"),
                         )
-                    })?,
+                    })?
+                    .into(),
                 "application/octet-stream",
             ),
-            (None, None) => (Vec::new(), annal_core::DEFAULT_CONTENT_TYPE),
+            (None, None) => (annal_core::Bytes::new(), annal_core::DEFAULT_CONTENT_TYPE),
         };
         let content_type = self
             .content_type
@@ -356,16 +364,16 @@ impl NewEventJson {
                 Some(id) => parse_uuid(&id, || format!("{}.id", field()))?,
                 None => Uuid::new_v4(),
             },
-            event_type: self.event_type,
+            event_type: self.event_type.into(),
             schema_version: self.schema_version.unwrap_or(1),
-            content_type,
+            content_type: content_type.into(),
             metadata: self
                 .metadata
                 .map(|m| m.into_core(|| format!("{}.metadata", field())))
                 .transpose()?
                 .unwrap_or_default(),
             data,
-            tags: self.tags,
+            tags: self.tags.into_iter().map(annal_core::Text::from).collect(),
         })
     }
 }
@@ -503,7 +511,7 @@ impl StreamAppendJson {
     pub fn into_core(self, stream_id: String) -> Result<AppendRequest, Error> {
         Ok(AppendRequest {
             streams: vec![StreamAppend {
-                stream_id,
+                stream_id: stream_id.into(),
                 expected: self
                     .expected_revision
                     .map_or(ExpectedRevision::Any, Into::into),
@@ -519,7 +527,7 @@ impl AppendJson {
         let mut streams = Vec::with_capacity(self.streams.len());
         for (i, s) in self.streams.into_iter().enumerate() {
             streams.push(StreamAppend {
-                stream_id: s.stream_id,
+                stream_id: s.stream_id.into(),
                 expected: s
                     .expected_revision
                     .map_or(ExpectedRevision::Any, Into::into),
@@ -563,7 +571,7 @@ impl From<AppendResult> for AppendResultJson {
                 .streams
                 .into_iter()
                 .map(|s| StreamResultJson {
-                    stream_id: s.stream_id,
+                    stream_id: s.stream_id.into(),
                     revision: s.revision,
                     first_position: s.first_position,
                     last_position: s.last_position,
@@ -923,7 +931,7 @@ mod tests {
             schema_version: 1,
             content_type: "application/json".into(),
             metadata: Metadata::default(),
-            data: br#"{"a": [1, 2]}"#.to_vec(),
+            data: br#"{"a": [1, 2]}"#.to_vec().into(),
             tags: vec!["x:1".into()],
         };
         let v = event_value(&e);
@@ -931,13 +939,13 @@ mod tests {
         assert!(v.get("data_base64").is_none());
         assert_eq!(v["recorded_at"], "2026-11-18T11:06:40.123456Z");
         e.content_type = "application/octet-stream".into();
-        e.data = vec![0xff, 0, 1];
+        e.data = vec![0xff, 0, 1].into();
         let v = event_value(&e);
         assert_eq!(v["data_base64"], "/wAB");
         assert!(v.get("data").is_none());
         // JSON content that is not JSON is still delivered, as base64.
         e.content_type = "application/json".into();
-        e.data = b"not json".to_vec();
+        e.data = b"not json".to_vec().into();
         assert_eq!(event_value(&e)["data_base64"], base64(b"not json"));
     }
 
@@ -946,7 +954,7 @@ mod tests {
         let e: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","data":{"k": 1},"tags":["t"]}"#).unwrap();
         let e = e.into_core(|| "events[0]".into()).unwrap();
-        assert_eq!(e.data, br#"{"k": 1}"#);
+        assert_eq!(&e.data[..], br#"{"k": 1}"#);
         assert_eq!(e.content_type, "application/json");
         let e: NewEventJson =
             serde_json::from_str(r#"{"event_type":"A","data_base64":"/wAB"}"#).unwrap();

@@ -290,10 +290,11 @@ async fn read_frames(
             b = state.admit(len) => b.map_err(|e| (header.id, e))?,
             () = stopping(&mut shutdown) => return Ok(()),
         };
-        let payload = read_payload(read, header, limits.payload_timeout).await?;
+        let payload =
+            annal_core::Bytes::from(read_payload(read, header, limits.payload_timeout).await?);
         let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
-            let frame = match append(&state, &payload).await {
+            let frame = match append(&state, payload).await {
                 Ok(response) => {
                     metrics::request("wire", "2xx");
                     let mut out = Vec::with_capacity(HEADER_LEN + response.encoded_len());
@@ -324,8 +325,8 @@ fn gone(sent: std::io::Result<()>) -> Result<(), Fatal> {
     })
 }
 
-async fn append(state: &State, payload: &[u8]) -> Result<pb::AppendResponse, Error> {
-    let request = decode_append(payload).map_err(|e| match e {
+async fn append(state: &State, payload: annal_core::Bytes) -> Result<pb::AppendResponse, Error> {
+    let request = decode_append(&payload).map_err(|e| match e {
         DecodeAppendError::Malformed(e) => Error::invalid(
             "request",
             format!("the Append frame does not hold an annal.v1.AppendRequest: {e}"),

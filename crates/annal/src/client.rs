@@ -184,13 +184,13 @@ pub async fn append(remote: &Remote, a: AppendArgs) -> Outcome {
                 .causation_id
                 .map(|c| parse_uuid("--causation-id", &c))
                 .transpose()?,
-            actor: a.actor,
+            actor: a.actor.map(Into::into),
             extra: Default::default(),
         });
     if let Some(id) = a.id {
         e = e.with_id(parse_uuid("--id", &id)?);
     }
-    e.tags = a.tags;
+    e.tags = a.tags.into_iter().map(Into::into).collect();
     let expected = match a.expected_revision {
         Some(t) => parse_expected(&t)?,
         None => ExpectedRevision::Any,

@@ -12,6 +12,8 @@ use std::task::{Context, Poll, Waker};
 use futures_core::Stream;
 use uuid::Uuid;
 
+use crate::Text;
+
 use crate::{
     category_of, validate, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, Error,
     EventStore, EventStream, ListCategories, ListStreams, NewEvent, ReadRequest, RecordedEvent,
@@ -111,7 +113,7 @@ enum Prior<'a> {
 fn conflict(stored: &RecordedEvent, problem: impl Into<String>) -> Error {
     Error::EventIdConflict {
         event_id: stored.id,
-        stream: stored.stream_id.clone(),
+        stream: stored.stream_id.to_string(),
         position: stored.position,
         problem: problem.into(),
     }
@@ -196,7 +198,7 @@ fn source_matches(source: &Source, e: &RecordedEvent) -> bool {
         Source::All => true,
         Source::Stream(id) => e.stream_id == *id,
         Source::Category(c) => category_of(&e.stream_id) == c,
-        Source::EventTypes(types) => types.contains(&e.event_type),
+        Source::EventTypes(types) => types.iter().any(|t| *t == e.event_type),
         Source::Query(q) => q.matches(&e.event_type, &e.tags),
     }
 }
@@ -260,7 +262,7 @@ impl MemoryStore {
             let actual = state.stream_revision(&append.stream_id);
             if !append.expected.accepts(actual) {
                 return Err(Error::WrongExpectedRevision {
-                    stream: append.stream_id.clone(),
+                    stream: append.stream_id.to_string(),
                     expected: append.expected,
                     actual,
                 });
@@ -301,7 +303,7 @@ impl MemoryStore {
                 state.ids.insert(e.id, position);
                 state
                     .streams
-                    .entry(append.stream_id.clone())
+                    .entry(append.stream_id.to_string())
                     .or_default()
                     .push(position);
                 revision += 1;
@@ -448,14 +450,14 @@ impl MemoryStore {
 
 fn recorded(
     e: &NewEvent,
-    stream_id: &str,
+    stream_id: &Text,
     revision: u64,
     position: u64,
     recorded_at: Timestamp,
 ) -> RecordedEvent {
     RecordedEvent {
         id: e.id,
-        stream_id: stream_id.to_string(),
+        stream_id: stream_id.clone(),
         revision,
         position,
         recorded_at,

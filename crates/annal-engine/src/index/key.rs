@@ -5,7 +5,7 @@
 //! time kinds have no name). Hashes can collide, so every reader checks the event it loads
 //! against what it asked for.
 
-use annal_core::{NewEvent, RecordedEvent, Uuid};
+use annal_core::{NewEvent, RecordedEvent, Text, Uuid};
 
 pub const KIND_STREAM: u8 = 1;
 pub const KIND_CATEGORY: u8 = 2;
@@ -66,7 +66,7 @@ pub fn keyed_event_entries(
     revision: u64,
     position: u64,
     type_key: u64,
-    tags: &[String],
+    tags: &[Text],
     id: &Uuid,
 ) {
     out.push(Entry::new(stream_key, revision, position));
@@ -209,7 +209,7 @@ mod tests {
                 .into_iter()
                 .map(|(t, tags)| {
                     let mut e = NewEvent::new(format!("T{t}"), b"{}".to_vec());
-                    e.tags = tags.iter().map(|t| format!("tag:{t}")).collect();
+                    e.tags = tags.iter().map(|t| format!("tag:{t}").into()).collect();
                     e
                 })
                 .collect();

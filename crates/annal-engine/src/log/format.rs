@@ -45,7 +45,7 @@
 //! The log offset of a record is the segment's base offset plus its offset in the file minus
 //! the header length: offsets run on across segments without gaps.
 
-use annal_core::{Metadata, NewEvent, RecordedEvent, Timestamp, Uuid};
+use annal_core::{Bytes, Metadata, NewEvent, RecordedEvent, Text, TextCache, Timestamp, Uuid};
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -59,7 +59,7 @@ const BATCH_FIXED_LEN: usize = 1 + 8 + 8 + 8 + 4 + 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub String);
 
-type DResult<T> = Result<T, DecodeError>;
+pub type DResult<T> = Result<T, DecodeError>;
 
 /// A segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,12 +296,185 @@ pub fn decode_batch_header(payload: &[u8]) -> DResult<BatchHeader> {
     })
 }
 
-/// Decodes every event of a batch payload.
-pub fn decode_batch(payload: &[u8]) -> DResult<Vec<RecordedEvent>> {
-    Ok(check_batch(payload)?
-        .iter()
-        .map(StoredEvent::to_event)
-        .collect())
+/// Decodes every event of a batch payload. The events share the payload's bytes (their
+/// data is a slice of it) and their names: the events of one stream share its id, events of
+/// one type their type.
+pub fn decode_batch(payload: &Bytes) -> DResult<Vec<RecordedEvent>> {
+    let mut out = Vec::new();
+    decode_batch_into(payload, &mut EventNames::default(), &mut out)?;
+    Ok(out)
+}
+
+/// Where decoded events go: a vector, or a reader's queue.
+pub trait Events {
+    /// How many events it holds.
+    fn count(&self) -> usize;
+    fn push(&mut self, e: RecordedEvent);
+    fn truncate(&mut self, len: usize);
+}
+
+impl Events for Vec<RecordedEvent> {
+    fn count(&self) -> usize {
+        Vec::len(self)
+    }
+    fn push(&mut self, e: RecordedEvent) {
+        Vec::push(self, e);
+    }
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+impl Events for std::collections::VecDeque<RecordedEvent> {
+    fn count(&self) -> usize {
+        std::collections::VecDeque::len(self)
+    }
+    fn push(&mut self, e: RecordedEvent) {
+        self.push_back(e);
+    }
+    fn truncate(&mut self, len: usize) {
+        std::collections::VecDeque::truncate(self, len);
+    }
+}
+
+/// The names of the events decoded last, so that a name that repeats (the stream id of a
+/// stream's events, their type and content type, which every event stores again) is one
+/// [`Text`], taken without checking its bytes again.
+#[derive(Default)]
+pub struct EventNames {
+    stream: Option<Text>,
+    event_type: Option<Text>,
+    content_type: Option<Text>,
+    /// Tags and actors.
+    others: TextCache,
+}
+
+/// The text `bytes` hold: the one in `last` when they are its bytes, else a new one (kept
+/// in `last`) once they are checked to be UTF-8.
+fn name(last: &mut Option<Text>, bytes: &[u8]) -> DResult<Text> {
+    if let Some(t) = last.as_ref().filter(|t| t.as_bytes() == bytes) {
+        return Ok(t.clone());
+    }
+    let s =
+        std::str::from_utf8(bytes).map_err(|_| DecodeError("text field is not UTF-8".into()))?;
+    let t = Text::from(s);
+    *last = Some(t.clone());
+    Ok(t)
+}
+
+/// Decodes every event of a batch payload into `out`, in one pass, as [`decode_batch`]
+/// does. The whole record is checked: on any error, `out` is left as it was.
+pub fn decode_batch_into(
+    payload: &Bytes,
+    names: &mut EventNames,
+    out: &mut impl Events,
+) -> DResult<()> {
+    let before = out.count();
+    let decoded = decode_events(payload, names, out);
+    if decoded.is_err() {
+        out.truncate(before);
+    }
+    decoded
+}
+
+fn decode_events(payload: &Bytes, names: &mut EventNames, out: &mut impl Events) -> DResult<()> {
+    if payload.len() < BATCH_FIXED_LEN {
+        return Err(DecodeError("batch record too short".into()));
+    }
+    let header = decode_batch_header(payload)?;
+    let mut c = Cursor {
+        b: payload,
+        at: BATCH_FIXED_LEN - 2,
+    };
+    let stream_count = c.u16()? as usize;
+    let mut streams = Vec::with_capacity(stream_count.min(1024));
+    let mut total = 0u64;
+    for _ in 0..stream_count {
+        let n = c.u16()? as usize;
+        let id = name(&mut names.stream, c.take(n)?)?;
+        let first_revision = c.u64()?;
+        let count = c.u32()?;
+        total += u64::from(count);
+        streams.push((id, first_revision, count));
+    }
+    if total != u64::from(header.event_count) {
+        return Err(DecodeError(format!(
+            "batch says {} events but its streams hold {total}",
+            header.event_count
+        )));
+    }
+    let mut position = header.first_position;
+    for (stream_id, first_revision, count) in streams {
+        for i in 0..u64::from(count) {
+            let id = c.uuid()?;
+            let schema_version = c.u32()?;
+            let n = c.u16()? as usize;
+            let event_type = name(&mut names.event_type, c.take(n)?)?;
+            let n = c.u16()? as usize;
+            let content_type = name(&mut names.content_type, c.take(n)?)?;
+            let flags = c.u8()?;
+            let correlation_id = if flags & 1 != 0 {
+                Some(c.uuid()?)
+            } else {
+                None
+            };
+            let causation_id = if flags & 2 != 0 {
+                Some(c.uuid()?)
+            } else {
+                None
+            };
+            let actor = if flags & 4 != 0 {
+                Some(names.others.text(c.str16()?))
+            } else {
+                None
+            };
+            let pair_count = c.u16()?;
+            let mut extra = std::collections::BTreeMap::new();
+            for _ in 0..pair_count {
+                let k = c.str16()?;
+                let v = c.str32()?;
+                extra.insert(k.to_owned(), v.to_owned());
+            }
+            let tag_count = c.u16()?;
+            let mut tags = Vec::with_capacity(tag_count.into());
+            for _ in 0..tag_count {
+                tags.push(names.others.text(c.str16()?));
+            }
+            let data_len = c.u32()? as usize;
+            let data_at = c.at;
+            c.take(data_len)?;
+            out.push(RecordedEvent {
+                id,
+                stream_id: stream_id.clone(),
+                revision: first_revision
+                    .checked_add(i)
+                    .ok_or_else(|| DecodeError("revision overflows".into()))?,
+                position,
+                recorded_at: header.recorded_at,
+                event_type,
+                schema_version,
+                content_type,
+                metadata: Metadata {
+                    correlation_id,
+                    causation_id,
+                    actor,
+                    extra,
+                },
+                data: payload.slice(data_at..data_at + data_len),
+                tags,
+            });
+            position = position
+                .checked_add(1)
+                .ok_or_else(|| DecodeError("position overflows".into()))?;
+        }
+    }
+    if c.at != payload.len() {
+        return Err(DecodeError(format!(
+            "{} unexpected bytes after the last event",
+            payload.len() - c.at
+        )));
+    }
+    Ok(())
 }
 
 /// An event as it is stored: a view into a batch payload (or into a decoded event) that
@@ -326,29 +499,33 @@ pub struct StoredEvent<'a> {
 }
 
 impl StoredEvent<'_> {
-    /// The event as an owned value.
+    /// The event as a value of its own, its fields copied.
     pub fn to_event(&self) -> RecordedEvent {
+        self.with_data(Bytes::copy_from_slice(self.data), &mut TextCache::default())
+    }
+
+    fn with_data(&self, data: Bytes, names: &mut TextCache) -> RecordedEvent {
         RecordedEvent {
             id: self.id,
-            stream_id: self.stream_id.to_owned(),
+            stream_id: names.text(self.stream_id),
             revision: self.revision,
             position: self.position,
             recorded_at: self.recorded_at,
-            event_type: self.event_type.to_owned(),
+            event_type: names.text(self.event_type),
             schema_version: self.schema_version,
-            content_type: self.content_type.to_owned(),
+            content_type: names.text(self.content_type),
             metadata: Metadata {
                 correlation_id: self.correlation_id,
                 causation_id: self.causation_id,
-                actor: self.actor.map(str::to_owned),
+                actor: self.actor.map(|a| names.text(a)),
                 extra: self
                     .extra
                     .clone()
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
             },
-            data: self.data.to_vec(),
-            tags: self.tags.clone().map(str::to_owned).collect(),
+            data,
+            tags: self.tags.clone().map(|t| names.text(t)).collect(),
         }
     }
 }
@@ -357,13 +534,13 @@ impl<'a> From<&'a RecordedEvent> for StoredEvent<'a> {
     fn from(e: &'a RecordedEvent) -> Self {
         StoredEvent {
             id: e.id,
-            stream_id: &e.stream_id,
+            stream_id: e.stream_id.as_str(),
             revision: e.revision,
             position: e.position,
             recorded_at: e.recorded_at,
-            event_type: &e.event_type,
+            event_type: e.event_type.as_str(),
             schema_version: e.schema_version,
-            content_type: &e.content_type,
+            content_type: e.content_type.as_str(),
             correlation_id: e.metadata.correlation_id,
             causation_id: e.metadata.causation_id,
             actor: e.metadata.actor.as_deref(),
@@ -385,7 +562,7 @@ enum StrsInner<'a> {
         left: usize,
         b: &'a [u8],
     },
-    Owned(std::slice::Iter<'a, String>),
+    Owned(std::slice::Iter<'a, Text>),
 }
 
 /// Takes a checked str16 or str32 from the front of `b`.
@@ -417,7 +594,7 @@ impl<'a> Iterator for Strs<'a> {
                 *left -= 1;
                 Some(checked_str(b, false))
             }
-            StrsInner::Owned(it) => it.next().map(String::as_str),
+            StrsInner::Owned(it) => it.next().map(Text::as_str),
         }
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -607,9 +784,9 @@ mod tests {
         )
             .prop_map(|(ty, data, tags, corr, actor, extra, v)| {
                 let mut e = NewEvent::new(ty, data).with_schema_version(v);
-                e.tags = tags;
+                e.tags = tags.into_iter().map(Text::from).collect();
                 e.metadata.correlation_id = corr.map(Uuid::from_u128);
-                e.metadata.actor = actor;
+                e.metadata.actor = actor.map(Text::from);
                 e.metadata.extra = extra;
                 e
             })
@@ -633,7 +810,7 @@ mod tests {
             let (len, crc) = frame_header(&arr(&out[0..8]));
             prop_assert_eq!(len as usize, out.len() - 8);
             prop_assert_eq!(crc, frame_crc(len, &out[8..]));
-            let events = decode_batch(&out[8..]).unwrap();
+            let events = decode_batch(&Bytes::copy_from_slice(&out[8..])).unwrap();
             prop_assert_eq!(events.len(), a.len() + b.len());
             for (i, (got, want)) in events.iter().zip(a.iter().chain(b.iter())).enumerate() {
                 prop_assert!(got.same_as(want));
@@ -670,13 +847,63 @@ mod tests {
             let payload = &out[8..];
             let cut = cut.min(payload.len());
             if cut < payload.len() {
-                prop_assert!(decode_batch(&payload[..cut]).is_err());
+                prop_assert!(decode_batch(&Bytes::copy_from_slice(&payload[..cut])).is_err());
             }
             let mut damaged = payload.to_vec();
             let i = flip % damaged.len();
             damaged[i] ^= 0x5a;
-            let _ = decode_batch(&damaged);
+            let _ = decode_batch(&Bytes::from(damaged));
         }
+    }
+
+    #[test]
+    fn decoded_events_share_the_record_and_their_names_and_a_damaged_one_adds_nothing() {
+        let a: Vec<_> = (0..3)
+            .map(|i| NewEvent::new("A", format!("{{\"i\":{i}}}")).with_tag("t:1"))
+            .collect();
+        let b = vec![NewEvent::new("A", "{}")];
+        let mut out = Vec::new();
+        encode_batch(
+            &mut out,
+            10,
+            Timestamp(1),
+            0,
+            &[
+                BatchStream {
+                    stream_id: "s-1",
+                    first_revision: 0,
+                    events: &a,
+                },
+                BatchStream {
+                    stream_id: "s-2",
+                    first_revision: 4,
+                    events: &b,
+                },
+            ],
+        );
+        let payload = Bytes::copy_from_slice(&out[8..]);
+        let events = decode_batch(&payload).unwrap();
+        assert_eq!(events.len(), 4);
+        assert!(Text::ptr_eq(&events[0].stream_id, &events[2].stream_id));
+        assert!(Text::ptr_eq(&events[0].event_type, &events[3].event_type));
+        assert!(Text::ptr_eq(&events[1].tags[0], &events[2].tags[0]));
+        assert_eq!(
+            (events[3].stream_id.as_str(), events[3].revision),
+            ("s-2", 4)
+        );
+        let range = payload.as_ptr_range();
+        for e in &events {
+            assert!(
+                range.contains(&e.data.as_ptr()),
+                "data is a slice of the record"
+            );
+        }
+        // A damaged record leaves what was decoded before it as it was.
+        let mut kept = events.clone();
+        let damaged = payload.slice(..payload.len() - 1);
+        let e = decode_batch_into(&damaged, &mut EventNames::default(), &mut kept);
+        assert!(e.is_err());
+        assert_eq!(kept, events);
     }
 
     #[test]
@@ -706,7 +933,12 @@ mod tests {
             .is_err());
             assert_eq!(given, 0, "the first events of a damaged record were given");
         }
-        assert_eq!(decode_batch(payload).unwrap().len(), 3);
+        assert_eq!(
+            decode_batch(&Bytes::copy_from_slice(payload))
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     /// The worked example of docs/file-format.md, byte for byte.

@@ -98,7 +98,7 @@ impl Log {
 
     /// Reads and checks the record at a log offset. Returns its payload and the log offset of
     /// the record after it.
-    pub fn read_record(&self, log_offset: u64) -> Result<(Vec<u8>, u64)> {
+    pub fn read_record(&self, log_offset: u64) -> Result<(annal_core::Bytes, u64)> {
         let seg = self
             .segment_for(log_offset)
             .ok_or_else(|| Error::Corruption {
@@ -131,7 +131,7 @@ impl Log {
             return Err(corrupt(&seg, at, "record checksum mismatch"));
         }
         Ok((
-            payload,
+            payload.into(),
             log_offset + FRAME_HEADER_LEN as u64 + u64::from(len),
         ))
     }

@@ -3,15 +3,17 @@
 
 use std::sync::Arc;
 
-use annal_core::{Error, Result};
+use annal_core::{Bytes, Error, Result};
+use bytes::BytesMut;
 
 use super::format::{frame_crc, frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::Segment;
 
 /// What a sequential read found at the next record.
-pub enum Next<'a> {
-    /// A record: its log offset and payload.
-    Record(u64, &'a [u8]),
+pub enum Next {
+    /// A record: its log offset and payload (a slice of the reader's buffer, which the
+    /// events decoded from it may share).
+    Record(u64, Bytes),
     /// The end of the log.
     End,
     /// A record that is cut short or fails its checksum, at this file offset of segment
@@ -23,13 +25,20 @@ pub enum Next<'a> {
     },
 }
 
-/// Reads records in order through a large buffer.
+/// Reads records in order through a large buffer. Records are handed out as slices of it,
+/// so a refill reads into the memory of the buffer before the last once nothing holds a
+/// record of it any more (and into new memory while something does): the events of the last
+/// buffer's records are often still being read. Memory taken back needs no zeroing.
 pub struct SeqReader {
     segments: Vec<Arc<Segment>>,
     seg: usize,
     /// File offset of the next record in the current segment.
     at: u64,
-    chunk: Vec<u8>,
+    chunk: Bytes,
+    /// The chunk before `chunk`.
+    previous: Bytes,
+    /// Memory that refills read into (all of it initialized).
+    spare: BytesMut,
     chunk_at: u64,
     chunk_size: usize,
     /// The current segment's length when last looked at.
@@ -48,7 +57,9 @@ impl SeqReader {
             segments,
             seg,
             at,
-            chunk: Vec::new(),
+            chunk: Bytes::new(),
+            previous: Bytes::new(),
+            spare: BytesMut::new(),
             chunk_at: 0,
             chunk_size: 16 << 10,
             seg_len: 0,
@@ -87,7 +98,6 @@ impl SeqReader {
     /// Makes `chunk` hold file bytes `[at, at + n)` of the current segment, as far as the
     /// file has them; returns how many it holds.
     fn fill(&mut self, at: u64, n: usize) -> Result<usize> {
-        let seg = &self.segments[self.seg];
         let have_start = at >= self.chunk_at;
         let have_end = at + n as u64 <= self.chunk_at + self.chunk.len() as u64;
         if have_start && have_end {
@@ -96,25 +106,50 @@ impl SeqReader {
         let want = n.max(self.chunk_size);
         // Short reads stay cheap; long sequential reads grow the buffer to 1 MiB.
         self.chunk_size = (self.chunk_size * 2).min(1 << 20);
-        self.chunk.resize(want, 0);
+        self.reclaim();
+        if self.spare.len() < want {
+            self.spare = BytesMut::zeroed(want);
+        }
+        let seg = &self.segments[self.seg];
+        let buf = &mut self.spare[..want];
         let mut got = 0;
         while got < want {
             let r = seg
                 .file
-                .read_at(&mut self.chunk[got..], at + got as u64)
+                .read_at(&mut buf[got..], at + got as u64)
                 .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
             if r == 0 {
                 break;
             }
             got += r;
         }
-        self.chunk.truncate(got);
+        self.chunk = self.spare.split_to(got).freeze();
         self.chunk_at = at;
         Ok(got.min(n))
     }
 
+    /// Takes the memory of the chunk before the last back into `spare` when nothing else
+    /// holds it.
+    fn reclaim(&mut self) {
+        let older = std::mem::replace(&mut self.previous, std::mem::take(&mut self.chunk));
+        let Ok(back) = older.try_into_mut() else {
+            return;
+        };
+        let spare = std::mem::take(&mut self.spare);
+        let follows = back.as_ptr().wrapping_add(back.len()) == spare.as_ptr();
+        self.spare = if follows {
+            let mut whole = back;
+            whole.unsplit(spare);
+            whole
+        } else if back.len() >= spare.len() {
+            back
+        } else {
+            spare
+        };
+    }
+
     /// The next record, the end, or a torn record.
-    pub fn next_record(&mut self) -> Result<Next<'_>> {
+    pub fn next_record(&mut self) -> Result<Next> {
         loop {
             if self.seg >= self.segments.len() {
                 return Ok(Next::End);
@@ -188,7 +223,7 @@ impl SeqReader {
             self.at += total as u64;
             return Ok(Next::Record(
                 log_offset,
-                &self.chunk[payload_start..off + total],
+                self.chunk.slice(payload_start..off + total),
             ));
         }
     }

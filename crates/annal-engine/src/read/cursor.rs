@@ -5,11 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use annal_core::{Direction, Query, RecordedEvent, Result, Source};
+use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Source};
 
 use super::{fetch_batch, index_disagrees};
 use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_STREAM, KIND_TAG, KIND_TYPE};
-use crate::log::format::{decode_batch_header, visit_batch, StoredEvent};
+use crate::log::format::{
+    decode_batch_header, decode_batch_into, visit_batch, DResult, EventNames, StoredEvent,
+};
 use crate::log::{Next, SeqReader};
 use crate::shared::Shared;
 
@@ -39,7 +41,7 @@ impl Filter {
             Filter::None => true,
             Filter::Stream(s) => e.stream_id == *s,
             Filter::Category(c) => e.category() == c,
-            Filter::Types(t) => t.contains(&e.event_type),
+            Filter::Types(t) => t.iter().any(|t| *t == e.event_type),
             Filter::Query(q) => q.matches(&e.event_type, &e.tags),
         }
     }
@@ -95,6 +97,8 @@ pub(crate) struct Cursor {
     buffer: VecDeque<RecordedEvent>,
     cache: Option<Arc<Vec<RecordedEvent>>>,
     seq: Option<SeqReader>,
+    /// The names of the events the whole-log read decoded last, shared with the next.
+    names: EventNames,
 }
 
 impl Cursor {
@@ -124,6 +128,7 @@ impl Cursor {
             buffer: VecDeque::new(),
             cache: None,
             seq: None,
+            names: EventNames::default(),
         }
     }
 
@@ -278,26 +283,56 @@ impl Cursor {
         }
     }
 
+    /// Reads the next records of the log into the buffer, decoding each whole: its events
+    /// share the record's bytes and their names.
     fn fill_all_forward(&mut self, max: u64) -> Result<bool> {
-        let mut events = Vec::new();
-        let read = self.walk_log(max, PAGE, &mut |e| {
-            events.push(e.to_event());
-            true
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let mut names = std::mem::take(&mut self.names);
+        let filter = std::mem::replace(&mut self.filter, Filter::None);
+        let read = self.walk_log(max, PAGE, &mut |payload, want, max| {
+            let before = buffer.len();
+            decode_batch_into(payload, &mut names, &mut buffer)?;
+            // Only the events from `want` (a read may start inside a record) up to `max`.
+            let mut whole = true;
+            while buffer.len() > before && buffer.back().is_some_and(|e| e.position > max) {
+                buffer.pop_back();
+                whole = false;
+            }
+            let early = buffer
+                .range(before..)
+                .take_while(|e| e.position < want)
+                .count();
+            buffer.drain(before..before + early);
+            let given = buffer.len() - before;
+            let last = (given > 0)
+                .then(|| buffer.back().map(|e| e.position))
+                .flatten();
+            if !matches!(filter, Filter::None) {
+                let new: Vec<RecordedEvent> = buffer.drain(before..).collect();
+                buffer.extend(new.into_iter().filter(|e| filter.accepts(e)));
+            }
+            Ok(Walked {
+                given,
+                last,
+                whole,
+                stopped: false,
+            })
         });
-        for e in events {
-            self.push(e);
-        }
+        self.buffer = buffer;
+        self.names = names;
+        self.filter = filter;
         Ok(read?.0 > 0)
     }
 
-    /// Gives `f` the events of the log from `self.next` up to `max`, as stored, record by
-    /// record, starting no new record once `budget` events were given, until `f` returns
-    /// false. Returns how many were given and whether `f` stopped the walk.
+    /// Gives `f` the records of the log from the one holding `self.next`, with the first
+    /// position wanted and the last allowed (`max`), starting no new record once `budget`
+    /// events were given, until `f` says it stopped. Returns how many were given and whether
+    /// `f` stopped the walk.
     fn walk_log(
         &mut self,
         max: u64,
         budget: usize,
-        f: &mut dyn FnMut(&StoredEvent<'_>) -> bool,
+        f: &mut dyn FnMut(&Bytes, u64, u64) -> DResult<Walked>,
     ) -> Result<(usize, bool)> {
         let Some(next) = self.next else {
             return Ok((0, false));
@@ -321,7 +356,7 @@ impl Cursor {
             let seq = self.seq.as_mut().expect("set above");
             let (offset, payload) = match seq.next_record()? {
                 Next::Record(offset, payload) => {
-                    let header = decode_batch_header(payload)
+                    let header = decode_batch_header(&payload)
                         .map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
                     let want = self.next.unwrap_or(0);
                     if header
@@ -355,28 +390,17 @@ impl Cursor {
             };
             retried = false;
             let want = self.next.unwrap_or(0);
-            let next = &mut self.next;
-            let mut stopped = false;
-            let whole = visit_batch(payload, |e| {
-                if e.position > max {
-                    return false;
-                }
-                if e.position >= want {
-                    *next = Some(e.position + 1);
-                    read += 1;
-                    if !f(e) {
-                        stopped = true;
-                        return false;
-                    }
-                }
-                true
-            })
-            .map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
-            if !whole {
+            let walked =
+                f(&payload, want, max).map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
+            read += walked.given;
+            if let Some(last) = walked.last {
+                self.next = Some(last + 1);
+            }
+            if !walked.whole || walked.stopped {
                 // The reader has moved past this record, whose later events were not given:
                 // a later walk finds its place again through the batch index.
                 self.seq = None;
-                return Ok((read, stopped));
+                return Ok((read, walked.stopped));
             }
         }
         Ok((read, false))
@@ -403,11 +427,32 @@ impl Cursor {
                 return Ok(());
             };
             let mut remaining = self.remaining;
-            let mut limited = |e: &StoredEvent<'_>| {
-                remaining -= 1;
-                f(e) && remaining > 0
+            let mut record = |payload: &Bytes, want: u64, max: u64| {
+                let mut walked = Walked {
+                    given: 0,
+                    last: None,
+                    whole: true,
+                    stopped: false,
+                };
+                let whole = visit_batch(payload, |e| {
+                    if e.position > max {
+                        return false;
+                    }
+                    if e.position >= want {
+                        walked.last = Some(e.position);
+                        walked.given += 1;
+                        remaining -= 1;
+                        if !f(e) || remaining == 0 {
+                            walked.stopped = true;
+                            return false;
+                        }
+                    }
+                    true
+                })?;
+                walked.whole = whole;
+                Ok(walked)
             };
-            let walked = self.walk_log(max, usize::MAX, &mut limited);
+            let walked = self.walk_log(max, usize::MAX, &mut record);
             self.remaining = remaining;
             let (read, stopped) = walked?;
             if stopped || read == 0 {
@@ -416,6 +461,18 @@ impl Cursor {
         }
         Ok(())
     }
+}
+
+/// What the consumer of a record did with it.
+struct Walked {
+    /// Events given.
+    given: usize,
+    /// The position of the last event given.
+    last: Option<u64>,
+    /// Every event of the record up to its end was looked at.
+    whole: bool,
+    /// The consumer wants no more.
+    stopped: bool,
 }
 
 /// When a page came back full, drops its last seq's entries so that the next page starts

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use annal_core::{AppendRequest, AppendResult, Result};
+use annal_core::{AppendRequest, AppendResult, Result, Text};
 use tokio::sync::oneshot;
 
 use crate::index::Entry;
@@ -45,7 +45,7 @@ pub(crate) enum Command {
 /// A stream's events of one accepted request, for the stream heads: stream, first revision,
 /// event count, first and last position.
 pub(crate) struct HeadUpdate {
-    pub stream: String,
+    pub stream: Text,
     pub first_revision: u64,
     pub count: u64,
     pub first_position: u64,

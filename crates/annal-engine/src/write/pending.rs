@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use annal_core::{AppendRequest, NewEvent, Query, Timestamp, Uuid};
+use annal_core::{AppendRequest, NewEvent, Query, Text, Timestamp, Uuid};
 
 use crate::heads::Head;
 
@@ -25,7 +25,7 @@ struct Request {
 
 /// Where a pending event with a given id sits.
 pub struct PendingEvent<'a> {
-    pub stream: &'a str,
+    pub stream: &'a Text,
     pub revision: u64,
     pub position: u64,
     pub recorded_at: Timestamp,
@@ -36,7 +36,7 @@ pub struct PendingEvent<'a> {
 #[derive(Default)]
 pub struct Pending {
     /// Heads of streams changed by groups not yet applied, with the group that changed them.
-    heads: FastMap<String, (Head, u64)>,
+    heads: FastMap<Text, (Head, u64)>,
     /// `requests[i]` is request number `popped + i`.
     requests: VecDeque<Request>,
     popped: u64,
@@ -68,8 +68,8 @@ impl Pending {
     }
 
     /// Records a stream's new head, moved by a request of `group`.
-    pub fn set_head(&mut self, stream: &str, head: Head, group: u64) {
-        self.heads.insert(stream.to_string(), (head, group));
+    pub fn set_head(&mut self, stream: &Text, head: Head, group: u64) {
+        self.heads.insert(stream.clone(), (head, group));
     }
 
     /// Records an accepted request of `group`: `starts` gives, for each of its streams, the

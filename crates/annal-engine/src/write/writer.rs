@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use annal_core::{
-    AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult, Timestamp,
+    AppendRequest, AppendResult, Error, NewEvent, Query, Result, StreamAppendResult, Text,
+    Timestamp,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -57,7 +58,7 @@ pub(crate) struct Writer {
 
 /// Where a stored event sits, for the idempotency check.
 struct Found {
-    stream: String,
+    stream: Text,
     revision: u64,
     position: u64,
     recorded_at: Timestamp,
@@ -232,7 +233,7 @@ impl Writer {
             let actual = self.current(&s.stream_id).map(|h| h.revision);
             if !s.expected.accepts(actual) {
                 return Err(Error::WrongExpectedRevision {
-                    stream: s.stream_id.clone(),
+                    stream: s.stream_id.to_string(),
                     expected: s.expected,
                     actual,
                 });
@@ -357,7 +358,7 @@ impl Writer {
         let mut results = Vec::with_capacity(req.streams.len());
         let conflict = |e: &NewEvent, f: &Found, problem: String| Error::EventIdConflict {
             event_id: e.id,
-            stream: f.stream.clone(),
+            stream: f.stream.to_string(),
             position: f.position,
             problem,
         };
@@ -436,7 +437,7 @@ impl Writer {
     fn find(&self, e: &NewEvent, maybe_stored: bool) -> Result<Option<Found>> {
         if let Some(p) = self.pending.event(&e.id) {
             return Ok(Some(Found {
-                stream: p.stream.to_string(),
+                stream: p.stream.clone(),
                 revision: p.revision,
                 position: p.position,
                 recorded_at: p.recorded_at,

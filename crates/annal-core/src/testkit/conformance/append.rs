@@ -23,14 +23,14 @@ pub async fn append_and_read_back<S: EventStore>(store: &S) {
         .with_metadata(Metadata {
             correlation_id: Some(Uuid::new_v4()),
             causation_id: Some(Uuid::new_v4()),
-            actor: Some("alice@example.com".to_string()),
+            actor: Some("alice@example.com".into()),
             extra,
         })
         .with_tag("account:1")
         .with_tag("region:eu");
     let partial = NewEvent::new("MoneyDeposited", br#"{"amount":100}"#.to_vec())
         .with_metadata(Metadata {
-            actor: Some("bob".to_string()),
+            actor: Some("bob".into()),
             ..Metadata::default()
         })
         .with_tag("account:1");
@@ -729,7 +729,7 @@ pub async fn event_id_conflicts<S: EventStore>(store: &S) {
     );
     let changed = {
         let mut e = e1.clone();
-        e.data = b"{\"changed\":true}".to_vec();
+        e.data = b"{\"changed\":true}".to_vec().into();
         e
     };
     let retagged = e1.clone().with_tag("extra:1");
@@ -808,7 +808,7 @@ pub async fn invalid_input_is_rejected<S: EventStore>(store: &S) {
     let mut nil = ev("N");
     nil.id = Uuid::nil();
     let mut empty_type = ev("X");
-    empty_type.event_type = String::new();
+    empty_type.event_type = "".into();
     let cases: Vec<(&str, AppendRequest, &str)> = vec![
         ("no stream", AppendRequest::default(), "append"),
         ("empty stream id", one("", ev("A")), "stream id"),

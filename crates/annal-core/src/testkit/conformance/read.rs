@@ -103,7 +103,7 @@ pub async fn read_by_event_types<S: EventStore>(store: &S) {
         read(store, r)
             .await
             .iter()
-            .map(|e| (e.position, e.event_type.clone()))
+            .map(|e| (e.position, e.event_type.to_string()))
             .collect::<Vec<_>>()
     };
     let pairs = |v: &[(u64, &str)]| -> Vec<(u64, String)> {
