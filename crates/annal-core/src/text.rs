@@ -3,63 +3,150 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// Text shared by reference counting: cloning it copies no bytes.
+/// Text shared by reference counting (or kept for the life of the process, for a few
+/// names): cloning it copies no bytes.
 ///
 /// Events carry their names in it, so that the events of one stream read from the log share
 /// one copy of their stream id, and events of one type share their type. It reads as a
 /// `str` (it derefs to one) and compares with `str` and `String`.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Text(Arc<str>);
+#[derive(Clone)]
+pub struct Text(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// A name kept for the life of the process (see [`Text::interned`]): cloning and
+    /// dropping it cost nothing.
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text(Repr::Static(""))
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Text) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Text {
+    fn cmp(&self, other: &Text) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+/// Names kept for the life of the process, and their bytes.
+struct Interned {
+    names: std::collections::HashSet<&'static str>,
+    bytes: usize,
+}
+
+/// At most this many bytes of names are kept for the life of the process; names beyond
+/// are shared by reference counting like any text.
+const INTERNED_BYTES: usize = 1 << 20;
+/// Names longer than this are not kept.
+const INTERNED_NAME: usize = 128;
+
+static INTERNED: std::sync::Mutex<Option<Interned>> = std::sync::Mutex::new(None);
 
 impl Text {
     pub fn new(s: &str) -> Text {
-        Text(Arc::from(s))
+        Text(Repr::Shared(Arc::from(s)))
+    }
+
+    /// `s` kept for the life of the process, for names that few values take and many
+    /// events carry (event types, content types): its clones cost nothing. Once the names
+    /// kept so far fill their bound, a new one is an ordinary shared text.
+    pub fn interned(s: &str) -> Text {
+        if s.len() > INTERNED_NAME {
+            return Text::new(s);
+        }
+        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = guard.get_or_insert_with(|| Interned {
+            names: std::collections::HashSet::new(),
+            bytes: 0,
+        });
+        if let Some(&name) = kept.names.get(s) {
+            return Text(Repr::Static(name));
+        }
+        if kept.bytes + s.len() > INTERNED_BYTES {
+            return Text::new(s);
+        }
+        let name: &'static str = Box::leak(s.to_owned().into_boxed_str());
+        kept.bytes += s.len();
+        kept.names.insert(name);
+        Text(Repr::Static(name))
+    }
+
+    /// A text of a string that lives for the whole program.
+    pub const fn from_static(s: &'static str) -> Text {
+        Text(Repr::Static(s))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Repr::Static(s) => s,
+            Repr::Shared(s) => s,
+        }
     }
 
     /// True when both share one buffer.
     pub fn ptr_eq(a: &Text, b: &Text) -> bool {
-        Arc::ptr_eq(&a.0, &b.0)
+        std::ptr::eq(a.as_str().as_ptr(), b.as_str().as_ptr()) && a.len() == b.len()
     }
 }
 
 impl Deref for Text {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for Text {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<[u8]> for Text {
     fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.as_str().as_bytes()
     }
 }
 
 impl Borrow<str> for Text {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        fmt::Display::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Debug for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -77,7 +164,7 @@ impl From<&String> for Text {
 
 impl From<String> for Text {
     fn from(s: String) -> Text {
-        Text(Arc::from(s))
+        Text(Repr::Shared(Arc::from(s)))
     }
 }
 
@@ -89,49 +176,49 @@ impl From<&Text> for Text {
 
 impl From<Arc<str>> for Text {
     fn from(s: Arc<str>) -> Text {
-        Text(s)
+        Text(Repr::Shared(s))
     }
 }
 
 impl From<Text> for String {
     fn from(t: Text) -> String {
-        t.0.to_string()
+        t.as_str().to_string()
     }
 }
 
 impl PartialEq<str> for Text {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Text {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Text {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        self.as_str() == other.as_str()
     }
 }
 
 impl PartialEq<Text> for str {
     fn eq(&self, other: &Text) -> bool {
-        self == &*other.0
+        self == other.as_str()
     }
 }
 
 impl PartialEq<Text> for &str {
     fn eq(&self, other: &Text) -> bool {
-        *self == &*other.0
+        *self == other.as_str()
     }
 }
 
 impl PartialEq<Text> for String {
     fn eq(&self, other: &Text) -> bool {
-        **self == *other.0
+        self.as_str() == other.as_str()
     }
 }
 
@@ -190,6 +277,28 @@ mod tests {
         let (x, y) = (Text::from("a"), Text::from("b"));
         assert!(x < y);
         assert_eq!(String::from(a), "account-1");
+    }
+
+    #[test]
+    fn interned_names_are_kept_once_and_within_their_bound() {
+        let a = Text::interned("Deposited");
+        let b = Text::interned(String::from("Deposited").as_str());
+        assert!(Text::ptr_eq(&a, &b));
+        assert!(matches!(a.0, Repr::Static(_)));
+        assert_eq!(a, Text::new("Deposited"));
+        let long = "x".repeat(INTERNED_NAME + 1);
+        assert!(matches!(Text::interned(&long).0, Repr::Shared(_)));
+        // Past the bound, names are shared texts like any other.
+        let kept = (0..=INTERNED_BYTES / INTERNED_NAME + 1)
+            .take_while(|i| {
+                let name = format!("{i:0>width$}", width = INTERNED_NAME);
+                matches!(Text::interned(&name).0, Repr::Static(_))
+            })
+            .count();
+        assert!(kept <= INTERNED_BYTES / INTERNED_NAME, "{kept} names kept");
+        let after = format!("{:0>width$}", "after", width = INTERNED_NAME);
+        assert!(matches!(Text::interned(&after).0, Repr::Shared(_)));
+        assert!(matches!(Text::interned("Deposited").0, Repr::Static(_)));
     }
 
     #[test]

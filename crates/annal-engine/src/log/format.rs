@@ -350,14 +350,14 @@ pub struct EventNames {
 }
 
 /// The text `bytes` hold: the one in `last` when they are its bytes, else a new one (kept
-/// in `last`) once they are checked to be UTF-8.
-fn name(last: &mut Option<Text>, bytes: &[u8]) -> DResult<Text> {
+/// in `last`, made by `make`) once they are checked to be UTF-8.
+fn name(last: &mut Option<Text>, bytes: &[u8], make: fn(&str) -> Text) -> DResult<Text> {
     if let Some(t) = last.as_ref().filter(|t| t.as_bytes() == bytes) {
         return Ok(t.clone());
     }
     let s =
         std::str::from_utf8(bytes).map_err(|_| DecodeError("text field is not UTF-8".into()))?;
-    let t = Text::from(s);
+    let t = make(s);
     *last = Some(t.clone());
     Ok(t)
 }
@@ -391,7 +391,7 @@ fn decode_events(payload: &Bytes, names: &mut EventNames, out: &mut impl Events)
     let mut total = 0u64;
     for _ in 0..stream_count {
         let n = c.u16()? as usize;
-        let id = name(&mut names.stream, c.take(n)?)?;
+        let id = name(&mut names.stream, c.take(n)?, Text::new)?;
         let first_revision = c.u64()?;
         let count = c.u32()?;
         total += u64::from(count);
@@ -409,9 +409,9 @@ fn decode_events(payload: &Bytes, names: &mut EventNames, out: &mut impl Events)
             let id = c.uuid()?;
             let schema_version = c.u32()?;
             let n = c.u16()? as usize;
-            let event_type = name(&mut names.event_type, c.take(n)?)?;
+            let event_type = name(&mut names.event_type, c.take(n)?, Text::interned)?;
             let n = c.u16()? as usize;
-            let content_type = name(&mut names.content_type, c.take(n)?)?;
+            let content_type = name(&mut names.content_type, c.take(n)?, Text::interned)?;
             let flags = c.u8()?;
             let correlation_id = if flags & 1 != 0 {
                 Some(c.uuid()?)
