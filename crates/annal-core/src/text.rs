@@ -64,7 +64,7 @@ const INTERNED_BYTES: usize = 1 << 20;
 /// Names longer than this are not kept.
 const INTERNED_NAME: usize = 128;
 
-static INTERNED: std::sync::Mutex<Option<Interned>> = std::sync::Mutex::new(None);
+static INTERNED: std::sync::RwLock<Option<Interned>> = std::sync::RwLock::new(None);
 
 impl Text {
     pub fn new(s: &str) -> Text {
@@ -78,7 +78,16 @@ impl Text {
         if s.len() > INTERNED_NAME {
             return Text::new(s);
         }
-        let mut guard = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        // Names are read far more often than added: look under the shared lock first.
+        let found = INTERNED
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|kept| kept.names.get(s).copied());
+        if let Some(name) = found {
+            return Text(Repr::Static(name));
+        }
+        let mut guard = INTERNED.write().unwrap_or_else(|e| e.into_inner());
         let kept = guard.get_or_insert_with(|| Interned {
             names: std::collections::HashSet::new(),
             bytes: 0,
@@ -250,7 +259,17 @@ impl TextCache {
         self.keep(Text::from(s))
     }
 
-    fn keep(&mut self, t: Text) -> Text {
+    /// The text kept whose bytes are `bytes`, if any.
+    pub fn find(&self, bytes: &[u8]) -> Option<Text> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|t| t.as_bytes() == bytes)
+            .cloned()
+    }
+
+    /// Keeps `t` as the newest text, forgetting the oldest past the bound.
+    pub fn keep(&mut self, t: Text) -> Text {
         if self.recent.len() == Self::KEEP {
             self.recent.remove(0);
         }

@@ -351,24 +351,38 @@ pub struct TextLayer {
     /// Where the values came from, for messages: "command-line flag", ...
     pub origin: &'static str,
     pub values: Vec<(String, Vec<String>)>,
+    /// Values that could not be read as text, one message each.
+    pub problems: Vec<String>,
 }
 
 impl TextLayer {
-    /// The `ANNAL_*` variables of the settings, from `vars`.
-    pub fn environment(vars: impl IntoIterator<Item = (String, String)>) -> TextLayer {
+    /// The `ANNAL_*` variables of the settings, from `vars` (the environment as the
+    /// operating system gives it: other variables need not be text).
+    pub fn environment(
+        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+    ) -> TextLayer {
         let mut values = Vec::new();
+        let mut problems = Vec::new();
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix("ANNAL_") else {
+            let Some(name) = key.to_str().and_then(|k| k.strip_prefix("ANNAL_")) else {
                 continue;
             };
             let name = name.to_ascii_lowercase();
-            if Settings::ABOUT.iter().any(|a| a.name == name) {
-                values.push((name, vec![value]));
+            if !Settings::ABOUT.iter().any(|a| a.name == name) {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => values.push((name, vec![value])),
+                Err(value) => problems.push(format!(
+                    "environment variable {key:?} is not valid UTF-8: {value:?}",
+                    key = key.to_string_lossy()
+                )),
             }
         }
         TextLayer {
             origin: "environment variable",
             values,
+            problems,
         }
     }
 }
@@ -405,7 +419,10 @@ impl Sources {
     /// Merges the layers over the defaults, reads every setting and checks it: the
     /// configuration, or every problem found.
     pub fn load(&self) -> Result<Config, Vec<String>> {
-        let mut problems = Vec::new();
+        let mut problems = [&self.flags, &self.environment]
+            .iter()
+            .flat_map(|layer| layer.problems.iter().cloned())
+            .collect::<Vec<_>>();
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = &self.file {
             // Read and parsed here first, so that a file that cannot be used is one problem,
@@ -679,7 +696,32 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
                 .collect(),
+            problems: Vec::new(),
         }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> TextLayer {
+        TextLayer::environment(vars.iter().map(|(k, v)| (k.into(), v.into())))
+    }
+
+    #[test]
+    fn an_environment_value_that_is_not_text_is_refused_and_others_are_ignored() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || std::ffi::OsString::from_vec(b"/data/\xff".to_vec());
+        let sources = Sources {
+            environment: TextLayer::environment([
+                ("ANNAL_DATA".into(), bad()),
+                ("LANG".into(), bad()),
+                (bad(), "x".into()),
+            ]),
+            ..Sources::default()
+        };
+        let problems = sources.load().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("ANNAL_DATA") && problems[0].contains("not valid UTF-8"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -704,10 +746,11 @@ mod tests {
         .unwrap();
         let sources = Sources {
             flags: text("command-line flag", &[("listen", "127.0.0.1:2")]),
-            environment: TextLayer::environment([
-                ("ANNAL_LISTEN".to_string(), "127.0.0.1:3".to_string()),
-                ("ANNAL_MAX_READS".to_string(), "9".to_string()),
-                ("ANNAL_SERVER".to_string(), "not a setting".to_string()),
+            environment: env(&[
+                ("ANNAL_LISTEN", "127.0.0.1:3"),
+                ("ANNAL_MAX_READS", "9"),
+                ("ANNAL_SERVER", "not a setting"),
+                ("HOME", "/elsewhere"),
             ]),
             file: Some(path),
         };
@@ -721,16 +764,14 @@ mod tests {
     #[test]
     fn tokens_come_as_a_list_or_comma_separated() {
         let sources = Sources {
-            environment: TextLayer::environment([(
-                "ANNAL_WRITE_TOKENS".to_string(),
-                "aaaaaaaaaaaaaaaa,1234567890123456".to_string(),
-            )]),
+            environment: env(&[("ANNAL_WRITE_TOKENS", "aaaaaaaaaaaaaaaa,1234567890123456")]),
             flags: TextLayer {
                 origin: "command-line flag",
                 values: vec![(
                     "read_tokens".into(),
                     vec!["rrrrrrrrrrrrrrrr".into(), "9999999999999999".into()],
                 )],
+                problems: Vec::new(),
             },
             file: None,
         };
@@ -753,10 +794,7 @@ mod tests {
                     ("heartbeat", "soon"),
                 ],
             ),
-            environment: TextLayer::environment([(
-                "ANNAL_MAX_READS".to_string(),
-                "many".to_string(),
-            )]),
+            environment: env(&[("ANNAL_MAX_READS", "many")]),
             file: None,
         };
         let problems = sources.load().unwrap_err();

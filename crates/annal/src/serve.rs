@@ -99,8 +99,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         flags: TextLayer {
             origin: "command-line flag",
             values: args.flags,
+            problems: Vec::new(),
         },
-        environment: TextLayer::environment(std::env::vars()),
+        environment: TextLayer::environment(std::env::vars_os()),
         file: args.config,
     };
     let config = match sources.load() {

@@ -21,10 +21,8 @@ use super::filter::{self, BLOCK_WORDS};
 /// The fewest ids a filter is sized for (5 KiB).
 pub const MIN_IDS: u64 = 4096;
 
-/// Bits per id: about 1% false positives. Fewer than the runs' 14, because a false positive
-/// here costs only the probes of the runs' own filters, not a block read; with the room a
-/// rebuilt filter leaves (half as many ids again), it takes 10 to 15 bits per id, about what
-/// the runs' filters take together.
+/// Bits per id. Fewer than the runs' filters take, because a false positive here costs only
+/// the probes of the runs' own filters, not a block read.
 const BITS_PER_ID: u64 = 10;
 
 /// A blocked Bloom filter (the runs' layout) whose bits may be set while it is read.

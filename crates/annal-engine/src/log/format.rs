@@ -345,19 +345,40 @@ pub struct EventNames {
     stream: Option<Text>,
     event_type: Option<Text>,
     content_type: Option<Text>,
+    /// Event types and content types met lately: a reader of interleaved types takes the
+    /// process-wide interned name only for a type it has not met lately.
+    types: TextCache,
     /// Tags and actors.
     others: TextCache,
 }
 
 /// The text `bytes` hold: the one in `last` when they are its bytes, else a new one (kept
-/// in `last`, made by `make`) once they are checked to be UTF-8.
-fn name(last: &mut Option<Text>, bytes: &[u8], make: fn(&str) -> Text) -> DResult<Text> {
+/// in `last`) once they are checked to be UTF-8.
+fn name(last: &mut Option<Text>, bytes: &[u8]) -> DResult<Text> {
     if let Some(t) = last.as_ref().filter(|t| t.as_bytes() == bytes) {
         return Ok(t.clone());
     }
     let s =
         std::str::from_utf8(bytes).map_err(|_| DecodeError("text field is not UTF-8".into()))?;
-    let t = make(s);
+    let t = Text::new(s);
+    *last = Some(t.clone());
+    Ok(t)
+}
+
+/// The interned text `bytes` hold: the one in `last` when they are its bytes, else one
+/// from `recent`, else the interned text once they are checked to be UTF-8.
+fn type_name(last: &mut Option<Text>, recent: &mut TextCache, bytes: &[u8]) -> DResult<Text> {
+    if let Some(t) = last.as_ref().filter(|t| t.as_bytes() == bytes) {
+        return Ok(t.clone());
+    }
+    let t = match recent.find(bytes) {
+        Some(t) => t,
+        None => {
+            let s = std::str::from_utf8(bytes)
+                .map_err(|_| DecodeError("text field is not UTF-8".into()))?;
+            recent.keep(Text::interned(s))
+        }
+    };
     *last = Some(t.clone());
     Ok(t)
 }
@@ -391,7 +412,7 @@ fn decode_events(payload: &Bytes, names: &mut EventNames, out: &mut impl Events)
     let mut total = 0u64;
     for _ in 0..stream_count {
         let n = c.u16()? as usize;
-        let id = name(&mut names.stream, c.take(n)?, Text::new)?;
+        let id = name(&mut names.stream, c.take(n)?)?;
         let first_revision = c.u64()?;
         let count = c.u32()?;
         total += u64::from(count);
@@ -409,9 +430,9 @@ fn decode_events(payload: &Bytes, names: &mut EventNames, out: &mut impl Events)
             let id = c.uuid()?;
             let schema_version = c.u32()?;
             let n = c.u16()? as usize;
-            let event_type = name(&mut names.event_type, c.take(n)?, Text::interned)?;
+            let event_type = type_name(&mut names.event_type, &mut names.types, c.take(n)?)?;
             let n = c.u16()? as usize;
-            let content_type = name(&mut names.content_type, c.take(n)?, Text::interned)?;
+            let content_type = type_name(&mut names.content_type, &mut names.types, c.take(n)?)?;
             let flags = c.u8()?;
             let correlation_id = if flags & 1 != 0 {
                 Some(c.uuid()?)

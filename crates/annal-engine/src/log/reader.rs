@@ -9,6 +9,9 @@ use bytes::BytesMut;
 use super::format::{frame_crc, frame_header, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::Segment;
 
+/// The size of a refill from which a reader reads in bulk ([`SeqReader::bulk`]).
+pub const BULK: usize = 256 << 10;
+
 /// What a sequential read found at the next record.
 pub enum Next {
     /// A record: its log offset and payload (a slice of the reader's buffer, which the
@@ -41,6 +44,8 @@ pub struct SeqReader {
     spare: BytesMut,
     chunk_at: u64,
     chunk_size: usize,
+    /// How many bytes the last refill asked for.
+    read_size: usize,
     /// The current segment's length when last looked at.
     seg_len: u64,
 }
@@ -62,6 +67,7 @@ impl SeqReader {
             spare: BytesMut::new(),
             chunk_at: 0,
             chunk_size: 16 << 10,
+            read_size: 0,
             seg_len: 0,
         }
     }
@@ -90,6 +96,14 @@ impl SeqReader {
         }
     }
 
+    /// True when the reader reads in bulk: its last refill read at least [`BULK`] bytes, as
+    /// long sequential reads soon do (a refill reads twice as much as the one before, up to
+    /// 1 MiB). The records handed out then sit in a large buffer that their events may share
+    /// at little cost, as the read goes on to use most of it.
+    pub fn bulk(&self) -> bool {
+        self.read_size >= BULK
+    }
+
     /// The segment being read and the file offset in it.
     pub fn position(&self) -> (usize, u64) {
         (self.seg, self.at)
@@ -104,6 +118,7 @@ impl SeqReader {
             return Ok(n);
         }
         let want = n.max(self.chunk_size);
+        self.read_size = want;
         // Short reads stay cheap; long sequential reads grow the buffer to 1 MiB.
         self.chunk_size = (self.chunk_size * 2).min(1 << 20);
         self.reclaim();
@@ -135,17 +150,9 @@ impl SeqReader {
         let Ok(back) = older.try_into_mut() else {
             return;
         };
-        let spare = std::mem::take(&mut self.spare);
-        let follows = back.as_ptr().wrapping_add(back.len()) == spare.as_ptr();
-        self.spare = if follows {
-            let mut whole = back;
-            whole.unsplit(spare);
-            whole
-        } else if back.len() >= spare.len() {
-            back
-        } else {
-            spare
-        };
+        if back.len() >= self.spare.len() {
+            self.spare = back;
+        }
     }
 
     /// The next record, the end, or a torn record.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Source};
 
-use super::{fetch_batch, index_disagrees};
+use super::{data_bytes, detach, detach_alone, fetch_batch, index_disagrees};
 use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_STREAM, KIND_TAG, KIND_TYPE};
 use crate::log::format::{
     decode_batch_header, decode_batch_into, visit_batch, DResult, EventNames, StoredEvent,
@@ -95,7 +95,8 @@ pub(crate) struct Cursor {
     pub max_pos: Option<u64>,
     remaining: u64,
     buffer: VecDeque<RecordedEvent>,
-    cache: Option<Arc<Vec<RecordedEvent>>>,
+    /// The record read last by position.
+    cache: Option<Fetched>,
     seq: Option<SeqReader>,
     /// The names of the events the whole-log read decoded last, shared with the next.
     names: EventNames,
@@ -146,28 +147,63 @@ impl Cursor {
         Ok(self.buffer.pop_front())
     }
 
+    /// The event at `position`, from the record read last when it holds it.
     fn fetch(&mut self, position: u64) -> Result<RecordedEvent> {
-        if let Some(batch) = &self.cache {
-            let first = batch.first().map_or(0, |e| e.position);
+        if let Some(f) = &self.cache {
+            let first = f.events.first().map_or(0, |e| e.position);
             if position >= first {
-                if let Some(e) = batch.get((position - first) as usize) {
-                    return Ok(e.clone());
+                if let Some(e) = f.events.get((position - first) as usize) {
+                    return Ok(f.give(e));
                 }
             }
         }
-        let batch = Arc::new(fetch_batch(&self.shared, position)?);
-        self.cache = Some(batch.clone());
-        let first = batch.first().map_or(0, |e| e.position);
-        batch
-            .get(position.wrapping_sub(first) as usize)
+        let events = fetch_batch(&self.shared, position)?;
+        let first = events.first().map_or(0, |e| e.position);
+        let at = position.wrapping_sub(first) as usize;
+        let share = self.takes_most(&events, at);
+        let f = Fetched {
+            data: if share { 0 } else { data_bytes(&events) },
+            events,
+            share,
+        };
+        let e = f
+            .events
+            .get(at)
             .filter(|e| e.position == position)
-            .cloned()
-            .ok_or_else(|| {
-                index_disagrees(
-                    &self.shared,
-                    format!("the batch found for position {position} does not hold it"),
-                )
-            })
+            .map(|e| f.give(e));
+        self.cache = Some(f);
+        e.ok_or_else(|| {
+            index_disagrees(
+                &self.shared,
+                format!("the batch found for position {position} does not hold it"),
+            )
+        })
+    }
+
+    /// Whether the events that this read gives from a record (`events`), from its event
+    /// `at` on, hold at least half of its data: the case of a stream read through a record
+    /// of that stream alone.
+    fn takes_most(&self, events: &[RecordedEvent], at: usize) -> bool {
+        // A stream appears once in a record, so a record of one stream starts and ends
+        // with it.
+        let (Some(e), Some(first), Some(last)) = (events.get(at), events.first(), events.last())
+        else {
+            return false;
+        };
+        if !matches!(self.plan, Plan::Stream { .. })
+            || first.stream_id != e.stream_id
+            || last.stream_id != e.stream_id
+        {
+            return false;
+        }
+        let room = (self.remaining as usize)
+            .saturating_sub(self.buffer.len())
+            .max(1);
+        let taken = match self.dir {
+            Direction::Forward => &events[at..events.len().min(at.saturating_add(room))],
+            Direction::Backward => &events[(at + 1).saturating_sub(room)..=at],
+        };
+        taken.len() == events.len() || 2 * data_bytes(taken) >= data_bytes(events)
     }
 
     fn push(&mut self, e: RecordedEvent) {
@@ -187,10 +223,20 @@ impl Cursor {
                 let p = next.min(max);
                 let batch = fetch_batch(&self.shared, p)?;
                 let first = batch.first().map_or(0, |e| e.position);
+                let all = data_bytes(batch.iter());
+                let before = self.buffer.len();
+                // Events past the read's limit would never be given.
+                let room = (self.remaining as usize).saturating_sub(before);
                 for e in batch.into_iter().rev() {
+                    if self.buffer.len() - before == room {
+                        break;
+                    }
                     if e.position <= p {
                         self.push(e);
                     }
+                }
+                if 2 * data_bytes(self.buffer.range(before..)) < all {
+                    detach(self.buffer.range_mut(before..));
                 }
                 self.next = first.checked_sub(1);
                 Ok(true)
@@ -284,14 +330,16 @@ impl Cursor {
     }
 
     /// Reads the next records of the log into the buffer, decoding each whole: its events
-    /// share the record's bytes and their names.
+    /// share their names, and the record's bytes once the read is a long one.
     fn fill_all_forward(&mut self, max: u64) -> Result<bool> {
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut names = std::mem::take(&mut self.names);
         let filter = std::mem::replace(&mut self.filter, Filter::None);
-        let read = self.walk_log(max, PAGE, &mut |payload, want, max| {
+        let limit = self.remaining as usize;
+        let read = self.walk_log(max, PAGE, &mut |payload, want, max, bulk| {
             let before = buffer.len();
             decode_batch_into(payload, &mut names, &mut buffer)?;
+            let decoded = buffer.len() - before;
             // Only the events from `want` (a read may start inside a record) up to `max`.
             let mut whole = true;
             while buffer.len() > before && buffer.back().is_some_and(|e| e.position > max) {
@@ -311,6 +359,15 @@ impl Cursor {
                 let new: Vec<RecordedEvent> = buffer.drain(before..).collect();
                 buffer.extend(new.into_iter().filter(|e| filter.accepts(e)));
             }
+            // Events past the read's limit would never be given.
+            buffer.truncate(limit.max(before));
+            // The events kept share the record when the read is a long one (a small read's
+            // buffer is mostly bytes that nothing else will use) and they are the record's
+            // events, or hold at least half of its bytes.
+            let kept = buffer.len() - before;
+            if !bulk || (kept < decoded && 2 * data_bytes(buffer.range(before..)) < payload.len()) {
+                detach(buffer.range_mut(before..));
+            }
             Ok(Walked {
                 given,
                 last,
@@ -325,14 +382,14 @@ impl Cursor {
     }
 
     /// Gives `f` the records of the log from the one holding `self.next`, with the first
-    /// position wanted and the last allowed (`max`), starting no new record once `budget`
-    /// events were given, until `f` says it stopped. Returns how many were given and whether
-    /// `f` stopped the walk.
+    /// position wanted, the last allowed (`max`) and whether the reader is reading in bulk
+    /// ([`SeqReader::bulk`]), starting no new record once `budget` events were given, until
+    /// `f` says it stopped. Returns how many were given and whether `f` stopped the walk.
     fn walk_log(
         &mut self,
         max: u64,
         budget: usize,
-        f: &mut dyn FnMut(&Bytes, u64, u64) -> DResult<Walked>,
+        f: &mut dyn FnMut(&Bytes, u64, u64, bool) -> DResult<Walked>,
     ) -> Result<(usize, bool)> {
         let Some(next) = self.next else {
             return Ok((0, false));
@@ -390,8 +447,9 @@ impl Cursor {
             };
             retried = false;
             let want = self.next.unwrap_or(0);
-            let walked =
-                f(&payload, want, max).map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
+            let bulk = self.seq.as_ref().is_some_and(SeqReader::bulk);
+            let walked = f(&payload, want, max, bulk)
+                .map_err(|e| self.shared.log.corruption_at(offset, e.0))?;
             read += walked.given;
             if let Some(last) = walked.last {
                 self.next = Some(last + 1);
@@ -427,7 +485,7 @@ impl Cursor {
                 return Ok(());
             };
             let mut remaining = self.remaining;
-            let mut record = |payload: &Bytes, want: u64, max: u64| {
+            let mut record = |payload: &Bytes, want: u64, max: u64, _bulk: bool| {
                 let mut walked = Walked {
                     given: 0,
                     last: None,
@@ -460,6 +518,25 @@ impl Cursor {
             }
         }
         Ok(())
+    }
+}
+
+/// The events of a record read by position.
+struct Fetched {
+    events: Vec<RecordedEvent>,
+    /// How many bytes of data they hold (when they are not shared).
+    data: usize,
+    /// Whether the events given from it may share it (see [`detach_alone`]).
+    share: bool,
+}
+
+impl Fetched {
+    fn give(&self, e: &RecordedEvent) -> RecordedEvent {
+        if self.share {
+            e.clone()
+        } else {
+            detach_alone(e.clone(), self.data)
+        }
     }
 }
 

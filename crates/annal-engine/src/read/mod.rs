@@ -2,7 +2,7 @@
 //! source (`cursor.rs`), reads as streams (`stream.rs`) and subscriptions, cursors that
 //! wait for the log to grow (`subscription.rs`).
 
-use annal_core::{Direction, Error, RecordedEvent, Result};
+use annal_core::{Bytes, Direction, Error, RecordedEvent, Result};
 
 use crate::index::{fixed_key, key, KIND_BATCH, KIND_ID};
 use crate::layout::index_dir;
@@ -40,14 +40,41 @@ pub(crate) fn fetch_batch(shared: &Shared, position: u64) -> Result<Vec<Recorded
     decode_at(shared, offset)
 }
 
+/// How many bytes of data the events hold.
+fn data_bytes<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> usize {
+    events.into_iter().map(|e| e.data.len()).sum()
+}
+
+// Events decoded from a record share its memory: their data are slices of it, and of the
+// read buffer it sits in. Events that leave a read without most of their record's data
+// get their own copy of their data instead, so that an event kept alone never keeps a
+// large record, or the buffer around it, alive.
+
+/// An event taken alone out of a record whose events hold `record_bytes` of data.
+fn detach_alone(mut e: RecordedEvent, record_bytes: usize) -> RecordedEvent {
+    if 2 * e.data.len() < record_bytes {
+        e.data = Bytes::copy_from_slice(&e.data);
+    }
+    e
+}
+
+/// Gives each event its own copy of its data.
+fn detach<'a>(events: impl Iterator<Item = &'a mut RecordedEvent>) {
+    for e in events {
+        e.data = Bytes::copy_from_slice(&e.data);
+    }
+}
+
 /// The event at `position`.
 pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEvent> {
     let batch = fetch_batch(shared, position)?;
     let first = batch.first().map_or(0, |e| e.position);
+    let all = data_bytes(&batch);
     batch
         .into_iter()
         .nth(position.saturating_sub(first) as usize)
         .filter(|e| e.position == position)
+        .map(|e| detach_alone(e, all))
         .ok_or_else(|| {
             index_disagrees(
                 shared,

@@ -3,8 +3,8 @@
 //!
 //! `fdatasync` of a file that grew must also write its inode (the new length and the new
 //! blocks); records written over blocks that already hold synced zeros only need their data
-//! written. On the virtual disks measured that takes about a third off every sync of a
-//! small append (BENCHMARKS.md). The log's end is then no longer the file's end: a segment's
+//! written, which makes the sync of a small append cheaper (BENCHMARKS.md has the figures).
+//! The log's end is then no longer the file's end: a segment's
 //! records end at its end or at the first frame header of eight zero bytes, which no record
 //! has (a record's length is never zero; docs/file-format.md).
 //!
@@ -26,11 +26,7 @@ use crate::io::{FileRef, Fs};
 const CHUNK: u64 = 256 << 10;
 /// Above this average of the bytes each sync makes durable, zeros are not written: a sync
 /// of that much data gains less from not writing the inode than the disk loses writing
-/// every byte twice. Measured with a thread keeping zeros ahead as this one does, p50 of
-/// append-and-sync: 28 KB 118-120 µs against 204-205 µs on a growing file, 100 KB
-/// 170-216 µs against 277-279 µs, but 180 KB 404-419 µs against 302-334 µs and 360 KB
-/// 482-588 µs against 445-475 µs. One writer of batches of 100 events syncs about 28 KB
-/// at a time; 16 such writers about 180 KB.
+/// every byte twice (the line is where the two crossed when measured; BENCHMARKS.md).
 const SMALL_SYNCS: u64 = 128 << 10;
 
 /// The segment being filled.
