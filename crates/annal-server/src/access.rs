@@ -2,6 +2,8 @@
 //! checked and appends are admitted into the in-flight budget, for gRPC, HTTP and the
 //! framed protocol alike.
 
+use std::sync::Arc;
+
 use annal_core::Error;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -65,15 +67,70 @@ impl State {
         self.config.limits.max_append_bytes.saturating_add(1 << 20)
     }
 
-    /// Waits for an append of `bytes` to be admitted: its share of the in-flight append
-    /// budget, taken whole (two large requests never each hold half and wait for the
-    /// other), and at most the whole budget. Held until the append has been answered.
-    pub(crate) async fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Error> {
+    /// Takes `bytes` more of the in-flight append budget for the append that `hold` is the
+    /// share of, before those bytes of its body are read: an append pays for what it has
+    /// received, so a client that declares a large body and sends nothing holds nothing.
+    ///
+    /// Appends that each hold part of the budget could wait for each other for ever once it
+    /// is spent; so an append that holds some and must wait may instead take the one
+    /// overdraft, and then reads the rest of its body without paying until it is answered.
+    /// Memory for appends in flight stays under the budget plus one largest append.
+    pub(crate) async fn take(&self, hold: &Budget, bytes: usize) -> Result<(), Error> {
         let cap = self.config.limits.max_inflight_append_bytes;
-        let permits = u32::try_from(bytes.clamp(1, cap)).unwrap_or(u32::MAX);
-        std::sync::Arc::clone(&self.append_budget)
-            .acquire_many_owned(permits)
-            .await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))
+        let n = u32::try_from(bytes.clamp(1, cap)).unwrap_or(u32::MAX);
+        let partial = {
+            let h = hold.lock().unwrap_or_else(|e| e.into_inner());
+            if h.overdraft.is_some() {
+                return Ok(());
+            }
+            h.paid.is_some()
+        };
+        let closed = || Error::Unavailable("the server is shutting down".into());
+        let got = match Arc::clone(&self.append_budget).try_acquire_many_owned(n) {
+            Ok(p) => Taken::Paid(p),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) if partial => {
+                let overdraft = Arc::clone(&self.overdraft);
+                tokio::select! {
+                    p = Arc::clone(&self.append_budget).acquire_many_owned(n) => {
+                        Taken::Paid(p.map_err(|_| closed())?)
+                    }
+                    o = overdraft.acquire_owned() => Taken::Overdraft(o.map_err(|_| closed())?),
+                }
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let budget = Arc::clone(&self.append_budget);
+                Taken::Paid(budget.acquire_many_owned(n).await.map_err(|_| closed())?)
+            }
+        };
+        let mut h = hold.lock().unwrap_or_else(|e| e.into_inner());
+        match got {
+            Taken::Paid(p) => match &mut h.paid {
+                Some(paid) => paid.merge(p),
+                None => h.paid = Some(p),
+            },
+            Taken::Overdraft(o) => {
+                crate::metrics::overdraft();
+                h.overdraft = Some(o);
+            }
+        }
+        Ok(())
     }
 }
+
+enum Taken {
+    Paid(OwnedSemaphorePermit),
+    Overdraft(OwnedSemaphorePermit),
+}
+
+/// What one append holds of the in-flight budget: the bytes it has received so far, and the
+/// overdraft once it has taken it (see [`State::take`]). Given back when it is dropped,
+/// once the store has answered the append.
+#[derive(Default)]
+pub struct Hold {
+    paid: Option<OwnedSemaphorePermit>,
+    overdraft: Option<OwnedSemaphorePermit>,
+}
+
+/// The share of the in-flight append budget that one request holds.
+pub type Budget = Arc<std::sync::Mutex<Hold>>;

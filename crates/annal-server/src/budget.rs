@@ -1,63 +1,134 @@
-//! The in-flight append budget, taken by an HTTP or gRPC append before its body is read.
+//! What an append's body may hold and how long it may take, for HTTP and gRPC bodies (this
+//! file) and framed payloads (`wire.rs`) alike.
 //!
-//! An append's body is wrapped so that, before its first bytes are handed on, it is
-//! admitted (`State::admit`, as a framed append is) for its whole size: the
-//! `Content-Length` of an HTTP request (the body limit when there is none), or the length
-//! in the 5-byte prefix of a gRPC message. Taking it all at once means two large requests
-//! can never each hold half of the budget and wait for the other. When the budget is spent
-//! the body is not read, so flow control holds the client back instead of the server
-//! buffering without bound. The permits stay with the request (a [`Budget`] in its
-//! extensions) until the engine has answered it.
+//! An append pays into the in-flight budget for the bytes of its body as they arrive
+//! (`State::take`), before they are handed on: a client that declares a large body and
+//! sends nothing holds nothing, and when the budget is spent the body is not read, so flow
+//! control holds the client back instead of the server buffering without bound. The share
+//! stays with the request (a [`Budget`] in its extensions) until the store has answered it.
+//!
+//! A body must keep arriving ([`Pace`]): it may take `body_timeout`, plus a second for every
+//! `body_min_rate` bytes received, not counting the time it waited for the budget. A slower
+//! one is dropped with [`SlowBody`], and the connection with it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body::Frame;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
 
+use crate::config::Limits;
 use crate::{Budget, State};
 
-type Acquire =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, annal_core::Error>> + Send>>;
-
-/// How a request's size is known.
-#[derive(Clone, Copy)]
-pub enum Size {
-    /// Declared up front (HTTP `Content-Length`, or the body limit).
-    Known(usize),
-    /// In the prefix of the first gRPC message.
-    GrpcPrefix,
+/// How long a body may take: `body_timeout`, plus a second for every `body_min_rate` bytes
+/// received, not counting the time spent waiting for the budget.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    start: Instant,
+    grace: Duration,
+    rate: u64,
+    received: u64,
+    waited: Duration,
 }
 
-/// A request body that pays for itself before it is read.
+impl Pace {
+    pub fn new(limits: &Limits) -> Pace {
+        Pace {
+            start: Instant::now(),
+            grace: limits.body_timeout,
+            rate: limits.body_min_rate.max(1),
+            received: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    pub fn received(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+    }
+
+    /// Time spent waiting for the budget, which the client is not charged for.
+    pub fn waited(&mut self, d: Duration) {
+        self.waited += d;
+    }
+
+    /// When the body is late if it has not arrived whole.
+    pub fn deadline(&self) -> Instant {
+        let earned = Duration::from_secs_f64(self.received as f64 / self.rate as f64);
+        self.start + self.grace + self.waited + earned
+    }
+
+    /// The failure of a body that missed its deadline.
+    pub fn late(&self, what: &str) -> SlowBody {
+        SlowBody(format!(
+            "{what} arrived too slowly: {} bytes in {} (a body may take {} plus 1s for every {} bytes)",
+            self.received,
+            humantime::format_duration(Duration::from_millis(
+                self.start.elapsed().as_millis() as u64
+            )),
+            humantime::format_duration(self.grace),
+            self.rate,
+        ))
+    }
+}
+
+/// An append's body that arrived too slowly, and was dropped.
+#[derive(Debug, Clone)]
+pub struct SlowBody(pub String);
+
+impl std::fmt::Display for SlowBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SlowBody {}
+
+impl SlowBody {
+    /// The `SlowBody` behind an error of a body, if that is what it is.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a SlowBody> {
+        let mut e = Some(e);
+        while let Some(err) = e {
+            if let Some(slow) = err.downcast_ref::<SlowBody>() {
+                return Some(slow);
+            }
+            e = err.source();
+        }
+        None
+    }
+}
+
+type Take = Pin<Box<dyn Future<Output = Result<(), annal_core::Error>> + Send>>;
+
+/// A request body that pays for each frame before it is handed on, and must keep arriving.
 pub struct Budgeted {
     inner: Body,
     state: Arc<State>,
     held: Budget,
-    size: Size,
-    paid: bool,
-    /// The first frame, waiting for its request's permits (gRPC).
-    waiting: Option<(Option<Frame<Bytes>>, Acquire)>,
+    api: &'static str,
+    pace: Pace,
+    late: Pin<Box<Sleep>>,
+    /// A frame waiting for its share of the budget, and since when.
+    waiting: Option<(Frame<Bytes>, Take, Instant)>,
+    _receiving: crate::metrics::Receiving,
 }
 
 impl Budgeted {
-    pub fn new(inner: Body, state: Arc<State>, held: Budget, size: Size) -> Self {
+    pub fn new(inner: Body, state: Arc<State>, held: Budget, api: &'static str) -> Self {
+        let pace = Pace::new(&state.config.limits);
         Budgeted {
+            late: Box::pin(tokio::time::sleep_until(pace.deadline())),
             inner,
             state,
             held,
-            size,
-            paid: false,
+            api,
+            pace,
             waiting: None,
+            _receiving: crate::metrics::Receiving::new(),
         }
-    }
-
-    fn acquire(&self, bytes: usize) -> Acquire {
-        let state = Arc::clone(&self.state);
-        Box::pin(async move { state.admit(bytes).await })
     }
 }
 
@@ -69,46 +140,49 @@ impl http_body::Body for Budgeted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        loop {
-            if let Some((_, acquire)) = self.waiting.as_mut() {
-                let permit = ready!(acquire.as_mut().poll(cx)).map_err(axum::Error::new)?;
-                self.held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(permit);
-                self.paid = true;
-                let (frame, _) = self.waiting.take().expect("a frame was waiting");
-                if let Some(frame) = frame {
+        let this = &mut *self;
+        if let Some((_, take, since)) = this.waiting.as_mut() {
+            let paid = ready!(take.as_mut().poll(cx));
+            let since = *since;
+            let (frame, _, _) = this.waiting.take().expect("a frame was waiting");
+            paid.map_err(axum::Error::new)?;
+            this.pace.waited(since.elapsed());
+            this.late.as_mut().reset(this.pace.deadline());
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Some(len) = frame.data_ref().map(Bytes::len) else {
                     return Poll::Ready(Some(Ok(frame)));
-                }
-                continue;
-            }
-            if self.paid {
-                return Pin::new(&mut self.inner).poll_frame(cx);
-            }
-            match self.size {
-                Size::Known(n) => {
-                    let acquire = self.acquire(n);
-                    self.waiting = Some((None, acquire));
-                }
-                Size::GrpcPrefix => {
-                    let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
-                        Some(Ok(frame)) => frame,
-                        other => return Poll::Ready(other),
-                    };
-                    let declared = frame.data_ref().and_then(|d| {
-                        let prefix: [u8; 4] = d.get(1..5)?.try_into().ok()?;
-                        Some(u32::from_be_bytes(prefix) as usize + 5)
-                    });
-                    let acquire = self.acquire(declared.unwrap_or(usize::MAX));
-                    self.waiting = Some((Some(frame), acquire));
+                };
+                this.pace.received(len);
+                this.late.as_mut().reset(this.pace.deadline());
+                let (state, held) = (Arc::clone(&this.state), Arc::clone(&this.held));
+                let mut take: Take = Box::pin(async move { state.take(&held, len).await });
+                match take.as_mut().poll(cx) {
+                    Poll::Ready(paid) => {
+                        paid.map_err(axum::Error::new)?;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Pending => {
+                        this.waiting = Some((frame, take, Instant::now()));
+                        Poll::Pending
+                    }
                 }
             }
+            Poll::Pending => {
+                ready!(this.late.as_mut().poll(cx));
+                crate::metrics::slow_body(this.api);
+                Poll::Ready(Some(Err(axum::Error::new(
+                    this.pace.late("the request body"),
+                ))))
+            }
+            other => other,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.paid && self.inner.is_end_stream()
+        self.waiting.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -232,8 +232,12 @@ settings! {
     header_timeout: Span = Span(Duration::from_secs(30)), flag "header-timeout", value "DURATION";
     /// How long a framed client has to say Hello after its preface.
     hello_timeout: Span = Span(Duration::from_secs(10)), flag "hello-timeout", value "DURATION";
-    /// How long a framed append's payload may take to arrive once its header has.
-    payload_timeout: Span = Span(Duration::from_secs(30)), flag "payload-timeout", value "DURATION";
+    /// How long an append's body (HTTP or gRPC, or a framed append's payload) may take
+    /// beyond one second per body_min_rate bytes received; a slower body is dropped.
+    body_timeout: Span = Span(Duration::from_secs(10)), flag "body-timeout", value "DURATION";
+    /// The slowest rate, in bytes per second, at which an append's body may keep arriving
+    /// once body_timeout is spent.
+    body_min_rate: u64 = 64 << 10, flag "body-min-rate", value "BYTES";
     /// How long the answers still queued when a framed connection ends may take to be read.
     answer_timeout: Span = Span(Duration::from_secs(10)), flag "answer-timeout", value "DURATION";
     /// How often a quiet HTTP/2 connection is pinged.
@@ -296,7 +300,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub hello_timeout: Duration,
-    pub payload_timeout: Duration,
+    pub body_timeout: Duration,
+    pub body_min_rate: u64,
     pub answer_timeout: Duration,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -550,6 +555,12 @@ impl Settings {
             d.subscription_buffer,
             1024,
         );
+        let body_min_rate = count(
+            "body_min_rate",
+            self.body_min_rate,
+            d.body_min_rate,
+            1 << 40,
+        );
         if max_event_bytes > max_append_bytes {
             problems.push(format!(
                 "max_event_bytes: {max_event_bytes} is over max_append_bytes ({max_append_bytes}); an event that size could never be appended"
@@ -591,7 +602,8 @@ impl Settings {
             ),
             header_timeout: duration("header_timeout", self.header_timeout, d.header_timeout),
             hello_timeout: duration("hello_timeout", self.hello_timeout, d.hello_timeout),
-            payload_timeout: duration("payload_timeout", self.payload_timeout, d.payload_timeout),
+            body_timeout: duration("body_timeout", self.body_timeout, d.body_timeout),
+            body_min_rate: body_min_rate as u64,
             answer_timeout: duration("answer_timeout", self.answer_timeout, d.answer_timeout),
             ping_interval: duration("ping_interval", self.ping_interval, d.ping_interval),
             ping_timeout: duration("ping_timeout", self.ping_timeout, d.ping_timeout),

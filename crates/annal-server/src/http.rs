@@ -85,9 +85,9 @@ fn ok_json<T: serde::Serialize>(body: &T) -> Response {
 pub struct JsonBody<T>(pub T, pub usize);
 
 impl<T: DeserializeOwned> FromRequest<Arc<State>> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request(req: Request, state: &Arc<State>) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Arc<State>) -> Result<Self, Response> {
         let limit = body_limit(state);
         let declared = req
             .headers()
@@ -95,21 +95,31 @@ impl<T: DeserializeOwned> FromRequest<Arc<State>> for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if let Some(slow) = crate::budget::SlowBody::find(&e) {
+                let mut r = json_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &ErrorJson::new("timed_out", slow.to_string()),
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError(Error::TooLarge {
                     what: "request body".into(),
                     size: declared.unwrap_or(limit + 1),
                     limit,
                 })
+                .into_response()
             } else {
-                ApiError(Error::invalid("body", e.body_text()))
+                ApiError(Error::invalid("body", e.body_text())).into_response()
             }
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         crate::json::object(&mut de)
             .and_then(|v| de.end().map(|()| v))
             .map(|v| JsonBody(v, bytes.len()))
-            .map_err(|e| ApiError(Error::invalid("body", e.to_string())))
+            .map_err(|e| ApiError(Error::invalid("body", e.to_string())).into_response())
     }
 }
 
@@ -978,8 +988,9 @@ fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
     }
 }
 
-/// Checks the bearer token (when authentication is on), makes appends pay into the
-/// in-flight budget before their bodies are read, and counts the request.
+/// Checks the bearer token (when authentication is on), refuses an append body declared
+/// over the limit before reading it, makes appends pay into the in-flight budget as their
+/// bodies arrive (and keep arriving), and counts the request.
 async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let grpc_method = path
@@ -1015,21 +1026,31 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         }
     }
     let req = if writes {
-        let size = if grpc_method.is_some() {
-            crate::budget::Size::GrpcPrefix
-        } else {
-            crate::budget::Size::Known(
-                req.headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| body_limit(&state)),
-            )
-        };
+        if grpc_method.is_none() {
+            let limit = body_limit(&state);
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let Some(size) = declared.filter(|&n| n > limit as u64) {
+                // Refused before a byte of the body is read.
+                metrics::request(api, "4xx");
+                let mut r = ApiError(Error::TooLarge {
+                    what: "request body".into(),
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    limit,
+                })
+                .into_response();
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        }
         let held = crate::Budget::default();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(held.clone());
-        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), held, size);
+        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), held, api);
         Request::from_parts(parts, Body::new(body))
     } else {
         req

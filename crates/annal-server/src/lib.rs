@@ -48,6 +48,8 @@ pub(crate) struct State {
     pub subscriptions: Arc<Semaphore>,
     pub reads: Arc<Semaphore>,
     pub append_budget: Arc<Semaphore>,
+    /// The one append at a time that may go over the budget (see `State::take`).
+    pub overdraft: Arc<Semaphore>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub draining: AtomicBool,
@@ -63,8 +65,7 @@ fn approx_size(e: &RecordedEvent) -> usize {
     e.data.len() + e.stream_id.len() + e.event_type.len() + 96
 }
 
-/// The share of the in-flight append budget that one request holds.
-pub type Budget = Arc<std::sync::Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>>;
+pub use access::Budget;
 
 /// What the first packed batch buffer of a read starts with room for; later ones start with
 /// the size the one before reached.
@@ -684,6 +685,7 @@ impl Server {
             subscriptions: Arc::new(Semaphore::new(config.limits.max_subscriptions)),
             reads: Arc::new(Semaphore::new(config.limits.max_reads)),
             append_budget: Arc::new(Semaphore::new(config.limits.max_inflight_append_bytes)),
+            overdraft: Arc::new(Semaphore::new(1)),
             config,
             shutdown: shutdown.clone(),
             draining: AtomicBool::new(false),

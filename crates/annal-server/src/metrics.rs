@@ -11,6 +11,9 @@
 //! | `annal_subscriber_lag_events` | histogram | how far behind the head a subscriber's batch was when sent |
 //! | `annal_requests_total{api,status}` | counter | requests by API (`grpc`, `http`) and status class |
 //! | `annal_head_position` | gauge | the log's last position, set at each scrape |
+//! | `annal_append_overdrafts_total` | counter | appends that went over the in-flight budget so that appends holding parts of it could not wait on each other |
+//! | `annal_append_bodies_receiving` | gauge | appends whose body (or framed payload) is being received |
+//! | `annal_slow_bodies_total{api}` | counter | appends dropped because their body arrived too slowly |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -80,6 +83,45 @@ fn describe() {
     );
     metrics::describe_counter!("annal_requests_total", "Requests by API and status class");
     metrics::describe_gauge!("annal_head_position", "The log's last position");
+    metrics::describe_counter!(
+        "annal_append_overdrafts_total",
+        "Appends that read the rest of their body over the in-flight budget"
+    );
+    metrics::describe_gauge!(
+        "annal_append_bodies_receiving",
+        "Appends whose body is being received"
+    );
+    metrics::describe_counter!(
+        "annal_slow_bodies_total",
+        "Appends dropped because their body arrived too slowly, by API"
+    );
+}
+
+/// An append whose body is being received, counted in `annal_append_bodies_receiving`
+/// while this lives.
+pub struct Receiving(());
+
+impl Receiving {
+    pub fn new() -> Receiving {
+        metrics::gauge!("annal_append_bodies_receiving").increment(1.0);
+        Receiving(())
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        metrics::gauge!("annal_append_bodies_receiving").decrement(1.0);
+    }
+}
+
+/// Counts an append that took the overdraft.
+pub fn overdraft() {
+    metrics::counter!("annal_append_overdrafts_total").increment(1);
+}
+
+/// Counts an append dropped for a body that arrived too slowly.
+pub fn slow_body(api: &'static str) {
+    metrics::counter!("annal_slow_bodies_total", "api" => api).increment(1);
 }
 
 /// The metrics in Prometheus text format.

@@ -3,19 +3,20 @@
 //!
 //! One task reads frames; each append runs in a task of its own, so that many are in flight
 //! on one connection (at most `max_streams_per_connection`, the same bound as HTTP/2
-//! streams) and are answered as they finish. Every append takes its size from the in-flight
-//! append budget before its payload is read, as a gRPC or HTTP append does, so a flood of
-//! appends waits in TCP flow control instead of in the server's memory. Each append's task
-//! writes its answer itself through the connection's [`FrameWriter`].
+//! streams) and are answered as they finish. Every append pays into the in-flight append
+//! budget for each piece of its payload before reading it, as a gRPC or HTTP append does, so
+//! a flood of appends waits in TCP flow control instead of in the server's memory, and a
+//! header whose payload never comes holds nothing. Each append's task writes its answer
+//! itself through the connection's [`FrameWriter`].
 //!
 //! A frame that breaks the protocol (an unknown kind, a Hello that is not first, request id
 //! 0) is answered with an Error frame and the connection is closed: after it, the stream of
 //! frames cannot be trusted. An append over the size limit is read past without being kept
 //! and refused alone, and a malformed append message is answered with an error for that
 //! request alone, since their frames were whole. A client has `hello_timeout` for its Hello
-//! and `payload_timeout` for each payload once its header has arrived. On shutdown the reader stops
-//! taking new frames, the appends in flight finish and are answered, and the connection
-//! closes.
+//! (with its token), and each payload must keep arriving as an HTTP body must
+//! (`body_timeout`, `body_min_rate`). On shutdown the reader stops taking new frames, the
+//! appends in flight finish and are answered, and the connection closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,11 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::access::Access;
-use crate::{metrics, public, stopping, State};
+use crate::budget::Pace;
+use crate::{metrics, public, stopping, Budget, State};
 
 /// Answers waiting to be sent beyond which no more requests are read: a client that does not
 /// read its answers stops being served instead of growing the server's memory.
@@ -119,54 +122,88 @@ async fn read_header(read: &mut BufReader<OwnedReadHalf>) -> Result<Option<Heade
     }
 }
 
-/// A frame's payload; the caller has checked its length against the limits.
-async fn read_payload(
+/// The Hello's payload (a token), which must arrive by `deadline`.
+async fn read_hello(
     read: &mut BufReader<OwnedReadHalf>,
     h: Header,
+    deadline: Instant,
     limit: Duration,
 ) -> Result<Vec<u8>, Fatal> {
     let mut payload = vec![0u8; h.len as usize];
-    within_payload_time(h, limit, read.read_exact(&mut payload)).await?;
-    Ok(payload)
-}
-
-/// Reads past a frame's payload without keeping it.
-async fn skip_payload(
-    read: &mut BufReader<OwnedReadHalf>,
-    h: Header,
-    limit: Duration,
-) -> Result<(), Fatal> {
-    let mut rest = read.take(u64::from(h.len));
-    let copied =
-        within_payload_time(h, limit, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await?;
-    if copied < u64::from(h.len) {
-        return Err((
-            h.id,
-            Error::Unavailable("the connection ended inside a frame".into()),
-        ));
-    }
-    Ok(())
-}
-
-async fn within_payload_time<T>(
-    h: Header,
-    limit: Duration,
-    read: impl std::future::Future<Output = std::io::Result<T>>,
-) -> Result<T, Fatal> {
-    match tokio::time::timeout(limit, read).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err((
-            h.id,
-            Error::Unavailable(format!("the connection ended inside a frame: {e}")),
-        )),
+    match tokio::time::timeout_at(deadline, read.read_exact(&mut payload)).await {
+        Ok(Ok(_)) => Ok(payload),
+        Ok(Err(e)) => Err((h.id, ended(e))),
         Err(_) => Err((
             h.id,
             Error::Unavailable(format!(
-                "a frame's payload did not arrive within {}",
+                "no whole Hello within {} of the preface",
                 humantime::format_duration(limit)
             )),
         )),
     }
+}
+
+fn ended(e: std::io::Error) -> Error {
+    Error::Unavailable(format!("the connection ended inside a frame: {e}"))
+}
+
+/// Bytes of a payload paid for and read at a time.
+const PIECE: usize = 64 << 10;
+
+/// Reads a frame's payload as it arrives, at the pace a body must keep ([`Pace`]). With a
+/// `hold`, each piece is paid for in the in-flight budget before it is read, and the
+/// payload is kept; without, it is read past and dropped (a refused request). The caller
+/// has checked its length against the limits.
+async fn read_payload(
+    read: &mut BufReader<OwnedReadHalf>,
+    h: Header,
+    state: &State,
+    hold: Option<&Budget>,
+) -> Result<Vec<u8>, Fatal> {
+    let len = h.len as usize;
+    // Reserved, not touched: memory is used as bytes arrive.
+    let mut payload = Vec::with_capacity(if hold.is_some() { len } else { 0 });
+    let mut scratch = Vec::new();
+    let mut pace = Pace::new(&state.config.limits);
+    let _receiving = metrics::Receiving::new();
+    let (mut paid, mut received) = (0, 0);
+    while received < len {
+        if paid == received {
+            let n = PIECE.min(len - paid);
+            if let Some(hold) = hold {
+                let since = Instant::now();
+                state.take(hold, n).await.map_err(|e| (h.id, e))?;
+                pace.waited(since.elapsed());
+            }
+            paid += n;
+        }
+        let want = (paid - received) as u64;
+        let buf = if hold.is_some() {
+            &mut payload
+        } else {
+            scratch.clear();
+            &mut scratch
+        };
+        match tokio::time::timeout_at(pace.deadline(), (&mut *read).take(want).read_buf(buf)).await
+        {
+            Ok(Ok(0)) => {
+                return Err((
+                    h.id,
+                    Error::Unavailable("the connection ended inside a frame".into()),
+                ))
+            }
+            Ok(Ok(n)) => {
+                received += n;
+                pace.received(n);
+            }
+            Ok(Err(e)) => return Err((h.id, ended(e))),
+            Err(_) => {
+                metrics::slow_body("wire");
+                return Err((h.id, Error::Unavailable(pace.late("the payload").0)));
+            }
+        }
+    }
+    Ok(payload)
 }
 
 async fn read_frames(
@@ -180,7 +217,8 @@ async fn read_frames(
         .await
         .map_err(|e| (0, Error::Unavailable(format!("reading the preface: {e}"))))?;
     let limits = &state.config.limits;
-    let hello = match tokio::time::timeout(limits.hello_timeout, read_header(read)).await {
+    let hello_by = Instant::now() + limits.hello_timeout;
+    let hello = match tokio::time::timeout_at(hello_by, read_header(read)).await {
         Ok(Ok(Some(h))) => h,
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
@@ -216,7 +254,7 @@ async fn read_frames(
             },
         ));
     }
-    let token = read_payload(read, hello, limits.payload_timeout).await?;
+    let token = read_hello(read, hello, hello_by, limits.hello_timeout).await?;
     let access = state
         .authorize(Some(&token), false, "in the Hello frame")
         .map_err(|e| (hello.id, e))?;
@@ -280,18 +318,18 @@ async fn read_frames(
         if let Some(e) = refusal {
             // Read past without being kept, refused alone; the connection goes on, as over
             // gRPC.
-            skip_payload(read, header, limits.payload_timeout).await?;
+            read_payload(read, header, state, None).await?;
             metrics::request("wire", "4xx");
             gone(writer.send(&error_frame(header.id, e)))?;
             drop(place);
             continue;
         }
-        let budget = tokio::select! {
-            b = state.admit(len) => b.map_err(|e| (header.id, e))?,
+        let budget = Budget::default();
+        let payload = tokio::select! {
+            p = read_payload(read, header, state, Some(&budget)) => p?,
             () = stopping(&mut shutdown) => return Ok(()),
         };
-        let payload =
-            annal_core::Bytes::from(read_payload(read, header, limits.payload_timeout).await?);
+        let payload = annal_core::Bytes::from(payload);
         let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
             let frame = match append(&state, payload).await {

@@ -25,10 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `annal_requests_total` for these labels, as `/metrics` shows it now.
 async fn requests(addr: std::net::SocketAddr, labels: &str) -> u64 {
-    let m = http(addr, "GET", "/metrics", &[], "").await.text();
-    m.lines()
-        .find_map(|l| l.strip_prefix(&format!("annal_requests_total{{{labels}}} ")))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(addr, &format!("annal_requests_total{{{labels}}}")).await as u64
 }
 
 fn one(stream: &str, expected: ExpectedRevision) -> AppendRequest {

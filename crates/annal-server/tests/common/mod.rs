@@ -52,6 +52,15 @@ impl TestServer {
     }
 }
 
+/// A metric's value as `/metrics` shows it now: `name` with its labels, as in
+/// `annal_requests_total{api="wire",status="2xx"}`; 0 when it is not shown.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let m = http(addr, "GET", "/metrics", &[], "").await.text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// A response: status, headers and the whole body.
 pub struct Reply {
     pub status: u16,

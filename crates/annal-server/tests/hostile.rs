@@ -1,0 +1,240 @@
+//! Clients that hold what they can and send nothing, or send too slowly: each test plays one
+//! attack against a server with its default settings (timeouts shortened where the test
+//! waits for them) and asserts the bound the server keeps meanwhile.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use annal_core::{AppendRequest, EventStore, ExpectedRevision, NewEvent};
+use annal_wire::{self as wire, Header, Kind, HEADER_LEN};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The metrics are the process's: the tests here run one at a time, so that one can count
+/// what it caused.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until `/metrics` shows at least `n` append bodies being received.
+async fn receiving_at_least(addr: std::net::SocketAddr, n: f64) {
+    tokio::time::timeout(WAIT, async {
+        while metric(addr, "annal_append_bodies_receiving").await < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the attackers' bodies are being received");
+}
+
+/// An HTTP/1.1 request head sent on a new connection; the body is the caller's to send.
+async fn head(addr: std::net::SocketAddr, path: &str, headers: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// What the server sent before closing, or within `within`.
+async fn answer(s: &mut TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(within, s.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A framed connection that has said Hello and been answered.
+async fn framed(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = wire::PREFACE.to_vec();
+    wire::put_frame(&mut out, Kind::Hello, 1, b"");
+    s.write_all(&out).await.unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h).await.unwrap();
+    let h = Header::parse(&h);
+    assert_eq!(h.kind, Kind::Ready as u8, "{h:?}");
+    let mut payload = vec![0u8; h.len as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    s
+}
+
+/// The header of an Append frame of `len` bytes, with no payload after it.
+async fn append_header(s: &mut TcpStream, id: u32, len: u32) {
+    let h = Header {
+        len,
+        kind: Kind::Append as u8,
+        id,
+    };
+    s.write_all(&h.encode()).await.unwrap();
+}
+
+fn one(stream: &str) -> AppendRequest {
+    AppendRequest::stream(
+        stream,
+        ExpectedRevision::Any,
+        vec![NewEvent::new("Noted", br#"{"n":1}"#.to_vec())],
+    )
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_bodies_that_never_arrive_hold_back_no_other_append() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let limits = annal_server::Limits::default();
+    let http_limit = 2 * limits.max_append_bytes + (1 << 20);
+    let framed_limit = limits.max_append_bytes + (1 << 20);
+
+    // A declared length over the limit is refused before any of it is read.
+    let mut huge = head(addr, "/v1/append", "content-length: 10000000000\r\n").await;
+    let refused = answer(&mut huge, WAIT).await;
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(refused.contains("too_large"), "{refused}");
+
+    // Four of each kind, each declaring the largest body allowed and sending none of it:
+    // together they declare about 1.3 GB, five times the in-flight budget.
+    let mut attackers = Vec::new();
+    for i in 0..4 {
+        let h = format!("content-length: {http_limit}\r\n");
+        attackers.push(head(addr, "/v1/append", &h).await);
+        let path = format!("/v1/streams/chunked-{i}");
+        attackers.push(head(addr, &path, "transfer-encoding: chunked\r\n").await);
+        let mut f = framed(addr).await;
+        append_header(&mut f, 1, framed_limit as u32).await;
+        attackers.push(f);
+    }
+    receiving_at_least(addr, 12.0).await;
+
+    // Meanwhile another client's one-event appends go through as if they were alone.
+    let client = s.client().await;
+    let mut took = Vec::new();
+    for i in 0..200 {
+        let started = Instant::now();
+        tokio::time::timeout(WAIT, client.append(one(&format!("fine-{}", i % 10))))
+            .await
+            .expect("an append is not held back")
+            .unwrap();
+        took.push(started.elapsed());
+    }
+    let worst = p99(took);
+    assert!(worst < Duration::from_millis(100), "p99 {worst:?}");
+    // And over HTTP.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/fine-http",
+        &[],
+        r#"{"events":[{"event_type":"Noted","data":{"n":1}}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        metric(addr, "annal_append_bodies_receiving").await >= 12.0,
+        "the attackers still hold their connections"
+    );
+    drop(attackers);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_bodies_that_stop_arriving_or_trickle_are_dropped() {
+    let _serial = SERIAL.lock().await;
+    let timeout = Duration::from_millis(600);
+    let s = start_with(|c| c.limits.body_timeout = timeout).await;
+    let addr = s.addr();
+
+    let mut silent = head(addr, "/v1/append", "content-length: 1000\r\n").await;
+    let mut chunked = head(addr, "/v1/streams/c", "transfer-encoding: chunked\r\n").await;
+    let mut frames = framed(addr).await;
+    append_header(&mut frames, 7, 1000).await;
+    // One byte every 100 ms: far below the minimum rate.
+    let mut trickle = head(addr, "/v1/append", "content-length: 1000\r\n").await;
+    let trickling = tokio::spawn(async move {
+        for _ in 0..100 {
+            if trickle.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answer(&mut trickle, WAIT).await
+    });
+
+    let started = Instant::now();
+    for s in [&mut silent, &mut chunked] {
+        let a = answer(s, WAIT).await;
+        assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+        assert!(a.contains("arrived too slowly"), "{a}");
+    }
+    let a = trickling.await.unwrap();
+    assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    // The framed client is told why, and its connection closed.
+    let mut h = [0u8; HEADER_LEN];
+    frames.read_exact(&mut h).await.unwrap();
+    let h = Header::parse(&h);
+    assert_eq!((h.kind, h.id), (Kind::Error as u8, 7), "{h:?}");
+    let mut payload = vec![0u8; h.len as usize];
+    frames.read_exact(&mut payload).await.unwrap();
+    let status = wire::decode_status(&payload).unwrap();
+    assert!(
+        status.message().contains("arrived too slowly"),
+        "{status:?}"
+    );
+    assert_eq!(
+        answer(&mut frames, WAIT).await,
+        "",
+        "then the connection ends"
+    );
+    let all = started.elapsed();
+    assert!(all >= timeout && all < timeout * 8, "{all:?}");
+    assert_eq!(metric(addr, "annal_append_bodies_receiving").await, 0.0);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_that_each_hold_part_of_a_spent_budget_all_finish() {
+    let _serial = SERIAL.lock().await;
+    // The smallest budget these limits allow: 1.5 MiB.
+    let s = start_with(|c| {
+        c.limits.max_append_bytes = 256 << 10;
+        c.limits.max_event_bytes = 256 << 10;
+        c.limits.max_inflight_append_bytes = 2 * (256 << 10) + (1 << 20);
+    })
+    .await;
+    let addr = s.addr();
+    // 40 appends of 200 KiB send their first 64 KiB, 2.5 MiB in all, before any sends the
+    // rest: the budget is spent by parts of bodies that each need more of it.
+    let n = 40;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = "z".repeat(200 << 10);
+            let body = format!(r#"{{"events":[{{"event_type":"Big","data":"{data}"}}]}}"#);
+            let h = format!("content-length: {}\r\n", body.len());
+            let mut c = head(addr, &format!("/v1/streams/part-{i}"), &h).await;
+            let (first, rest) = body.as_bytes().split_at(64 << 10);
+            c.write_all(first).await.unwrap();
+            barrier.wait().await;
+            c.write_all(rest).await.unwrap();
+            answer(&mut c, WAIT).await
+        }));
+    }
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    }
+    assert!(
+        metric(addr, "annal_append_overdrafts_total").await >= 1.0,
+        "the budget was spent by parts of bodies"
+    );
+    s.server.shutdown().await.unwrap();
+}
