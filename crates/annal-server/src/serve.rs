@@ -106,20 +106,22 @@ pub async fn serve(
                 None => {
                     // A connection that never says anything gives its place back; one that
                     // opens with the framed protocol's preface speaks it instead of HTTP.
-                    match tokio::time::timeout(
+                    let mut socket = socket;
+                    let first = match tokio::time::timeout(
                         limits.handshake_timeout,
-                        crate::wire::opens_with_preface(&socket),
+                        crate::wire::opens_with_preface(&mut socket),
                     )
                     .await
                     {
-                        Ok(Some(false)) => {}
-                        Ok(Some(true)) => {
+                        Ok(Some((false, first))) => first,
+                        Ok(Some((true, _))) => {
                             crate::wire::serve_connection(socket, state).await;
                             return;
                         }
                         _ => return,
-                    }
+                    };
                     drop(state);
+                    let socket = crate::wire::Rewound::new(first, socket);
                     let conn = builder.serve_connection(TokioIo::new(socket), service);
                     watcher.watch(conn.into_owned()).await
                 }

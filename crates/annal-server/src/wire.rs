@@ -43,27 +43,103 @@ const MAX_UNSENT: usize = 1 << 20;
 /// A failure that ends the connection: the request id it concerns (0 for none) and why.
 type Fatal = (u32, Error);
 
-/// True when the first bytes of a connection are the framed protocol's preface; false as soon
-/// as they cannot be (HTTP, TLS, anything else); `None` when the client closed first.
-pub async fn opens_with_preface(socket: &TcpStream) -> Option<bool> {
-    let mut first = [0u8; wire::PREFACE.len()];
+/// Reads the first bytes of a connection until they are the framed protocol's preface
+/// (true) or cannot be (false, with the bytes read, which belong to HTTP or TLS); `None`
+/// when the client closed first. A preface that arrives in pieces is waited for on the
+/// socket.
+pub async fn opens_with_preface(socket: &mut TcpStream) -> Option<(bool, Vec<u8>)> {
+    let mut first = Vec::with_capacity(wire::PREFACE.len());
     loop {
-        let n = socket.peek(&mut first).await.ok()?;
+        let have = first.len();
+        let mut more = [0u8; wire::PREFACE.len()];
+        let n = socket
+            .read(&mut more[..wire::PREFACE.len() - have])
+            .await
+            .ok()?;
         if n == 0 {
             return None;
         }
-        if first[..n] != wire::PREFACE[..n] {
-            return Some(false);
+        first.extend_from_slice(&more[..n]);
+        if first[..] != wire::PREFACE[..first.len()] {
+            return Some((false, first));
         }
-        if n == first.len() {
-            return Some(true);
+        if first.len() == wire::PREFACE.len() {
+            return Some((true, first));
         }
-        // A preface cut in two by the network: wait for the rest.
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-/// Serves a connection whose preface [`opens_with_preface`] has seen, until the client
+/// A connection whose first bytes were read already, and are read again first.
+pub struct Rewound {
+    first: Vec<u8>,
+    at: usize,
+    socket: TcpStream,
+}
+
+impl Rewound {
+    pub fn new(first: Vec<u8>, socket: TcpStream) -> Rewound {
+        Rewound {
+            first,
+            at: 0,
+            socket,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Rewound {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.socket).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+/// Serves a connection whose preface [`opens_with_preface`] has read, until the client
 /// closes it, it breaks the protocol, or the server shuts down.
 pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
     let peer = socket.peer_addr().ok();
@@ -212,10 +288,6 @@ async fn read_frames(
     writer: &Arc<FrameWriter>,
     in_flight: &Arc<Semaphore>,
 ) -> Result<(), Fatal> {
-    let mut preface = [0u8; wire::PREFACE.len()];
-    read.read_exact(&mut preface)
-        .await
-        .map_err(|e| (0, Error::Unavailable(format!("reading the preface: {e}"))))?;
     let limits = &state.config.limits;
     let hello_by = Instant::now() + limits.hello_timeout;
     let hello = match tokio::time::timeout_at(hello_by, read_header(read)).await {

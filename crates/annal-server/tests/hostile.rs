@@ -238,3 +238,45 @@ async fn appends_that_each_hold_part_of_a_spent_budget_all_finish() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+/// CPU time this process has used, user and system.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel counts in USER_HZ, 100 per second on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_prefaces_cost_no_cpu_while_they_wait() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let mut waiting = Vec::new();
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&wire::PREFACE[..3]).await.unwrap();
+        waiting.push(c);
+    }
+    // A window of time in which nothing happens but the 300 connections waiting.
+    let (cpu, wall) = (cpu_time(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_time() - cpu;
+    let wall = wall.elapsed();
+    assert!(used < wall / 10, "{used:?} of CPU in {wall:?}");
+    // The rest of a preface, when it comes, is read as one.
+    let mut c = waiting.pop().unwrap();
+    let mut out = wire::PREFACE[3..].to_vec();
+    wire::put_frame(&mut out, Kind::Hello, 1, b"");
+    c.write_all(&out).await.unwrap();
+    let mut h = [0u8; HEADER_LEN];
+    tokio::time::timeout(WAIT, c.read_exact(&mut h))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Header::parse(&h).kind, Kind::Ready as u8);
+    drop(waiting);
+    s.server.shutdown().await.unwrap();
+}
