@@ -16,9 +16,17 @@ pub(crate) enum Access {
     Write,
 }
 
-/// Compares without stopping at the first differing byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether `given` is `secret`, in a time that depends on `given` alone: neither where
+/// they first differ nor the secret's length shows in how long it takes.
+fn same(secret: &[u8], given: &[u8]) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let mut differ = u8::from(secret.len() != given.len());
+    for (i, g) in given.iter().enumerate() {
+        differ |= g ^ secret[i % secret.len()];
+    }
+    std::hint::black_box(differ) == 0
 }
 
 /// What a bearer token may do; `None` when it is no configured token.
@@ -134,3 +142,23 @@ pub struct Hold {
 
 /// The share of the in-flight append budget that one request holds.
 pub type Budget = Arc<std::sync::Mutex<Hold>>;
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn tokens_match_only_whole() {
+        assert!(same(b"secret-token", b"secret-token"));
+        for given in [
+            &b""[..],
+            b"secret",
+            b"secret-token-",
+            b"secret-tokem",
+            b"secret-tokensecret",
+        ] {
+            assert!(!same(b"secret-token", given), "{given:?}");
+        }
+        assert!(!same(b"", b""));
+    }
+}

@@ -197,10 +197,11 @@ settings! {
     tls_cert: Option<PathBuf> = None, flag "tls-cert", value "FILE";
     /// TLS private key (PEM); needs the certificate.
     tls_key: Option<PathBuf> = None, flag "tls-key", value "FILE";
-    /// A bearer token that may read (repeat the flag, or comma-separate in the variable).
+    /// A bearer token that may read (repeat the flag, or comma-separate in the variable;
+    /// prefer the variable or the file: every local user can see a process's flags).
     read_tokens: Tokens = Tokens::default(), flag "read-token", value "TOKEN", repeats;
     /// A bearer token that may read and append (repeat the flag, or comma-separate in the
-    /// variable).
+    /// variable; prefer the variable or the file).
     write_tokens: Tokens = Tokens::default(), flag "write-token", value "TOKEN", repeats;
     /// Open connections at most; more wait in the accept queue.
     max_connections: u64 = 1024, flag "max-connections", value "N";

@@ -967,10 +967,15 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The bearer token of a request's `Authorization` header, if any.
+/// The bearer token of a request's `Authorization` header, if any. The scheme's name is
+/// case-insensitive (RFC 7235).
 fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    Some(value.strip_prefix("Bearer ")?.trim().as_bytes())
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
 }
 
 /// True for the routes that append: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one

@@ -510,6 +510,18 @@ async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
     )
     .await;
     assert_eq!(r.status, 401);
+    // The scheme's name is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let r = http(
+            addr,
+            "GET",
+            "/v1/info",
+            &[("authorization", &format!("{scheme} {READ}"))],
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
     let bearer_read = format!("Bearer {READ}");
     let r = http(
         addr,
