@@ -18,6 +18,7 @@
 //! Reads stream their body (`{"events":[...],"next":N}`) batch by batch; they return 1000
 //! events unless `limit` says otherwise, and `next` is the `from` of the next page.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,19 +148,94 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
 /// Refuses what the query parser would take leniently: a malformed %-escape (taken
 /// literally), or escapes that do not make UTF-8 (replaced).
 fn check_query(query: &str) -> Result<(), Error> {
-    let bytes = query.as_bytes();
-    for (i, _) in query.match_indices('%') {
-        let hex = bytes.get(i + 1..i + 3);
-        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-            return Err(Error::invalid("query", "has a malformed %-escape"));
-        }
-    }
+    check_escapes(query, "query")?;
     for part in query.split(['&', '=']) {
         percent_encoding::percent_decode_str(part)
             .decode_utf8()
             .map_err(|_| Error::invalid("query", "is not UTF-8"))?;
     }
     Ok(())
+}
+
+/// Refuses a `%` that is not followed by two hex digits, which decoders take literally.
+fn check_escapes(text: &str, what: &str) -> Result<(), Error> {
+    let bytes = text.as_bytes();
+    for (i, _) in text.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            let shown = String::from_utf8_lossy(&bytes[i..bytes.len().min(i + 3)]);
+            return Err(Error::invalid(
+                what,
+                format!("has a malformed %-escape ('{shown}' at byte {i})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses query parameters that the route does not take, by the OpenAPI document's list of
+/// each operation's parameters (a misspelt filter would otherwise read the whole log).
+async fn known_params(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<axum::extract::MatchedPath>();
+    if let (Some(query), Some(matched)) = (req.uri().query(), matched) {
+        let key = (
+            req.method().as_str().to_owned(),
+            matched.as_str().to_owned(),
+        );
+        if let Some(known) = params_by_route().get(&key) {
+            let given: Vec<(String, String)> =
+                serde_urlencoded::from_str(query).unwrap_or_default();
+            let mut unknown: Vec<&str> = given
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .filter(|name| !known.iter().any(|k| k == name))
+                .collect();
+            unknown.dedup();
+            if !unknown.is_empty() {
+                let takes = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                return ApiError(Error::invalid(
+                    "query",
+                    format!(
+                        "unknown parameter {} (this route takes: {takes})",
+                        unknown
+                            .iter()
+                            .map(|n| format!("'{n}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The query parameters of each documented operation, by method and path.
+fn params_by_route() -> &'static HashMap<(String, String), Vec<String>> {
+    static KNOWN: std::sync::OnceLock<HashMap<(String, String), Vec<String>>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut known = HashMap::new();
+        for (path, item) in openapi().paths.paths {
+            for (method, op) in [("GET", item.get), ("POST", item.post)] {
+                let Some(op) = op else { continue };
+                let names = op
+                    .parameters
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                    .map(|p| p.name)
+                    .collect();
+                known.insert((method.to_string(), path.clone()), names);
+            }
+        }
+        known
+    })
 }
 
 /// The path's stream id, decoded.
@@ -172,6 +248,7 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
         parts: &mut http::request::Parts,
         state: &S,
     ) -> Result<Self, ApiError> {
+        check_escapes(parts.uri.path(), "path").map_err(ApiError)?;
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|p| StreamPath(p.0))
@@ -1099,6 +1176,7 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
         .route_service(&format!("/{}/{{*method}}", annal_proto::SERVICE), grpc)
+        .route_layer(middleware::from_fn(known_params))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(method_not_allowed))

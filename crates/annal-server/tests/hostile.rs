@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// The metrics are the process's: the tests here run one at a time, so that one can count
-/// what it caused.
+/// The metrics and the CPU time are the process's: the tests here run one at a time, so
+/// that one can count what it caused.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits until `/metrics` shows at least `n` append bodies being received.
@@ -278,5 +278,49 @@ async fn partial_prefaces_cost_no_cpu_while_they_wait() {
         .unwrap();
     assert_eq!(Header::parse(&h).kind, Kind::Ready as u8);
     drop(waiting);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_escapes_and_unknown_parameters_are_refused_by_name() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let append = r#"{"events":[{"event_type":"Noted","data":{"n":1}}]}"#;
+    let r = http(addr, "POST", "/v1/streams/s-1", &[], append).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (method, path) in [
+        ("GET", "/v1/streams/a%zzb"),
+        ("GET", "/v1/streams/a%zzb/events"),
+        ("POST", "/v1/streams/a%zzb"),
+        ("GET", "/v1/streams/a%2"),
+    ] {
+        let body = if method == "POST" { append } else { "" };
+        let r = http(addr, method, path, &[], body).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], "path", "{}", r.text());
+        assert!(r.text().contains("malformed %-escape"), "{}", r.text());
+    }
+    for (method, path, name) in [
+        ("GET", "/v1/events?strem=s-1", "strem"),
+        ("GET", "/v1/streams/s-1/events?asof=5", "asof"),
+        ("GET", "/v1/streams?limit=1&colour=red", "colour"),
+        ("POST", "/v1/streams/s-1?expected=0", "expected"),
+    ] {
+        let body = if method == "POST" { append } else { "" };
+        let r = http(addr, method, path, &[], body).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(&format!("'{name}'")), "{message}");
+    }
+    // Nothing was appended by the refused requests, and known parameters still work.
+    let r = http(addr, "GET", "/v1/events?stream=s-1&from=0", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["events"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.text()
+    );
     s.server.shutdown().await.unwrap();
 }
