@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use crate::{AppendRequest, Error, Query, ReadRequest, Result, Source, SubscribeRequest};
+use crate::{
+    AppendRequest, Error, Query, ReadRequest, Result, Source, SubscribeFrom, SubscribeRequest,
+};
 
 /// Longest stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 512;
@@ -113,6 +115,25 @@ pub fn read(r: &ReadRequest) -> Result<()> {
 /// A subscription request.
 pub fn subscribe(r: &SubscribeRequest) -> Result<()> {
     source(&r.source)
+}
+
+/// A subscription's resume point against the log's last position (`None`: the log is
+/// empty): a point beyond it names events that do not exist, and is refused.
+pub fn resume_point(from: SubscribeFrom, head: Option<u64>) -> Result<()> {
+    let SubscribeFrom::After(p) = from else {
+        return Ok(());
+    };
+    match head {
+        Some(h) if p <= h => Ok(()),
+        Some(h) => Err(Error::invalid(
+            "from",
+            format!("resume point {p} is beyond the head of the log ({h})"),
+        )),
+        None => Err(Error::invalid(
+            "from",
+            format!("resume point {p} is beyond the head of the log (it is empty)"),
+        )),
+    }
 }
 
 /// An append request, with the per-event size limit of the store it is sent to.

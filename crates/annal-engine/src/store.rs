@@ -329,6 +329,7 @@ impl EventStore for Store {
         validate::subscribe(&request)?;
         let rx = self.shared.head_tx.subscribe();
         let next_position = *rx.borrow();
+        validate::resume_point(request.from, next_position.checked_sub(1))?;
         let from = match (&request.source, request.from) {
             (Source::Stream(_), SubscribeFrom::Start) => 0,
             (Source::Stream(s), SubscribeFrom::After(p)) => self.stream_revision_after(s, p)?,

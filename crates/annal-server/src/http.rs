@@ -741,7 +741,8 @@ async fn subscribe_get(
     Params(filter): Params<FilterParams>,
     Params(p): Params<SubscribeParams>,
 ) -> Result<Response, ApiError> {
-    let from = match last_event_id(&headers)? {
+    let resumed = last_event_id(&headers)?;
+    let from = match resumed {
         Some(id) => SubscribeFrom::After(id),
         None => match p.after.as_deref() {
             None => SubscribeFrom::Start,
@@ -752,7 +753,24 @@ async fn subscribe_get(
         source: filter.source()?,
         from,
     };
-    sse(&state, request, p.heartbeat_ms).await
+    let field = if resumed.is_some() {
+        "Last-Event-ID"
+    } else {
+        "after"
+    };
+    sse(&state, request, p.heartbeat_ms)
+        .await
+        .map_err(|e| resume_field(e, field))
+}
+
+/// Names where a refused resume point came from (the engine calls it `from`).
+fn resume_field(e: ApiError, field: &str) -> ApiError {
+    match e.0 {
+        Error::InvalidArgument { field: f, problem } if f == "from" => {
+            ApiError(Error::invalid(field, problem))
+        }
+        other => ApiError(other),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/subscribe", tag = "subscribe",
@@ -769,10 +787,18 @@ async fn subscribe_post(
 ) -> Result<Response, ApiError> {
     let heartbeat = body.heartbeat_ms;
     let mut request = body.into_core();
-    if let Some(id) = last_event_id(&headers)? {
+    let resumed = last_event_id(&headers)?;
+    if let Some(id) = resumed {
         request.from = SubscribeFrom::After(id);
     }
-    sse(&state, request, heartbeat).await
+    let field = if resumed.is_some() {
+        "Last-Event-ID"
+    } else {
+        "from"
+    };
+    sse(&state, request, heartbeat)
+        .await
+        .map_err(|e| resume_field(e, field))
 }
 
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {

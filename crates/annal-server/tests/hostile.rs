@@ -324,3 +324,38 @@ async fn malformed_escapes_and_unknown_parameters_are_refused_by_name() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_points_beyond_the_head_are_refused_by_name() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let client = s.client().await;
+    for i in 0..3 {
+        client.append(one(&format!("r-{i}"))).await.unwrap();
+    }
+    let r = http(addr, "GET", "/v1/subscribe?after=1000000", &[], "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["field"], "after", "{}", r.text());
+    assert!(
+        r.text().contains("beyond the head of the log (2)"),
+        "{}",
+        r.text()
+    );
+    let r = http(addr, "GET", "/v1/subscribe", &[("last-event-id", "3")], "").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["field"], "Last-Event-ID", "{}", r.text());
+    let e = client
+        .subscribe(annal_core::SubscribeRequest::new(
+            annal_core::Source::All,
+            annal_core::SubscribeFrom::After(3),
+        ))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, annal_core::Error::InvalidArgument { field, .. } if field == "from"),
+        "{e:?}"
+    );
+    s.server.shutdown().await.unwrap();
+}

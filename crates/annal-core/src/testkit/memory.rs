@@ -367,6 +367,7 @@ impl MemoryStore {
         validate::subscribe(&request)?;
         let mut state = self.shared.lock();
         let head = state.head();
+        validate::resume_point(request.from, head)?;
         let next = match request.from {
             SubscribeFrom::Start => 0,
             SubscribeFrom::After(p) => p.saturating_add(1),

@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             head_tracks_the_log,
             subscribe_from_start,
             subscribe_from_after,
+            subscribe_after_beyond_the_head_is_refused,
             subscribe_from_now,
             subscribe_filtered,
             subscribe_checkpoints;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::util::*;
 use crate::{
-    AppendRequest, EventStore, ExpectedRevision, Query, QueryItem, RecordedEvent, Source,
-    SubscribeFrom, SubscribeRequest, SubscriptionItem, SubscriptionStream,
+    AppendRequest, Error, EventStore, ExpectedRevision, Query, QueryItem, RecordedEvent, Result,
+    Source, SubscribeFrom, SubscribeRequest, SubscriptionItem, SubscriptionStream,
 };
 
 fn all_from(from: SubscribeFrom) -> SubscribeRequest {
@@ -161,6 +161,37 @@ pub async fn subscribe_from_after<S: EventStore>(store: &S) {
         assert_eq!(next_event(sub, name).await.position, 5, "{name}");
         assert_quiet(sub, name).await;
     }
+}
+
+/// A resume point beyond the head names events that do not exist: refused, for the whole
+/// log and for one stream alike, so that no checkpoint is ever sent below it.
+pub async fn subscribe_after_beyond_the_head_is_refused<S: EventStore>(store: &S) {
+    let refused = |r: Result<SubscriptionStream>, what: &str| match r {
+        Err(Error::InvalidArgument { field, problem }) => {
+            assert_eq!(field, "from", "{what}: {problem}");
+            assert!(problem.contains("beyond"), "{what}: {problem}");
+        }
+        Err(e) => panic!("{what}: expected InvalidArgument, got {e:?}"),
+        Ok(_) => panic!("{what}: a resume point beyond the head was accepted"),
+    };
+    refused(
+        store.subscribe(all_from(SubscribeFrom::After(0))).await,
+        "after 0 of an empty log",
+    );
+    append_to(store, "b-1", evs("A", 3)).await;
+    for p in [3, 1_000_000, u64::MAX] {
+        refused(
+            store.subscribe(all_from(SubscribeFrom::After(p))).await,
+            &format!("after {p} with the head at 2"),
+        );
+        let stream = SubscribeRequest::new(Source::Stream("b-1".into()), SubscribeFrom::After(p));
+        refused(store.subscribe(stream).await, &format!("stream after {p}"));
+    }
+    let mut at_head = subscribe(store, all_from(SubscribeFrom::After(2))).await;
+    assert_eq!(
+        next_caught_up(&mut at_head, "after the head").await,
+        Some(2)
+    );
 }
 
 /// From now: no history, the marker at the current head, then new events.
