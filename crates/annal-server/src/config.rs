@@ -239,6 +239,10 @@ settings! {
     /// The slowest rate, in bytes per second, at which an append's body may keep arriving
     /// once body_timeout is spent.
     body_min_rate: u64 = 64 << 10, flag "body-min-rate", value "BYTES";
+    /// How long an answer may wait for its client to take any of it: a read (or a
+    /// connection) whose client takes nothing for this long is stopped, giving back its
+    /// slot.
+    write_timeout: Span = Span(Duration::from_secs(30)), flag "write-timeout", value "DURATION";
     /// How long the answers still queued when a framed connection ends may take to be read.
     answer_timeout: Span = Span(Duration::from_secs(10)), flag "answer-timeout", value "DURATION";
     /// How often a quiet HTTP/2 connection is pinged.
@@ -303,6 +307,7 @@ pub struct Limits {
     pub hello_timeout: Duration,
     pub body_timeout: Duration,
     pub body_min_rate: u64,
+    pub write_timeout: Duration,
     pub answer_timeout: Duration,
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
@@ -605,6 +610,7 @@ impl Settings {
             hello_timeout: duration("hello_timeout", self.hello_timeout, d.hello_timeout),
             body_timeout: duration("body_timeout", self.body_timeout, d.body_timeout),
             body_min_rate: body_min_rate as u64,
+            write_timeout: duration("write_timeout", self.write_timeout, d.write_timeout),
             answer_timeout: duration("answer_timeout", self.answer_timeout, d.answer_timeout),
             ping_interval: duration("ping_interval", self.ping_interval, d.ping_interval),
             ping_timeout: duration("ping_timeout", self.ping_timeout, d.ping_timeout),

@@ -28,6 +28,19 @@ impl<T> Stream for Receiver<T> {
     }
 }
 
+/// A read's answers; a read stopped because they were not taken ends with its error.
+pub struct Reads(crate::ReadRx<Result<pb::ReadResponse, Status>>);
+
+impl Stream for Reads {
+    type Item = Result<pb::ReadResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map_err(status).and_then(|r| r)))
+    }
+}
+
 /// The most entries one listing answers; a client pages with `after` for more (the Rust
 /// client does so when asked for everything).
 pub const MAX_PAGE: usize = 10_000;
@@ -77,7 +90,7 @@ impl pb::event_store_server::EventStore for Grpc {
         Ok(Response::new(result.into()))
     }
 
-    type ReadStream = Receiver<Result<pb::ReadResponse, Status>>;
+    type ReadStream = Reads;
 
     async fn read(
         &self,
@@ -101,7 +114,7 @@ impl pb::event_store_server::EventStore for Grpc {
             self.state.read_batches(request, READ_QUEUE, convert).await
         }
         .map_err(status)?;
-        Ok(Response::new(Receiver(rx)))
+        Ok(Response::new(Reads(rx)))
     }
 
     type SubscribeStream = Receiver<Result<pb::SubscribeResponse, Status>>;

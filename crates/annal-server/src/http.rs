@@ -435,8 +435,8 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
         })
         .await?;
     let first = match rx.recv().await {
-        Some(Ok(bytes)) => bytes,
-        Some(Err(e)) => return Err(ApiError(e)),
+        Some(Ok(Ok(bytes))) => bytes,
+        Some(Ok(Err(e)) | Err(e)) => return Err(ApiError(e)),
         None => {
             return Err(ApiError::from(Error::Internal(
                 "the read ended without an answer".into(),
@@ -459,7 +459,7 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
 /// A streamed body: the first chunk, then the rest; a failure ends the body with an error.
 struct Chunks {
     first: Option<Bytes>,
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, Error>>,
+    rx: crate::ReadRx<Result<Bytes, Error>>,
 }
 
 impl futures_core::Stream for Chunks {
@@ -474,7 +474,7 @@ impl futures_core::Stream for Chunks {
         }
         self.rx.poll_recv(cx).map(|item| {
             item.map(|r| {
-                r.map_err(|e| {
+                r.and_then(|r| r).map_err(|e| {
                     tracing::warn!(error = %e, "a streamed read failed after its answer began");
                     std::io::Error::other(e.to_string())
                 })

@@ -72,26 +72,46 @@ pub use access::Budget;
 const FIRST_PACKED_BUFFER: usize = 16 << 10;
 
 /// Runs `read` on the blocking pool, holding `permit`, and returns the queue its messages go
-/// to. `read` gets a sender (false once the receiver is gone) and a check whether the
-/// receiver is gone; a panic in it ends the read with an error, never with what looks like
-/// its end.
+/// to. `read` gets a sender (false once the receiver is gone, or has taken nothing for
+/// `write_timeout`) and a check whether the receiver is gone; a panic in it ends the read with
+/// an error, never with what looks like its end. A read whose receiver stopped taking its
+/// messages gives its permit back, and the receiver then ends with an error.
 fn spawn_read<T, F, R>(
     permit: tokio::sync::OwnedSemaphorePermit,
     queue: usize,
+    write_timeout: Duration,
     mut convert: F,
     read: R,
-) -> mpsc::Receiver<T>
+) -> ReadRx<T>
 where
     T: Send + 'static,
     F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     R: FnOnce(&mut dyn FnMut(ReadMsg) -> bool, &dyn Fn() -> bool) + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(queue.max(1));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let handle = tokio::runtime::Handle::current();
+    let stalled_too = Arc::clone(&stalled);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let put = |item: T| -> bool {
+            match handle.block_on(tx.send_timeout(item, write_timeout)) {
+                Ok(()) => true,
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    stalled_too.store(true, Ordering::Release);
+                    metrics::stalled_read();
+                    tracing::debug!(
+                        ?write_timeout,
+                        "a read's client took nothing for the write timeout; the read stops"
+                    );
+                    false
+                }
+            }
+        };
         let run = std::panic::AssertUnwindSafe(|| {
             let mut send = |msg| match convert(msg) {
-                Some(item) => tx.blocking_send(item).is_ok(),
+                Some(item) => put(item),
                 None => true,
             };
             read(&mut send, &|| tx.is_closed());
@@ -99,11 +119,45 @@ where
         if std::panic::catch_unwind(run).is_err() {
             let e = public(Error::Internal("the read stopped on a panic".into()));
             if let Some(item) = convert(ReadMsg::Failed(e)) {
-                let _ = tx.blocking_send(item);
+                put(item);
             }
         }
     });
-    rx
+    ReadRx {
+        rx,
+        stalled,
+        write_timeout,
+    }
+}
+
+/// The receiving end of a read started by [`spawn_read`]: its messages, then the end, or an
+/// error when the read was stopped because this end took nothing for the write timeout.
+pub(crate) struct ReadRx<T> {
+    rx: mpsc::Receiver<T>,
+    stalled: Arc<AtomicBool>,
+    write_timeout: Duration,
+}
+
+impl<T> ReadRx<T> {
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<T, Error>>> {
+        self.rx.poll_recv(cx).map(|item| match item {
+            Some(t) => Some(Ok(t)),
+            None if self.stalled.swap(false, Ordering::AcqRel) => {
+                Some(Err(Error::Unavailable(format!(
+                    "the read was stopped: its answers were not taken for {} (write_timeout)",
+                    humantime::format_duration(self.write_timeout)
+                ))))
+            }
+            None => None,
+        })
+    }
+
+    pub async fn recv(&mut self) -> Option<Result<T, Error>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
 }
 
 /// One message of a read, before it is put on the wire.
@@ -231,7 +285,7 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<mpsc::Receiver<T>, Error>
+    ) -> Result<ReadRx<T>, Error>
     where
         T: Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
@@ -240,28 +294,35 @@ impl State {
         let mut events = self.store.read(request).await?;
         let batch = self.config.limits.read_batch_events;
         let handle = tokio::runtime::Handle::current();
-        Ok(spawn_read(permit, queue, convert, move |send, closed| {
-            loop {
-                // A batch at a time under one `block_on`: the engine's reads never wait, so
-                // this costs a poll per event and nothing more.
-                let (events, end) = handle.block_on(gather(&mut events, batch, closed));
-                if !events.is_empty() && !send(ReadMsg::Events(events)) {
-                    return;
-                }
-                match end {
-                    Gathered::Full => {}
-                    Gathered::Gone => return,
-                    Gathered::Failed(e) => {
-                        send(ReadMsg::Failed(public(e)));
+        let timeout = self.config.limits.write_timeout;
+        Ok(spawn_read(
+            permit,
+            queue,
+            timeout,
+            convert,
+            move |send, closed| {
+                loop {
+                    // A batch at a time under one `block_on`: the engine's reads never wait, so
+                    // this costs a poll per event and nothing more.
+                    let (events, end) = handle.block_on(gather(&mut events, batch, closed));
+                    if !events.is_empty() && !send(ReadMsg::Events(events)) {
                         return;
                     }
-                    Gathered::End => {
-                        send(ReadMsg::End);
-                        return;
+                    match end {
+                        Gathered::Full => {}
+                        Gathered::Gone => return,
+                        Gathered::Failed(e) => {
+                            send(ReadMsg::Failed(public(e)));
+                            return;
+                        }
+                        Gathered::End => {
+                            send(ReadMsg::End);
+                            return;
+                        }
                     }
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// Starts a read like [`State::read_batches`], with its batches in the packed encoding.
@@ -274,7 +335,7 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<mpsc::Receiver<T>, Error>
+    ) -> Result<ReadRx<T>, Error>
     where
         T: Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
@@ -285,54 +346,61 @@ impl State {
         let permit = self.read_permit()?;
         let read = read?;
         let batch = self.config.limits.read_batch_events;
-        Ok(spawn_read(permit, queue, convert, move |send, closed| {
-            let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
-            let mut count = 0;
-            let mut gone = false;
-            let result = read.visit(|e| {
-                annal_proto::packed::Parts {
-                    position: e.position,
-                    revision: e.revision,
-                    recorded_at: e.recorded_at,
-                    schema_version: e.schema_version,
-                    id: e.id,
-                    correlation_id: e.correlation_id,
-                    causation_id: e.causation_id,
-                    actor: e.actor,
-                    stream_id: e.stream_id,
-                    event_type: e.event_type,
-                    content_type: e.content_type,
-                    tags: e.tags.clone(),
-                    extra: e.extra.clone(),
-                    data: e.data,
-                }
-                .encode(&mut buf);
-                count += 1;
-                if count == batch || buf.len() >= BATCH_BYTES {
-                    let size = buf.len();
-                    let full = std::mem::replace(&mut buf, Vec::with_capacity(size));
-                    if !send(ReadMsg::Packed(full)) {
+        let timeout = self.config.limits.write_timeout;
+        Ok(spawn_read(
+            permit,
+            queue,
+            timeout,
+            convert,
+            move |send, closed| {
+                let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
+                let mut count = 0;
+                let mut gone = false;
+                let result = read.visit(|e| {
+                    annal_proto::packed::Parts {
+                        position: e.position,
+                        revision: e.revision,
+                        recorded_at: e.recorded_at,
+                        schema_version: e.schema_version,
+                        id: e.id,
+                        correlation_id: e.correlation_id,
+                        causation_id: e.causation_id,
+                        actor: e.actor,
+                        stream_id: e.stream_id,
+                        event_type: e.event_type,
+                        content_type: e.content_type,
+                        tags: e.tags.clone(),
+                        extra: e.extra.clone(),
+                        data: e.data,
+                    }
+                    .encode(&mut buf);
+                    count += 1;
+                    if count == batch || buf.len() >= BATCH_BYTES {
+                        let size = buf.len();
+                        let full = std::mem::replace(&mut buf, Vec::with_capacity(size));
+                        if !send(ReadMsg::Packed(full)) {
+                            gone = true;
+                            return false;
+                        }
+                        count = 0;
+                    } else if count % 64 == 0 && closed() {
                         gone = true;
                         return false;
                     }
-                    count = 0;
-                } else if count % 64 == 0 && closed() {
-                    gone = true;
-                    return false;
+                    true
+                });
+                if gone {
+                    return;
                 }
-                true
-            });
-            if gone {
-                return;
-            }
-            if count > 0 && !send(ReadMsg::Packed(buf)) {
-                return;
-            }
-            send(match result {
-                Ok(()) => ReadMsg::End,
-                Err(e) => ReadMsg::Failed(public(e)),
-            });
-        }))
+                if count > 0 && !send(ReadMsg::Packed(buf)) {
+                    return;
+                }
+                send(match result {
+                    Ok(()) => ReadMsg::End,
+                    Err(e) => ReadMsg::Failed(public(e)),
+                });
+            },
+        ))
     }
 
     fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {

@@ -13,6 +13,8 @@
 //! | `annal_head_position` | gauge | the log's last position, set at each scrape |
 //! | `annal_append_overdrafts_total` | counter | appends that went over the in-flight budget so that appends holding parts of it could not wait on each other |
 //! | `annal_append_bodies_receiving` | gauge | appends whose body (or framed payload) is being received |
+//! | `annal_stalled_reads_total` | counter | reads stopped because their client took nothing for `write_timeout` |
+//! | `annal_stalled_connections_total` | counter | connections closed because their client took nothing for `write_timeout` |
 //! | `annal_slow_bodies_total{api}` | counter | appends dropped because their body arrived too slowly |
 
 use std::sync::OnceLock;
@@ -87,6 +89,14 @@ fn describe() {
         "annal_append_overdrafts_total",
         "Appends that read the rest of their body over the in-flight budget"
     );
+    metrics::describe_counter!(
+        "annal_stalled_reads_total",
+        "Reads stopped because their client took nothing for the write timeout"
+    );
+    metrics::describe_counter!(
+        "annal_stalled_connections_total",
+        "Connections closed because their client took nothing for the write timeout"
+    );
     metrics::describe_gauge!(
         "annal_append_bodies_receiving",
         "Appends whose body is being received"
@@ -112,6 +122,16 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         metrics::gauge!("annal_append_bodies_receiving").decrement(1.0);
     }
+}
+
+/// Counts a read stopped because its client took nothing for the write timeout.
+pub fn stalled_read() {
+    metrics::counter!("annal_stalled_reads_total").increment(1);
+}
+
+/// Counts a connection closed because its client took nothing for the write timeout.
+pub fn stalled_connection() {
+    metrics::counter!("annal_stalled_connections_total").increment(1);
 }
 
 /// Counts an append that took the overdraft.

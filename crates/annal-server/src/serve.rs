@@ -2,15 +2,20 @@
 //! framed append protocol; optionally behind TLS; with a cap on connections and on requests
 //! in flight per connection, and a graceful shutdown that waits for requests in flight.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -42,6 +47,98 @@ pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
         .context("the certificate and key do not make a usable TLS configuration")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A connection whose writes fail once its client has taken nothing for `limit`: a client
+/// that stops reading its answers loses its connection instead of holding it, and what its
+/// requests hold, for ever.
+struct Stalling<S> {
+    io: S,
+    limit: Duration,
+    /// Since when writes have been waiting, as the time they may wait until.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Stalling<S> {
+    fn new(io: S, limit: Duration) -> Stalling<S> {
+        Stalling {
+            io,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// What a write that returned `polled` comes to, counting how long writes have waited.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let until = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match until.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                crate::metrics::stalled_connection();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client took nothing for {} (write_timeout)",
+                        humantime::format_duration(limit)
+                    ),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalling<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Serves until `shutdown` turns true, then waits up to `shutdown_grace` for open requests.
@@ -122,6 +219,7 @@ pub async fn serve(
                     };
                     drop(state);
                     let socket = crate::wire::Rewound::new(first, socket);
+                    let socket = Stalling::new(socket, limits.write_timeout);
                     let conn = builder.serve_connection(TokioIo::new(socket), service);
                     watcher.watch(conn.into_owned()).await
                 }
@@ -143,6 +241,7 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let stream = Stalling::new(stream, limits.write_timeout);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 }

@@ -359,3 +359,80 @@ async fn resume_points_beyond_the_head_are_refused_by_name() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_whose_clients_stop_reading_give_their_slots_back() {
+    let _serial = SERIAL.lock().await;
+    let s = start_with(|c| {
+        c.limits.write_timeout = Duration::from_millis(500);
+        c.limits.max_reads = 4;
+    })
+    .await;
+    let addr = s.addr();
+    let client = s.client().await;
+    // 20 MB of events: a read of them all is far more than sockets and queues hold.
+    let data = format!("\"{}\"", "x".repeat(1000)).into_bytes();
+    for b in 0..20 {
+        let events = (0..1000)
+            .map(|_| NewEvent::new("Big", data.clone()))
+            .collect();
+        let request = AppendRequest::stream(format!("big-{b}"), ExpectedRevision::Any, events);
+        client.append(request).await.unwrap();
+    }
+    let stalled = || async {
+        metric(addr, "annal_stalled_reads_total").await
+            + metric(addr, "annal_stalled_connections_total").await
+    };
+    let stalled_before = stalled().await;
+    // Four reads of the whole log, as many as the server serves at once, whose clients
+    // never read a byte of their answers.
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /v1/events?limit=20000 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        stuck.push(c);
+    }
+    let probe = || async {
+        http(addr, "GET", "/v1/events?limit=1", &[], "")
+            .await
+            .status
+    };
+    tokio::time::timeout(WAIT, async {
+        while probe().await != 503 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the stuck reads hold every slot");
+    // After the write timeout the four are stopped, though their clients stay connected,
+    // and their slots come back.
+    tokio::time::timeout(WAIT, async {
+        while stalled().await < stalled_before + 4.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the stuck reads are stopped by the write timeout");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match probe().await {
+                200 => break,
+                503 => tokio::task::yield_now().await,
+                other => panic!("{other}"),
+            }
+        }
+    })
+    .await
+    .expect("a read is served again");
+    // And the server closed their connections: each reads to its end.
+    for mut c in stuck {
+        let mut sink = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut sink))
+            .await
+            .expect("the server closed the connection")
+            .ok();
+    }
+    s.server.shutdown().await.unwrap();
+}
