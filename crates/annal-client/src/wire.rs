@@ -8,7 +8,8 @@
 //! each answer to its caller by request id. When the connection fails, every caller still waiting gets
 //! [`Error::Unavailable`] (as over gRPC, the append may or may not have been written; a retry
 //! with the same event ids is answered with the original result), and the next append opens
-//! a new connection.
+//! a new connection. An append whose connection ends before its answer is sent again once,
+//! on a new connection, as such a retry: a server closes connections it finds idle.
 //!
 //! A server whose answer to the Hello is not the protocol's (a proxy that speaks only HTTP,
 //! an older server) is remembered, and this client's appends go over gRPC instead; after no
@@ -116,9 +117,23 @@ impl Framed {
         let Some(conn) = self.conn().await? else {
             return Ok(None);
         };
-        let (kind, payload) = conn
+        let answer = match conn
             .call(|out, id| wire::put_append(out, id, request))
-            .await?;
+            .await
+        {
+            // The connection ended first (a server closes one it finds idle, or to make
+            // room): sent again once, on a new connection. Events keep their ids, so an
+            // append the server did write is answered with its first result.
+            Err(Error::Unavailable(_)) if !conn.is_open() => {
+                let Some(conn) = self.conn().await? else {
+                    return Ok(None);
+                };
+                conn.call(|out, id| wire::put_append(out, id, request))
+                    .await
+            }
+            other => other,
+        };
+        let (kind, payload) = answer?;
         match kind {
             Kind::Appended => pb::AppendResponse::decode(payload.as_slice())
                 .map(Some)

@@ -103,22 +103,34 @@ impl SlowBody {
 
 type Take = Pin<Box<dyn Future<Output = Result<(), annal_core::Error>> + Send>>;
 
-/// A request body that pays for each frame before it is handed on, and must keep arriving.
+/// A request body that must keep arriving, and, for an append, pays for each frame before it
+/// is handed on.
 pub struct Budgeted {
     inner: Body,
     state: Arc<State>,
-    held: Budget,
+    /// Where an append's body pays into the budget; `None` for other requests, which only
+    /// keep the pace.
+    held: Option<Budget>,
     api: &'static str,
     pace: Pace,
     late: Pin<Box<Sleep>>,
     /// A frame waiting for its share of the budget, and since when.
     waiting: Option<(Frame<Bytes>, Take, Instant)>,
-    _receiving: crate::metrics::Receiving,
+    _receiving: Option<crate::metrics::Receiving>,
+    /// Marks the connection as waiting on its client while the body is still to come.
+    awaiting: Option<crate::conns::Awaiting>,
 }
 
 impl Budgeted {
-    pub fn new(inner: Body, state: Arc<State>, held: Budget, api: &'static str) -> Self {
+    pub fn new(
+        inner: Body,
+        state: Arc<State>,
+        held: Option<Budget>,
+        api: &'static str,
+        conn: Option<&Arc<crate::conns::Conn>>,
+    ) -> Self {
         let pace = Pace::new(&state.config.limits);
+        let receiving = held.is_some().then(crate::metrics::Receiving::new);
         Budgeted {
             late: Box::pin(tokio::time::sleep_until(pace.deadline())),
             inner,
@@ -127,7 +139,8 @@ impl Budgeted {
             api,
             pace,
             waiting: None,
-            _receiving: crate::metrics::Receiving::new(),
+            _receiving: receiving,
+            awaiting: conn.map(|c| c.awaiting()),
         }
     }
 }
@@ -157,7 +170,10 @@ impl http_body::Body for Budgeted {
                 };
                 this.pace.received(len);
                 this.late.as_mut().reset(this.pace.deadline());
-                let (state, held) = (Arc::clone(&this.state), Arc::clone(&this.held));
+                let Some(held) = this.held.clone() else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                let state = Arc::clone(&this.state);
                 let mut take: Take = Box::pin(async move { state.take(&held, len).await });
                 match take.as_mut().poll(cx) {
                     Poll::Ready(paid) => {
@@ -177,7 +193,11 @@ impl http_body::Body for Budgeted {
                     this.pace.late("the request body"),
                 ))))
             }
-            other => other,
+            other => {
+                // The body is whole, or failed: nothing more is awaited from the client.
+                this.awaiting = None;
+                other
+            }
         }
     }
 

@@ -203,7 +203,8 @@ settings! {
     /// A bearer token that may read and append (repeat the flag, or comma-separate in the
     /// variable; prefer the variable or the file).
     write_tokens: Tokens = Tokens::default(), flag "write-token", value "TOKEN", repeats;
-    /// Open connections at most; more wait in the accept queue.
+    /// Open connections at most; a new one beyond them closes the one idle the longest, or
+    /// is closed at once when every one is busy.
     max_connections: u64 = 1024, flag "max-connections", value "N";
     /// Concurrent HTTP/2 requests, or framed appends in flight, per connection.
     max_streams_per_connection: u64 = 256, flag "max-streams-per-connection", value "N";
@@ -227,10 +228,13 @@ settings! {
     /// How long a shutdown waits for requests in flight.
     shutdown_grace: Span = Span(Duration::from_secs(30)), flag "shutdown-grace", value "DURATION";
     /// How long a new connection has to send its first bytes, or to finish its TLS
-    /// handshake.
+    /// handshake; with tokens required, to make its first authenticated request.
     handshake_timeout: Span = Span(Duration::from_secs(10)), flag "handshake-timeout", value "DURATION";
     /// How long an HTTP/1.1 client has to send a request's headers.
-    header_timeout: Span = Span(Duration::from_secs(30)), flag "header-timeout", value "DURATION";
+    header_timeout: Span = Span(Duration::from_secs(10)), flag "header-timeout", value "DURATION";
+    /// How long a connection may stay open with no request in flight. With tokens
+    /// required, a connection must make an authenticated request within handshake_timeout.
+    idle_timeout: Span = Span(Duration::from_secs(60)), flag "idle-timeout", value "DURATION";
     /// How long a framed client has to say Hello after its preface.
     hello_timeout: Span = Span(Duration::from_secs(10)), flag "hello-timeout", value "DURATION";
     /// How long an append's body (HTTP or gRPC, or a framed append's payload) may take
@@ -304,6 +308,7 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub hello_timeout: Duration,
     pub body_timeout: Duration,
     pub body_min_rate: u64,
@@ -607,6 +612,7 @@ impl Settings {
                 d.handshake_timeout,
             ),
             header_timeout: duration("header_timeout", self.header_timeout, d.header_timeout),
+            idle_timeout: duration("idle_timeout", self.idle_timeout, d.idle_timeout),
             hello_timeout: duration("hello_timeout", self.hello_timeout, d.hello_timeout),
             body_timeout: duration("body_timeout", self.body_timeout, d.body_timeout),
             body_min_rate: body_min_rate as u64,

@@ -1118,6 +1118,11 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
             writes,
             "Authorization: Bearer <token>",
         );
+        if authorized.is_ok() {
+            if let Some(conn) = req.extensions().get::<Arc<crate::conns::Conn>>() {
+                conn.authenticate();
+            }
+        }
         if let Err(e) = authorized {
             metrics::request(api, "refused");
             if grpc_method.is_some() {
@@ -1158,7 +1163,14 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         let held = crate::Budget::default();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(held.clone());
-        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), held, api);
+        let conn = parts.extensions.get::<Arc<crate::conns::Conn>>();
+        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), Some(held), api, conn);
+        Request::from_parts(parts, Body::new(body))
+    } else if grpc_method.is_none() {
+        // Any other HTTP body must keep arriving too.
+        let (parts, body) = req.into_parts();
+        let conn = parts.extensions.get::<Arc<crate::conns::Conn>>();
+        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), None, api, conn);
         Request::from_parts(parts, Body::new(body))
     } else {
         req

@@ -29,6 +29,7 @@ mod access;
 mod backend;
 mod budget;
 pub mod config;
+mod conns;
 mod grpc;
 pub mod http;
 pub mod json;

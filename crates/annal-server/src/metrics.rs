@@ -12,6 +12,7 @@
 //! | `annal_requests_total{api,status}` | counter | requests by API (`grpc`, `http`) and status class |
 //! | `annal_head_position` | gauge | the log's last position, set at each scrape |
 //! | `annal_append_overdrafts_total` | counter | appends that went over the in-flight budget so that appends holding parts of it could not wait on each other |
+//! | `annal_connections_closed_total{reason}` | counter | connections the server closed: `idle`, `unauthenticated`, `evicted` (idle the longest when a new client came at the cap), `full` (a new client, when every connection was busy) |
 //! | `annal_append_bodies_receiving` | gauge | appends whose body (or framed payload) is being received |
 //! | `annal_stalled_reads_total` | counter | reads stopped because their client took nothing for `write_timeout` |
 //! | `annal_stalled_connections_total` | counter | connections closed because their client took nothing for `write_timeout` |
@@ -94,6 +95,10 @@ fn describe() {
         "Reads stopped because their client took nothing for the write timeout"
     );
     metrics::describe_counter!(
+        "annal_connections_closed_total",
+        "Connections the server closed, by reason"
+    );
+    metrics::describe_counter!(
         "annal_stalled_connections_total",
         "Connections closed because their client took nothing for the write timeout"
     );
@@ -122,6 +127,21 @@ impl Drop for Receiving {
     fn drop(&mut self) {
         metrics::gauge!("annal_append_bodies_receiving").decrement(1.0);
     }
+}
+
+/// Counts a connection closed for being idle, or unauthenticated past the handshake.
+pub fn idle_connection(reason: &'static str) {
+    metrics::counter!("annal_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Counts the connection closed, idle the longest, to make room for a new one at the cap.
+pub fn evicted_connection() {
+    metrics::counter!("annal_connections_closed_total", "reason" => "evicted").increment(1);
+}
+
+/// Counts a new connection closed at once because every connection was busy.
+pub fn refused_connection() {
+    metrics::counter!("annal_connections_closed_total", "reason" => "full").increment(1);
 }
 
 /// Counts a read stopped because its client took nothing for the write timeout.

@@ -13,14 +13,14 @@ use anyhow::Context as _;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsFiles;
+use crate::conns::{Busy, Conn, Conns};
 use crate::{stopping, State};
 
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
@@ -141,6 +141,86 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalling<S> {
     }
 }
 
+/// A response body that keeps its request counted as in flight until it is sent or dropped.
+struct Tracked {
+    inner: axum::body::Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves HTTP on one connection until it ends, is closed for idleness or to make room, or
+/// the server shuts down; the last two close it gracefully (requests in flight finish).
+async fn serve_http<I>(
+    io: I,
+    builder: Builder<TokioExecutor>,
+    app: Router,
+    conn: Arc<Conn>,
+    limits: &crate::config::Limits,
+    unauthenticated_until: Instant,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let conn = Arc::clone(&conn);
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let busy = conn.begin();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(Arc::clone(&conn));
+            let mut app = app.clone();
+            async move {
+                let resp = match tower::Service::call(&mut app, req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                };
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked { inner, _busy: busy }))
+            }
+        })
+    };
+    let serving = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    let idle = tokio::select! {
+        result = serving.as_mut() => return result,
+        () = conn.closed(limits.idle_timeout, unauthenticated_until) => true,
+        () = stopping(&mut shutdown) => false,
+    };
+    if idle && conn.waits_on_client() {
+        // Nothing the server does for it is lost: closed at once.
+        return Ok(());
+    }
+    serving.as_mut().graceful_shutdown();
+    if !idle {
+        // Requests in flight finish, up to the shutdown grace.
+        return serving.await;
+    }
+    // Nothing was in flight: a client that does not take part in a graceful close (an
+    // HTTP/2 one that never answers) is not waited for long.
+    match tokio::time::timeout(limits.handshake_timeout, serving).await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
 /// Serves until `shutdown` turns true, then waits up to `shutdown_grace` for open requests.
 pub async fn serve(
     listener: TcpListener,
@@ -150,8 +230,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let limits = state.config.limits.clone();
-    let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Conns::new(limits.max_connections);
+    let auth = state.config.auth_enabled();
     let mut builder = Builder::new(TokioExecutor::new());
     // Each request body may have its own window in flight; the connection's window is large
     // enough that one slow request never stalls the others on its connection. What a
@@ -173,11 +253,6 @@ pub async fn serve(
     // stopped before the store is closed.
     let mut tasks: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     loop {
-        // At the connection limit, stop accepting: new clients wait in the kernel's queue.
-        let permit = tokio::select! {
-            p = Arc::clone(&connections).acquire_owned() => p?,
-            () = stopping(&mut shutdown) => break,
-        };
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -190,15 +265,26 @@ pub async fn serve(
             },
             () = stopping(&mut shutdown) => break,
         };
+        // At the cap, the connection idle the longest makes room; when every one is busy,
+        // the new client is closed at once rather than left waiting.
+        let Some(place) = conns.admit(!auth) else {
+            crate::metrics::refused_connection();
+            tracing::debug!(%peer, "every connection is busy; a new one is refused");
+            drop(socket);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
+        let unauthenticated_until = Instant::now() + limits.handshake_timeout;
+        let app = app.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let state = Arc::clone(&state);
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            let _permit = permit;
+            let conn = Arc::clone(&place.conn);
+            let _place = place;
             let result = match tls {
                 None => {
                     // A connection that never says anything gives its place back; one that
@@ -212,7 +298,7 @@ pub async fn serve(
                     {
                         Ok(Some((false, first))) => first,
                         Ok(Some((true, _))) => {
-                            crate::wire::serve_connection(socket, state).await;
+                            crate::wire::serve_connection(socket, state, conn).await;
                             return;
                         }
                         _ => return,
@@ -220,8 +306,16 @@ pub async fn serve(
                     drop(state);
                     let socket = crate::wire::Rewound::new(first, socket);
                     let socket = Stalling::new(socket, limits.write_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(socket), service);
-                    watcher.watch(conn.into_owned()).await
+                    serve_http(
+                        socket,
+                        builder,
+                        app,
+                        conn,
+                        &limits,
+                        unauthenticated_until,
+                        shutdown,
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     drop(state);
@@ -242,8 +336,16 @@ pub async fn serve(
                         }
                     };
                     let stream = Stalling::new(stream, limits.write_timeout);
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    serve_http(
+                        stream,
+                        builder,
+                        app,
+                        conn,
+                        &limits,
+                        unauthenticated_until,
+                        shutdown,
+                    )
+                    .await
                 }
             };
             if let Err(e) = result {
@@ -254,12 +356,9 @@ pub async fn serve(
     drop(listener);
     drop(state);
     tracing::info!("shutting down: no new connections; waiting for requests in flight");
-    // HTTP connections close through `graceful`; framed ones stop reading by themselves and
-    // end once their appends in flight are answered.
-    let drained = async {
-        graceful.shutdown().await;
-        while tasks.join_next().await.is_some() {}
-    };
+    // Each connection closes gracefully on the shutdown signal: HTTP ones once their
+    // requests are answered, framed ones once their appends in flight are.
+    let drained = async { while tasks.join_next().await.is_some() {} };
     tokio::select! {
         () = drained => tracing::info!("every connection has closed"),
         () = tokio::time::sleep(limits.shutdown_grace) => {

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 
 use crate::access::Access;
 use crate::budget::Pace;
+use crate::conns::Conn;
 use crate::{metrics, public, stopping, Budget, State};
 
 /// Answers waiting to be sent beyond which no more requests are read: a client that does not
@@ -141,7 +142,7 @@ impl tokio::io::AsyncWrite for Rewound {
 
 /// Serves a connection whose preface [`opens_with_preface`] has read, until the client
 /// closes it, it breaks the protocol, or the server shuts down.
-pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
+pub async fn serve_connection(socket: TcpStream, state: Arc<State>, conn: Arc<Conn>) {
     let peer = socket.peer_addr().ok();
     let (read, write) = socket.into_split();
     let writer = Arc::new(FrameWriter::new(write));
@@ -154,7 +155,7 @@ pub async fn serve_connection(socket: TcpStream, state: Arc<State>) {
     let places = state.config.limits.max_streams_per_connection;
     let in_flight = Arc::new(Semaphore::new(places as usize));
     let mut read = BufReader::with_capacity(64 << 10, read);
-    if let Err((id, e)) = read_frames(&mut read, &state, &writer, &in_flight).await {
+    if let Err((id, e)) = read_frames(&mut read, &state, &writer, &in_flight, &conn).await {
         tracing::debug!(?peer, error = %e, "closing a framed connection");
         metrics::request("wire", "refused");
         let _ = writer.send(&error_frame(id, e));
@@ -287,6 +288,7 @@ async fn read_frames(
     state: &Arc<State>,
     writer: &Arc<FrameWriter>,
     in_flight: &Arc<Semaphore>,
+    conn: &Arc<Conn>,
 ) -> Result<(), Fatal> {
     let limits = &state.config.limits;
     let hello_by = Instant::now() + limits.hello_timeout;
@@ -330,20 +332,25 @@ async fn read_frames(
     let access = state
         .authorize(Some(&token), false, "in the Hello frame")
         .map_err(|e| (hello.id, e))?;
+    conn.authenticate();
     let mut ready = Vec::new();
     wire::put_frame(&mut ready, Kind::Ready, hello.id, wire::PREFACE);
     gone(writer.send(&ready))?;
 
     let max_len = state.max_append_message();
     let mut shutdown = state.shutdown.clone();
+    // Closed for idleness or to make room, the connection stops reading as at shutdown.
+    let idle = limits.idle_timeout;
     loop {
         tokio::select! {
             () = writer.room(MAX_UNSENT) => {}
             () = stopping(&mut shutdown) => return Ok(()),
+            () = conn.closed(idle, hello_by) => return Ok(()),
         }
         let place = tokio::select! {
             p = Arc::clone(in_flight).acquire_owned() => p.expect("never closed"),
             () = stopping(&mut shutdown) => return Ok(()),
+            () = conn.closed(idle, hello_by) => return Ok(()),
         };
         let header = tokio::select! {
             h = read_header(read) => match h? {
@@ -351,7 +358,9 @@ async fn read_frames(
                 None => return Ok(()),
             },
             () = stopping(&mut shutdown) => return Ok(()),
+            () = conn.closed(idle, hello_by) => return Ok(()),
         };
+        let busy = conn.begin();
         if header.id == 0 {
             return Err((
                 0,
@@ -397,10 +406,13 @@ async fn read_frames(
             continue;
         }
         let budget = Budget::default();
+        let awaiting = conn.awaiting();
         let payload = tokio::select! {
             p = read_payload(read, header, state, Some(&budget)) => p?,
             () = stopping(&mut shutdown) => return Ok(()),
+            () = conn.closed(idle, hello_by) => return Ok(()),
         };
+        drop(awaiting);
         let payload = annal_core::Bytes::from(payload);
         let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
@@ -420,7 +432,7 @@ async fn read_frames(
             drop(budget);
             // A connection that failed is noticed by the reader; this answer is lost with it.
             let _ = writer.send(&frame);
-            drop(place);
+            drop((place, busy));
         });
     }
 }

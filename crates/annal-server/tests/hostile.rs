@@ -364,7 +364,7 @@ async fn resume_points_beyond_the_head_are_refused_by_name() {
 async fn reads_whose_clients_stop_reading_give_their_slots_back() {
     let _serial = SERIAL.lock().await;
     let s = start_with(|c| {
-        c.limits.write_timeout = Duration::from_millis(500);
+        c.limits.write_timeout = Duration::from_secs(2);
         c.limits.max_reads = 4;
     })
     .await;
@@ -434,5 +434,131 @@ async fn reads_whose_clients_stop_reading_give_their_slots_back() {
             .expect("the server closed the connection")
             .ok();
     }
+    s.server.shutdown().await.unwrap();
+}
+
+/// A connection that opens HTTP/2 (the client preface and its SETTINGS) and then only
+/// lets the server's pings arrive.
+async fn h2_silent(addr: std::net::SocketAddr) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    c.write_all(&hello).await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_never_keep_a_new_client_out() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    // 1,100 connections of each kind, 4,400 in all against a cap of 1,024: framed ones idle
+    // after their Hello, HTTP/2 ones that never make a request, HTTP/1.1 ones whose headers
+    // never end, and HTTP/1.1 ones whose body stops after a byte.
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(framed(addr).await);
+        idle.push(h2_silent(addr).await);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /v1/read HTTP/1.1\r\nhost: localhost\r\n")
+            .await
+            .unwrap();
+        idle.push(c);
+        let mut c = head(addr, "/v1/read", "content-length: 100\r\n").await;
+        c.write_all(b"{").await.unwrap();
+        idle.push(c);
+    }
+    // A new client connects and appends at once, over the framed protocol and over HTTP.
+    let started = Instant::now();
+    let client = s.client().await;
+    client.append(one("newcomer")).await.unwrap();
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/newcomer-http",
+        &[],
+        r#"{"events":[{"event_type":"Noted","data":{"n":1}}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(metric(addr, "annal_connections_closed_total{reason=\"evicted\"}").await >= 3000.0);
+    drop(idle);
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_unauthenticated_connections_are_closed_in_time() {
+    let _serial = SERIAL.lock().await;
+    let short = Duration::from_millis(300);
+    let s = start_with(|c| {
+        c.limits.idle_timeout = short;
+        c.limits.handshake_timeout = short;
+        c.write_tokens = vec!["w-token-0123456789".into()];
+    })
+    .await;
+    let addr = s.addr();
+    let started = Instant::now();
+    // With tokens required, an HTTP/2 connection that makes no request, and an HTTP/1.1
+    // one that only asks for /health, are closed after the handshake timeout.
+    let mut h2 = h2_silent(addr).await;
+    let mut health = TcpStream::connect(addr).await.unwrap();
+    health
+        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // An authenticated keep-alive connection is closed once idle for the idle timeout,
+    // and a framed one idle after its Hello too.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(
+        b"GET /v1/info HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer w-token-0123456789\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut f = TcpStream::connect(addr).await.unwrap();
+    let mut out = wire::PREFACE.to_vec();
+    wire::put_frame(&mut out, Kind::Hello, 1, b"w-token-0123456789");
+    f.write_all(&out).await.unwrap();
+    for (c, what) in [
+        (&mut h2, "HTTP/2 without a request"),
+        (&mut health, "HTTP/1.1 without a token"),
+        (&mut kept, "HTTP/1.1 idle"),
+        (&mut f, "framed idle"),
+    ] {
+        let mut sink = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut sink))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: still open"))
+            .ok();
+        if what == "HTTP/1.1 idle" {
+            let text = String::from_utf8_lossy(&sink);
+            assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text}");
+        }
+    }
+    assert!(started.elapsed() >= short);
+    // A client whose connection the server closed while it was idle appends as before.
+    let client = annal_client::Client::builder(s.url.clone())
+        .token("w-token-0123456789")
+        .connect()
+        .await
+        .unwrap();
+    client.append(one("before-idle")).await.unwrap();
+    let idle_closed = || async {
+        let auth = [("authorization", "Bearer w-token-0123456789")];
+        let m = http(addr, "GET", "/metrics", &auth, "").await.text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("annal_connections_closed_total{reason=\"idle\"} "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let closed = idle_closed().await;
+    tokio::time::timeout(WAIT, async {
+        while idle_closed().await <= closed {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the client's idle connection is closed");
+    client.append(one("after-idle")).await.unwrap();
     s.server.shutdown().await.unwrap();
 }
