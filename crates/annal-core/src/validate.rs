@@ -24,6 +24,12 @@ pub const MAX_STREAMS_PER_APPEND: usize = 1_000;
 pub const MAX_TAGS_PER_EVENT: usize = 100;
 /// Most free-form metadata pairs one event may carry.
 pub const MAX_METADATA_PAIRS: usize = 256;
+/// The most items a query (a read's, a subscription's or an append condition's) holds.
+pub const MAX_QUERY_ITEMS: usize = 100;
+/// The most event types one query item names.
+pub const MAX_QUERY_TYPES: usize = 100;
+/// The most tags one query item names: as many as an event may hold.
+pub const MAX_QUERY_TAGS: usize = MAX_TAGS_PER_EVENT;
 
 fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {
@@ -72,13 +78,43 @@ pub fn tag(t: &str) -> Result<()> {
     Ok(())
 }
 
-/// A query: at least one item; every named type and tag valid.
+/// A query: at least one item, at most [`MAX_QUERY_ITEMS`], each naming at most
+/// [`MAX_QUERY_TYPES`] types and [`MAX_QUERY_TAGS`] tags; every named type and tag valid.
 pub fn query(q: &Query) -> Result<()> {
     if q.items.is_empty() {
         return Err(Error::invalid(
             "query",
             "has no items; use Query::all() to match every event",
         ));
+    }
+    if q.items.len() > MAX_QUERY_ITEMS {
+        return Err(Error::invalid(
+            "query",
+            format!(
+                "has {} items, more than the limit of {MAX_QUERY_ITEMS}",
+                q.items.len()
+            ),
+        ));
+    }
+    for (i, item) in q.items.iter().enumerate() {
+        if item.types.len() > MAX_QUERY_TYPES {
+            return Err(Error::invalid(
+                "query",
+                format!(
+                    "item {i} names {} event types, more than the limit of {MAX_QUERY_TYPES}",
+                    item.types.len()
+                ),
+            ));
+        }
+        if item.tags.len() > MAX_QUERY_TAGS {
+            return Err(Error::invalid(
+                "query",
+                format!(
+                    "item {i} names {} tags, more than the limit of {MAX_QUERY_TAGS} (an event holds at most that many)",
+                    item.tags.len()
+                ),
+            ));
+        }
     }
     for item in &q.items {
         for t in &item.types {
@@ -243,6 +279,39 @@ mod tests {
 
     fn one(stream: &str, e: NewEvent) -> AppendRequest {
         AppendRequest::stream(stream, ExpectedRevision::Any, vec![e])
+    }
+
+    #[test]
+    fn queries_are_bounded_and_the_message_names_the_limit() {
+        use crate::QueryItem;
+        let item = |types: usize, tags: usize| QueryItem {
+            types: (0..types).map(|i| format!("T{i}")).collect(),
+            tags: (0..tags).map(|i| format!("t{i}")).collect(),
+        };
+        let q = |items: Vec<QueryItem>| Query { items };
+        assert!(query(&q(vec![item(1, 1); MAX_QUERY_ITEMS])).is_ok());
+        assert!(query(&q(vec![item(MAX_QUERY_TYPES, MAX_QUERY_TAGS)])).is_ok());
+        for (bad, says) in [
+            (
+                q(vec![item(1, 1); MAX_QUERY_ITEMS + 1]),
+                "101 items, more than the limit of 100",
+            ),
+            (
+                q(vec![item(MAX_QUERY_TYPES + 1, 0)]),
+                "item 0 names 101 event types, more than the limit of 100",
+            ),
+            (
+                q(vec![item(0, 1), item(0, MAX_QUERY_TAGS + 1)]),
+                "item 1 names 101 tags, more than the limit of 100",
+            ),
+        ] {
+            let e = query(&bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument { field, .. } if field == "query"),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

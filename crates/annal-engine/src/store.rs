@@ -23,7 +23,7 @@ use crate::recovery::recover;
 use crate::shared::Shared;
 use crate::threads::{Start, Threads};
 use crate::write::writer::Tail;
-use crate::write::Command;
+use crate::write::{Checked, Command};
 
 /// An Annal store opened in this process.
 ///
@@ -183,12 +183,27 @@ impl Store {
         self.shared.check_poison()
     }
 
+    /// Checks a request's condition against the log as it is now, on the caller's thread,
+    /// so that the writer only checks what comes after (the writer still decides: an
+    /// idempotent retry or a wrong expected revision is answered before the condition).
+    fn precheck(&self, request: &AppendRequest) -> Result<Option<Checked>> {
+        let (Some(c), Some(head)) = (&request.condition, self.shared.head()) else {
+            return Ok(None);
+        };
+        let from = c.after.map_or(0, |a| a.saturating_add(1));
+        Ok(Some(Checked {
+            through: head,
+            found: crate::read::first_match(&self.shared, &c.query, from, head)?,
+        }))
+    }
+
     /// Appends from synchronous code. Must not be called from inside an async runtime.
     pub fn append_blocking(&self, request: AppendRequest) -> Result<AppendResult> {
         self.check_append(&request)?;
+        let checked = self.precheck(&request)?;
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .blocking_send(Command::Append(request, reply))
+            .blocking_send(Command::Append(request, checked, reply))
             .map_err(|_| self.shared.lost_answer())?;
         rx.blocking_recv().map_err(|_| self.shared.lost_answer())?
     }
@@ -309,9 +324,10 @@ impl Drop for Store {
 impl EventStore for Store {
     async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
         self.check_append(&request)?;
+        let checked = self.precheck(&request)?;
         let (reply, rx) = oneshot::channel();
         self.sender()?
-            .send(Command::Append(request, reply))
+            .send(Command::Append(request, checked, reply))
             .await
             .map_err(|_| self.shared.lost_answer())?;
         rx.await.map_err(|_| self.shared.lost_answer())?

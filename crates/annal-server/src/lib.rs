@@ -261,6 +261,7 @@ impl State {
             .flat_map(|s| s.events.iter())
             .map(|e| e.data.len())
             .sum();
+        let conditional = request.condition.is_some();
         let store = Arc::clone(&self.store);
         let append = async move {
             let _budget = budget;
@@ -269,6 +270,14 @@ impl State {
             metrics::appended(&result, events, bytes, started.elapsed());
             result
         };
+        if conditional {
+            // A condition is first checked against the log on the calling thread, for as
+            // long as its query takes: on the blocking pool, not on a runtime worker.
+            let handle = tokio::runtime::Handle::current();
+            return tokio::task::spawn_blocking(move || handle.block_on(append))
+                .await
+                .map_err(|e| Error::Internal(format!("the append task failed: {e}")))?;
+        }
         if !detach {
             return append.await;
         }

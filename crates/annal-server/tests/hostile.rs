@@ -562,3 +562,73 @@ async fn idle_and_unauthenticated_connections_are_closed_in_time() {
     client.append(one("after-idle")).await.unwrap();
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_costly_append_condition_holds_back_no_other_writer() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let client = s.client().await;
+    // 200,000 events tagged `a`, none also tagged `b`: a condition on "a and b" looks at
+    // every one of them and finds nothing.
+    for b in 0..200 {
+        let events = (0..1000)
+            .map(|_| NewEvent::new("Seen", b"{}".to_vec()).with_tag("a"))
+            .collect();
+        client
+            .append(AppendRequest::stream(
+                format!("seen-{b}"),
+                ExpectedRevision::Any,
+                events,
+            ))
+            .await
+            .unwrap();
+    }
+    let costly = annal_core::Query {
+        items: vec![annal_core::QueryItem {
+            types: vec![],
+            tags: vec!["a".into(), "b".into()],
+        }],
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checks = {
+        let (client, stop, costly) = (s.client().await, stop.clone(), costly.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = one(&format!("decided-{n}")).with_condition(costly.clone(), None);
+                client.append(request).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut took = Vec::new();
+    for i in 0..100 {
+        let started = Instant::now();
+        client.append(one(&format!("plain-{i}"))).await.unwrap();
+        took.push(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let decided = checks.await.unwrap();
+    assert!(decided >= 1, "the costly conditions ran meanwhile");
+    let worst = p99(took);
+    assert!(worst < Duration::from_millis(50), "p99 {worst:?}");
+
+    // A query past the limits is refused, naming the limit.
+    let items: Vec<String> = (0..101)
+        .map(|i| format!(r#"{{"tags":["t{i}"]}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"streams":[{{"stream_id":"q","events":[{{"event_type":"Noted","data":{{}}}}]}}],"condition":{{"query":{{"items":[{}]}}}}}}"#,
+        items.join(",")
+    );
+    let r = http(addr, "POST", "/v1/append", &[], &body).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("more than the limit of 100"),
+        "{}",
+        r.text()
+    );
+    s.server.shutdown().await.unwrap();
+}

@@ -2,6 +2,8 @@
 //! source (`cursor.rs`), reads as streams (`stream.rs`) and subscriptions, cursors that
 //! wait for the log to grow (`subscription.rs`).
 
+use std::sync::Arc;
+
 use annal_core::{Bytes, Direction, Error, RecordedEvent, Result};
 
 use crate::index::{fixed_key, key, KIND_BATCH, KIND_ID};
@@ -81,6 +83,30 @@ pub(crate) fn fetch_event(shared: &Shared, position: u64) -> Result<RecordedEven
                 format!("the batch found for position {position} does not hold it"),
             )
         })
+}
+
+/// The position of the first event at or after `from`, up to `max`, that `query` matches.
+/// Its time grows with the events that share a key with the query's items (a tag, a type)
+/// in that range, which a client chooses: the store runs it on the caller's thread before
+/// an append enters the writer, so that the writer only checks what came since.
+pub(crate) fn first_match(
+    shared: &Arc<Shared>,
+    query: &annal_core::Query,
+    from: u64,
+    max: u64,
+) -> Result<Option<u64>> {
+    if from > max {
+        return Ok(None);
+    }
+    let mut cursor = Cursor::new(
+        Arc::clone(shared),
+        &annal_core::Source::Query(query.clone()),
+        Some(from),
+        Direction::Forward,
+        Some(1),
+        Some(max),
+    );
+    Ok(cursor.next_event()?.map(|e| e.position))
 }
 
 /// The stored event with this id, if any.

@@ -38,8 +38,17 @@ pub(crate) type Reply = oneshot::Sender<Result<AppendResult>>;
 
 /// What the store asks of the writer.
 pub(crate) enum Command {
-    Append(AppendRequest, Reply),
+    /// A request, and what checking its condition (if any) found before it was queued.
+    Append(AppendRequest, Option<Checked>, Reply),
     Checkpoint(oneshot::Sender<Result<()>>),
+}
+
+/// An append condition checked against the log before the request was queued: through which
+/// position, and the first event there that breaks it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Checked {
+    pub through: u64,
+    pub found: Option<u64>,
 }
 
 /// A stream's events of one accepted request, for the stream heads: stream, first revision,

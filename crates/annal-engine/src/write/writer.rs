@@ -14,12 +14,12 @@ use tracing::debug;
 
 use super::pending::Pending;
 use super::prealloc::Filler;
-use super::{Command, HeadUpdate, Written};
+use super::{Checked, Command, HeadUpdate, Written};
 use crate::heads::Head;
 use crate::index::{batch_entries, key, stream_entries, stream_keys, KIND_ID};
 use crate::log::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::log::{create_segment, Segment};
-use crate::read::{find_by_id, Cursor};
+use crate::read::find_by_id;
 use crate::shared::Shared;
 
 /// Most requests the writer takes into one group.
@@ -132,7 +132,7 @@ impl Writer {
         let mut checkpoints = Vec::new();
         for c in group {
             match c {
-                Command::Append(r, tx) => appends.push((Arc::new(r), tx)),
+                Command::Append(r, checked, tx) => appends.push((Arc::new(r), checked, tx)),
                 Command::Checkpoint(tx) => checkpoints.push(tx),
             }
         }
@@ -162,7 +162,7 @@ impl Writer {
             Ok(())
         });
         if let Err(e) = ready {
-            for (_, tx) in appends {
+            for (_, _, tx) in appends {
                 let _ = tx.send(Err(e.clone()));
             }
             w.fail(&e);
@@ -171,8 +171,8 @@ impl Writer {
         self.buf.clear();
         let synced_up_to = self.shared.synced_log_end();
         let mut next = self.next_position;
-        for (req, tx) in appends {
-            let outcome = self.prepare(&req, &mut w, &mut next, ts, synced_up_to);
+        for (req, checked, tx) in appends {
+            let outcome = self.prepare(&req, checked, &mut w, &mut next, ts, synced_up_to);
             w.replies.push((tx, outcome));
         }
         if self.buf.is_empty() {
@@ -221,6 +221,7 @@ impl Writer {
     fn prepare(
         &mut self,
         req: &Arc<AppendRequest>,
+        checked: Option<Checked>,
         w: &mut Written,
         next: &mut u64,
         ts: i64,
@@ -240,7 +241,7 @@ impl Writer {
             }
         }
         if let Some(c) = &req.condition {
-            if let Some(position) = self.first_match(&c.query, c.after)? {
+            if let Some(position) = self.first_match(&c.query, c.after, checked)? {
                 return Err(Error::ConditionFailed {
                     position,
                     after: c.after,
@@ -458,21 +459,25 @@ impl Writer {
 
     /// The first position after `after` of an event matching `query`: in what the syncer has
     /// applied, or in the groups still pending (which may overlap; the lowest wins).
-    fn first_match(&self, query: &Query, after: Option<u64>) -> Result<Option<u64>> {
+    /// The first position after `after` that `query` matches: the one found before the
+    /// request was queued, or else among the synced events after those checked then and the
+    /// pending ones.
+    fn first_match(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        checked: Option<Checked>,
+    ) -> Result<Option<u64>> {
+        if let Some(found) = checked.and_then(|c| c.found) {
+            // Pending events all come after what was synced when it was checked.
+            return Ok(Some(found));
+        }
         let from = after.map_or(0, |a| a.saturating_add(1));
         let pending = self.pending.first_match(query, from);
-        let head = self.shared.head();
-        if head.is_some_and(|h| from <= h) {
-            let mut cursor = Cursor::new(
-                self.shared.clone(),
-                &annal_core::Source::Query(query.clone()),
-                Some(from),
-                annal_core::Direction::Forward,
-                Some(1),
-                head,
-            );
-            if let Some(e) = cursor.next_event()? {
-                return Ok(Some(pending.map_or(e.position, |p| p.min(e.position))));
+        let unchecked = checked.map_or(from, |c| from.max(c.through.saturating_add(1)));
+        if let Some(head) = self.shared.head() {
+            if let Some(p) = crate::read::first_match(&self.shared, query, unchecked, head)? {
+                return Ok(Some(pending.map_or(p, |q| q.min(p))));
             }
         }
         Ok(pending)
