@@ -48,6 +48,8 @@ pub struct SeqReader {
     read_size: usize,
     /// The current segment's length when last looked at.
     seg_len: u64,
+    /// The log offset past which nothing is read (see [`SeqReader::bound`]).
+    end: Option<u64>,
 }
 
 impl SeqReader {
@@ -69,7 +71,26 @@ impl SeqReader {
             chunk_size: 16 << 10,
             read_size: 0,
             seg_len: 0,
+            end: None,
         }
+    }
+
+    /// Reads no byte at or past this log offset: the end of what is synced, for a reader that
+    /// follows the log. What lies beyond in the file (records not synced yet, preallocated
+    /// zeros) is never read, so a reader near the end of the log holds only what it uses.
+    pub fn bound(&mut self, log_end: u64) {
+        self.end = Some(log_end);
+    }
+
+    /// The file offset of the current segment that reading stops at, if any.
+    fn file_end(&self) -> Option<u64> {
+        let end = self.end?;
+        let seg = self.segments.get(self.seg)?;
+        if end < seg.base_offset {
+            return Some(SEGMENT_HEADER_LEN);
+        }
+        let next = self.segments.get(self.seg + 1).map(|s| s.base_offset);
+        next.is_none_or(|n| end < n).then(|| seg.file_offset(end))
     }
 
     /// The log offset of the next record.
@@ -117,7 +138,13 @@ impl SeqReader {
         if have_start && have_end {
             return Ok(n);
         }
-        let want = n.max(self.chunk_size);
+        let mut want = n.max(self.chunk_size);
+        if let Some(file_end) = self.file_end() {
+            want = want.min(file_end.saturating_sub(at) as usize);
+            if want == 0 {
+                return Ok(0);
+            }
+        }
         self.read_size = want;
         // Short reads stay cheap; long sequential reads grow the buffer to 1 MiB.
         self.chunk_size = (self.chunk_size * 2).min(1 << 20);

@@ -407,6 +407,9 @@ impl Cursor {
                 })?;
             self.seq = Some(SeqReader::new(self.shared.log.segment_list(), offset));
         }
+        if let Some(seq) = self.seq.as_mut() {
+            seq.bound(self.shared.synced_log_end());
+        }
         let mut retried = false;
         let mut read = 0;
         while read < budget && self.next.is_some_and(|n| n <= max) {
