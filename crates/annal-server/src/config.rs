@@ -215,6 +215,11 @@ settings! {
     /// Bytes of appends received and processed at once; more wait (at least twice
     /// max_append_bytes and 1 MiB, room for one base64 JSON append).
     max_inflight_append_bytes: u64 = 256 << 20, flag "max-inflight-append-bytes", value "BYTES";
+    /// Bytes of read and subscription answers waiting for their clients, all together, and
+    /// 1 MiB for each read or subscription open; when they run short, a client holding more
+    /// than its share is stopped (it resumes from its last position), and a new one is
+    /// refused while there is no room for it.
+    max_answer_bytes: u64 = 1 << 30, flag "max-answer-bytes", value "BYTES";
     /// The largest event, in bytes.
     max_event_bytes: u64 = annal_core::validate::DEFAULT_MAX_EVENT_SIZE as u64, flag "max-event-bytes", value "BYTES";
     /// The largest append request, in bytes.
@@ -300,6 +305,7 @@ pub struct Limits {
     pub max_subscriptions: usize,
     pub max_reads: usize,
     pub max_inflight_append_bytes: usize,
+    pub max_answer_bytes: usize,
     pub max_event_bytes: usize,
     pub max_append_bytes: usize,
     pub read_batch_events: usize,
@@ -554,6 +560,12 @@ impl Settings {
             d.max_inflight_append_bytes,
             1 << 40,
         );
+        let max_answer_bytes = count(
+            "max_answer_bytes",
+            self.max_answer_bytes,
+            d.max_answer_bytes,
+            1 << 40,
+        );
         let read_batch_events = count(
             "read_batch_events",
             self.read_batch_events,
@@ -600,6 +612,7 @@ impl Settings {
             max_subscriptions,
             max_reads,
             max_inflight_append_bytes,
+            max_answer_bytes,
             max_event_bytes,
             max_append_bytes,
             read_batch_events,

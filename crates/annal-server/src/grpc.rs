@@ -9,7 +9,6 @@ use annal_core::{ListCategories, ListStreams, Timestamp};
 use annal_proto as pb;
 use futures_core::Stream;
 use prost::Message;
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::{public, ReadMsg, State, SubMsg};
@@ -17,27 +16,17 @@ use crate::{public, ReadMsg, State, SubMsg};
 /// Batches a read or subscription keeps queued for a slow gRPC client.
 const READ_QUEUE: usize = 4;
 
-/// A stream over a queue's receiving end.
-pub struct Receiver<T>(pub mpsc::Receiver<T>);
+/// A read's or a subscription's answers; one the server stopped (its answers were not
+/// taken) ends with the error that says why.
+pub struct Answers<T>(crate::answers::Receiver<Result<T, Status>>);
 
-impl<T> Stream for Receiver<T> {
-    type Item = T;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-/// A read's answers; a read stopped because they were not taken ends with its error.
-pub struct Reads(crate::ReadRx<Result<pb::ReadResponse, Status>>);
-
-impl Stream for Reads {
-    type Item = Result<pb::ReadResponse, Status>;
+impl<T> Stream for Answers<T> {
+    type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0
             .poll_recv(cx)
-            .map(|item| item.map(|r| r.map_err(status).and_then(|r| r)))
+            .map(|item| item.map(|r| r.map_err(status).and_then(|(r, _held)| r)))
     }
 }
 
@@ -90,7 +79,7 @@ impl pb::event_store_server::EventStore for Grpc {
         Ok(Response::new(result.into()))
     }
 
-    type ReadStream = Reads;
+    type ReadStream = Answers<pb::ReadResponse>;
 
     async fn read(
         &self,
@@ -114,10 +103,10 @@ impl pb::event_store_server::EventStore for Grpc {
             self.state.read_batches(request, READ_QUEUE, convert).await
         }
         .map_err(status)?;
-        Ok(Response::new(Reads(rx)))
+        Ok(Response::new(Answers(rx)))
     }
 
-    type SubscribeStream = Receiver<Result<pb::SubscribeResponse, Status>>;
+    type SubscribeStream = Answers<pb::SubscribeResponse>;
 
     async fn subscribe(
         &self,
@@ -143,7 +132,7 @@ impl pb::event_store_server::EventStore for Grpc {
             })
             .await
             .map_err(status)?;
-        Ok(Response::new(Receiver(rx)))
+        Ok(Response::new(Answers(rx)))
     }
 
     async fn get_stream(

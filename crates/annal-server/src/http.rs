@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 
-use crate::grpc::{Grpc, Receiver};
+use crate::grpc::Grpc;
 use crate::json::*;
 use crate::{metrics, ReadMsg, State, SubMsg};
 
@@ -431,12 +431,12 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
                     out.push(b'}');
                 }
             }
-            Some(Ok(Bytes::from(out)))
+            Some(Ok(exact(out)))
         })
         .await?;
     let first = match rx.recv().await {
-        Some(Ok(Ok(bytes))) => bytes,
-        Some(Ok(Err(e)) | Err(e)) => return Err(ApiError(e)),
+        Some(Ok((Ok(bytes), held))) => crate::answers::held_bytes(bytes, held),
+        Some(Ok((Err(e), _)) | Err(e)) => return Err(ApiError(e)),
         None => {
             return Err(ApiError::from(Error::Internal(
                 "the read ended without an answer".into(),
@@ -456,10 +456,17 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
         .into_response())
 }
 
+/// An answer's bytes in memory of their own size, so that the answer budget counts what
+/// they hold (a grown buffer can have up to twice the room it uses).
+fn exact(mut out: Vec<u8>) -> Bytes {
+    out.shrink_to_fit();
+    Bytes::from(out)
+}
+
 /// A streamed body: the first chunk, then the rest; a failure ends the body with an error.
 struct Chunks {
     first: Option<Bytes>,
-    rx: crate::ReadRx<Result<Bytes, Error>>,
+    rx: crate::answers::Receiver<Result<Bytes, Error>>,
 }
 
 impl futures_core::Stream for Chunks {
@@ -474,10 +481,11 @@ impl futures_core::Stream for Chunks {
         }
         self.rx.poll_recv(cx).map(|item| {
             item.map(|r| {
-                r.and_then(|r| r).map_err(|e| {
-                    tracing::warn!(error = %e, "a streamed read failed after its answer began");
-                    std::io::Error::other(e.to_string())
-                })
+                r.and_then(|(r, held)| r.map(|b| crate::answers::held_bytes(b, held)))
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "a streamed read failed after its answer began");
+                        std::io::Error::other(e.to_string())
+                    })
             })
         })
     }
@@ -855,13 +863,9 @@ async fn sse(
                     )
                     .as_bytes(),
                 ),
-                SubMsg::Failed(e) => {
-                    let (_, body) = ErrorJson::from_error(&e);
-                    let data = serde_json::to_string(&body).unwrap_or_default();
-                    out.extend_from_slice(format!("event: error\ndata: {data}\n\n").as_bytes());
-                }
+                SubMsg::Failed(e) => out.extend_from_slice(&sse_error(&e)),
             }
-            Ok::<_, std::io::Error>(Bytes::from(out))
+            Ok::<_, std::io::Error>(exact(out))
         })
         .await?;
     Ok((
@@ -872,9 +876,35 @@ async fn sse(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        Body::from_stream(Receiver(rx)),
+        Body::from_stream(SseBody(rx)),
     )
         .into_response())
+}
+
+/// A subscription's events as Server-Sent Events; a subscription stopped by the server
+/// ends with an `error` event that says why.
+struct SseBody(crate::answers::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for SseBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|item| {
+            item.map(|r| match r {
+                Ok((answer, held)) => answer.map(|b| crate::answers::held_bytes(b, held)),
+                Err(e) => Ok(sse_error(&e)),
+            })
+        })
+    }
+}
+
+fn sse_error(e: &Error) -> Bytes {
+    let (_, body) = ErrorJson::from_error(e);
+    let data = serde_json::to_string(&body).unwrap_or_default();
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
 #[utoipa::path(get, path = "/health", tag = "server", security(()),

@@ -23,9 +23,10 @@ use annal_core::{
     SubscriptionItem,
 };
 use annal_engine::Store;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 mod access;
+mod answers;
 mod backend;
 mod budget;
 pub mod config;
@@ -51,6 +52,8 @@ pub(crate) struct State {
     pub append_budget: Arc<Semaphore>,
     /// The one append at a time that may go over the budget (see `State::take`).
     pub overdraft: Arc<Semaphore>,
+    /// The memory of answers waiting for their clients (`answers.rs`).
+    pub answers: Arc<answers::Answers>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     pub draining: AtomicBool,
@@ -73,39 +76,42 @@ pub use access::Budget;
 const FIRST_PACKED_BUFFER: usize = 16 << 10;
 
 /// Runs `read` on the blocking pool, holding `permit`, and returns the queue its messages go
-/// to. `read` gets a sender (false once the receiver is gone, or has taken nothing for
-/// `write_timeout`) and a check whether the receiver is gone; a panic in it ends the read with
-/// an error, never with what looks like its end. A read whose receiver stopped taking its
-/// messages gives its permit back, and the receiver then ends with an error.
+/// to (their room taken from the answer budget, see `answers.rs`). `read` gets a sender
+/// (false once the receiver is gone, the queue was stopped, or the receiver has taken
+/// nothing for `write_timeout`) and a check whether the receiver is gone; a panic in it
+/// ends the read with an error, never with what looks like its end. A read whose receiver
+/// stopped taking its messages drops them and gives its permit back; the receiver then ends
+/// with an error.
 fn spawn_read<T, F, R>(
+    state: &State,
     permit: tokio::sync::OwnedSemaphorePermit,
     queue: usize,
-    write_timeout: Duration,
     mut convert: F,
     read: R,
-) -> ReadRx<T>
+) -> Result<answers::Receiver<T>, Error>
 where
-    T: Send + 'static,
+    T: answers::Weigh + Send + 'static,
     F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     R: FnOnce(&mut dyn FnMut(ReadMsg) -> bool, &dyn Fn() -> bool) + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(queue.max(1));
-    let stalled = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = state.answers.open(queue)?;
+    let write_timeout = state.config.limits.write_timeout;
     let handle = tokio::runtime::Handle::current();
-    let stalled_too = Arc::clone(&stalled);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let put = |item: T| -> bool {
-            match handle.block_on(tx.send_timeout(item, write_timeout)) {
-                Ok(()) => true,
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    stalled_too.store(true, Ordering::Release);
+            match handle.block_on(tokio::time::timeout(write_timeout, tx.send(item))) {
+                Ok(sent) => sent,
+                Err(_) => {
                     metrics::stalled_read();
                     tracing::debug!(
                         ?write_timeout,
                         "a read's client took nothing for the write timeout; the read stops"
                     );
+                    tx.stop(Error::Unavailable(format!(
+                        "the read was stopped: its answers were not taken for {} (write_timeout)",
+                        humantime::format_duration(write_timeout)
+                    )));
                     false
                 }
             }
@@ -124,41 +130,7 @@ where
             }
         }
     });
-    ReadRx {
-        rx,
-        stalled,
-        write_timeout,
-    }
-}
-
-/// The receiving end of a read started by [`spawn_read`]: its messages, then the end, or an
-/// error when the read was stopped because this end took nothing for the write timeout.
-pub(crate) struct ReadRx<T> {
-    rx: mpsc::Receiver<T>,
-    stalled: Arc<AtomicBool>,
-    write_timeout: Duration,
-}
-
-impl<T> ReadRx<T> {
-    pub fn poll_recv(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<T, Error>>> {
-        self.rx.poll_recv(cx).map(|item| match item {
-            Some(t) => Some(Ok(t)),
-            None if self.stalled.swap(false, Ordering::AcqRel) => {
-                Some(Err(Error::Unavailable(format!(
-                    "the read was stopped: its answers were not taken for {} (write_timeout)",
-                    humantime::format_duration(self.write_timeout)
-                ))))
-            }
-            None => None,
-        })
-    }
-
-    pub async fn recv(&mut self) -> Option<Result<T, Error>> {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
-    }
+    Ok(rx)
 }
 
 /// One message of a read, before it is put on the wire.
@@ -295,44 +267,37 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<ReadRx<T>, Error>
+    ) -> Result<answers::Receiver<T>, Error>
     where
-        T: Send + 'static,
+        T: answers::Weigh + Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
         let permit = self.read_permit()?;
         let mut events = self.store.read(request).await?;
         let batch = self.config.limits.read_batch_events;
         let handle = tokio::runtime::Handle::current();
-        let timeout = self.config.limits.write_timeout;
-        Ok(spawn_read(
-            permit,
-            queue,
-            timeout,
-            convert,
-            move |send, closed| {
-                loop {
-                    // A batch at a time under one `block_on`: the engine's reads never wait, so
-                    // this costs a poll per event and nothing more.
-                    let (events, end) = handle.block_on(gather(&mut events, batch, closed));
-                    if !events.is_empty() && !send(ReadMsg::Events(events)) {
+        spawn_read(self, permit, queue, convert, move |send, closed| {
+            loop {
+                // A batch at a time under one `block_on`: the engine's reads never wait, so
+                // this costs a poll per event and nothing more.
+                let (events, end) = handle.block_on(gather(&mut events, batch, closed));
+                if !events.is_empty() && !send(ReadMsg::Events(events)) {
+                    return;
+                }
+                match end {
+                    Gathered::Full => {}
+                    Gathered::Gone => return,
+                    Gathered::Failed(e) => {
+                        send(ReadMsg::Failed(public(e)));
                         return;
                     }
-                    match end {
-                        Gathered::Full => {}
-                        Gathered::Gone => return,
-                        Gathered::Failed(e) => {
-                            send(ReadMsg::Failed(public(e)));
-                            return;
-                        }
-                        Gathered::End => {
-                            send(ReadMsg::End);
-                            return;
-                        }
+                    Gathered::End => {
+                        send(ReadMsg::End);
+                        return;
                     }
                 }
-            },
-        ))
+            }
+        })
     }
 
     /// Starts a read like [`State::read_batches`], with its batches in the packed encoding.
@@ -345,9 +310,9 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<ReadRx<T>, Error>
+    ) -> Result<answers::Receiver<T>, Error>
     where
-        T: Send + 'static,
+        T: answers::Weigh + Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
         let Some(read) = self.store.read_stored(&request) else {
@@ -356,61 +321,54 @@ impl State {
         let permit = self.read_permit()?;
         let read = read?;
         let batch = self.config.limits.read_batch_events;
-        let timeout = self.config.limits.write_timeout;
-        Ok(spawn_read(
-            permit,
-            queue,
-            timeout,
-            convert,
-            move |send, closed| {
-                let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
-                let mut count = 0;
-                let mut gone = false;
-                let result = read.visit(|e| {
-                    annal_proto::packed::Parts {
-                        position: e.position,
-                        revision: e.revision,
-                        recorded_at: e.recorded_at,
-                        schema_version: e.schema_version,
-                        id: e.id,
-                        correlation_id: e.correlation_id,
-                        causation_id: e.causation_id,
-                        actor: e.actor,
-                        stream_id: e.stream_id,
-                        event_type: e.event_type,
-                        content_type: e.content_type,
-                        tags: e.tags.clone(),
-                        extra: e.extra.clone(),
-                        data: e.data,
-                    }
-                    .encode(&mut buf);
-                    count += 1;
-                    if count == batch || buf.len() >= BATCH_BYTES {
-                        let size = buf.len();
-                        let full = std::mem::replace(&mut buf, Vec::with_capacity(size));
-                        if !send(ReadMsg::Packed(full)) {
-                            gone = true;
-                            return false;
-                        }
-                        count = 0;
-                    } else if count % 64 == 0 && closed() {
+        spawn_read(self, permit, queue, convert, move |send, closed| {
+            let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
+            let mut count = 0;
+            let mut gone = false;
+            let result = read.visit(|e| {
+                annal_proto::packed::Parts {
+                    position: e.position,
+                    revision: e.revision,
+                    recorded_at: e.recorded_at,
+                    schema_version: e.schema_version,
+                    id: e.id,
+                    correlation_id: e.correlation_id,
+                    causation_id: e.causation_id,
+                    actor: e.actor,
+                    stream_id: e.stream_id,
+                    event_type: e.event_type,
+                    content_type: e.content_type,
+                    tags: e.tags.clone(),
+                    extra: e.extra.clone(),
+                    data: e.data,
+                }
+                .encode(&mut buf);
+                count += 1;
+                if count == batch || buf.len() >= BATCH_BYTES {
+                    let size = buf.len();
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(size));
+                    if !send(ReadMsg::Packed(full)) {
                         gone = true;
                         return false;
                     }
-                    true
-                });
-                if gone {
-                    return;
+                    count = 0;
+                } else if count % 64 == 0 && closed() {
+                    gone = true;
+                    return false;
                 }
-                if count > 0 && !send(ReadMsg::Packed(buf)) {
-                    return;
-                }
-                send(match result {
-                    Ok(()) => ReadMsg::End,
-                    Err(e) => ReadMsg::Failed(public(e)),
-                });
-            },
-        ))
+                true
+            });
+            if gone {
+                return;
+            }
+            if count > 0 && !send(ReadMsg::Packed(buf)) {
+                return;
+            }
+            send(match result {
+                Ok(()) => ReadMsg::End,
+                Err(e) => ReadMsg::Failed(public(e)),
+            });
+        })
     }
 
     fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
@@ -435,9 +393,9 @@ impl State {
         request: SubscribeRequest,
         heartbeat: Option<Duration>,
         convert: F,
-    ) -> Result<mpsc::Receiver<T>, Error>
+    ) -> Result<answers::Receiver<T>, Error>
     where
-        T: Send + 'static,
+        T: answers::Weigh + Send + 'static,
         F: FnMut(SubMsg) -> T + Send + 'static,
     {
         let permit = self
@@ -456,7 +414,7 @@ impl State {
         let sub = tokio::task::spawn_blocking(move || handle.block_on(store.subscribe(request)))
             .await
             .map_err(|e| Error::Internal(format!("starting the subscription failed: {e}")))??;
-        let (tx, rx) = mpsc::channel(self.config.limits.subscription_buffer);
+        let (tx, rx) = self.answers.open(self.config.limits.subscription_buffer)?;
         let pump = Pump {
             state: Arc::clone(self),
             sub,
@@ -493,10 +451,10 @@ impl State {
 }
 
 /// A subscription being delivered.
-struct Pump<T, F> {
+struct Pump<T: Send + 'static, F> {
     state: Arc<State>,
     sub: annal_core::SubscriptionStream,
-    tx: mpsc::Sender<T>,
+    tx: answers::Sender<T>,
     convert: F,
     batch: usize,
     heartbeat: Duration,
@@ -505,7 +463,7 @@ struct Pump<T, F> {
 
 impl<T, F> Pump<T, F>
 where
-    T: Send + 'static,
+    T: answers::Weigh + Send + 'static,
     F: FnMut(SubMsg) -> T + Send + 'static,
 {
     fn stopping_msg() -> SubMsg {
@@ -519,7 +477,7 @@ where
         let mut last_sent = Instant::now();
         loop {
             if *self.shutdown.borrow() {
-                let _ = self.tx.blocking_send((self.convert)(Self::stopping_msg()));
+                handle.block_on(self.tx.send((self.convert)(Self::stopping_msg())));
                 return None;
             }
             let mut events = Vec::new();
@@ -546,28 +504,20 @@ where
             if !events.is_empty() {
                 let head = handle.block_on(self.state.store.head()).ok().flatten();
                 record_lag(&events, head);
-                if self
-                    .tx
-                    .blocking_send((self.convert)(SubMsg::Events(events)))
-                    .is_err()
-                {
+                if !handle.block_on(self.tx.send((self.convert)(SubMsg::Events(events)))) {
                     return None;
                 }
                 last_sent = Instant::now();
             }
             match marker {
                 Some(SubMsg::CaughtUp(p)) => {
-                    if self
-                        .tx
-                        .blocking_send((self.convert)(SubMsg::CaughtUp(p)))
-                        .is_err()
-                    {
+                    if !handle.block_on(self.tx.send((self.convert)(SubMsg::CaughtUp(p)))) {
                         return None;
                     }
                     return Some(self);
                 }
                 Some(failed) => {
-                    let _ = self.tx.blocking_send((self.convert)(failed));
+                    handle.block_on(self.tx.send((self.convert)(failed)));
                     return None;
                 }
                 None if ended => return None,
@@ -575,11 +525,7 @@ where
             }
             if last_sent.elapsed() >= self.heartbeat {
                 let head = handle.block_on(self.state.store.head()).ok().flatten();
-                if self
-                    .tx
-                    .blocking_send((self.convert)(SubMsg::Heartbeat(head)))
-                    .is_err()
-                {
+                if !handle.block_on(self.tx.send((self.convert)(SubMsg::Heartbeat(head)))) {
                     return None;
                 }
                 last_sent = Instant::now();
@@ -589,7 +535,7 @@ where
 
     async fn send(&mut self, msg: SubMsg) -> bool {
         let item = (self.convert)(msg);
-        self.tx.send(item).await.is_ok()
+        self.tx.send(item).await
     }
 
     /// Delivers live events, checkpoints and heartbeats until the subscriber goes away, the
@@ -764,6 +710,7 @@ impl Server {
             reads: Arc::new(Semaphore::new(config.limits.max_reads)),
             append_budget: Arc::new(Semaphore::new(config.limits.max_inflight_append_bytes)),
             overdraft: Arc::new(Semaphore::new(1)),
+            answers: answers::Answers::new(config.limits.max_answer_bytes),
             config,
             shutdown: shutdown.clone(),
             draining: AtomicBool::new(false),

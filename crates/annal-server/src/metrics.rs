@@ -15,6 +15,7 @@
 //! | `annal_connections_closed_total{reason}` | counter | connections the server closed: `idle`, `unauthenticated`, `evicted` (idle the longest when a new client came at the cap), `full` (a new client, when every connection was busy) |
 //! | `annal_append_bodies_receiving` | gauge | appends whose body (or framed payload) is being received |
 //! | `annal_stalled_reads_total` | counter | reads stopped because their client took nothing for `write_timeout` |
+//! | `annal_stopped_answers_total` | counter | reads and subscriptions stopped for holding more than their share of `max_answer_bytes` when it ran short |
 //! | `annal_stalled_connections_total` | counter | connections closed because their client took nothing for `write_timeout` |
 //! | `annal_slow_bodies_total{api}` | counter | appends dropped because their body arrived too slowly |
 
@@ -95,6 +96,10 @@ fn describe() {
         "Reads stopped because their client took nothing for the write timeout"
     );
     metrics::describe_counter!(
+        "annal_stopped_answers_total",
+        "Reads and subscriptions stopped for holding more than their share of the answer budget"
+    );
+    metrics::describe_counter!(
         "annal_connections_closed_total",
         "Connections the server closed, by reason"
     );
@@ -147,6 +152,12 @@ pub fn refused_connection() {
 /// Counts a read stopped because its client took nothing for the write timeout.
 pub fn stalled_read() {
     metrics::counter!("annal_stalled_reads_total").increment(1);
+}
+
+/// Counts a read or subscription stopped for holding more than its share of the answer
+/// budget.
+pub fn stopped_answers() {
+    metrics::counter!("annal_stopped_answers_total").increment(1);
 }
 
 /// Counts a connection closed because its client took nothing for the write timeout.

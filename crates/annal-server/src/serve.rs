@@ -233,9 +233,8 @@ pub async fn serve(
     let conns = Conns::new(limits.max_connections);
     let auth = state.config.auth_enabled();
     let mut builder = Builder::new(TokioExecutor::new());
-    // Each request body may have its own window in flight; the connection's window is large
-    // enough that one slow request never stalls the others on its connection. What a
-    // connection buffers is bounded by streams x stream window.
+    // What an HTTP/2 connection may buffer of request bodies before they are read is its
+    // receive window: 1 MiB per stream, 4 MiB in all (docs/ARCHITECTURE.md, "Bounds").
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -247,7 +246,7 @@ pub async fn serve(
         .keep_alive_timeout(limits.ping_timeout)
         .max_concurrent_streams(limits.max_streams_per_connection)
         .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(1 << 30)
+        .initial_connection_window_size(4 << 20)
         .max_frame_size(1 << 20);
     // Every connection's task, so that those still open when the grace period ends can be
     // stopped before the store is closed.

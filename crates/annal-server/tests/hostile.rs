@@ -632,3 +632,114 @@ async fn a_costly_append_condition_holds_back_no_other_writer() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+/// This process's resident memory now, and its peak since the peak was last reset.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_never_read_stay_within_the_answer_budget() {
+    let _serial = SERIAL.lock().await;
+    let budget = 512 << 20;
+    let s = start_with(|c| c.limits.max_answer_bytes = budget).await;
+    let addr = s.addr();
+    let budget = budget as u64;
+    let client = s.client().await;
+    client.append(one("first")).await.unwrap();
+    // The peak is counted from here (Linux: writing 5 to clear_refs resets it).
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let (idle, _) = memory();
+    // 200 subscribers of the whole log that never read a byte.
+    let mut subscribers = Vec::new();
+    for _ in 0..200 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /v1/subscribe HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        subscribers.push(c);
+    }
+    // 500,000 events appended meanwhile.
+    let data = format!("\"{}\"", "v".repeat(100)).into_bytes();
+    for b in 0..500 {
+        let events = (0..1000)
+            .map(|_| NewEvent::new("Noted", data.clone()))
+            .collect();
+        let request = AppendRequest::stream(format!("n-{}", b % 10), ExpectedRevision::Any, events);
+        client.append(request).await.unwrap();
+    }
+    let (_, peak) = memory();
+    let mib = |b: u64| b / (1 << 20);
+    assert!(
+        peak < idle + budget,
+        "peak {} MiB, idle {} MiB, budget {} MiB",
+        mib(peak),
+        mib(idle),
+        mib(budget)
+    );
+    // A subscriber that reads on is told why it was stopped, and resumes where it was.
+    let mut c = subscribers.pop().unwrap();
+    let got = read_until(&mut c, "fell behind").await;
+    let stopped = got.rfind("event: error").expect("told why it was stopped");
+    assert!(
+        got[stopped..].contains("fell behind"),
+        "{}",
+        &got[stopped..]
+    );
+    let last: u64 = got[..stopped]
+        .rmatch_indices("\nid: ")
+        .next()
+        .map(|(i, _)| got[i + 5..].split('\n').next().unwrap().parse().unwrap())
+        .expect("events before the error");
+    let id = last.to_string();
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again
+        .write_all(
+            format!("GET /v1/subscribe HTTP/1.1\r\nhost: localhost\r\nlast-event-id: {id}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let text = read_until(&mut again, "\nid: ").await;
+    let first = text
+        .split("\nid: ")
+        .nth(1)
+        .unwrap()
+        .split('\n')
+        .next()
+        .unwrap();
+    assert_eq!(first.parse::<u64>().unwrap(), last + 1, "{text}");
+    drop(subscribers);
+    s.server.shutdown().await.unwrap();
+}
+
+/// What a connection sends until it has sent `marker` and the end of that line.
+async fn read_until(c: &mut TcpStream, marker: &str) -> String {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(at) = text.find(marker) {
+                if text[at + marker.len()..].contains('\n') {
+                    return;
+                }
+            }
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended before '{marker}'");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("'{marker}' within the wait"));
+    text
+}
