@@ -166,6 +166,80 @@ impl utoipa::PartialSchema for TypeList {
 
 impl ToSchema for TypeList {}
 
+/// How deep event data may nest, as serde_json's own parser allows.
+pub const MAX_DEPTH: usize = 128;
+
+/// What would keep a JSON parser from reading `text`, though its syntax is valid JSON:
+/// nesting deeper than [`MAX_DEPTH`], a number beyond the range of a double (`1e999999`),
+/// or a `\u` escape that is half of a UTF-16 pair (`"\ud800"`). `None` when there is
+/// nothing. `text` must be valid JSON (serde_json has read it).
+pub fn trouble(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let hex = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(b.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(format!("nests deeper than {MAX_DEPTH} levels"));
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] != b'\\' {
+                        i += 1;
+                        continue;
+                    }
+                    if b.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let unit = hex(i + 2)?;
+                    i += 6;
+                    let low = || {
+                        b.get(i..i + 2) == Some(b"\\u")
+                            && hex(i + 2).is_some_and(|l| (0xDC00..0xE000).contains(&l))
+                    };
+                    if (0xD800..0xDC00).contains(&unit) && low() {
+                        i += 6;
+                    } else if (0xD800..0xE000).contains(&unit) {
+                        return Some(format!(
+                            "holds \\u{unit:04x}, half of a UTF-16 pair, which is no character"
+                        ));
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                if !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    let shown: String = number.chars().take(24).collect();
+                    return Some(format!(
+                        "holds the number {shown}, beyond the range of a double"
+                    ));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 /// True when the content type says the data is JSON.
 pub fn is_json(content_type: &str) -> bool {
     let base = content_type.split(';').next().unwrap_or("").trim();
@@ -268,10 +342,13 @@ pub struct EventJson<'a> {
 
 impl<'a> EventJson<'a> {
     pub fn new(e: &'a RecordedEvent) -> Self {
+        // Data that a JSON parser could not read whole is given as base64, so that one
+        // event never breaks a page of them.
         let raw = if is_json(&e.content_type) {
             std::str::from_utf8(&e.data)
                 .ok()
                 .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+                .filter(|raw| trouble(raw.get()).is_none())
         } else {
             None
         };
@@ -338,10 +415,15 @@ impl NewEventJson {
                     "has both data and data_base64; give one",
                 ))
             }
-            (Some(raw), None) => (
-                annal_core::Bytes::copy_from_slice(raw.get().as_bytes()),
-                annal_core::DEFAULT_CONTENT_TYPE,
-            ),
+            (Some(raw), None) => {
+                if let Some(problem) = trouble(raw.get()) {
+                    return Err(Error::invalid(format!("{}.data", field()), problem));
+                }
+                (
+                    annal_core::Bytes::copy_from_slice(raw.get().as_bytes()),
+                    annal_core::DEFAULT_CONTENT_TYPE,
+                )
+            }
             (None, Some(b64)) => (
                 base64::engine::general_purpose::STANDARD
                     .decode(b64.as_bytes())
@@ -917,6 +999,33 @@ mod tests {
 
     fn event_value(e: &RecordedEvent) -> serde_json::Value {
         serde_json::to_value(EventJson::new(e)).unwrap()
+    }
+
+    #[test]
+    fn json_that_parsers_cannot_read_whole_is_named() {
+        for fine in [
+            "1",
+            "-0.5e-400",
+            "1.7976931348623157e308",
+            r#""\ud83d\ude00 \\u0041 \\ud800 as text \"""#,
+            r#"{"a":[1,{"b":null}]}"#,
+        ] {
+            assert_eq!(trouble(fine), None, "{fine}");
+        }
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        let nested = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(trouble(&nested), None);
+        for (bad, says) in [
+            (deep.as_str(), "nests deeper than 128 levels"),
+            ("[1e999999]", "the number 1e999999, beyond"),
+            ("-1e400", "the number -1e400, beyond"),
+            (r#"["\ud800"]"#, "\\ud800, half of a UTF-16 pair"),
+            (r#""\ud800\u0041""#, "\\ud800, half"),
+            (r#""\udfff""#, "\\udfff, half"),
+        ] {
+            let got = trouble(bad).unwrap_or_default();
+            assert!(got.contains(says), "{bad}: {got}");
+        }
     }
 
     #[test]

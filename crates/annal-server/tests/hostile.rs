@@ -743,3 +743,50 @@ async fn read_until(c: &mut TcpStream, marker: &str) -> String {
     .unwrap_or_else(|_| panic!("'{marker}' within the wait"));
     text
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_parsers_cannot_read_is_refused_and_never_breaks_a_page() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    let addr = s.addr();
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    for (data, says) in [
+        (deep.as_str(), "nests deeper than 128 levels"),
+        ("1e999999", "beyond the range of a double"),
+        (r#""\ud800""#, "half of a UTF-16 pair"),
+        (r#"{"a":["\udc00"]}"#, "half of a UTF-16 pair"),
+    ] {
+        let body = format!(r#"{{"events":[{{"event_type":"Odd","data":{data}}}]}}"#);
+        let r = http(addr, "POST", "/v1/streams/odd", &[], &body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(says), "{says}: {}", r.text());
+    }
+    let fine = r#"{"pair":"\ud83d\ude00","big":1e300,"deep":[[[[1]]]]}"#;
+    let body = format!(r#"{{"events":[{{"event_type":"Fine","data":{fine}}}]}}"#);
+    let r = http(addr, "POST", "/v1/streams/odd", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The same data stored through an API that takes bytes is served so that the page
+    // still parses: as base64.
+    let client = s.client().await;
+    let odd: Vec<NewEvent> = [deep.as_str(), "1e999999", r#""\ud800""#]
+        .iter()
+        .map(|d| NewEvent::new("Odd", d.as_bytes().to_vec()))
+        .collect();
+    client
+        .append(AppendRequest::stream("odd", ExpectedRevision::Any, odd))
+        .await
+        .unwrap();
+    let r = http(addr, "GET", "/v1/streams/odd/events", &[], "").await;
+    assert_eq!(r.status, 200);
+    let page: serde_json::Value = serde_json::from_slice(&r.body).expect("the page parses");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    assert!(events[0]["data"].is_object(), "{}", events[0]);
+    for e in &events[1..] {
+        assert!(
+            e.get("data").is_none() && e["data_base64"].is_string(),
+            "{e}"
+        );
+    }
+    s.server.shutdown().await.unwrap();
+}
