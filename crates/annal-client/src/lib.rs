@@ -101,8 +101,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects, failing with [`Error::Unavailable`] when the server cannot be reached.
+    /// Connects, failing with [`Error::Unavailable`] when the server cannot be reached, and
+    /// with [`Error::InvalidArgument`] for a URL that names no server.
     pub async fn connect(self) -> Result<Client> {
+        check_url(&self.url)?;
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| Error::invalid("server url", format!("'{}': {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
@@ -508,4 +510,42 @@ impl Stream for Subscription {
             }
         }
     }
+}
+
+/// Refuses a server URL that cannot name a server: no `http://` or `https://`, no host, or a
+/// port that is not a number from 1 to 65535.
+fn check_url(url: &str) -> Result<()> {
+    let bad = |problem: String| Err(Error::invalid("server url", format!("'{url}' {problem}")));
+    let uri: tonic::codegen::http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return bad(format!("is not a URL: {e}")),
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return bad(format!(
+                "has the scheme '{other}'; the server speaks http:// (or https:// with TLS)"
+            ))
+        }
+        None => {
+            return bad(format!(
+                "has no scheme; write http://{url} (or https://{url} with TLS)"
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return bad("names no host".into());
+    }
+    // The text after the host (after `]` for an IPv6 one), since a port that is no u16 is
+    // not given back as a port at all.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = authority.rsplit(']').next().unwrap_or(authority);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return bad(format!(
+                "has the port '{port}'; a port is a number from 1 to 65535"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -151,9 +151,71 @@ pub(crate) enum SubMsg {
     Failed(Error),
 }
 
+/// A path of the server's file system as clients see it: its last two parts (a file of the
+/// store and its folder, as `log/00000000000000000000.seg`), never where the store lives.
+fn short_path(path: &str) -> String {
+    let parts: Vec<&str> = path.trim_end_matches('/').rsplit('/').take(2).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// `text` with every absolute path in it shortened by [`short_path`].
+pub(crate) fn hide_paths(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('/') {
+        let starts_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c.is_whitespace() || "('\"=:".contains(c));
+        out.push_str(&rest[..at]);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || "),'\"".contains(c))
+            .map_or(rest.len(), |n| at + n);
+        let word = &rest[at..end];
+        let word = word.strip_suffix(':').unwrap_or(word);
+        if starts_word && word.len() > 1 {
+            out.push_str(&short_path(word));
+            rest = &rest[at + word.len()..];
+        } else {
+            out.push('/');
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Replaces failures whose details are the server's business (I/O, internal errors) with a
-/// plain internal error, after logging the original with a reference the operator can find.
+/// plain internal error, after logging the original with a reference the operator can find;
+/// other failures reach clients without the server's paths.
 pub(crate) fn public(e: Error) -> Error {
+    let e = match e {
+        Error::Corruption {
+            file,
+            offset,
+            problem,
+        } => Error::Corruption {
+            file: short_path(&file),
+            offset,
+            problem: hide_paths(&problem),
+        },
+        Error::UnsupportedFormat {
+            path,
+            found,
+            supported,
+        } => Error::UnsupportedFormat {
+            path: short_path(&path),
+            found,
+            supported,
+        },
+        Error::Poisoned { cause } => Error::Poisoned {
+            cause: hide_paths(&cause),
+        },
+        Error::DiskFull { message } => Error::DiskFull {
+            message: hide_paths(&message),
+        },
+        other => other,
+    };
     match e {
         Error::Io { .. } | Error::Internal(_) => {
             let reference = uuid::Uuid::new_v4().simple().to_string();
@@ -446,7 +508,7 @@ impl State {
         }
         self.store
             .health()
-            .map_err(|cause| format!("the store refuses writes: {cause}"))
+            .map_err(|cause| format!("the store refuses writes: {}", hide_paths(&cause)))
     }
 }
 
@@ -767,5 +829,36 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_see_no_absolute_path_of_the_server() {
+        assert_eq!(
+            hide_paths("syncing /srv/annal/data/log/00000000000000000000.seg: Input/output error (os error 5)"),
+            "syncing log/00000000000000000000.seg: Input/output error (os error 5)"
+        );
+        assert_eq!(
+            hide_paths("cutting '/var/lib/annal/log/1.seg' to its end"),
+            "cutting 'log/1.seg' to its end"
+        );
+        assert_eq!(hide_paths("a/b and 1/2 stay"), "a/b and 1/2 stay");
+        let e = public(Error::Corruption {
+            file: "/home/x/store/index/00000007.run".into(),
+            offset: 12,
+            problem: "checksum mismatch".into(),
+        });
+        assert!(
+            matches!(&e, Error::Corruption { file, .. } if file == "index/00000007.run"),
+            "{e:?}"
+        );
+        let e = public(Error::Poisoned {
+            cause: "writing /home/x/store/log/2.seg failed".into(),
+        });
+        assert_eq!(e.to_string().matches("/home").count(), 0, "{e}");
     }
 }

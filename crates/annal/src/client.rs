@@ -161,7 +161,7 @@ pub struct AppendArgs {
     pub correlation_id: Option<String>,
     #[arg(long)]
     pub causation_id: Option<String>,
-    /// The schema version [default: 1].
+    /// The schema version.
     #[arg(long, default_value_t = 1)]
     pub schema_version: u32,
 }
@@ -294,6 +294,7 @@ impl FilterArgs {
 
 async fn print_read(remote: &Remote, request: ReadRequest) -> Outcome {
     let client = remote.connect().await?;
+    let source = request.source.clone();
     let mut events = client.read(request).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut count = 0u64;
@@ -317,8 +318,18 @@ async fn print_read(remote: &Remote, request: ReadRequest) -> Outcome {
             return Err(err.into());
         }
     }
-    if count == 0 && !remote.json {
-        eprintln!("no events");
+    if count == 0 {
+        if let Source::Stream(stream) = &source {
+            // Nothing read of a stream: say whether it is there at all.
+            if client.stream_info(stream).await?.is_none() {
+                return Err(Failure::from(Error::NotFound(format!(
+                    "stream '{stream}' has no event"
+                ))));
+            }
+        }
+        if !remote.json {
+            eprintln!("no events");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -306,6 +306,31 @@ fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
     assert!(out.contains("revision        1"), "{out}");
     let (code, _, err) = cli(&url, &["info", "nobody-1"]);
     assert_eq!(code, 4, "{err}");
+    // Reading a stream that is not there says so, as info does; an empty page of one that
+    // is there does not.
+    let (code, _, err) = cli(&url, &["read", "nobody-1"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("stream 'nobody-1' has no event"), "{err}");
+    let (code, _, err) = cli(&url, &["read", "account-1", "--from", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no events"), "{err}");
+    // A server URL that names no server is a usage error, not an unreachable server.
+    let port = url.rsplit(':').next().unwrap().to_string();
+    for (bad, says) in [
+        (
+            format!("127.0.0.1:{port}"),
+            "has no scheme; write http://127.0.0.1:",
+        ),
+        (
+            "http://127.0.0.1:99999".to_string(),
+            "a port is a number from 1 to 65535",
+        ),
+        ("ftp://127.0.0.1:1".to_string(), "has the scheme 'ftp'"),
+    ] {
+        let (code, _, err) = cli(&bad, &["info"]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
     let (code, out, _) = cli(&url, &["info", "--json"]);
     assert_eq!(code, 0);
     assert!(out.contains("\"head\":2"), "{out}");
