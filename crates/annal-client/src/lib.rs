@@ -41,8 +41,9 @@ use annal_core::{
 use annal_proto as pb;
 use futures_core::Stream;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+mod tls;
 mod wire;
 
 /// Listings are fetched in pages of this many (the server's largest page).
@@ -105,7 +106,15 @@ impl ClientBuilder {
     /// with [`Error::InvalidArgument`] for a URL that names no server.
     pub async fn connect(self) -> Result<Client> {
         check_url(&self.url)?;
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
+        // With certificates of its own to trust, the client makes its TLS connections itself
+        // (`tls.rs`) and tells the channel the URL is plain.
+        let own_tls = self.url.starts_with("https://") && self.ca_pem.is_some();
+        let channel_url = if own_tls {
+            self.url.replacen("https://", "http://", 1)
+        } else {
+            self.url.clone()
+        };
+        let mut endpoint = Endpoint::from_shared(channel_url)
             .map_err(|e| Error::invalid("server url", format!("'{}': {e}", self.url)))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -117,12 +126,8 @@ impl ClientBuilder {
             .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        if self.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new();
-            tls = match &self.ca_pem {
-                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-                None => tls.with_native_roots(),
-            };
+        if self.url.starts_with("https://") && !own_tls {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
             if let Some(d) = &self.domain {
                 tls = tls.domain_name(d.clone());
             }
@@ -130,13 +135,43 @@ impl ClientBuilder {
                 .tls_config(tls)
                 .map_err(|e| Error::invalid("tls", e.to_string()))?;
         }
-        let channel = endpoint.connect().await.map_err(|e| {
+        let unreachable = |e: &dyn std::error::Error| {
+            let chain = source_chain(e);
             Error::Unavailable(format!(
-                "cannot connect to {}: {}",
+                "cannot connect to {}: {chain}{}",
                 self.url,
-                source_chain(&e)
+                tls_hint(&self.url, &chain)
             ))
-        })?;
+        };
+        let channel = match (&self.ca_pem, own_tls) {
+            (Some(pem), true) => {
+                let uri: tonic::codegen::http::Uri = endpoint.uri().clone();
+                let host = uri.host().unwrap_or_default();
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                let port = uri.port_u16().unwrap_or(443);
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                let name = self.domain.clone().unwrap_or(host);
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| Error::invalid("domain", format!("'{name}' is no server name")))?;
+                let connector = tls::Connector {
+                    config: tls::config(pem)?,
+                    name,
+                    addr,
+                };
+                endpoint
+                    .connect_with_connector(connector)
+                    .await
+                    .map_err(|e| unreachable(&e))?
+            }
+            _ => endpoint.connect().await.map_err(|e| unreachable(&e))?,
+        };
         let token = match &self.token {
             None => None,
             Some(t) => Some(
@@ -548,4 +583,24 @@ fn check_url(url: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What to do about a failed connection that TLS explains.
+fn tls_hint(url: &str, chain: &str) -> &'static str {
+    let https = url.starts_with("https://");
+    if https && (chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate")) {
+        " (the server's certificate is not signed by a certificate this client trusts: give the CA that signed it, or the server's own certificate, with --ca FILE)"
+    } else if https && chain.contains("NotValidForName") {
+        " (the server's certificate does not name this host: connect by a name it carries)"
+    } else if https && (chain.contains("InvalidContentType") || chain.contains("corrupt message")) {
+        " (the server did not answer with TLS: if it serves without TLS, use http://)"
+    } else if !https
+        && (chain.contains("frame with invalid size")
+            || chain.contains("connection reset")
+            || chain.contains("broken pipe"))
+    {
+        " (if the server serves TLS, use https://)"
+    } else {
+        ""
+    }
 }

@@ -689,6 +689,21 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
             return e;
         }
     }
+    // A status made on this side for a connection that failed carries the failure as its
+    // source; a server's never does.
+    if let Some(source) = std::error::Error::source(status) {
+        let mut chain = status.message().to_string();
+        let mut cur = Some(source);
+        while let Some(e) = cur {
+            let text = e.to_string();
+            if !chain.contains(&text) {
+                chain.push_str(": ");
+                chain.push_str(&text);
+            }
+            cur = e.source();
+        }
+        return Error::Unavailable(format!("the connection to the server failed: {chain}"));
+    }
     let message = status.message().to_string();
     match status.code() {
         Code::InvalidArgument => Error::invalid("request", message),

@@ -730,6 +730,10 @@ impl Server {
     /// starts serving it.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         use anyhow::Context;
+        // TLS files are read first: a key that cannot be used costs no store opening.
+        if let Some(files) = &config.tls {
+            serve::tls_acceptor(files)?;
+        }
         let engine = annal_engine::Config::default()
             .max_event_size(config.limits.max_event_bytes)
             .max_append_size(config.limits.max_append_bytes);

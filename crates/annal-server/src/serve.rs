@@ -36,9 +36,20 @@ pub fn tls_acceptor(files: &TlsFiles) -> anyhow::Result<TlsAcceptor> {
         "{} holds no PEM certificate",
         files.cert.display()
     );
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        let text = std::fs::read_to_string(&files.key).unwrap_or_default();
+        if text.contains("ENCRYPTED") {
+            anyhow::anyhow!(
+                "{} holds an encrypted private key, which the server cannot use: give it the key decrypted (openssl pkey -in {0} -out plain-key.pem)",
+                files.key.display()
+            )
+        } else {
+            anyhow::anyhow!(
+                "reading the private key from {}: {e} (a PEM private key is expected)",
+                files.key.display()
+            )
+        }
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

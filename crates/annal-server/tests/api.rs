@@ -641,14 +641,51 @@ async fn tls_serves_grpc_and_http_on_one_port() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["count"], 1);
-    // Plain text to a TLS port gets nowhere.
+    // Plain text to a TLS port gets nowhere, and says the connection failed.
     let plain = Client::connect(format!("http://{}", s.addr())).await;
     if let Ok(c) = plain {
+        let e = c.head().await.unwrap_err();
         assert!(
-            c.head().await.is_err(),
-            "plain gRPC to a TLS port must fail"
+            matches!(&e, Error::Unavailable(m) if m.contains("the connection to the server failed")),
+            "{e:?}"
         );
     }
+    // A certificate it was not given to trust is refused, saying what to do.
+    let other = self_signed();
+    let e = Client::builder(s.url.clone())
+        .ca_certificate(other.cert_pem.clone())
+        .connect()
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, Error::Unavailable(m) if m.contains("with --ca FILE")),
+        "{e:?}"
+    );
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_certificate_that_marks_itself_a_ca_is_trusted_when_given() {
+    let cert = self_signed_ca();
+    let s = start_with(|c| {
+        c.tls = Some(annal_server::config::TlsFiles {
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+        })
+    })
+    .await;
+    // By the address, as the URL gives it: the certificate is the one given to trust.
+    let client = Client::builder(s.url.clone())
+        .ca_certificate(cert.cert_pem.clone())
+        .connect()
+        .await
+        .unwrap();
+    client
+        .append(one("ca-1", ExpectedRevision::NoStream, "A"))
+        .await
+        .unwrap();
+    assert_eq!(client.head().await.unwrap(), Some(0));
     s.server.shutdown().await.unwrap();
 }
 
@@ -1175,4 +1212,27 @@ async fn ready_names_the_cause_once_a_panic_poisons_the_store_and_reads_go_on() 
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 1);
     assert_eq!(http(addr, "GET", "/health", &[], "").await.status, 200);
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_tls_key_is_refused_saying_what_to_do_before_the_store_opens() {
+    let cert = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("encrypted.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0wQTApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let mut config =
+        annal_server::Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.tls = Some(annal_server::config::TlsFiles {
+        cert: cert.cert.clone(),
+        key,
+    });
+    let e = annal_server::Server::start(config).await.err().unwrap();
+    let text = format!("{e:#}");
+    assert!(text.contains("holds an encrypted private key"), "{text}");
+    assert!(text.contains("openssl pkey"), "{text}");
+    assert!(!dir.path().join("data").exists(), "no store was opened");
 }

@@ -138,8 +138,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a command against a server on a small runtime, turning failures into exit codes.
-fn remote<F, Fut>(f: F) -> anyhow::Result<ExitCode>
+/// Runs a command against the server at `server` on a small runtime, turning failures into
+/// exit codes.
+fn remote<F, Fut>(server: &str, f: F) -> anyhow::Result<ExitCode>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<ExitCode, client::Failure>>,
@@ -150,7 +151,16 @@ where
     match rt.block_on(f()) {
         Ok(code) => Ok(code),
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            let text = format!("{:#}", failure.error);
+            // A plain connection to a TLS port fails inside HTTP/2, not with a refusal.
+            let hint = if server.starts_with("http://")
+                && text.contains("the connection to the server failed")
+            {
+                " (if the server serves TLS, use https://)"
+            } else {
+                ""
+            };
+            eprintln!("error: {text}{hint}");
             Ok(ExitCode::from(failure.code))
         }
     }
@@ -159,16 +169,33 @@ where
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Serve(_) => unreachable!("handled in main"),
-        Cmd::Append { remote: r, args } => remote(|| async move { client::append(&r, args).await }),
-        Cmd::Read { remote: r, args } => remote(|| async move { client::read(&r, args).await }),
-        Cmd::ReadAll { remote: r, args } => {
-            remote(|| async move { client::read_all(&r, args).await })
+        Cmd::Append { remote: r, args } => remote(&r.server.clone(), || async move {
+            client::append(&r, args).await
+        }),
+        Cmd::Read { remote: r, args } => {
+            remote(
+                &r.server.clone(),
+                || async move { client::read(&r, args).await },
+            )
         }
-        Cmd::Tail { remote: r, args } => remote(|| async move { client::tail(&r, args).await }),
-        Cmd::Streams { remote: r, args } => {
-            remote(|| async move { client::streams(&r, args).await })
+        Cmd::ReadAll { remote: r, args } => remote(&r.server.clone(), || async move {
+            client::read_all(&r, args).await
+        }),
+        Cmd::Tail { remote: r, args } => {
+            remote(
+                &r.server.clone(),
+                || async move { client::tail(&r, args).await },
+            )
         }
-        Cmd::Info { remote: r, args } => remote(|| async move { client::info(&r, args).await }),
+        Cmd::Streams { remote: r, args } => remote(&r.server.clone(), || async move {
+            client::streams(&r, args).await
+        }),
+        Cmd::Info { remote: r, args } => {
+            remote(
+                &r.server.clone(),
+                || async move { client::info(&r, args).await },
+            )
+        }
         Cmd::Check { dir } => check(dir),
         #[cfg(feature = "bench")]
         Cmd::Bench(args) => bench::run(args),

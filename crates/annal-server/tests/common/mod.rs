@@ -213,11 +213,23 @@ pub struct Cert {
 }
 
 pub fn self_signed() -> Cert {
+    self_signed_as(false)
+}
+
+/// A self-signed certificate that marks itself a CA, as `openssl req -x509` makes one.
+pub fn self_signed_ca() -> Cert {
+    self_signed_as(true)
+}
+
+fn self_signed_as(ca: bool) -> Cert {
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let params =
+    let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .unwrap();
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
     let cert = params.self_signed(&key).unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
