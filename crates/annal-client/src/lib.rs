@@ -136,7 +136,7 @@ impl ClientBuilder {
                 .map_err(|e| Error::invalid("tls", e.to_string()))?;
         }
         let unreachable = |e: &dyn std::error::Error| {
-            let chain = source_chain(e);
+            let chain = pb::error_chain(e);
             Error::Unavailable(format!(
                 "cannot connect to {}: {chain}{}",
                 self.url,
@@ -193,21 +193,6 @@ impl ClientBuilder {
             framed,
         })
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // Layers often repeat the message of the layer below.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// What a server says about itself.

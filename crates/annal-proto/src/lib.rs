@@ -624,8 +624,25 @@ fn io_error_kind(name: &str) -> std::io::ErrorKind {
     .unwrap_or(K::Other)
 }
 
+/// An error's message followed by its sources', each that says something new.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        // Layers often repeat the message of the layer below.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 /// The error a status stands for: exact when it carries an [`ErrorDetail`], otherwise the
-/// closest variant for its code.
+/// closest variant for its code; a status made on this side for a failed connection is
+/// [`Error::Unavailable`].
 pub fn error_from_status(status: &tonic::Status) -> Error {
     use error_detail::Kind;
     use tonic::Code;
@@ -691,18 +708,11 @@ pub fn error_from_status(status: &tonic::Status) -> Error {
     }
     // A status made on this side for a connection that failed carries the failure as its
     // source; a server's never does.
-    if let Some(source) = std::error::Error::source(status) {
-        let mut chain = status.message().to_string();
-        let mut cur = Some(source);
-        while let Some(e) = cur {
-            let text = e.to_string();
-            if !chain.contains(&text) {
-                chain.push_str(": ");
-                chain.push_str(&text);
-            }
-            cur = e.source();
-        }
-        return Error::Unavailable(format!("the connection to the server failed: {chain}"));
+    if std::error::Error::source(status).is_some() {
+        return Error::Unavailable(format!(
+            "the connection to the server failed: {}",
+            error_chain(status)
+        ));
     }
     let message = status.message().to_string();
     match status.code() {
