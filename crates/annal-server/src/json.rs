@@ -419,8 +419,10 @@ impl NewEventJson {
                 if let Some(problem) = trouble(raw.get()) {
                     return Err(Error::invalid(format!("{}.data", field()), problem));
                 }
+                // The parser's own copy of the text becomes the data, not copied again.
+                let text: Box<str> = raw.into();
                 (
-                    annal_core::Bytes::copy_from_slice(raw.get().as_bytes()),
+                    annal_core::Bytes::from(String::from(text).into_bytes()),
                     annal_core::DEFAULT_CONTENT_TYPE,
                 )
             }
