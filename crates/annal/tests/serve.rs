@@ -654,3 +654,70 @@ fn a_second_signal_exits_at_once_while_the_first_waits_for_a_request() {
     let store = annal_engine::Store::open(Path::new(&data)).unwrap();
     assert_eq!(store.read_iter(ReadRequest::all()).unwrap().count(), 20_000);
 }
+
+/// The resident memory of a process, and its peak, in MiB.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mib = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
+    };
+    (mib("VmRSS:"), mib("VmHWM:"))
+}
+
+#[test]
+fn a_flood_of_large_framed_appends_stays_within_the_in_flight_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(
+        &[
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let budget = annal_server::Limits::default().max_inflight_append_bytes as u64 >> 20;
+    let (idle, _) = memory_of(s.child.id());
+    // 64 clients with 4 appends of 1 MiB in flight each: 256 MiB offered at once, as much
+    // as the budget, 512 MiB in all.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..64 {
+            let client =
+                std::sync::Arc::new(annal_client::Client::connect(s.url.clone()).await.unwrap());
+            for k in 0..4 {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..2 {
+                        let e = NewEvent::new("Big", vec![b'x'; 1 << 20])
+                            .with_content_type("application/octet-stream");
+                        let request = AppendRequest::stream(
+                            format!("f-{c}-{k}-{i}"),
+                            ExpectedRevision::Any,
+                            vec![e],
+                        );
+                        EventStore::append(&*client, request).await.unwrap();
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let (_, peak) = memory_of(s.child.id());
+    assert!(
+        peak - idle <= budget * 3 / 2,
+        "peak {peak} MiB, idle {idle} MiB, budget {budget} MiB"
+    );
+    signal(&s.child, "-TERM");
+    let (status, log) = s.wait();
+    assert!(status.success(), "{log}");
+}

@@ -22,6 +22,10 @@ use crate::log::{create_segment, Segment};
 use crate::read::find_by_id;
 use crate::shared::Shared;
 
+/// Bytes of a group the writer encodes before writing them out: a large group is written
+/// in pieces of about this size, so the writer's buffer holds no more than one piece.
+const WRITE_PIECE: usize = 8 << 20;
+
 /// Most requests the writer takes into one group.
 const MAX_GROUP: usize = 1024;
 
@@ -171,15 +175,48 @@ impl Writer {
         self.buf.clear();
         let synced_up_to = self.shared.synced_log_end();
         let mut next = self.next_position;
-        for (req, checked, tx) in appends {
+        let mut appends = appends.into_iter();
+        while let Some((req, checked, tx)) = appends.next() {
             let outcome = self.prepare(&req, checked, &mut w, &mut next, ts, synced_up_to);
             w.replies.push((tx, outcome));
+            // A large group is written in pieces, so that the buffer stays small.
+            if self.buf.len() >= WRITE_PIECE {
+                if let Err(e) = self.write_buf(&mut w) {
+                    for (_, _, tx) in appends {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                    w.fail(&e);
+                    return None;
+                }
+            }
         }
-        if self.buf.is_empty() {
+        if let Err(e) = self.write_buf(&mut w) {
+            w.fail(&e);
+            return None;
+        }
+        // After a large group, the buffer's memory goes back.
+        if self.buf.capacity() > 2 * WRITE_PIECE {
+            self.buf = Vec::with_capacity(WRITE_PIECE);
+        }
+        if w.segment.is_none() {
             return Some(w);
         }
+        self.next_position = next;
+        self.last_ts = ts;
+        w.next_position = next;
+        w.log_end = self.log_end;
+        w.last_ts = ts;
+        Some(w)
+    }
+
+    /// Writes what the buffer holds at the end of the active segment and empties it; the
+    /// group is then marked as written there. A failed write poisons the store.
+    fn write_buf(&mut self, w: &mut Written) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let len = self.buf.len() as u64;
         if let Some(f) = &mut self.filler {
-            let len = self.buf.len() as u64;
             let per_sync = self.shared.synced_per_sync.load(Ordering::Relaxed);
             f.before_write(self.active_len + len, len, per_sync);
         }
@@ -190,18 +227,13 @@ impl Writer {
             .map_err(|e| Error::io(format!("writing {}", self.active.path.display()), e));
         if let Err(e) = written {
             self.shared.poison(e.to_string());
-            w.fail(&e);
-            return None;
+            return Err(e);
         }
-        self.active_len += self.buf.len() as u64;
-        self.log_end += self.buf.len() as u64;
-        self.next_position = next;
-        self.last_ts = ts;
+        self.active_len += len;
+        self.log_end += len;
+        self.buf.clear();
         w.segment = Some(self.active.clone());
-        w.next_position = next;
-        w.log_end = self.log_end;
-        w.last_ts = ts;
-        Some(w)
+        Ok(())
     }
 
     /// The stream's head, as the writer sees it: pending groups first.
