@@ -145,18 +145,8 @@ impl ClientBuilder {
         };
         let channel = match (&self.ca_pem, own_tls) {
             (Some(pem), true) => {
-                let uri: tonic::codegen::http::Uri = endpoint.uri().clone();
-                let host = uri.host().unwrap_or_default();
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let port = uri.port_u16().unwrap_or(443);
-                let addr = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                };
+                let (host, addr) = socket_addr(endpoint.uri(), 443)
+                    .ok_or_else(|| Error::invalid("server url", "names no host"))?;
                 let name = self.domain.clone().unwrap_or(host);
                 let name = rustls::pki_types::ServerName::try_from(name.clone())
                     .map_err(|_| Error::invalid("domain", format!("'{name}' is no server name")))?;
@@ -588,4 +578,20 @@ fn tls_hint(url: &str, chain: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+/// The host of `uri` (without an IPv6 address's brackets) and the address to connect to,
+/// with `default_port` when the URI names none.
+pub(crate) fn socket_addr(
+    uri: &tonic::codegen::http::Uri,
+    default_port: u16,
+) -> Option<(String, String)> {
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(default_port);
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some((host.to_string(), addr))
 }

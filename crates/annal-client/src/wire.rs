@@ -88,14 +88,7 @@ impl Framed {
         if uri.scheme_str() != Some("http") {
             return None;
         }
-        let host = uri.host()?;
-        let port = uri.port_u16().unwrap_or(80);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let addr = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+        let (_, addr) = crate::socket_addr(&uri, 80)?;
         Some(Framed {
             addr,
             url: url.to_string(),
