@@ -339,18 +339,21 @@ async fn read_frames(
 
     let max_len = state.max_append_message();
     let mut shutdown = state.shutdown.clone();
-    // Closed for idleness or to make room, the connection stops reading as at shutdown.
-    let idle = limits.idle_timeout;
+    // Closed for idleness or to make room, the connection stops reading as at shutdown. One
+    // watch serves the connection's life: it wakes only at its deadlines and looks again at
+    // how long the connection has been quiet each time.
+    let closed = conn.closed(limits.idle_timeout, hello_by);
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             () = writer.room(MAX_UNSENT) => {}
             () = stopping(&mut shutdown) => return Ok(()),
-            () = conn.closed(idle, hello_by) => return Ok(()),
+            () = &mut closed => return Ok(()),
         }
         let place = tokio::select! {
             p = Arc::clone(in_flight).acquire_owned() => p.expect("never closed"),
             () = stopping(&mut shutdown) => return Ok(()),
-            () = conn.closed(idle, hello_by) => return Ok(()),
+            () = &mut closed => return Ok(()),
         };
         let header = tokio::select! {
             h = read_header(read) => match h? {
@@ -358,7 +361,7 @@ async fn read_frames(
                 None => return Ok(()),
             },
             () = stopping(&mut shutdown) => return Ok(()),
-            () = conn.closed(idle, hello_by) => return Ok(()),
+            () = &mut closed => return Ok(()),
         };
         let busy = conn.begin();
         if header.id == 0 {
@@ -410,7 +413,7 @@ async fn read_frames(
         let payload = tokio::select! {
             p = read_payload(read, header, state, Some(&budget)) => p?,
             () = stopping(&mut shutdown) => return Ok(()),
-            () = conn.closed(idle, hello_by) => return Ok(()),
+            () = &mut closed => return Ok(()),
         };
         drop(awaiting);
         let payload = annal_core::Bytes::from(payload);
