@@ -84,7 +84,7 @@ impl Conns {
                     )
                 })?;
             victim.close_now();
-            crate::metrics::evicted_connection();
+            crate::metrics::connection_closed("evicted");
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
@@ -176,7 +176,7 @@ impl Conn {
             let now = Instant::now();
             if !authenticated && now >= unauthenticated_until {
                 self.closing.store(true, Ordering::Release);
-                crate::metrics::idle_connection("unauthenticated");
+                crate::metrics::connection_closed("unauthenticated");
                 return;
             }
             let quiet = Duration::from_millis(
@@ -185,7 +185,7 @@ impl Conn {
             );
             if !busy && quiet >= idle {
                 self.closing.store(true, Ordering::Release);
-                crate::metrics::idle_connection("idle");
+                crate::metrics::connection_closed("idle");
                 return;
             }
             let mut wake = now + idle.saturating_sub(quiet);

@@ -1168,39 +1168,36 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
             return r;
         }
     }
-    let req = if writes {
-        if grpc_method.is_none() {
-            let limit = body_limit(&state);
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if let Some(size) = declared.filter(|&n| n > limit as u64) {
-                // Refused before a byte of the body is read.
-                metrics::request(api, "4xx");
-                let mut r = ApiError(Error::TooLarge {
-                    what: "request body".into(),
-                    size: usize::try_from(size).unwrap_or(usize::MAX),
-                    limit,
-                })
-                .into_response();
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
-            }
+    if writes && grpc_method.is_none() {
+        let limit = body_limit(&state);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(size) = declared.filter(|&n| n > limit as u64) {
+            // Refused before a byte of the body is read.
+            metrics::request(api, "4xx");
+            let mut r = ApiError(Error::TooLarge {
+                what: "request body".into(),
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit,
+            })
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
-        let held = crate::Budget::default();
+    }
+    // An append's body pays into the budget as it arrives; any HTTP body must keep arriving.
+    let req = if writes || grpc_method.is_none() {
         let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(held.clone());
+        let held = writes.then(crate::Budget::default);
+        if let Some(held) = &held {
+            parts.extensions.insert(held.clone());
+        }
         let conn = parts.extensions.get::<Arc<crate::conns::Conn>>();
-        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), Some(held), api, conn);
-        Request::from_parts(parts, Body::new(body))
-    } else if grpc_method.is_none() {
-        // Any other HTTP body must keep arriving too.
-        let (parts, body) = req.into_parts();
-        let conn = parts.extensions.get::<Arc<crate::conns::Conn>>();
-        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), None, api, conn);
+        let body = crate::budget::Budgeted::new(body, Arc::clone(&state), held, api, conn);
         Request::from_parts(parts, Body::new(body))
     } else {
         req

@@ -134,19 +134,10 @@ impl Drop for Receiving {
     }
 }
 
-/// Counts a connection closed for being idle, or unauthenticated past the handshake.
-pub fn idle_connection(reason: &'static str) {
+/// Counts a connection the server closed: `idle`, `unauthenticated`, `evicted` (idle the
+/// longest when a new client came at the cap) or `full` (a new one, every other busy).
+pub fn connection_closed(reason: &'static str) {
     metrics::counter!("annal_connections_closed_total", "reason" => reason).increment(1);
-}
-
-/// Counts the connection closed, idle the longest, to make room for a new one at the cap.
-pub fn evicted_connection() {
-    metrics::counter!("annal_connections_closed_total", "reason" => "evicted").increment(1);
-}
-
-/// Counts a new connection closed at once because every connection was busy.
-pub fn refused_connection() {
-    metrics::counter!("annal_connections_closed_total", "reason" => "full").increment(1);
 }
 
 /// Counts a read stopped because its client took nothing for the write timeout.

@@ -278,7 +278,7 @@ pub async fn serve(
         // At the cap, the connection idle the longest makes room; when every one is busy,
         // the new client is closed at once rather than left waiting.
         let Some(place) = conns.admit(!auth) else {
-            crate::metrics::refused_connection();
+            crate::metrics::connection_closed("full");
             tracing::debug!(%peer, "every connection is busy; a new one is refused");
             drop(socket);
             continue;
