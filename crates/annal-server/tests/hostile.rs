@@ -779,23 +779,9 @@ async fn read_until_or(c: &mut TcpStream, marker: &str, limit: usize) -> Option<
 
 /// What a connection sends until it has sent `marker` and the end of that line.
 async fn read_until(c: &mut TcpStream, marker: &str) -> String {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut text = String::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(at) = text.find(marker) {
-                if text[at + marker.len()..].contains('\n') {
-                    return;
-                }
-            }
-            let n = c.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection ended before '{marker}'");
-            text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("'{marker}' within the wait"));
-    text
+    read_until_or(c, marker, usize::MAX)
+        .await
+        .expect("no limit was set")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
