@@ -97,6 +97,7 @@ impl Threads {
             Arc::clone(shared),
             groups,
             to_checkpointer,
+            queue.downgrade(),
             checkpointed,
             start.tail.next_position,
             start.tail.last_ts,

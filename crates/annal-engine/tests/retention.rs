@@ -162,3 +162,30 @@ fn kept_events_do_not_keep_their_records_or_read_buffers() {
     }
     store.close().unwrap();
 }
+
+/// Once the store has answered an append it keeps nothing of the request, even when no other
+/// append follows: the memory of a flood of large appends goes back when the flood is over.
+#[tokio::test]
+async fn an_answered_append_keeps_nothing_of_its_request() {
+    use annal_core::EventStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let data = annal_core::Bytes::from(vec![b'x'; 1 << 20]);
+    let mut mine = data.clone();
+    let request =
+        AppendRequest::stream("s", ExpectedRevision::Any, vec![NewEvent::new("Big", data)]);
+    store.append(request).await.unwrap();
+    // Ours is the only reference left once the store lets go of the request.
+    let started = std::time::Instant::now();
+    loop {
+        match mine.try_into_mut() {
+            Ok(_) => break,
+            Err(back) => mine = back,
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the store still holds the data of an append it has answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}

@@ -13,7 +13,10 @@
 //! updates the stream heads, publishes the new head and acknowledges the requests, in
 //! order. While it syncs, the writer gathers and writes the next group, so a sync is never
 //! idle waiting for clients and clients never wait for a sync that could have included
-//! them. It also hands checkpoints to the checkpoint thread.
+//! them. It also hands checkpoints to the checkpoint thread. When it has applied every
+//! group written so far, it tells the writer, which then forgets those groups' requests
+//! (`Command::Prune`): the memory of an answered request goes back at once, not when the
+//! next request comes.
 //!
 //! The **filler** (`prealloc.rs`) keeps synced zeros ahead of the log while syncs are
 //! small, so that a sync writes the records and not the file's new length as well.
@@ -41,6 +44,10 @@ pub(crate) enum Command {
     /// A request, and what checking its condition (if any) found before it was queued.
     Append(AppendRequest, Option<Checked>, Reply),
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// From the syncer, once it has applied every group written so far: forget what those
+    /// groups changed now rather than when the next request comes, so that the memory of
+    /// requests already answered goes back at once.
+    Prune,
 }
 
 /// An append condition checked against the log before the request was queued: through which

@@ -43,6 +43,9 @@ struct State {
     /// True from the moment a piece is taken until the thread looks for the next one (the
     /// piece's sync happens outside the lock).
     busy: bool,
+    /// True while the thread waits to be woken, having found nothing due; whoever wakes it
+    /// clears it, under the lock, as it does.
+    parked: bool,
 }
 
 struct Inner {
@@ -92,6 +95,7 @@ pub(crate) fn filler(ahead: u64) -> (Filler, FillerThread, FillerStop) {
             stop: false,
             generation: 0,
             busy: false,
+            parked: false,
         }),
         wake: Condvar::new(),
         idle: Condvar::new(),
@@ -119,17 +123,19 @@ impl FillerThread {
 impl FillerStop {
     /// Makes the thread return; it stops after the piece it is writing, if any.
     pub fn stop(&self) {
-        self.0.lock().stop = true;
+        let mut s = self.0.lock();
+        s.stop = true;
+        s.parked = false;
         self.0.wake.notify_one();
     }
 
-    /// Waits until the thread has written and synced every piece of zeros due now (or has
-    /// stopped).
+    /// Waits until the thread has written and synced every piece of zeros it was woken
+    /// for, and waits to be woken again (or has stopped).
     #[cfg(any(test, feature = "sim"))]
     pub fn wait_idle(&self) {
         let inner = &self.0;
         let mut s = inner.lock();
-        while !s.stop && (s.busy || inner.due(&s).is_some()) {
+        while !s.stop && !s.parked {
             s = inner.idle.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -150,7 +156,7 @@ impl Filler {
         s.target = segment.map(|(path, _)| Target { path, generation });
         self.inner.filled.store(len.max(end), Ordering::Release);
         self.inner.end.store(end, Ordering::Release);
-        drop(s);
+        s.parked = false;
         self.inner.wake.notify_one();
     }
 
@@ -184,12 +190,12 @@ impl Filler {
         if to <= filled && !short {
             return;
         }
-        let s = inner.lock();
+        let mut s = inner.lock();
         if to > inner.filled.load(Ordering::Acquire) {
             inner.filled.store(to, Ordering::Release);
         }
-        drop(s);
         if short {
+            s.parked = false;
             inner.wake.notify_one();
         }
     }
@@ -224,8 +230,10 @@ impl Inner {
             }
             if let Some((at, len)) = self.due(&s) {
                 s.busy = true;
+                s.parked = false;
                 return Some((s, at, len));
             }
+            s.parked = true;
             self.idle.notify_all();
             s = self.wake.wait(s).unwrap_or_else(|e| e.into_inner());
         }

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
 use annal_core::{Error, Result, Timestamp};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::Written;
+use super::{Command, Written};
 use crate::checkpoint::Job;
 use crate::heads::Heads;
 use crate::log::Segment;
@@ -18,6 +18,9 @@ pub(crate) struct Syncer {
     rx: std_mpsc::Receiver<Written>,
     /// The checkpoint thread's queue (bounded: at most two checkpoints wait).
     jobs: std_mpsc::SyncSender<Job>,
+    /// The writer's queue, told when every group written so far is applied. Weak, so that
+    /// the writer still stops once the store's own sender is gone.
+    writer: mpsc::WeakSender<Command>,
     /// The next position of the last checkpoint handed out.
     checkpointed: u64,
     /// What is durable and applied: the next position, the log's end, the last time.
@@ -34,6 +37,7 @@ impl Syncer {
         shared: Arc<Shared>,
         rx: std_mpsc::Receiver<Written>,
         jobs: std_mpsc::SyncSender<Job>,
+        writer: mpsc::WeakSender<Command>,
         checkpointed: u64,
         next_position: u64,
         last_ts: i64,
@@ -43,6 +47,7 @@ impl Syncer {
             shared,
             rx,
             jobs,
+            writer,
             checkpointed,
             next_position,
             log_end,
@@ -58,9 +63,20 @@ impl Syncer {
             let mut batch = vec![first];
             batch.extend(self.rx.try_iter());
             self.commit(batch);
+            self.caught_up();
         }
         if self.failed.is_none() && self.shared.poison_cause().is_none() {
             self.checkpoint(Vec::new());
+        }
+    }
+
+    /// Tells the writer that the groups it has written are applied, when its queue is
+    /// empty (a writer with requests queued prunes with its next group anyway).
+    fn caught_up(&self) {
+        if let Some(writer) = self.writer.upgrade() {
+            if writer.capacity() == writer.max_capacity() {
+                let _ = writer.try_send(Command::Prune);
+            }
         }
     }
 

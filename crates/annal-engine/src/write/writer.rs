@@ -116,6 +116,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if group.iter().all(|c| matches!(c, Command::Prune)) {
+                self.pending
+                    .prune(self.shared.synced_group.load(Ordering::Acquire));
+                continue;
+            }
             groups += 1;
             requests += group.len() as u64;
             if let Some(w) = self.process(group) {
@@ -138,6 +143,8 @@ impl Writer {
             match c {
                 Command::Append(r, checked, tx) => appends.push((Arc::new(r), checked, tx)),
                 Command::Checkpoint(tx) => checkpoints.push(tx),
+                // The group prunes first thing anyway.
+                Command::Prune => {}
             }
         }
         self.seq += 1;
