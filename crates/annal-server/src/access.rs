@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use annal_core::Error;
+use annal_core::{AppendRequest, Bytes, Error};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::State;
@@ -123,6 +123,37 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes the request's events carry its share of the budget, so that the share goes back
+/// when the store lets go of them, not when it answers: the store keeps a request whole
+/// until it has applied it, which may be a little after the answer (the writer forgets
+/// applied requests when it is idle or starts its next group). Memory and budget then
+/// agree: a flood cannot fill the budget again while the last one's bytes are still held.
+pub(crate) fn ride_along(request: &mut AppendRequest, share: &Budget) {
+    /// An event's data, and the share it keeps.
+    struct Paid {
+        data: Bytes,
+        _share: Budget,
+    }
+    impl AsRef<[u8]> for Paid {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+    // One event is enough: the store drops a request's events together.
+    if let Some(e) = request
+        .streams
+        .iter_mut()
+        .flat_map(|s| &mut s.events)
+        .next()
+    {
+        let data = std::mem::take(&mut e.data);
+        e.data = Bytes::from_owner(Paid {
+            data,
+            _share: Arc::clone(share),
+        });
     }
 }
 

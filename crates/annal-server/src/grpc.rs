@@ -1,14 +1,18 @@
 //! The gRPC service `annal.v1.EventStore` over the engine.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use annal_core::{ListCategories, ListStreams, Timestamp};
+use annal_core::{Bytes, Error, ListCategories, ListStreams, Timestamp};
 use annal_proto as pb;
+use annal_proto::append::{decode_append, DecodeAppendError};
 use futures_core::Stream;
 use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
 use crate::{public, ReadMsg, State, SubMsg};
@@ -61,22 +65,125 @@ impl Grpc {
     }
 }
 
+/// The path of the append RPC, which [`AppendService`] serves.
+pub const APPEND_PATH: &str = "/annal.v1.EventStore/Append";
+
+/// The append RPC with Annal's own decoder: the message is kept as the bytes that arrived and
+/// decoded with [`decode_append`], so each event's data is a slice of them. Decoded into
+/// prost's structs instead, every byte would be held twice while the append waits for the
+/// store, and only the first copy is paid for in the in-flight budget.
+#[derive(Clone)]
+pub struct AppendService {
+    state: Arc<State>,
+}
+
+impl AppendService {
+    pub fn new(state: Arc<State>) -> Self {
+        AppendService { state }
+    }
+}
+
+impl tower::Service<http::Request<axum::body::Body>> for AppendService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let state = Arc::clone(&self.state);
+        Box::pin(async move {
+            let max_in = state.max_append_message();
+            let mut grpc = tonic::server::Grpc::new(AppendCodec)
+                .apply_max_message_size_config(Some(max_in), Some(usize::MAX));
+            Ok(grpc.unary(AppendMethod(state), req).await)
+        })
+    }
+}
+
+/// One append, as tonic calls it once the message has arrived whole.
+struct AppendMethod(Arc<State>);
+
+impl tonic::server::UnaryService<Bytes> for AppendMethod {
+    type Response = pb::AppendResponse;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<pb::AppendResponse>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let state = Arc::clone(&self.0);
+        Box::pin(async move {
+            let budget = request.extensions().get::<crate::Budget>().cloned();
+            let message = request.into_inner();
+            let request = decode_append(&message).map_err(|e| {
+                status(match e {
+                    DecodeAppendError::Malformed(e) => Error::invalid(
+                        "request",
+                        format!("the message is not an annal.v1.AppendRequest: {e}"),
+                    ),
+                    DecodeAppendError::Invalid(e) => e,
+                })
+            })?;
+            let result = state
+                .append(request, message.len(), budget, true)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(result.into()))
+        })
+    }
+}
+
+/// Takes an append message as the bytes that arrived (a slice of tonic's buffer, not a
+/// copy) and writes the answer with prost.
+struct AppendCodec;
+
+impl Codec for AppendCodec {
+    type Encode = pb::AppendResponse;
+    type Decode = Bytes;
+    type Encoder = AppendCodec;
+    type Decoder = AppendCodec;
+
+    fn encoder(&mut self) -> AppendCodec {
+        AppendCodec
+    }
+
+    fn decoder(&mut self) -> AppendCodec {
+        AppendCodec
+    }
+}
+
+impl Encoder for AppendCodec {
+    type Item = pb::AppendResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: pb::AppendResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("encoding an append's answer: {e}")))
+    }
+}
+
+impl Decoder for AppendCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        use bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining())))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::event_store_server::EventStore for Grpc {
+    /// Never called: the router sends this method's path to [`AppendService`], which
+    /// decodes the message without copying it.
     async fn append(
         &self,
-        request: Request<pb::AppendRequest>,
+        _request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let budget = request.extensions().get::<crate::Budget>().cloned();
-        let message = request.into_inner();
-        let size = message.encoded_len();
-        let request = pb::append_request(message).map_err(status)?;
-        let result = self
-            .state
-            .append(request, size, budget, true)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(result.into()))
+        Err(Status::internal(format!(
+            "{APPEND_PATH} is served by its own route"
+        )))
     }
 
     type ReadStream = Answers<pb::ReadResponse>;

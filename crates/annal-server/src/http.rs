@@ -1240,6 +1240,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .route_service(
+            crate::grpc::APPEND_PATH,
+            crate::grpc::AppendService::new(Arc::clone(&state)),
+        )
         .route_service(&format!("/{}/{{*method}}", annal_proto::SERVICE), grpc)
         .route_layer(middleware::from_fn(known_params))
         .fallback(not_found)

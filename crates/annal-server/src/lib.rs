@@ -296,6 +296,10 @@ impl State {
             .map(|e| e.data.len())
             .sum();
         let conditional = request.condition.is_some();
+        let mut request = request;
+        if let Some(share) = &budget {
+            crate::access::ride_along(&mut request, share);
+        }
         let store = Arc::clone(&self.store);
         let append = async move {
             let _budget = budget;

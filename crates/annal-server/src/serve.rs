@@ -232,6 +232,9 @@ where
     }
 }
 
+/// What one HTTP/2 request may have received and not yet read.
+const STREAM_WINDOW: u32 = 16 << 10;
+
 /// Serves until `shutdown` turns true, then waits up to `shutdown_grace` for open requests.
 pub async fn serve(
     listener: TcpListener,
@@ -245,7 +248,11 @@ pub async fn serve(
     let auth = state.config.auth_enabled();
     let mut builder = Builder::new(TokioExecutor::new());
     // What an HTTP/2 connection may buffer of request bodies before they are read is its
-    // receive window: 1 MiB per stream, 4 MiB in all (docs/ARCHITECTURE.md, "Bounds").
+    // receive window (docs/ARCHITECTURE.md, "Bounds"). An append waiting for the budget
+    // leaves what its client sent meanwhile unread, holding that much of the connection's
+    // window; the connection's window is the streams' windows together, so that the append
+    // that goes on reading (the overdraft) is never starved by those that wait. Small
+    // frames keep small what an append holds before paying for it: one frame.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -256,9 +263,11 @@ pub async fn serve(
         .keep_alive_interval(limits.ping_interval)
         .keep_alive_timeout(limits.ping_timeout)
         .max_concurrent_streams(limits.max_streams_per_connection)
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_frame_size(1 << 20);
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(
+            STREAM_WINDOW.saturating_mul(limits.max_streams_per_connection),
+        )
+        .max_frame_size(16 << 10);
     // Every connection's task, so that those still open when the grace period ends can be
     // stopped before the store is closed.
     let mut tasks: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();

@@ -7,17 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod alloc;
 #[cfg(feature = "bench")]
 mod bench;
 mod client;
 mod dump;
 mod render;
 mod serve;
-
-/// The engine allocates per event on its read and write paths; mimalloc serves those small,
-/// short-lived allocations much faster than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -113,6 +109,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Serve(args) = cli.command {
+        alloc::return_freed_memory_at_once();
         // The server sets up its own logging from its configuration.
         return match serve::serve(*args) {
             Ok(code) => code,
