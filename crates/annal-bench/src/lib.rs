@@ -35,7 +35,7 @@ pub struct Options {
     pub pg_url: String,
     /// Where the stores go (a temporary folder when `None`).
     pub dir: Option<PathBuf>,
-    /// Which workloads to run (`W1` ... `W6`); all when empty.
+    /// Which workloads to run (`W1` ... `W7`); all when empty.
     pub workloads: Vec<String>,
     /// The `annal` binary, run as a fresh process for W5 and as the server for the network
     /// workloads.

@@ -13,6 +13,7 @@
 //! UmaDB figure.
 //! | W4 | reading the whole log through one connection (2 million events; 200,000 in quick) |
 //! | W6 | latency from calling append to a live subscriber on another connection receiving the event |
+//! | W7 | a flood of large appends: 64 clients, each with 4 appends of one 1 MiB event in flight, 1 GiB in all (256 MiB in quick), against a server of its own; its throughput and the server's peak resident memory above its idle size. Annal once over the framed protocol and once over gRPC |
 //!
 //! Both servers acknowledge an append only after it is on disk (fdatasync).
 
@@ -655,6 +656,176 @@ pub async fn run(
             Some(a),
             Some(u),
             true,
+        ));
+    }
+    if wants(opts, "W7") {
+        w7(opts, umadb, dir, report).await?;
+    }
+    Ok(())
+}
+
+/// The resident memory of a process and its peak so far, in MiB.
+fn memory_of(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        let n: f64 = line.split_whitespace().nth(1).context("a size")?.parse()?;
+        Ok(n / 1024.0)
+    };
+    Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// W7's clients, connections and appends in flight on each, and the size of each append.
+const W7_CLIENTS: usize = 64;
+const W7_IN_FLIGHT: usize = 4;
+const W7_BYTES: usize = 1 << 20;
+
+/// Runs `append` for `rounds` rounds on each of W7's appends in flight, and gives the MiB/s
+/// and the server's peak memory above `idle`.
+async fn flood<C, F, Fut>(
+    pid: u32,
+    conns: Vec<C>,
+    rounds: usize,
+    progress: &Progress,
+    append: F,
+) -> anyhow::Result<(f64, f64)>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (idle, _) = memory_of(pid)?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, conn) in conns.into_iter().enumerate() {
+        for k in 0..W7_IN_FLIGHT {
+            let (conn, append, progress) = (conn.clone(), append.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..rounds {
+                    append(conn.clone(), format!("w7-{c}-{k}-{i}")).await?;
+                    progress.inc(1);
+                }
+                anyhow::Ok(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (_, peak) = memory_of(pid)?;
+    let mib = (W7_CLIENTS * W7_IN_FLIGHT * rounds * W7_BYTES) as f64 / (1 << 20) as f64;
+    Ok((mib / elapsed, peak - idle))
+}
+
+async fn annal_flood(
+    exe: &Path,
+    dir: &Path,
+    framed: bool,
+    rounds: usize,
+    progress: &Progress,
+) -> anyhow::Result<(f64, f64)> {
+    let server = start_annal(exe, dir)?;
+    let mut conns = Vec::new();
+    for _ in 0..W7_CLIENTS {
+        let client = Client::builder(server.url.clone())
+            .framed_appends(framed)
+            .connect()
+            .await?;
+        conns.push(Arc::new(client));
+    }
+    flood(
+        server.child.id(),
+        conns,
+        rounds,
+        progress,
+        |client, stream| async move {
+            let e = NewEvent::new("Large", vec![b'x'; W7_BYTES])
+                .with_content_type("application/octet-stream");
+            client
+                .append(AppendRequest::stream(
+                    stream,
+                    ExpectedRevision::Any,
+                    vec![e],
+                ))
+                .await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+async fn uma_flood(
+    exe: &Path,
+    dir: &Path,
+    rounds: usize,
+    progress: &Progress,
+) -> anyhow::Result<(f64, f64)> {
+    let server = start_umadb(exe, dir).await?;
+    let mut conns = Vec::new();
+    for _ in 0..W7_CLIENTS {
+        conns.push(uma_connect(&server.url).await?);
+    }
+    flood(
+        server.child.id(),
+        conns,
+        rounds,
+        progress,
+        |mut client, tag| async move {
+            let event = uma::Event {
+                event_type: "Large".into(),
+                tags: vec![tag],
+                data: vec![b'x'; W7_BYTES],
+                uuid: annal_core::Uuid::new_v4().to_string(),
+                metadata: Vec::new(),
+            };
+            client
+                .append(uma::AppendRequest {
+                    events: vec![event],
+                    condition: None,
+                    tracking_info: None,
+                })
+                .await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// W7: the flood, against each server started for it alone.
+async fn w7(opts: &Options, umadb: &Path, dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let rounds = if opts.quick { 1 } else { 4 };
+    let appends = (W7_CLIENTS * W7_IN_FLIGHT * rounds) as u64;
+    let mut annal = Vec::new();
+    for (framed, name) in [(true, "framed"), (false, "gRPC")] {
+        let p = Progress::new(&format!("W7 annal flood over {name}"), appends);
+        let at = dir.join(format!("annal-w7-{name}"));
+        annal.push(annal_flood(&opts.probe_exe, &at, framed, rounds, &p).await?);
+        p.done();
+    }
+    let p = Progress::new("W7 umadb flood", appends);
+    let uma_dir = dir.join("umadb-w7");
+    std::fs::create_dir_all(&uma_dir)?;
+    let (u_rate, u_peak) = uma_flood(umadb, &uma_dir, rounds, &p).await?;
+    p.done();
+    let what = "W7 flood of 1 MiB appends, 64 clients x 4";
+    for ((rate, peak), how) in annal.into_iter().zip(["", ", Annal over gRPC only"]) {
+        report.rows.push(row(
+            &format!("{what}{how}"),
+            "MiB/s",
+            Some(rate),
+            Some(u_rate),
+            true,
+        ));
+        report.rows.push(row(
+            &format!("{what}{how}, server memory above idle"),
+            "MiB",
+            Some(peak),
+            Some(u_peak),
+            false,
         ));
     }
     Ok(())

@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// The UmaDB server binary [default: `umadb` on the PATH].
     #[arg(long, env = "ANNAL_BENCH_UMADB", value_name = "PATH")]
     umadb: Option<PathBuf>,
+    /// The `annal` binary the workloads run as a process of its own (the server with
+    /// --network, W5's reopening without) [default: this one], to compare two builds
+    /// driven by the same clients.
+    #[arg(long, value_name = "PATH")]
+    server: Option<PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +47,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pg_url: args.pg,
         dir: args.dir,
         workloads: args.workloads,
-        probe_exe: std::env::current_exe()?,
+        probe_exe: match args.server {
+            Some(path) => path,
+            None => std::env::current_exe()?,
+        },
         umadb: args.umadb,
     };
     let rt = tokio::runtime::Runtime::new()?;
