@@ -232,7 +232,7 @@ where
     }
 }
 
-/// What one HTTP/2 request may have received and not yet read.
+/// What one HTTP/2 request may have received and not yet read, and the largest frame.
 const STREAM_WINDOW: u32 = 16 << 10;
 
 /// Serves until `shutdown` turns true, then waits up to `shutdown_grace` for open requests.
@@ -267,7 +267,7 @@ pub async fn serve(
         .initial_connection_window_size(
             STREAM_WINDOW.saturating_mul(limits.max_streams_per_connection),
         )
-        .max_frame_size(16 << 10);
+        .max_frame_size(STREAM_WINDOW);
     // Every connection's task, so that those still open when the grace period ends can be
     // stopped before the store is closed.
     let mut tasks: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();

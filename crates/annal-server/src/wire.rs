@@ -419,7 +419,7 @@ async fn read_frames(
         let payload = annal_core::Bytes::from(payload);
         let (state, writer) = (Arc::clone(state), Arc::clone(writer));
         tokio::spawn(async move {
-            let frame = match append(&state, payload).await {
+            let frame = match append(&state, payload, budget).await {
                 Ok(response) => {
                     metrics::request("wire", "2xx");
                     let mut out = Vec::with_capacity(HEADER_LEN + response.encoded_len());
@@ -432,7 +432,6 @@ async fn read_frames(
                     error_frame(header.id, e)
                 }
             };
-            drop(budget);
             // A connection that failed is noticed by the reader; this answer is lost with it.
             let _ = writer.send(&frame);
             drop((place, busy));
@@ -450,7 +449,13 @@ fn gone(sent: std::io::Result<()>) -> Result<(), Fatal> {
     })
 }
 
-async fn append(state: &State, payload: annal_core::Bytes) -> Result<pb::AppendResponse, Error> {
+/// Decodes and appends a payload; `budget` is its share of the in-flight budget, kept until
+/// the store lets go of the request.
+async fn append(
+    state: &State,
+    payload: annal_core::Bytes,
+    budget: Budget,
+) -> Result<pb::AppendResponse, Error> {
     let request = decode_append(&payload).map_err(|e| match e {
         DecodeAppendError::Malformed(e) => Error::invalid(
             "request",
@@ -458,6 +463,8 @@ async fn append(state: &State, payload: annal_core::Bytes) -> Result<pb::AppendR
         ),
         DecodeAppendError::Invalid(e) => e,
     })?;
-    let result = state.append(request, payload.len(), None, false).await?;
+    let result = state
+        .append(request, payload.len(), Some(budget), false)
+        .await?;
     Ok(result.into())
 }

@@ -605,13 +605,7 @@ async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_grpc_and_http_on_one_port() {
     let cert = self_signed();
-    let s = start_with(|c| {
-        c.tls = Some(annal_server::config::TlsFiles {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        })
-    })
-    .await;
+    let s = start_with(|c| c.tls = Some(cert.files())).await;
     let client = Client::builder(s.url.clone())
         .ca_certificate(cert.cert_pem.clone())
         .domain("localhost")
@@ -668,13 +662,7 @@ async fn tls_serves_grpc_and_http_on_one_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_certificate_that_marks_itself_a_ca_is_trusted_when_given() {
     let cert = self_signed_ca();
-    let s = start_with(|c| {
-        c.tls = Some(annal_server::config::TlsFiles {
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-        })
-    })
-    .await;
+    let s = start_with(|c| c.tls = Some(cert.files())).await;
     // By the address, as the URL gives it: the certificate is the one given to trust.
     let client = Client::builder(s.url.clone())
         .ca_certificate(cert.cert_pem.clone())

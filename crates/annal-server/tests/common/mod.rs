@@ -212,6 +212,16 @@ pub struct Cert {
     pub _dir: tempfile::TempDir,
 }
 
+impl Cert {
+    /// The certificate and key as the server's configuration names them.
+    pub fn files(&self) -> annal_server::config::TlsFiles {
+        annal_server::config::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
 pub fn self_signed() -> Cert {
     self_signed_as(false)
 }
