@@ -150,6 +150,22 @@ pub fn read_all(store: &Store, expect: u64, progress: &Progress) -> anyhow::Resu
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// W4 a chunk at a time ([`Store::read_chunks`]). Returns events per second.
+pub fn read_all_chunks(store: &Store, expect: u64, progress: &Progress) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut n = 0u64;
+    for chunk in store.read_chunks(ReadRequest::all())? {
+        let chunk = chunk?;
+        for e in &chunk {
+            std::hint::black_box(e);
+        }
+        n += chunk.len() as u64;
+        progress.inc(chunk.len() as u64);
+    }
+    anyhow::ensure!(n == expect, "read {n} events, expected {expect}");
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 /// W6: latency from calling append to a live subscriber receiving the event, for `count`
 /// events appended one at a time. Returns (p50, p99).
 pub async fn live_latency(

@@ -395,6 +395,9 @@ async fn run_workloads(
             let p = Progress::new("W4 annal read all", n);
             let a = engine::read_all(&store, n, &p)?;
             p.done();
+            let p = Progress::new("W4 annal read all by chunks", n);
+            let chunks = engine::read_all_chunks(&store, n, &p)?;
+            p.done();
             drop(store);
             let pgv = match pg {
                 Some(pg) => {
@@ -413,6 +416,13 @@ async fn run_workloads(
                 &format!("W4 read the whole log ({n} events)"),
                 "events/s",
                 Some(a),
+                pgv,
+                true,
+            ));
+            report.rows.push(row(
+                &format!("W4 read the whole log ({n} events) a chunk at a time"),
+                "events/s",
+                Some(chunks),
                 pgv,
                 true,
             ));

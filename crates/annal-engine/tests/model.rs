@@ -841,6 +841,19 @@ async fn compare_read(
         })
         .map(|()| viewed);
     ensure_eq(&v, &e, &format!("{what}, read as stored events"))?;
+    // And a chunk at a time: the same events, with no chunk empty.
+    let chunked = engine.read_chunks(request.clone()).and_then(|chunks| {
+        let mut all = Vec::new();
+        for chunk in chunks {
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                return Err(Error::Internal("an empty chunk".into()));
+            }
+            all.extend(chunk);
+        }
+        Ok(all)
+    });
+    ensure_eq(&chunked, &e, &format!("{what}, read a chunk at a time"))?;
     let mut first = Vec::new();
     let stopped = engine
         .read_stored(request.clone())

@@ -147,6 +147,30 @@ impl Cursor {
         Ok(self.buffer.pop_front())
     }
 
+    /// The next events, as many as the read had at hand (a record's worth or a page), or
+    /// `None` when there is none up to `max_pos` (for now). The events are not moved one by
+    /// one: a whole-log read hands out the vector its records were decoded into.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<RecordedEvent>>> {
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        while self.buffer.is_empty() {
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+        // The next chunk is likely the size of this one: room for it now spares the copies
+        // of a growing buffer.
+        let room = self.buffer.len();
+        let mut chunk = std::mem::replace(&mut self.buffer, VecDeque::with_capacity(room));
+        if chunk.len() as u64 > self.remaining {
+            // Only a limited read stops inside its buffer: keep the rest for no one.
+            chunk.truncate(self.remaining as usize);
+        }
+        self.remaining -= chunk.len() as u64;
+        Ok(Some(Vec::from(chunk)))
+    }
+
     /// The event at `position`, from the record read last when it holds it.
     fn fetch(&mut self, position: u64) -> Result<RecordedEvent> {
         if let Some(f) = &self.cache {
