@@ -57,6 +57,54 @@ pub trait EventStore: Send + Sync {
     fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send;
 }
 
+/// A shared store is a store: code written against [`EventStore`] takes an `Arc` of the
+/// engine or of a client as readily as the value.
+impl<T: EventStore> EventStore for std::sync::Arc<T> {
+    fn append(&self, request: AppendRequest) -> impl Future<Output = Result<AppendResult>> + Send {
+        (**self).append(request)
+    }
+
+    fn read(&self, request: ReadRequest) -> impl Future<Output = Result<EventStream>> + Send {
+        (**self).read(request)
+    }
+
+    fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> impl Future<Output = Result<SubscriptionStream>> + Send {
+        (**self).subscribe(request)
+    }
+
+    fn stream_info(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<StreamInfo>>> + Send {
+        (**self).stream_info(stream_id)
+    }
+
+    fn list_streams(
+        &self,
+        request: ListStreams,
+    ) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send {
+        (**self).list_streams(request)
+    }
+
+    fn list_categories(
+        &self,
+        request: ListCategories,
+    ) -> impl Future<Output = Result<Vec<CategoryInfo>>> + Send {
+        (**self).list_categories(request)
+    }
+
+    fn position_at(&self, at: Timestamp) -> impl Future<Output = Result<Option<u64>>> + Send {
+        (**self).position_at(at)
+    }
+
+    fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send {
+        (**self).head()
+    }
+}
+
 /// Waits for the next item of a stream (no combinator crate needed).
 pub async fn next_item<S: Stream + Unpin + ?Sized>(stream: &mut S) -> Option<S::Item> {
     std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await

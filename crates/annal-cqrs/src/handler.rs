@@ -1,0 +1,154 @@
+//! Command handling: load, decide, append on the revision that was read; on a conflict,
+//! load again and decide again.
+
+use annal_core::{AppendRequest, Error, EventStore, ExpectedRevision, NewEvent};
+
+use crate::{encode, load, stream_id, CommandError, Context, Decider, LoadError, Loaded, Retry};
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub stream_id: String,
+    /// The stream's revision after the command (before it, when it wrote nothing); `None`
+    /// when the stream has no event.
+    pub revision: Option<u64>,
+    /// The log position of the last event written; `None` when the command wrote nothing.
+    pub position: Option<u64>,
+    /// How many events were written.
+    pub written: usize,
+    /// How many times the command was decided (1 when no writer got in the way).
+    pub attempts: u32,
+}
+
+/// Runs commands against aggregates kept in `store`: the embedded engine, a client of a
+/// server, or any other [`EventStore`].
+#[derive(Debug, Clone)]
+pub struct CommandHandler<S> {
+    store: S,
+    retry: Retry,
+}
+
+impl<S: EventStore> CommandHandler<S> {
+    /// A handler with the default [`Retry`].
+    pub fn new(store: S) -> Self {
+        CommandHandler {
+            store,
+            retry: Retry::default(),
+        }
+    }
+
+    /// How conflicts and unanswered appends are retried.
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = Retry {
+            attempts: retry.attempts.max(1),
+            ..retry
+        };
+        self
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The current state of instance `id` of `D`.
+    pub async fn load<D: Decider>(&self, id: &str) -> Result<Loaded<D::State>, LoadError> {
+        load::<D, S>(&self.store, &stream_id::<D>(id)).await
+    }
+
+    /// Carries out `command` on instance `id` of `D`: loads it, decides, and appends the
+    /// events only if no other event reached the stream since it was read. On a conflict it
+    /// loads and decides again, up to the retry policy's attempts. A decision of no events
+    /// writes nothing; a refusal is [`CommandError::Rejected`].
+    ///
+    /// An append that got no answer ([`Error::Unavailable`]) is sent again as it was: its
+    /// event ids make the retry idempotent, so an append that did land is not doubled.
+    pub async fn handle<D: Decider>(
+        &self,
+        id: &str,
+        command: &D::Command,
+        context: &Context,
+    ) -> Result<Handled, CommandError<D::Error>> {
+        let stream = stream_id::<D>(id);
+        let mut attempt = 1;
+        loop {
+            let loaded = load::<D, S>(&self.store, &stream).await?;
+            let events = D::decide(&loaded.state, command).map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Handled {
+                    stream_id: stream,
+                    revision: loaded.revision,
+                    position: None,
+                    written: 0,
+                    attempts: attempt,
+                });
+            }
+            let expected = loaded
+                .revision
+                .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            let written = events.len();
+            let request =
+                AppendRequest::stream(stream.as_str(), expected, to_new(&events, context)?);
+            match self.append(request, &mut attempt).await {
+                Ok(r) => {
+                    return Ok(Handled {
+                        stream_id: stream,
+                        revision: Some(r.revision()),
+                        position: Some(r.last_position),
+                        written,
+                        attempts: attempt,
+                    })
+                }
+                Err(e @ Error::WrongExpectedRevision { .. }) => {
+                    if attempt >= self.retry.attempts {
+                        return Err(CommandError::Contended {
+                            attempts: attempt,
+                            last: e,
+                        });
+                    }
+                    attempt += 1;
+                    tracing::debug!(stream, attempt, "conflict; deciding again");
+                    tokio::time::sleep(self.retry.pause(attempt)).await;
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// Appends, sending the same request again while the store does not answer and attempts
+    /// remain.
+    async fn append(
+        &self,
+        request: AppendRequest,
+        attempt: &mut u32,
+    ) -> annal_core::Result<annal_core::AppendResult> {
+        loop {
+            match self.store.append(request.clone()).await {
+                Err(Error::Unavailable(why)) if *attempt < self.retry.attempts => {
+                    *attempt += 1;
+                    tracing::debug!(%why, attempt, "no answer to an append; sending it again");
+                    tokio::time::sleep(self.retry.pause(*attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The events of a decision, ready to append in `context`.
+pub fn to_new<E: crate::Event>(
+    events: &[E],
+    context: &Context,
+) -> Result<Vec<NewEvent>, crate::CodecError> {
+    let metadata = context.metadata();
+    events
+        .iter()
+        .map(|e| {
+            let encoded = encode(e)?;
+            let mut new = NewEvent::new(encoded.event_type, encoded.data)
+                .with_schema_version(encoded.schema_version)
+                .with_metadata(metadata.clone());
+            new.tags = encoded.tags.into_iter().map(Into::into).collect();
+            Ok(new)
+        })
+        .collect()
+}
