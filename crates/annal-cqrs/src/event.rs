@@ -47,6 +47,15 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn tags(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The event as a sentence for people, for rendered histories ("deposited 200"). By
+    /// default its type and JSON data.
+    fn describe(&self) -> String {
+        match encode(self) {
+            Ok(e) => format!("{} {}", e.event_type, String::from_utf8_lossy(&e.data)),
+            Err(e) => e.to_string(),
+        }
+    }
 }
 
 /// An event ready to be stored.

@@ -1,9 +1,14 @@
 //! Command handling: load, decide, append on the revision that was read; on a conflict,
 //! load again and decide again.
 
+use std::sync::Arc;
+
 use annal_core::{AppendRequest, Error, EventStore, ExpectedRevision, NewEvent};
 
-use crate::{encode, load, stream_id, CommandError, Context, Decider, LoadError, Loaded, Retry};
+use crate::{
+    encode, load, load_as_of, stream_id, At, CommandError, Context, Decider, LoadError, Loaded,
+    Retry, Upcasters,
+};
 
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +31,7 @@ pub struct Handled {
 pub struct CommandHandler<S> {
     store: S,
     retry: Retry,
+    upcasters: Arc<Upcasters>,
 }
 
 impl<S: EventStore> CommandHandler<S> {
@@ -34,6 +40,7 @@ impl<S: EventStore> CommandHandler<S> {
         CommandHandler {
             store,
             retry: Retry::default(),
+            upcasters: Arc::new(Upcasters::new()),
         }
     }
 
@@ -46,13 +53,28 @@ impl<S: EventStore> CommandHandler<S> {
         self
     }
 
+    /// The upcasters every load applies.
+    pub fn with_upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = Arc::new(upcasters);
+        self
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }
 
     /// The current state of instance `id` of `D`.
     pub async fn load<D: Decider>(&self, id: &str) -> Result<Loaded<D::State>, LoadError> {
-        load::<D, S>(&self.store, &stream_id::<D>(id)).await
+        load::<D, S>(&self.store, &stream_id::<D>(id), &self.upcasters).await
+    }
+
+    /// Instance `id` of `D` as it was at `at`: time travel.
+    pub async fn load_as_of<D: Decider>(
+        &self,
+        id: &str,
+        at: At,
+    ) -> Result<Loaded<D::State>, LoadError> {
+        load_as_of::<D, S>(&self.store, &stream_id::<D>(id), at, &self.upcasters).await
     }
 
     /// Carries out `command` on instance `id` of `D`: loads it, decides, and appends the
@@ -71,7 +93,7 @@ impl<S: EventStore> CommandHandler<S> {
         let stream = stream_id::<D>(id);
         let mut attempt = 1;
         loop {
-            let loaded = load::<D, S>(&self.store, &stream).await?;
+            let loaded = load::<D, S>(&self.store, &stream, &self.upcasters).await?;
             let events = D::decide(&loaded.state, command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(Handled {

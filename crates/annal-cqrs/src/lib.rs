@@ -6,19 +6,26 @@
 //! - [`Decider`]: an aggregate as two pure functions, `decide` and `evolve`.
 //! - [`CommandHandler`]: load, decide, append on the revision read, retry on conflict.
 //! - [`Context`]: the correlation id, causation id and actor every event carries.
+//! - [`Upcasters`]: older event versions brought up to date as they are read.
+//! - [`load_as_of`]: time travel, an aggregate as of a revision, a position or an instant.
+//! - [`render_history`]: an aggregate's history, or any read's, as lines for people.
 
 mod context;
 mod decider;
 mod error;
 mod event;
 mod handler;
+mod history;
 mod load;
 mod retry;
+mod upcast;
 
 pub use context::Context;
 pub use decider::{stream_id, Decider};
 pub use error::{CodecError, CommandError, LoadError};
 pub use event::{decode, encode, Encoded, Event};
 pub use handler::{to_new, CommandHandler, Handled};
-pub use load::{decode_recorded, load, Loaded};
+pub use history::{render_history, render_line};
+pub use load::{decode_each, decode_recorded, load, load_as_of, At, Loaded};
 pub use retry::Retry;
+pub use upcast::{Upcast, Upcasters};

@@ -9,13 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use annal_core::{
-    AppendRequest, AppendResult, CategoryInfo, Error, EventStore, EventStoreExt, EventStream,
-    ExpectedRevision, ListCategories, ListStreams, ReadRequest, Result, StreamInfo,
-    SubscribeRequest, SubscriptionStream, Timestamp,
-};
-use annal_cqrs::{to_new, CommandError, CommandHandler, Context, Retry};
-use common::{AccountCommand as C, AccountEvent, BankAccount, Refused};
+use annal_core::{Error, EventStore, EventStoreExt, ReadRequest};
+use annal_cqrs::{CommandError, CommandHandler, Context, Retry};
+use common::{AccountCommand as C, AccountEvent, BankAccount, Dropping, Racing, Refused};
 
 fn open(owner: &str) -> C {
     C::Open {
@@ -338,112 +334,3 @@ async fn a_reaction_joins_the_transaction_of_its_cause<S: EventStore + Clone + '
     bare.metadata.correlation_id = None;
     assert_eq!(Context::caused_by(&bare).correlation_id, cause.id);
 }
-
-/// A store where another writer appends `other` to the same stream just before each of the
-/// first `races` appends it forwards, so that they conflict.
-#[derive(Clone)]
-struct Racing<S> {
-    inner: S,
-    races: u32,
-    other: AccountEvent,
-    appends: Arc<AtomicU32>,
-}
-
-impl<S: EventStore> Racing<S> {
-    fn new(inner: S, races: u32, other: AccountEvent) -> Self {
-        Racing {
-            inner,
-            races,
-            other,
-            appends: Arc::new(AtomicU32::new(0)),
-        }
-    }
-}
-
-/// A store that loses the answer to the first `left` appends after they are written.
-#[derive(Clone)]
-struct Dropping<S> {
-    inner: S,
-    left: Arc<AtomicU32>,
-}
-
-impl<S: EventStore> Forward for Racing<S> {
-    type Inner = S;
-    fn inner(&self) -> &S {
-        &self.inner
-    }
-    async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
-        let n = self.appends.fetch_add(1, Ordering::SeqCst);
-        if n < self.races {
-            let stream = request.streams[0].stream_id.clone();
-            let other =
-                to_new(std::slice::from_ref(&self.other), &Context::new()).expect("encodes");
-            self.inner
-                .append(AppendRequest::stream(stream, ExpectedRevision::Any, other))
-                .await?;
-        }
-        self.inner.append(request).await
-    }
-}
-
-impl<S: EventStore> Forward for Dropping<S> {
-    type Inner = S;
-    fn inner(&self) -> &S {
-        &self.inner
-    }
-    async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
-        let r = self.inner.append(request).await?;
-        let lose = self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
-            return Err(Error::Unavailable("the answer was lost".into()));
-        }
-        Ok(r)
-    }
-}
-
-/// A store that changes appends and forwards the rest.
-trait Forward: Send + Sync {
-    type Inner: EventStore;
-    fn inner(&self) -> &Self::Inner;
-    fn append(
-        &self,
-        request: AppendRequest,
-    ) -> impl std::future::Future<Output = Result<AppendResult>> + Send;
-}
-
-macro_rules! forwarding_store {
-    ($t:ident) => {
-        impl<S: EventStore> EventStore for $t<S> {
-            async fn append(&self, request: AppendRequest) -> Result<AppendResult> {
-                Forward::append(self, request).await
-            }
-            async fn read(&self, request: ReadRequest) -> Result<EventStream> {
-                self.inner().read(request).await
-            }
-            async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {
-                self.inner().subscribe(request).await
-            }
-            async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-                self.inner().stream_info(stream_id).await
-            }
-            async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
-                self.inner().list_streams(request).await
-            }
-            async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {
-                self.inner().list_categories(request).await
-            }
-            async fn position_at(&self, at: Timestamp) -> Result<Option<u64>> {
-                self.inner().position_at(at).await
-            }
-            async fn head(&self) -> Result<Option<u64>> {
-                self.inner().head().await
-            }
-        }
-    };
-}
-
-forwarding_store!(Racing);
-forwarding_store!(Dropping);
