@@ -141,6 +141,11 @@ impl RecordedEvent {
         category_of(&self.stream_id)
     }
 
+    /// The event's stream; `None` for an event of no stream (its `stream_id` is empty).
+    pub fn in_stream(&self) -> Option<&str> {
+        (!self.stream_id.is_empty()).then_some(&*self.stream_id)
+    }
+
     /// True when this stored event is the same event as `e` (all that the writer supplied).
     pub fn same_as(&self, e: &NewEvent) -> bool {
         self.id == e.id

@@ -26,7 +26,7 @@ pub use query::{Query, QueryItem};
 pub use request::{
     AppendCondition, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, ExpectedRevision,
     ListCategories, ListStreams, ReadRequest, Source, StreamAppend, StreamAppendResult, StreamInfo,
-    SubscribeFrom, SubscribeRequest, SubscriptionItem,
+    SubscribeFrom, SubscribeRequest, SubscriptionItem, NO_STREAM,
 };
 pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
 pub use text::{Text, TextCache};

@@ -39,7 +39,16 @@ impl ExpectedRevision {
     }
 }
 
+/// The stream id of events that belong to no stream ([`StreamAppend::no_stream`]).
+pub const NO_STREAM: &str = "";
+
 /// A batch of events for one stream, with its concurrency check.
+///
+/// A batch whose stream id is empty ([`NO_STREAM`]) holds events that belong to no stream,
+/// as Dynamic Consistency Boundary decisions write them: they are found by tag, type and
+/// the whole log, create no stream, and cost no per-stream memory. Their expected revision
+/// is [`ExpectedRevision::Any`] (a condition guards them instead), and an event's revision
+/// is its place among them in its request (0, 1, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {
     pub stream_id: Text,
@@ -58,6 +67,11 @@ impl StreamAppend {
             expected,
             events,
         }
+    }
+
+    /// A batch of events that belong to no stream.
+    pub fn no_stream(events: Vec<NewEvent>) -> Self {
+        StreamAppend::new(NO_STREAM, ExpectedRevision::Any, events)
     }
 }
 
@@ -85,6 +99,15 @@ impl AppendRequest {
     ) -> Self {
         AppendRequest {
             streams: vec![StreamAppend::new(stream_id, expected, events)],
+            condition: None,
+        }
+    }
+
+    /// Events that belong to no stream, found by their tags and types (guard them with
+    /// [`with_condition`](Self::with_condition)).
+    pub fn no_stream(events: Vec<NewEvent>) -> Self {
+        AppendRequest {
+            streams: vec![StreamAppend::no_stream(events)],
             condition: None,
         }
     }

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use crate::{
-    AppendRequest, Error, Query, ReadRequest, Result, Source, SubscribeFrom, SubscribeRequest,
+    AppendRequest, Error, ExpectedRevision, Query, ReadRequest, Result, Source, SubscribeFrom,
+    SubscribeRequest,
 };
 
 /// Longest stream id, in bytes.
@@ -175,7 +176,10 @@ pub fn resume_point(from: SubscribeFrom, head: Option<u64>) -> Result<()> {
 /// An append request, with the per-event size limit of the store it is sent to.
 pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
     if req.streams.is_empty() {
-        return Err(Error::invalid("append", "names no stream"));
+        return Err(Error::invalid(
+            "append",
+            "carries no event (it names no stream and has no events of no stream)",
+        ));
     }
     if req.streams.len() > MAX_STREAMS_PER_APPEND {
         return Err(Error::invalid(
@@ -197,17 +201,39 @@ pub fn append(req: &AppendRequest, max_event_size: usize) -> Result<()> {
     // Sorted, a repeated id sits next to its twin: no hashing of client-chosen keys.
     let mut ids: Vec<u128> = Vec::with_capacity(total);
     for s in &req.streams {
-        stream_id(&s.stream_id)?;
+        if s.stream_id.is_empty() {
+            // Events of no stream: there is no revision to expect.
+            if s.expected != ExpectedRevision::Any {
+                return Err(Error::invalid(
+                    "expected revision",
+                    format!(
+                        "events of no stream have no revision to check, so they expect 'any', not '{}'; \
+                         guard them with a condition instead",
+                        s.expected
+                    ),
+                ));
+            }
+        } else {
+            stream_id(&s.stream_id)?;
+        }
         if !streams.insert(s.stream_id.as_str()) {
             return Err(Error::invalid(
                 "append",
-                format!("names stream '{}' twice", s.stream_id),
+                if s.stream_id.is_empty() {
+                    "has two batches of events of no stream".to_string()
+                } else {
+                    format!("names stream '{}' twice", s.stream_id)
+                },
             ));
         }
         if s.events.is_empty() {
             return Err(Error::invalid(
                 "append",
-                format!("the batch for stream '{}' is empty", s.stream_id),
+                if s.stream_id.is_empty() {
+                    "the batch of events of no stream is empty".to_string()
+                } else {
+                    format!("the batch for stream '{}' is empty", s.stream_id)
+                },
             ));
         }
         for e in &s.events {
@@ -318,7 +344,17 @@ mod tests {
     fn rejects_bad_input_with_named_field() {
         let ok = NewEvent::new("Opened", b"{}".to_vec());
         assert!(append(&one("account-1", ok.clone()), 1024).is_ok());
-        let err = append(&one("", ok.clone()), 1024).unwrap_err();
+        // An empty stream id is events of no stream, which expect no revision.
+        assert!(append(&one("", ok.clone()), 1024).is_ok());
+        let err = append(
+            &AppendRequest::stream("", ExpectedRevision::NoStream, vec![ok.clone()]),
+            1024,
+        )
+        .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("invalid expected revision: events of no stream have no revision"));
+        let err = stream_id("").unwrap_err();
         assert_eq!(err.to_string(), "invalid stream id: must not be empty");
         let long = "x".repeat(MAX_STREAM_ID_LEN + 1);
         assert!(append(&one(&long, ok.clone()), 1024)

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use annal_core::{AppendRequest, Error, EventStore, ExpectedRevision, NewEvent};
+use annal_core::{
+    next_item, AppendRequest, AsOf, Error, EventStore, ExpectedRevision, NewEvent, ReadRequest,
+    NO_STREAM,
+};
 
 use crate::{
-    encode, load, load_as_of, stream_id, At, CommandError, Context, Decider, LoadError, Loaded,
-    Retry, Upcasters,
+    decode_each, encode, load, load_as_of, stream_id, At, CommandError, Context, Decider, Decision,
+    LoadError, Loaded, Retry, Upcasters,
 };
 
 /// What a command did.
@@ -121,19 +124,83 @@ impl<S: EventStore> CommandHandler<S> {
                     })
                 }
                 Err(e @ Error::WrongExpectedRevision { .. }) => {
-                    if attempt >= self.retry.attempts {
-                        return Err(CommandError::Contended {
-                            attempts: attempt,
-                            last: e,
-                        });
-                    }
-                    attempt += 1;
-                    tracing::debug!(stream, attempt, "conflict; deciding again");
-                    tokio::time::sleep(self.retry.pause(attempt)).await;
+                    self.lost_race(&mut attempt, e).await?;
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
         }
+    }
+
+    /// Carries out `command` under the rule `D`, whose boundary is a query: reads the events
+    /// the query selects up to the log's head, folds them, decides, and appends the events
+    /// (belonging to no stream) on the condition that nothing matching the query came after
+    /// that head. On a conflict it reads and decides again, up to the retry policy's
+    /// attempts. The result's `stream_id` is empty and its `revision` `None`.
+    pub async fn decide<D: Decision>(
+        &self,
+        command: &D::Command,
+        context: &Context,
+    ) -> Result<Handled, CommandError<D::Error>> {
+        let query = D::query(command);
+        let mut attempt = 1;
+        loop {
+            let head = self.store.head().await.map_err(CommandError::Store)?;
+            let mut state = D::State::default();
+            if let Some(head) = head {
+                // Bounded at the head read, so that the condition covers all that came after.
+                let read = ReadRequest::query(query.clone()).as_of(AsOf::Position(head));
+                let mut events = self.store.read(read).await.map_err(CommandError::Store)?;
+                while let Some(e) = next_item(&mut events).await {
+                    let e = e.map_err(CommandError::Store)?;
+                    decode_each::<D::Event>(&e, &self.upcasters, |event| {
+                        state = D::evolve(std::mem::take(&mut state), &event);
+                    })?;
+                }
+            }
+            let events = D::decide(&state, command).map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Handled {
+                    stream_id: NO_STREAM.to_string(),
+                    revision: None,
+                    position: None,
+                    written: 0,
+                    attempts: attempt,
+                });
+            }
+            let written = events.len();
+            let request = AppendRequest::no_stream(to_new(&events, context)?)
+                .with_condition(query.clone(), head);
+            match self.append(request, &mut attempt).await {
+                Ok(r) => {
+                    return Ok(Handled {
+                        stream_id: NO_STREAM.to_string(),
+                        revision: None,
+                        position: Some(r.last_position),
+                        written,
+                        attempts: attempt,
+                    })
+                }
+                Err(e @ Error::ConditionFailed { .. }) => {
+                    self.lost_race(&mut attempt, e).await?;
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// After a conflict (`lost`): gives up when no attempt is left, else waits before the
+    /// next.
+    async fn lost_race<E>(&self, attempt: &mut u32, lost: Error) -> Result<(), CommandError<E>> {
+        if *attempt >= self.retry.attempts {
+            return Err(CommandError::Contended {
+                attempts: *attempt,
+                last: lost,
+            });
+        }
+        *attempt += 1;
+        tracing::debug!(attempt, %lost, "lost a race; deciding again");
+        tokio::time::sleep(self.retry.pause(*attempt)).await;
+        Ok(())
     }
 
     /// Appends, sending the same request again while the store does not answer and attempts

@@ -5,6 +5,8 @@
 //! - [`Event`]: an aggregate's events as a serde enum; the variant is the event type.
 //! - [`Decider`]: an aggregate as two pure functions, `decide` and `evolve`.
 //! - [`CommandHandler`]: load, decide, append on the revision read, retry on conflict.
+//! - [`Decision`]: a rule whose boundary is a tag query, not a stream (Dynamic Consistency
+//!   Boundaries); its events belong to no stream and are guarded by a condition.
 //! - [`Context`]: the correlation id, causation id and actor every event carries.
 //! - [`Upcasters`]: older event versions brought up to date as they are read.
 //! - [`load_as_of`]: time travel, an aggregate as of a revision, a position or an instant.
@@ -12,6 +14,7 @@
 
 mod context;
 mod decider;
+mod decision;
 mod error;
 mod event;
 mod handler;
@@ -22,6 +25,7 @@ mod upcast;
 
 pub use context::Context;
 pub use decider::{stream_id, Decider};
+pub use decision::Decision;
 pub use error::{CodecError, CommandError, LoadError};
 pub use event::{decode, encode, Encoded, Event};
 pub use handler::{to_new, CommandHandler, Handled};

@@ -243,15 +243,25 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 let last = first + events.len() as u64 - 1;
                 entries.clear();
                 decoded_batch_entries(&mut entries, &events, offset);
+                // Events of no stream count their revisions from 0 in every record.
+                let mut no_stream_next = 0;
                 for e in &events {
-                    let want = revisions.get(e.stream_id.as_str()).copied().unwrap_or(0);
+                    let want = if e.stream_id.is_empty() {
+                        no_stream_next
+                    } else {
+                        revisions.get(e.stream_id.as_str()).copied().unwrap_or(0)
+                    };
                     if e.revision != want {
                         report.problems.push(format!(
                             "position {}: stream '{}' has revision {}, expected {want}",
                             e.position, e.stream_id, e.revision
                         ));
                     }
-                    revisions.insert(e.stream_id.to_string(), e.revision + 1);
+                    if e.stream_id.is_empty() {
+                        no_stream_next = e.revision + 1;
+                    } else {
+                        revisions.insert(e.stream_id.to_string(), e.revision + 1);
+                    }
                     heads.apply_event(e);
                 }
                 if last < checkpoint_at {

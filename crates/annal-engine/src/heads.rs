@@ -69,8 +69,11 @@ impl Heads {
         }
     }
 
-    /// Records one stored event.
+    /// Records one stored event (an event of no stream changes nothing).
     pub fn apply_event(&mut self, e: &annal_core::RecordedEvent) {
+        if e.stream_id.is_empty() {
+            return;
+        }
         self.apply(
             &e.stream_id,
             e.revision,

@@ -3,7 +3,7 @@
 //! two must agree on the outcome and on everything a reader can observe.
 //!
 //! Segments are tiny and checkpoints frequent, so segments roll and index runs are written and
-//! merged while a sequence runs. The domains are small (four streams in two categories, three
+//! merged while a sequence runs. The domains are small (four streams in two categories and events of no stream, three
 //! event types, three tags, reused event ids), so expected-revision conflicts, DCB conditions
 //! that fail, idempotent retries and event id conflicts all happen often.
 //!
@@ -26,7 +26,8 @@ use annal_engine::{Config, Store};
 use proptest::prelude::*;
 use tokio::runtime::Runtime;
 
-const STREAMS: [&str; 4] = ["acct-1", "acct-2", "order-1", "order-2"];
+/// The empty id is events of no stream.
+const STREAMS: [&str; 5] = ["acct-1", "acct-2", "order-1", "order-2", ""];
 /// Stream ids that are read and looked up but never written.
 const ABSENT_STREAMS: [&str; 2] = ["acct-3", "acct"];
 const CATEGORIES: [&str; 3] = ["acct", "order", "acc"];

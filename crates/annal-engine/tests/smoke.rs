@@ -406,3 +406,60 @@ fn ids_of_every_run_are_found_after_the_id_filter_grows_and_after_reopening() {
         Some(results.last().unwrap().last_position)
     );
 }
+
+/// Events of no stream are found by tag after a reopen and after their indexes are rebuilt
+/// from the log, move no stream head, and pass `check`.
+#[tokio::test]
+async fn events_of_no_stream_survive_reopening_and_a_rebuild() {
+    use annal_core::{ListStreams, Query, QueryItem};
+    let dir = tempfile::tempdir().unwrap();
+    let claim =
+        |name: &str| NewEvent::new("UsernameClaimed", "{}").with_tag(format!("user:{name}"));
+    let by_tag =
+        |name: &str| ReadRequest::query(Query::item(QueryItem::tags([format!("user:{name}")])));
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.append(one("acct-1", 0)).await.unwrap();
+        for name in ["ann", "bob", "cy"] {
+            store
+                .append(AppendRequest::no_stream(vec![
+                    claim(name),
+                    claim(&format!("{name}2")),
+                ]))
+                .await
+                .unwrap();
+        }
+        store.close().unwrap();
+    }
+    let report = annal_engine::check::check(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.events, report.streams), (7, 1));
+    let expect = |store: Store| async move {
+        let bob = store.read_to_vec(by_tag("bob")).await.unwrap();
+        assert_eq!(
+            bob.iter()
+                .map(|e| (e.stream_id.as_str(), e.revision, e.position))
+                .collect::<Vec<_>>(),
+            [("", 0, 3)]
+        );
+        let streams = store
+            .list_streams(ListStreams {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(streams.len(), 1);
+        assert_eq!(
+            store.read_to_vec(ReadRequest::all()).await.unwrap().len(),
+            7
+        );
+        store.close().unwrap();
+    };
+    expect(Store::open(dir.path()).unwrap()).await;
+    std::fs::remove_file(dir.path().join("manifest")).unwrap();
+    for f in std::fs::read_dir(dir.path().join("index")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    expect(Store::open(dir.path()).unwrap()).await;
+}

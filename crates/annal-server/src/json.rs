@@ -315,8 +315,10 @@ impl MetadataJson {
 pub struct EventJson<'a> {
     /// Global log position (gapless across the log).
     pub position: u64,
+    /// Empty for an event of no stream.
     pub stream_id: &'a str,
-    /// Revision within the stream (gapless per stream).
+    /// Revision within the stream (gapless per stream); for an event of no stream, its
+    /// place among the events of no stream of its append.
     pub revision: u64,
     pub id: String,
     /// When the store wrote it, RFC 3339 with microseconds, UTC.
@@ -573,13 +575,20 @@ pub struct ConditionJson {
     pub after: Option<u64>,
 }
 
-/// An atomic append to one or more streams (`POST /v1/append`).
+/// An atomic append to one or more streams, and of events that belong to no stream
+/// (`POST /v1/append`); at least one of the two.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendJson {
-    #[schema(min_items = 1, max_items = 1000)]
-    #[serde(deserialize_with = "objects")]
+    #[schema(max_items = 1000)]
+    #[serde(default, deserialize_with = "objects")]
     pub streams: Vec<StreamBatchJson>,
+    /// Events of no stream, as Dynamic Consistency Boundary decisions write them: found by
+    /// tag, type and the whole log, guarded by `condition`. Their result is the entry of
+    /// `streams` whose `stream_id` is empty.
+    #[schema(max_items = 100000)]
+    #[serde(default, deserialize_with = "objects")]
+    pub events: Vec<NewEventJson>,
     #[serde(default, deserialize_with = "object_opt")]
     pub condition: Option<ConditionJson>,
 }
@@ -608,8 +617,14 @@ impl StreamAppendJson {
 
 impl AppendJson {
     pub fn into_core(self) -> Result<AppendRequest, Error> {
-        let mut streams = Vec::with_capacity(self.streams.len());
+        let mut streams = Vec::with_capacity(self.streams.len() + 1);
         for (i, s) in self.streams.into_iter().enumerate() {
+            if s.stream_id.is_empty() {
+                return Err(Error::invalid(
+                    format!("streams[{i}].stream_id"),
+                    "must not be empty (events of no stream go in `events`)",
+                ));
+            }
             streams.push(StreamAppend {
                 stream_id: s.stream_id.into(),
                 expected: s
@@ -617,6 +632,9 @@ impl AppendJson {
                     .map_or(ExpectedRevision::Any, Into::into),
                 events: events(s.events, &format!("streams[{i}]."))?,
             });
+        }
+        if !self.events.is_empty() {
+            streams.push(StreamAppend::no_stream(events(self.events, "")?));
         }
         Ok(AppendRequest {
             streams,
@@ -631,6 +649,7 @@ impl AppendJson {
 /// Where one stream's batch landed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamResultJson {
+    /// Empty for the events of no stream.
     pub stream_id: String,
     /// The stream's revision after the append.
     pub revision: u64,

@@ -225,6 +225,44 @@ async fn http_api_appends_reads_and_answers_errors_as_json() {
     let r = http(addr, "DELETE", "/v1/info", &[], "").await;
     assert_eq!(r.status, 405);
 
+    // Events of no stream, guarded by a condition: the second claim of a name fails.
+    let claim = |after: u64| {
+        format!(
+            r#"{{"events":[{{"event_type":"UsernameClaimed","tags":["username:ann"]}}],
+                "condition":{{"query":{{"items":[{{"tags":["username:ann"]}}]}},"after":{after}}}}}"#
+        )
+    };
+    let at = http(addr, "GET", "/v1/info", &[], "").await.json()["head"]
+        .as_u64()
+        .unwrap();
+    let r = http(addr, "POST", "/v1/append", &[], &claim(at)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["streams"][0]["stream_id"], "");
+    assert_eq!(r.json()["first_position"], at + 1);
+    let r = http(addr, "POST", "/v1/append", &[], &claim(at)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = http(addr, "GET", "/v1/events?tags=username:ann", &[], "").await;
+    let events = r.json()["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0]["stream_id"].as_str(),
+            events[0]["revision"].as_u64()
+        ),
+        (Some(""), Some(0))
+    );
+    // A stream id left empty is refused: events of no stream go in `events`.
+    let r = http(
+        addr,
+        "POST",
+        "/v1/append",
+        &[],
+        r#"{"streams":[{"stream_id":"","events":[{"event_type":"A"}]}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["field"], "streams[0].stream_id");
+
     // The OpenAPI document describes the routes it serves.
     let doc = http(addr, "GET", "/openapi.json", &[], "").await.json();
     for path in [
@@ -262,9 +300,18 @@ async fn grpc_errors_come_back_as_the_engine_errors() {
         }
     );
     let e = client
-        .append(one("", ExpectedRevision::Any, "A"))
+        .append(one("", ExpectedRevision::NoStream, "A"))
         .await
         .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument { field, .. } if field == "expected revision"),
+        "{e:?}"
+    );
+    let e = client
+        .read(ReadRequest::stream(""))
+        .await
+        .err()
+        .expect("the stream of no stream cannot be read");
     assert!(
         matches!(&e, Error::InvalidArgument { field, .. } if field == "stream id"),
         "{e:?}"

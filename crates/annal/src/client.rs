@@ -136,7 +136,11 @@ fn parse_uuid(flag: &str, text: &str) -> Result<Uuid, Failure> {
 #[derive(Args, Debug)]
 pub struct AppendArgs {
     /// The stream to append to.
-    pub stream: String,
+    #[arg(required_unless_present = "no_stream")]
+    pub stream: Option<String>,
+    /// Append an event that belongs to no stream, found by its tags and type.
+    #[arg(long, conflicts_with_all = ["stream", "expected_revision"])]
+    pub no_stream: bool,
     /// The event type.
     #[arg(long = "type", short = 't')]
     pub event_type: String,
@@ -195,19 +199,25 @@ pub async fn append(remote: &Remote, a: AppendArgs) -> Outcome {
         Some(t) => parse_expected(&t)?,
         None => ExpectedRevision::Any,
     };
+    let stream = a.stream.unwrap_or_default();
     let client = remote.connect().await?;
     let r = client
-        .append(AppendRequest::stream(a.stream.clone(), expected, vec![e]))
+        .append(AppendRequest::stream(stream.as_str(), expected, vec![e]))
         .await?;
     let mut out = std::io::stdout().lock();
     if remote.json {
         let body = annal_server::json::AppendResultJson::from(r);
         writeln!(out, "{}", serde_json::to_string(&body).unwrap_or_default())?;
+    } else if stream.is_empty() {
+        writeln!(
+            out,
+            "appended with no stream at position {}",
+            r.last_position
+        )?;
     } else {
         writeln!(
             out,
-            "appended to {} at revision {}, position {}",
-            a.stream,
+            "appended to {stream} at revision {}, position {}",
             r.revision(),
             r.last_position
         )?;

@@ -11,9 +11,13 @@ pub fn event_line(e: &RecordedEvent) -> String {
         Ok(s) if is_json(&e.content_type) || e.content_type.starts_with("text/") => s.to_string(),
         _ => format!("<{} bytes of {}>", e.data.len(), e.content_type),
     };
+    let place = match e.in_stream() {
+        Some(s) => format!("{s}@{}", e.revision),
+        None => "(no stream)".to_string(),
+    };
     let mut line = format!(
-        "#{:<8} {}  {}@{}  {} v{}  {}",
-        e.position, e.recorded_at, e.stream_id, e.revision, e.event_type, e.schema_version, data
+        "#{:<8} {}  {place}  {} v{}  {}",
+        e.position, e.recorded_at, e.event_type, e.schema_version, data
     );
     if !e.tags.is_empty() {
         line.push_str(&format!("  tags=[{}]", e.tags.join(",")));

@@ -301,11 +301,15 @@ impl MemoryStore {
                     recorded_at,
                 ));
                 state.ids.insert(e.id, position);
-                state
-                    .streams
-                    .entry(append.stream_id.to_string())
-                    .or_default()
-                    .push(position);
+                // Events of no stream make no stream (and their revisions start at 0 in
+                // every request, as the stream's revision is always none).
+                if !append.stream_id.is_empty() {
+                    state
+                        .streams
+                        .entry(append.stream_id.to_string())
+                        .or_default()
+                        .push(position);
+                }
                 revision += 1;
             }
             streams.push(StreamAppendResult {

@@ -49,28 +49,34 @@ pub fn is_id_key(key: u64) -> bool {
     key >> 56 == u64::from(KIND_ID)
 }
 
-/// The keys of a stream and of its category.
-pub fn stream_keys(stream: &str) -> (u64, u64) {
+/// The keys of a stream and of its category; `None` for events of no stream (an empty
+/// stream id), which are indexed by type, tag and id only.
+pub fn stream_keys(stream: &str) -> Option<(u64, u64)> {
+    if stream.is_empty() {
+        return None;
+    }
     let category = annal_core::category_of(stream);
-    (
+    Some((
         key(KIND_STREAM, stream.as_bytes()),
         key(KIND_CATEGORY, category.as_bytes()),
-    )
+    ))
 }
 
 /// Adds the entries of one event, given the keys of its stream and category
 /// ([`stream_keys`]) and of its type.
 pub fn keyed_event_entries(
     out: &mut Vec<Entry>,
-    (stream_key, category_key): (u64, u64),
+    stream_keys: Option<(u64, u64)>,
     revision: u64,
     position: u64,
     type_key: u64,
     tags: &[Text],
     id: &Uuid,
 ) {
-    out.push(Entry::new(stream_key, revision, position));
-    out.push(Entry::new(category_key, position, position));
+    if let Some((stream_key, category_key)) = stream_keys {
+        out.push(Entry::new(stream_key, revision, position));
+        out.push(Entry::new(category_key, position, position));
+    }
     out.push(Entry::new(type_key, position, position));
     for (i, t) in tags.iter().enumerate() {
         // A tag named twice on one event is indexed once.
@@ -103,7 +109,7 @@ fn cached_key<'a>(last: &mut Option<(&'a str, u64)>, kind: u8, name: &'a str) ->
 /// places in their lists (the memtable puts those in place).
 pub fn stream_entries(
     out: &mut Vec<Entry>,
-    (stream_key, category_key): (u64, u64),
+    stream_keys: Option<(u64, u64)>,
     first_revision: u64,
     first_position: u64,
     events: &[NewEvent],
@@ -112,8 +118,10 @@ pub fn stream_entries(
     let n = events.len() as u64;
     let positions = first_position..first_position + n;
     out.reserve(events.len() * 5);
-    out.extend((0..n).map(|i| Entry::new(stream_key, first_revision + i, first_position + i)));
-    out.extend(positions.clone().map(|p| Entry::new(category_key, p, p)));
+    if let Some((stream_key, category_key)) = stream_keys {
+        out.extend((0..n).map(|i| Entry::new(stream_key, first_revision + i, first_position + i)));
+        out.extend(positions.clone().map(|p| Entry::new(category_key, p, p)));
+    }
     let mut last = None;
     for (e, p) in events.iter().zip(positions.clone()) {
         out.push(Entry::new(
@@ -204,6 +212,7 @@ mod tests {
             ),
             first_revision in 0u64..1000,
             first_position in 0u64..1000,
+            no_stream in proptest::bool::weighted(0.2),
         ) {
             let events: Vec<NewEvent> = events
                 .into_iter()
@@ -213,7 +222,7 @@ mod tests {
                     e
                 })
                 .collect();
-            let keys = stream_keys("account-7");
+            let keys = stream_keys(if no_stream { "" } else { "account-7" });
             let id_keys: Vec<u64> = events.iter().map(|e| key(KIND_ID, e.id.as_bytes())).collect();
             let mut grouped = Vec::new();
             stream_entries(&mut grouped, keys, first_revision, first_position, &events, &id_keys);
@@ -229,8 +238,14 @@ mod tests {
             sorted.sort_unstable();
             each.sort_unstable();
             proptest::prop_assert_eq!(&sorted, &each);
-            // The stream's and the category's entries are one run each, in order.
+            // The stream's and the category's entries are one run each, in order; events of
+            // no stream have neither.
             let n = events.len();
+            let Some(keys) = keys else {
+                let kinds = [KIND_STREAM, KIND_CATEGORY];
+                proptest::prop_assert!(grouped.iter().all(|e| !kinds.contains(&((e.key >> 56) as u8))));
+                return Ok(());
+            };
             proptest::prop_assert!(grouped[..n].iter().all(|e| e.key == keys.0));
             proptest::prop_assert!(grouped[n..2 * n].iter().all(|e| e.key == keys.1));
             proptest::prop_assert!(grouped[..2 * n].windows(2).all(|w| w[0] < w[1] || w[0].key != w[1].key));

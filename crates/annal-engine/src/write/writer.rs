@@ -319,14 +319,17 @@ impl Writer {
                 created_at: prev.map_or(ts, |h| h.created_at),
                 last_written_at: ts,
             };
-            self.pending.set_head(&s.stream_id, head, w.seq);
-            w.updates.push(HeadUpdate {
-                stream: s.stream_id.clone(),
-                first_revision,
-                count,
-                first_position: position,
-                last_position: last,
-            });
+            // Events of no stream move no head: their revisions start at 0 in every request.
+            if !s.stream_id.is_empty() {
+                self.pending.set_head(&s.stream_id, head, w.seq);
+                w.updates.push(HeadUpdate {
+                    stream: s.stream_id.clone(),
+                    first_revision,
+                    count,
+                    first_position: position,
+                    last_position: last,
+                });
+            }
             results.push(StreamAppendResult {
                 stream_id: s.stream_id.clone(),
                 revision: head.revision,

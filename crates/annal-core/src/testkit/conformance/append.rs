@@ -810,8 +810,12 @@ pub async fn invalid_input_is_rejected<S: EventStore>(store: &S) {
     let mut empty_type = ev("X");
     empty_type.event_type = "".into();
     let cases: Vec<(&str, AppendRequest, &str)> = vec![
-        ("no stream", AppendRequest::default(), "append"),
-        ("empty stream id", one("", ev("A")), "stream id"),
+        ("no event", AppendRequest::default(), "append"),
+        (
+            "an empty stream id that expects a revision",
+            AppendRequest::stream("", ExpectedRevision::NoStream, vec![ev("A")]),
+            "expected revision",
+        ),
         (
             "too long stream id",
             one(&"s".repeat(validate::MAX_STREAM_ID_LEN + 1), ev("A")),

@@ -12,6 +12,7 @@
 mod append;
 mod concurrency;
 mod info;
+mod no_stream;
 mod read;
 mod subscribe;
 mod util;
@@ -19,6 +20,7 @@ mod util;
 pub use append::*;
 pub use concurrency::*;
 pub use info::*;
+pub use no_stream::*;
 pub use read::*;
 pub use subscribe::*;
 
@@ -57,6 +59,10 @@ macro_rules! conformance_tests {
             idempotent_retry_multi_stream,
             event_id_conflicts,
             invalid_input_is_rejected,
+            events_of_no_stream,
+            events_of_no_stream_are_guarded_by_conditions,
+            events_of_no_stream_expect_any,
+            every_event_is_one_query,
             read_stream_forward_and_backward,
             read_all_forward_and_backward,
             read_by_event_types,
