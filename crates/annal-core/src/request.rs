@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::{NewEvent, Query, RecordedEvent, Text, Timestamp};
+use crate::{NewEvent, Query, RecordedEvent, Text, Timestamp, Uuid};
 
 /// What the writer expects of a stream before its batch is appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -187,6 +187,11 @@ pub enum Source {
     EventTypes(Vec<String>),
     /// Events matching a tag/type query.
     Query(Query),
+    /// Every event of one business transaction: those whose metadata carry this correlation
+    /// id, across all streams, in log order.
+    Correlation(Uuid),
+    /// Every event whose metadata name this actor.
+    Actor(String),
 }
 
 /// A read. `from` is inclusive: a stream revision for [`Source::Stream`], a log position
@@ -226,6 +231,16 @@ impl ReadRequest {
     /// Events matching a query, forward.
     pub fn query(query: Query) -> Self {
         Self::source(Source::Query(query))
+    }
+
+    /// Every event of one business transaction, forward.
+    pub fn correlation(correlation_id: Uuid) -> Self {
+        Self::source(Source::Correlation(correlation_id))
+    }
+
+    /// Every event of one actor, forward.
+    pub fn actor(actor: impl Into<String>) -> Self {
+        Self::source(Source::Actor(actor.into()))
     }
 
     /// A forward read of a source from its beginning.
@@ -275,8 +290,7 @@ pub enum SubscribeFrom {
 /// A subscription: catch up through history, then live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeRequest {
-    /// [`Source::Stream`], [`Source::Category`], [`Source::EventTypes`], [`Source::Query`] or
-    /// [`Source::All`]; positions are log positions whatever the source.
+    /// Any [`Source`]; positions are log positions whatever the source.
     pub source: Source,
     pub from: SubscribeFrom,
 }

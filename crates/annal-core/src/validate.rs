@@ -141,6 +141,8 @@ pub fn source(s: &Source) -> Result<()> {
             types.iter().try_for_each(|t| event_type(t))
         }
         Source::Query(q) => query(q),
+        Source::Correlation(_) => Ok(()),
+        Source::Actor(a) => check_name("actor", a, MAX_NAME_LEN),
     }
 }
 

@@ -307,4 +307,30 @@ async fn a_history_reads_as_sentences<S: EventStore + Clone + 'static>(store: S)
             ),
         ]
     );
+    // A business transaction's history, across streams: a reaction in another account
+    // joins it.
+    let opened = events[0].clone();
+    h.handle::<BankAccount>(
+        "2",
+        &C::Open {
+            owner: "bank".into(),
+        },
+        &Context::caused_by(&opened),
+    )
+    .await
+    .unwrap();
+    let txn = render_history::<common::AccountEvent, _>(
+        &store,
+        ReadRequest::correlation(ctx.correlation_id),
+        &Upcasters::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(txn.len(), 4, "{txn:#?}");
+    assert_eq!(&txn[..3], &lines[..3]);
+    assert!(
+        txn[3].contains("user-7 opened the account for bank [account-2@0]"),
+        "{}",
+        txn[3]
+    );
 }

@@ -712,6 +712,16 @@ impl Harness {
                 ReadRequest::event_types([TYPES[1]]).from(pos).backward(),
             ));
             reads.push(ReadRequest::query(Query::all()).backward());
+            for c in [0xc0, 0xc1, 0xc9] {
+                reads.push(ReadRequest::correlation(Uuid::from_u128(c)));
+                reads.push(limited(
+                    ReadRequest::correlation(Uuid::from_u128(c)).from(pos),
+                ));
+            }
+            for a in ["alice", "bob"] {
+                reads.push(ReadRequest::actor(a));
+                reads.push(ReadRequest::actor(a).backward());
+            }
             let mut queries = vec![
                 Query::item(QueryItem::tags([TAGS[0]])),
                 Query::item(QueryItem::tags([TAGS[0], TAGS[1]])),
@@ -1114,6 +1124,8 @@ fn show_read(r: &ReadRequest) -> String {
                 .map(|i| (&i.types, &i.tags))
                 .collect::<Vec<_>>()
         ),
+        Source::Correlation(c) => format!("correlation {c}"),
+        Source::Actor(a) => format!("actor {a}"),
     };
     format!(
         "read {source} {:?} from {:?} limit {:?} as_of {:?}",

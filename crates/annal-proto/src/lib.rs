@@ -328,6 +328,8 @@ impl From<core::Source> for Source {
             core::Source::Category(c) => Kind::Category(c),
             core::Source::EventTypes(types) => Kind::EventTypes(EventTypes { types }),
             core::Source::Query(q) => Kind::Query(q.into()),
+            core::Source::Correlation(c) => Kind::Correlation(c.as_bytes().to_vec()),
+            core::Source::Actor(a) => Kind::Actor(a),
         };
         Source { kind: Some(kind) }
     }
@@ -346,6 +348,12 @@ pub fn source(s: Option<Source>) -> Result<core::Source> {
             Kind::Category(c) => core::Source::Category(c),
             Kind::EventTypes(t) => core::Source::EventTypes(t.types),
             Kind::Query(q) => core::Source::Query(q.into()),
+            Kind::Correlation(c) => {
+                core::Source::Correlation(core::Uuid::from_slice(&c).map_err(|_| {
+                    Error::invalid("correlation id", format!("is {} bytes, not 16", c.len()))
+                })?)
+            }
+            Kind::Actor(a) => core::Source::Actor(a),
         },
     )
 }

@@ -257,8 +257,8 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
 }
 
 /// Filters of `GET /v1/events` and `GET /v1/subscribe`: at most one of `stream`, `category`,
-/// or `types`/`tags` (comma-separated; an event matches one of the types and all the tags).
-/// An empty value means the parameter is not given.
+/// `types`/`tags` (comma-separated; an event matches one of the types and all the tags),
+/// `correlation` or `actor`. An empty value means the parameter is not given.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FilterParams {
@@ -278,6 +278,16 @@ pub struct FilterParams {
     #[serde(default, deserialize_with = "opt_text")]
     #[param(pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub tags: Option<String>,
+    /// Every event of one business transaction: its correlation id.
+    #[serde(default, deserialize_with = "opt_text")]
+    #[param(
+        pattern = "^(|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
+    pub correlation: Option<String>,
+    /// Every event of one actor.
+    #[serde(default, deserialize_with = "opt_text")]
+    #[param(max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+    pub actor: Option<String>,
 }
 
 fn split_list(s: &Option<String>) -> Vec<String> {
@@ -296,6 +306,28 @@ impl FilterParams {
         let types = split_list(&self.types);
         let tags = split_list(&self.tags);
         let by_type = !types.is_empty() || !tags.is_empty();
+        let audit = match (&self.correlation, &self.actor) {
+            (None, None) => None,
+            (Some(c), None) => Some(Source::Correlation(
+                // Only the hyphenated form, as the parameter's pattern says.
+                c.parse()
+                    .ok()
+                    .filter(|_| c.len() == 36)
+                    .ok_or_else(|| Error::invalid("correlation", format!("'{c}' is not a UUID")))?,
+            )),
+            (None, Some(a)) => Some(Source::Actor(a.clone())),
+            (Some(_), Some(_)) => None,
+        };
+        let audit_asked = self.correlation.is_some() || self.actor.is_some();
+        if audit_asked {
+            return match (audit, &self.stream, &self.category, by_type) {
+                (Some(source), None, None, false) => Ok(source),
+                _ => Err(Error::invalid(
+                    "filter",
+                    "give at most one of stream, category, types/tags, correlation or actor",
+                )),
+            };
+        }
         match (&self.stream, &self.category, by_type) {
             (None, None, false) => Ok(Source::All),
             (Some(s), None, false) => Ok(Source::Stream(s.clone())),
@@ -304,7 +336,7 @@ impl FilterParams {
             (None, None, true) => Ok(Source::Query(Query::item(QueryItem { types, tags }))),
             _ => Err(Error::invalid(
                 "filter",
-                "give at most one of stream, category, or types/tags",
+                "give at most one of stream, category, types/tags, correlation or actor",
             )),
         }
     }

@@ -584,8 +584,8 @@ pub struct AppendJson {
     #[serde(default, deserialize_with = "objects")]
     pub streams: Vec<StreamBatchJson>,
     /// Events of no stream, as Dynamic Consistency Boundary decisions write them: found by
-    /// tag, type and the whole log, guarded by `condition`. Their result is the entry of
-    /// `streams` whose `stream_id` is empty.
+    /// tag, type and the whole log, guarded by `condition`. They come after the streams'
+    /// events; the result's `streams` has no entry for them.
     #[schema(max_items = 100000)]
     #[serde(default, deserialize_with = "objects")]
     pub events: Vec<NewEventJson>,
@@ -649,7 +649,7 @@ impl AppendJson {
 /// Where one stream's batch landed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamResultJson {
-    /// Empty for the events of no stream.
+    #[schema(value_type = StreamId)]
     pub stream_id: String,
     /// The stream's revision after the append.
     pub revision: u64,
@@ -670,9 +670,11 @@ pub struct AppendResultJson {
 impl From<AppendResult> for AppendResultJson {
     fn from(r: AppendResult) -> Self {
         AppendResultJson {
+            // Events of no stream have no entry: the append's positions cover them.
             streams: r
                 .streams
                 .into_iter()
+                .filter(|s| !s.stream_id.is_empty())
                 .map(|s| StreamResultJson {
                     stream_id: s.stream_id.into(),
                     revision: s.revision,
@@ -687,8 +689,48 @@ impl From<AppendResult> for AppendResultJson {
     }
 }
 
+/// A UUID in its text form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UuidText(pub Uuid);
+
+impl<'de> Deserialize<'de> for UuidText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        // Only the hyphenated form, as the schema says.
+        text.parse()
+            .ok()
+            .filter(|_| text.len() == 36)
+            .map(UuidText)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "'{text}' is not a UUID like 0195f3a4-0000-7000-8000-0000000000aa"
+                ))
+            })
+    }
+}
+
+impl Serialize for UuidText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl utoipa::PartialSchema for UuidText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom("uuid".into())))
+            .pattern(Some(
+                "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for UuidText {}
+
 /// What a read or subscription draws from: `"all"`, or an object with exactly one of
-/// `stream`, `category`, `event_types`, `query`.
+/// `stream`, `category`, `event_types`, `query`, `correlation`, `actor`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceJson {
@@ -697,6 +739,10 @@ pub enum SourceJson {
     Category(StreamId),
     EventTypes(TypeList),
     Query(#[serde(deserialize_with = "object")] QueryJson),
+    /// Every event of one business transaction.
+    Correlation(UuidText),
+    /// Every event of one actor.
+    Actor(Name),
 }
 
 impl From<SourceJson> for Source {
@@ -707,6 +753,8 @@ impl From<SourceJson> for Source {
             SourceJson::Category(c) => Source::Category(c.0),
             SourceJson::EventTypes(t) => Source::EventTypes(t.0),
             SourceJson::Query(q) => Source::Query(q.into()),
+            SourceJson::Correlation(c) => Source::Correlation(c.0),
+            SourceJson::Actor(a) => Source::Actor(a.0),
         }
     }
 }

@@ -237,7 +237,7 @@ async fn http_api_appends_reads_and_answers_errors_as_json() {
         .unwrap();
     let r = http(addr, "POST", "/v1/append", &[], &claim(at)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["streams"][0]["stream_id"], "");
+    assert_eq!(r.json()["streams"], serde_json::json!([]));
     assert_eq!(r.json()["first_position"], at + 1);
     let r = http(addr, "POST", "/v1/append", &[], &claim(at)).await;
     assert_eq!(r.status, 409, "{}", r.text());
@@ -251,6 +251,42 @@ async fn http_api_appends_reads_and_answers_errors_as_json() {
         ),
         (Some(""), Some(0))
     );
+    // The audit trail: by correlation id and by actor, through GET and POST.
+    let txn = "0195f3a4-0000-7000-8000-0000000000aa";
+    let body = format!(
+        r#"{{"events":[{{"event_type":"Paid","metadata":{{"correlation_id":"{txn}","actor":"clerk"}}}}]}}"#
+    );
+    let r = http(addr, "POST", "/v1/streams/pay-1", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at = r.json()["first_position"].as_u64();
+    for path in [
+        format!("/v1/events?correlation={txn}"),
+        "/v1/events?actor=clerk".to_string(),
+    ] {
+        let r = http(addr, "GET", &path, &[], "").await;
+        let events = r.json()["events"].as_array().unwrap().clone();
+        assert_eq!(events.len(), 1, "{path}");
+        assert_eq!(events[0]["position"].as_u64(), at, "{path}");
+    }
+    let read = format!(r#"{{"source":{{"correlation":"{txn}"}}}}"#);
+    let r = http(addr, "POST", "/v1/read", &[], &read).await;
+    assert_eq!(
+        r.json()["events"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.text()
+    );
+    let r = http(addr, "GET", "/v1/events?correlation=nope", &[], "").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("correlation"))
+    );
+    let r = http(addr, "GET", "/v1/events?actor=clerk&category=pay", &[], "").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (400, Some("filter"))
+    );
+
     // A stream id left empty is refused: events of no stream go in `events`.
     let r = http(
         addr,

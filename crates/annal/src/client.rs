@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use annal_client::Client;
 use annal_core::{
     next_item, AppendRequest, AsOf, Error, EventStore, ExpectedRevision, ListStreams, Metadata,
-    NewEvent, Query, QueryItem, ReadRequest, Source, SubscribeRequest, SubscriptionItem, Uuid,
+    NewEvent, Query, QueryItem, ReadRequest, Source, SubscribeRequest, SubscriptionItem, Timestamp,
+    Uuid,
 };
 use clap::Args;
 
@@ -228,7 +229,20 @@ pub async fn append(remote: &Remote, a: AppendArgs) -> Outcome {
 #[derive(Args, Debug)]
 pub struct ReadArgs {
     /// The stream to read.
-    pub stream: String,
+    #[arg(required_unless_present_any = ["correlation", "actor"])]
+    pub stream: Option<String>,
+    /// Instead of a stream, every event of one business transaction, across streams.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["stream", "actor"])]
+    pub correlation: Option<String>,
+    /// Instead of a stream, every event of one actor.
+    #[arg(long, value_name = "NAME", conflicts_with = "stream")]
+    pub actor: Option<String>,
+    /// With --correlation or --actor: only events recorded at or after this RFC 3339 time.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["stream", "from", "backward"])]
+    pub since: Option<String>,
+    /// With --correlation or --actor: only events recorded at or before this RFC 3339 time.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["stream", "as_of"])]
+    pub until: Option<String>,
     #[command(flatten)]
     pub page: PageArgs,
 }
@@ -345,7 +359,28 @@ async fn print_read(remote: &Remote, request: ReadRequest) -> Outcome {
 }
 
 pub async fn read(remote: &Remote, a: ReadArgs) -> Outcome {
-    let request = a.page.apply(ReadRequest::stream(a.stream))?;
+    let source = match (a.stream, a.correlation, a.actor) {
+        (Some(s), None, None) => Source::Stream(s),
+        (None, Some(c), None) => Source::Correlation(parse_uuid("--correlation", &c)?),
+        (None, None, Some(a)) => Source::Actor(a),
+        _ => return Err(usage("give one of a stream, --correlation or --actor")),
+    };
+    let time = |flag: &str, text: &str| -> Result<Timestamp, Failure> {
+        text.parse().map_err(|e| usage(format!("{flag}: {e}")))
+    };
+    let since = a.since.as_deref().map(|t| time("--since", t)).transpose()?;
+    let until = a.until.as_deref().map(|t| time("--until", t)).transpose()?;
+    let mut request = a.page.apply(ReadRequest::source(source))?;
+    if let Some(until) = until {
+        request = request.as_of(AsOf::Time(until));
+    }
+    if let Some(since) = since {
+        // The first position recorded at or after `since`: the one after the head of the
+        // log just before it.
+        let client = remote.connect().await?;
+        let before = Timestamp(since.0.saturating_sub(1));
+        request.from = Some(client.position_at(before).await?.map_or(0, |p| p + 1));
+    }
     print_read(remote, request).await
 }
 

@@ -395,6 +395,61 @@ fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
     tail.kill().unwrap();
     tail.wait().unwrap();
 
+    // The audit trail: one transaction across streams, one actor's events in a time range.
+    let txn = "0195f3a4-0000-7000-8000-00000000c0de";
+    for stream in ["order-9", "account-9"] {
+        let (code, _, err) = cli(
+            &url,
+            &[
+                "append",
+                stream,
+                "--type",
+                "Paid",
+                "--correlation-id",
+                txn,
+                "--actor",
+                "clerk",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, _) = cli(&url, &["read", "--correlation", txn]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].contains("order-9@0") && lines[1].contains("account-9@0"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&url, &["read", "--actor", "teller", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (_, out, _) = cli(
+        &url,
+        &[
+            "read",
+            "--actor",
+            "clerk",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2999-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for range in [
+        ["--since", "2999-01-01T00:00:00Z"],
+        ["--until", "2000-01-01T00:00:00Z"],
+    ] {
+        let (code, out, err) = cli(&url, &["read", "--actor", "clerk", range[0], range[1]]);
+        assert_eq!((code, out.as_str()), (0, ""), "{range:?}: {err}");
+    }
+    let (code, _, err) = cli(&url, &["read", "--correlation", "not-a-uuid"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--correlation 'not-a-uuid' is not a UUID"),
+        "{err}"
+    );
+
     signal(&s.child, "-TERM");
     let (status, log) = s.wait();
     assert!(status.success(), "{status:?}: {log}");

@@ -200,6 +200,8 @@ fn source_matches(source: &Source, e: &RecordedEvent) -> bool {
         Source::Category(c) => category_of(&e.stream_id) == c,
         Source::EventTypes(types) => types.iter().any(|t| *t == e.event_type),
         Source::Query(q) => q.matches(&e.event_type, &e.tags),
+        Source::Correlation(c) => e.metadata.correlation_id == Some(*c),
+        Source::Actor(a) => e.metadata.actor.as_deref() == Some(a.as_str()),
     }
 }
 

@@ -5,7 +5,7 @@
 //! time kinds have no name). Hashes can collide, so every reader checks the event it loads
 //! against what it asked for.
 
-use annal_core::{NewEvent, RecordedEvent, Text, Uuid};
+use annal_core::{Metadata, NewEvent, RecordedEvent, Text, Uuid};
 
 pub const KIND_STREAM: u8 = 1;
 pub const KIND_CATEGORY: u8 = 2;
@@ -14,6 +14,8 @@ pub const KIND_TAG: u8 = 4;
 pub const KIND_ID: u8 = 5;
 pub const KIND_BATCH: u8 = 6;
 pub const KIND_TIME: u8 = 7;
+pub const KIND_CORRELATION: u8 = 8;
+pub const KIND_ACTOR: u8 = 9;
 
 /// One index entry. Entries sort by key, then seq, then value, the order of every run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -62,21 +64,23 @@ pub fn stream_keys(stream: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// Adds the entries of one event, given the keys of its stream and category
-/// ([`stream_keys`]) and of its type.
+/// Adds the entries of one event at `(revision, position)`, given the keys of its stream
+/// and category ([`stream_keys`]).
 pub fn keyed_event_entries(
     out: &mut Vec<Entry>,
     stream_keys: Option<(u64, u64)>,
-    revision: u64,
-    position: u64,
-    type_key: u64,
+    (revision, position): (u64, u64),
+    event_type: &str,
     tags: &[Text],
+    metadata: &Metadata,
     id: &Uuid,
 ) {
+    let type_key = key(KIND_TYPE, event_type.as_bytes());
     if let Some((stream_key, category_key)) = stream_keys {
         out.push(Entry::new(stream_key, revision, position));
         out.push(Entry::new(category_key, position, position));
     }
+    audit_entries(out, metadata, position);
     out.push(Entry::new(type_key, position, position));
     for (i, t) in tags.iter().enumerate() {
         // A tag named twice on one event is indexed once.
@@ -85,6 +89,24 @@ pub fn keyed_event_entries(
         }
     }
     out.push(Entry::new(key(KIND_ID, id.as_bytes()), 0, position));
+}
+
+/// The entries that find an event by its correlation id and its actor, when it has them.
+fn audit_entries(out: &mut Vec<Entry>, metadata: &Metadata, position: u64) {
+    if let Some(c) = metadata.correlation_id {
+        out.push(Entry::new(
+            key(KIND_CORRELATION, c.as_bytes()),
+            position,
+            position,
+        ));
+    }
+    if let Some(a) = &metadata.actor {
+        out.push(Entry::new(
+            key(KIND_ACTOR, a.as_bytes()),
+            position,
+            position,
+        ));
+    }
 }
 
 /// The key of `name` of `kind`, hashed only when `name` differs from the one before it.
@@ -103,7 +125,8 @@ fn cached_key<'a>(last: &mut Option<(&'a str, u64)>, kind: u8, name: &'a str) ->
 /// its category ([`stream_keys`]) and of each event's id (`id_keys`, in event order).
 ///
 /// The same entries as [`keyed_event_entries`] for each event, in another order: grouped by
-/// key (every stream entry, then every category entry, then type, tag and id entries), so
+/// key (every stream entry, then every category entry, then type, correlation, actor, tag
+/// and id entries), so
 /// that the memtable looks a key up once per run of it instead of once per entry. Each
 /// key's entries come in order of position, except a tag that events name at different
 /// places in their lists (the memtable puts those in place).
@@ -129,6 +152,18 @@ pub fn stream_entries(
             p,
             p,
         ));
+    }
+    // A command's events share their correlation id and actor: one run of each.
+    for (e, p) in events.iter().zip(positions.clone()) {
+        if let Some(c) = e.metadata.correlation_id {
+            out.push(Entry::new(key(KIND_CORRELATION, c.as_bytes()), p, p));
+        }
+    }
+    let mut last = None;
+    for (e, p) in events.iter().zip(positions.clone()) {
+        if let Some(a) = &e.metadata.actor {
+            out.push(Entry::new(cached_key(&mut last, KIND_ACTOR, a), p, p));
+        }
     }
     // The first tag of every event, then the second, ...: events mostly carry the same tags
     // in the same order, so each pass is a run of one key.
@@ -168,10 +203,10 @@ pub fn decoded_batch_entries(out: &mut Vec<Entry>, events: &[RecordedEvent], log
         keyed_event_entries(
             out,
             stream_keys(&e.stream_id),
-            e.revision,
-            e.position,
-            key(KIND_TYPE, e.event_type.as_bytes()),
+            (e.revision, e.position),
+            &e.event_type,
             &e.tags,
+            &e.metadata,
             &e.id,
         );
     }
@@ -219,6 +254,12 @@ mod tests {
                 .map(|(t, tags)| {
                     let mut e = NewEvent::new(format!("T{t}"), b"{}".to_vec());
                     e.tags = tags.iter().map(|t| format!("tag:{t}").into()).collect();
+                    if t == 1 {
+                        e.metadata.actor = Some("user-1".into());
+                    }
+                    if tags.len() > 1 {
+                        e.metadata.correlation_id = Some(Uuid::from_u128(tags.len() as u128));
+                    }
                     e
                 })
                 .collect();
@@ -229,9 +270,9 @@ mod tests {
             let mut each = Vec::new();
             for (i, e) in events.iter().enumerate() {
                 let i = i as u64;
-                let type_key = key(KIND_TYPE, e.event_type.as_bytes());
                 keyed_event_entries(
-                    &mut each, keys, first_revision + i, first_position + i, type_key, &e.tags, &e.id,
+                    &mut each, keys, (first_revision + i, first_position + i), &e.event_type,
+                    &e.tags, &e.metadata, &e.id,
                 );
             }
             let mut sorted = grouped.clone();

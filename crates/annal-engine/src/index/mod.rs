@@ -32,7 +32,8 @@ pub mod run;
 pub use idfilter::IdFilter;
 pub use key::{
     batch_entries, decoded_batch_entries, fixed_key, is_id_key, key, stream_entries, stream_keys,
-    Entry, KIND_BATCH, KIND_CATEGORY, KIND_ID, KIND_STREAM, KIND_TAG, KIND_TIME, KIND_TYPE,
+    Entry, KIND_ACTOR, KIND_BATCH, KIND_CATEGORY, KIND_CORRELATION, KIND_ID, KIND_STREAM, KIND_TAG,
+    KIND_TIME, KIND_TYPE,
 };
 pub use memtable::MemTable;
 pub use merge::merge_runs;

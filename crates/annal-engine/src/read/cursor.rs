@@ -5,10 +5,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Source};
+use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Source, Uuid};
 
 use super::{data_bytes, detach, detach_alone, fetch_batch, index_disagrees};
-use crate::index::{fixed_key, key, KIND_BATCH, KIND_CATEGORY, KIND_STREAM, KIND_TAG, KIND_TYPE};
+use crate::index::{
+    fixed_key, key, KIND_ACTOR, KIND_BATCH, KIND_CATEGORY, KIND_CORRELATION, KIND_STREAM, KIND_TAG,
+    KIND_TYPE,
+};
 use crate::log::format::{
     decode_batch_header, decode_batch_into, visit_batch, DResult, EventNames, StoredEvent,
 };
@@ -33,6 +36,8 @@ enum Filter {
     Category(String),
     Types(Vec<String>),
     Query(Query),
+    Correlation(Uuid),
+    Actor(String),
 }
 
 impl Filter {
@@ -43,6 +48,8 @@ impl Filter {
             Filter::Category(c) => e.category() == c,
             Filter::Types(t) => t.iter().any(|t| *t == e.event_type),
             Filter::Query(q) => q.matches(&e.event_type, &e.tags),
+            Filter::Correlation(c) => e.metadata.correlation_id == Some(*c),
+            Filter::Actor(a) => e.metadata.actor.as_deref() == Some(a.as_str()),
         }
     }
 }
@@ -63,6 +70,14 @@ fn plan_for(source: &Source) -> (Plan, Filter) {
         Source::EventTypes(types) => (
             Plan::Keys(types.iter().map(|t| key(KIND_TYPE, t.as_bytes())).collect()),
             Filter::Types(types.clone()),
+        ),
+        Source::Correlation(c) => (
+            Plan::Keys(vec![key(KIND_CORRELATION, c.as_bytes())]),
+            Filter::Correlation(*c),
+        ),
+        Source::Actor(a) => (
+            Plan::Keys(vec![key(KIND_ACTOR, a.as_bytes())]),
+            Filter::Actor(a.clone()),
         ),
         Source::Query(q) => {
             let mut keys = Vec::new();

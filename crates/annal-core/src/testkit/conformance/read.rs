@@ -1,8 +1,11 @@
-//! Reads: streams, the whole log, types, tag queries, categories and time travel.
+//! Reads: streams, the whole log, types, tag queries, categories, correlation ids, actors
+//! and time travel.
 
 use super::util::*;
 use crate::{
-    AppendResult, AsOf, EventStore, Query, QueryItem, ReadRequest, RecordedEvent, Source, Timestamp,
+    AppendRequest, AppendResult, AsOf, EventStore, ExpectedRevision, Metadata, NewEvent, Query,
+    QueryItem, ReadRequest, RecordedEvent, Source, StreamAppend, SubscribeFrom, SubscribeRequest,
+    Timestamp, Uuid,
 };
 
 /// Ten events in `s-1` interleaved with events of `s-2`; returns the log.
@@ -332,4 +335,76 @@ pub async fn time_travel_as_of_time<S: EventStore>(store: &S) {
     let q = ReadRequest::source(Source::EventTypes(vec!["E".into()]))
         .as_of(AsOf::Time(r[1].recorded_at));
     assert_eq!(positions(&read(store, q).await), vec![0, 1, 2]);
+}
+
+/// Reads by correlation id and by actor: every event of one business transaction across
+/// streams (and of no stream), in log order, either way; every event of one actor; bounded
+/// by `from` and `as_of` like any read; and a subscription by correlation id.
+pub async fn read_by_correlation_and_actor<S: EventStore>(store: &S) {
+    let txn = Uuid::from_u128(0x7c);
+    let other = Uuid::from_u128(0x7d);
+    let by = |e: NewEvent, correlation: Uuid, actor: &str| {
+        e.with_metadata(Metadata {
+            correlation_id: Some(correlation),
+            causation_id: None,
+            actor: Some(actor.into()),
+            extra: Default::default(),
+        })
+    };
+    append_to(store, "account-1", vec![by(ev("Opened"), txn, "ann")]).await;
+    append_to(store, "account-2", vec![by(ev("Opened"), other, "bob")]).await;
+    append_ok(
+        store,
+        AppendRequest::stream(
+            "order-1",
+            ExpectedRevision::Any,
+            vec![by(ev("Placed"), txn, "bob")],
+        )
+        .and(StreamAppend::no_stream(vec![by(ev("Audited"), txn, "ann")])),
+    )
+    .await;
+    append_to(store, "account-1", vec![ev("Deposited")]).await;
+    append_to(store, "account-1", vec![by(ev("Withdrawn"), txn, "ann")]).await;
+
+    let txn_events = read(store, ReadRequest::correlation(txn)).await;
+    assert_eq!(positions(&txn_events), [0, 2, 3, 5]);
+    assert!(txn_events
+        .iter()
+        .all(|e| e.metadata.correlation_id == Some(txn)));
+    let streams: Vec<&str> = txn_events.iter().map(|e| e.stream_id.as_str()).collect();
+    assert_eq!(streams, ["account-1", "order-1", "", "account-1"]);
+    let backward = read(store, ReadRequest::correlation(txn).backward()).await;
+    assert_eq!(positions(&backward), [5, 3, 2, 0]);
+    let bounded = read(
+        store,
+        ReadRequest::correlation(txn)
+            .from(1)
+            .as_of(AsOf::Position(3)),
+    )
+    .await;
+    assert_eq!(positions(&bounded), [2, 3]);
+    let ann = read(store, ReadRequest::actor("ann")).await;
+    assert_eq!(positions(&ann), [0, 3, 5]);
+    let bob = read(store, ReadRequest::actor("bob").limit(1)).await;
+    assert_eq!(positions(&bob), [1]);
+    assert!(read(store, ReadRequest::correlation(Uuid::from_u128(1)))
+        .await
+        .is_empty());
+    assert!(read(store, ReadRequest::actor("nobody")).await.is_empty());
+    let err = expect_err(
+        store.read(ReadRequest::actor("")).await.map(|_| ()),
+        "an empty actor",
+    );
+    assert_invalid(&err, "actor", "an empty actor");
+
+    let mut sub = subscribe(
+        store,
+        SubscribeRequest::new(Source::Correlation(txn), SubscribeFrom::After(3)),
+    )
+    .await;
+    assert_eq!(next_event(&mut sub, "history").await.position, 5);
+    next_caught_up(&mut sub, "caught up").await;
+    append_to(store, "account-2", vec![by(ev("Closed"), other, "ann")]).await;
+    append_to(store, "account-2", vec![by(ev("Reopened"), txn, "cy")]).await;
+    assert_eq!(next_event(&mut sub, "live").await.position, 7);
 }

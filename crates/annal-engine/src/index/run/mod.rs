@@ -35,7 +35,7 @@ pub use reader::RunIter;
 
 const MAGIC: &[u8; 8] = b"ANNALIDX";
 /// The version of the runs this build reads and writes.
-pub const RUN_VERSION: u32 = 2;
+pub const RUN_VERSION: u32 = 3;
 const HEADER_LEN: u64 = 48;
 /// Bytes of a fence: an entry as three little-endian u64.
 const FENCE_LEN: usize = 24;
