@@ -11,6 +11,8 @@
 //! | W4       | reading the whole log forward (10 million events; 200,000 in quick)   |
 //! | W5       | reopening that store (100,000 streams): time and resident memory      |
 //! | W6       | latency from append to delivery to a live subscriber, beside the raw fsync latency of the same disk |
+//! | W8       | commands (load, decide, append) of a bank account from 1 and 16 handlers on accounts of their own, embedded and through the server |
+//! | W9       | loading one bank account of 100,000 events (10,000 in quick), embedded and through the server |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use annal_engine::Store;
 use serde_json::json;
 
+mod commands;
 mod engine;
 pub mod net;
 mod pg;
@@ -46,6 +49,7 @@ pub struct Options {
 
 struct Sizes {
     append_secs: f64,
+    w9_events: u64,
     w3_reps: u32,
     w4_events: u64,
     w4_streams: u64,
@@ -57,6 +61,7 @@ impl Sizes {
         if quick {
             Sizes {
                 append_secs: 1.5,
+                w9_events: 10_000,
                 w3_reps: 5,
                 w4_events: 200_000,
                 w4_streams: 2_000,
@@ -65,6 +70,7 @@ impl Sizes {
         } else {
             Sizes {
                 append_secs: 6.0,
+                w9_events: 100_000,
                 w3_reps: 30,
                 w4_events: 10_000_000,
                 w4_streams: 100_000,
@@ -352,6 +358,9 @@ async fn run_workloads(
             false,
         ));
     }
+    if wants(opts, "W8") || wants(opts, "W9") {
+        toolkit_workloads(opts, sizes, dir, &small, pg, report).await?;
+    }
     drop(small);
     if wants(opts, "W3") {
         let store = Store::open(dir.join("w3"))?;
@@ -541,6 +550,80 @@ pub fn to_json(report: &Report) -> serde_json::Value {
             "ratio": r.ratio(),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// W8 and W9: the toolkit's write side, embedded and through a server of this run's own,
+/// beside the same loop on PostgreSQL.
+async fn toolkit_workloads(
+    opts: &Options,
+    sizes: &Sizes,
+    dir: &Path,
+    small: &Arc<Store>,
+    pg: Option<&pg::PgBench>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let dur = Duration::from_secs_f64(sizes.append_secs);
+    let server = net::start_annal(&opts.probe_exe, &dir.join("w8-server"))?;
+    let client = annal_client::Client::connect(&server.url).await?;
+    if wants(opts, "W8") {
+        for handlers in [1usize, 16] {
+            let p = Progress::spinner(&format!("W8 annal embedded x{handlers}"));
+            let embedded =
+                commands::annal(small.clone(), &format!("e{handlers}"), handlers, dur, &p).await?;
+            p.done();
+            let p = Progress::spinner(&format!("W8 annal server x{handlers}"));
+            let served =
+                commands::annal(client.clone(), &format!("s{handlers}"), handlers, dur, &p).await?;
+            p.done();
+            let pgv = match pg {
+                Some(pg) => {
+                    let p = Progress::spinner(&format!("W8 postgres x{handlers}"));
+                    let v =
+                        commands::postgres(pg, &format!("p{handlers}"), handlers, dur, &p).await?;
+                    p.done();
+                    Some(v)
+                }
+                None => None,
+            };
+            for (how, v) in [("embedded", embedded), ("through the server", served)] {
+                report.rows.push(row(
+                    &format!("W8 commands, {handlers} handler(s), {how}"),
+                    "commands/s",
+                    Some(v),
+                    pgv,
+                    true,
+                ));
+            }
+        }
+    }
+    if wants(opts, "W9") {
+        // Each store is measured once the background work the fill left (index merges) is
+        // done: the numbers are of loading, not of sharing two cores with a merge.
+        let n = sizes.w9_events;
+        let p = Progress::spinner("W9 filling");
+        commands::fill_long(&**small, "long", n).await?;
+        commands::fill_long(&client, "long", n).await?;
+        commands::settle(std::process::id()).await;
+        commands::settle(server.pid()).await;
+        p.done();
+        let embedded = commands::hydrate(small.clone(), "long", n, 9).await?;
+        let served = commands::hydrate(client.clone(), "long", n, 9).await?;
+        let pgv = match pg {
+            Some(pg) => Some(commands::hydrate_postgres(pg, "long", n, 9).await?),
+            None => None,
+        };
+        for (how, v) in [("embedded", embedded), ("through the server", served)] {
+            report.rows.push(row(
+                &format!("W9 load an account of {n} events, no snapshot, {how}"),
+                "ms",
+                Some(v),
+                pgv,
+                false,
+            ));
+        }
+    }
+    drop(server);
+    Ok(())
 }
 
 #[cfg(test)]

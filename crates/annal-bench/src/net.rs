@@ -40,9 +40,15 @@ mod uma {
 use uma::dcb_client::DcbClient;
 
 /// A server process this run started; stopped (by its pid) when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub url: String,
+}
+
+impl Server {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
@@ -58,7 +64,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn start_annal(exe: &Path, dir: &Path) -> anyhow::Result<Server> {
+pub(crate) fn start_annal(exe: &Path, dir: &Path) -> anyhow::Result<Server> {
     use std::io::BufRead;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
