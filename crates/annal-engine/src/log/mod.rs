@@ -76,13 +76,6 @@ impl Log {
         }
     }
 
-    /// The segment holding a log offset.
-    pub fn segment_for(&self, log_offset: u64) -> Option<Arc<Segment>> {
-        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
-        let i = segs.partition_point(|s| s.base_offset <= log_offset);
-        i.checked_sub(1).map(|i| segs[i].clone())
-    }
-
     /// A `Corruption` error naming the file and file offset of a log offset.
     pub fn corruption_at(&self, log_offset: u64, problem: impl Into<String>) -> Error {
         let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
@@ -96,46 +89,71 @@ impl Log {
             .clone()
     }
 
-    /// Reads and checks the record at a log offset. Returns its payload and the log offset of
-    /// the record after it.
-    pub fn read_record(&self, log_offset: u64) -> Result<(annal_core::Bytes, u64)> {
-        let seg = self
-            .segment_for(log_offset)
+    /// The segment holding a log offset, and where the next one starts (`None` for the last).
+    fn segment_span(&self, log_offset: u64) -> Option<(Arc<Segment>, Option<u64>)> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segs.partition_point(|s| s.base_offset <= log_offset);
+        let seg = segs.get(i.checked_sub(1)?)?.clone();
+        Some((seg, segs.get(i).map(|s| s.base_offset)))
+    }
+
+    /// Reads and checks the record at a log offset, which must end by `end` (the durable end
+    /// of the log). Returns its payload and the log offset of the record after it.
+    ///
+    /// One read takes the header and, for most records, the whole of it.
+    pub fn read_record(&self, log_offset: u64, end: u64) -> Result<(annal_core::Bytes, u64)> {
+        let (seg, next) = self
+            .segment_span(log_offset)
             .ok_or_else(|| Error::Corruption {
                 file: "segments".into(),
                 offset: log_offset,
                 problem: "no segment holds this log offset".into(),
             })?;
         let at = seg.file_offset(log_offset);
-        let mut h = [0u8; FRAME_HEADER_LEN];
-        seg.file
-            .read_exact_at(&mut h, at)
-            .map_err(|e| corrupt(&seg, at, format!("record header unreadable: {e}")))?;
-        let (len, crc) = frame_header(&h);
-        let file_len = seg
-            .file
-            .len()
-            .map_err(|e| Error::io(format!("reading {}", seg.path.display()), e))?;
-        if at + FRAME_HEADER_LEN as u64 + u64::from(len) > file_len {
+        // A record never spans segments.
+        let room = next.unwrap_or(end).min(end).saturating_sub(log_offset);
+        if room < FRAME_HEADER_LEN as u64 {
             return Err(corrupt(
                 &seg,
                 at,
-                format!("record of {len} bytes runs past the end of the file"),
+                "no record starts this close to the end of the log",
             ));
         }
-        let mut payload = vec![0u8; len as usize];
+        let mut first = vec![0u8; room.min(FIRST_READ) as usize];
         seg.file
-            .read_exact_at(&mut payload, at + FRAME_HEADER_LEN as u64)
-            .map_err(|e| corrupt(&seg, at, format!("record of {len} bytes unreadable: {e}")))?;
+            .read_exact_at(&mut first, at)
+            .map_err(|e| corrupt(&seg, at, format!("record unreadable: {e}")))?;
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h.copy_from_slice(&first[..FRAME_HEADER_LEN]);
+        let (len, crc) = frame_header(&h);
+        let whole = FRAME_HEADER_LEN as u64 + u64::from(len);
+        if whole > room {
+            return Err(corrupt(
+                &seg,
+                at,
+                format!("record of {len} bytes runs past the end of the log"),
+            ));
+        }
+        let payload: annal_core::Bytes = if whole as usize <= first.len() {
+            annal_core::Bytes::copy_from_slice(&first[FRAME_HEADER_LEN..whole as usize])
+        } else {
+            let mut payload = vec![0u8; len as usize];
+            let have = first.len() - FRAME_HEADER_LEN;
+            payload[..have].copy_from_slice(&first[FRAME_HEADER_LEN..]);
+            seg.file
+                .read_exact_at(&mut payload[have..], at + first.len() as u64)
+                .map_err(|e| corrupt(&seg, at, format!("record of {len} bytes unreadable: {e}")))?;
+            payload.into()
+        };
         if frame_crc(len, &payload) != crc {
             return Err(corrupt(&seg, at, "record checksum mismatch"));
         }
-        Ok((
-            payload.into(),
-            log_offset + FRAME_HEADER_LEN as u64 + u64::from(len),
-        ))
+        Ok((payload, log_offset + whole))
     }
 }
+
+/// Bytes read at once for a record read by position: the header and most records.
+const FIRST_READ: u64 = 4096;
 
 /// Creates a segment file with its header, durably.
 pub fn create_segment(

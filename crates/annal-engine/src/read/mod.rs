@@ -29,7 +29,9 @@ fn index_disagrees(shared: &Shared, problem: String) -> Error {
 }
 
 fn decode_at(shared: &Shared, log_offset: u64) -> Result<Vec<RecordedEvent>> {
-    let (payload, _) = shared.log.read_record(log_offset)?;
+    let (payload, _) = shared
+        .log
+        .read_record(log_offset, shared.synced_log_end())?;
     decode_batch(&payload).map_err(|e| shared.log.corruption_at(log_offset, e.0))
 }
 
