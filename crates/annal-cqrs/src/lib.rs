@@ -33,3 +33,7 @@ pub use history::{render_history, render_line};
 pub use load::{decode_each, decode_recorded, load, load_as_of, At, Loaded};
 pub use retry::Retry;
 pub use upcast::{Upcast, Upcasters};
+
+/// A walk through a bank account built with this crate; every code block in it is a test.
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}

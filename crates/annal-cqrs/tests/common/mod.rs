@@ -12,104 +12,15 @@ use annal_core::{
     ListCategories, ListStreams, ReadRequest, Result, StreamInfo, SubscribeRequest,
     SubscriptionStream, Timestamp,
 };
-use annal_cqrs::{to_new, Context, Decider, Event};
+use annal_cqrs::{to_new, Context};
 use annal_engine::Store;
 use annal_server::{Config, Server};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum AccountEvent {
-    Opened { owner: String },
-    Deposited { amount: u64 },
-    Withdrawn { amount: u64 },
-    Closed,
-}
+// The bank account of docs/guide.md.
+include!("../../guide/account.rs");
 
-impl Event for AccountEvent {
-    fn describe(&self) -> String {
-        match self {
-            AccountEvent::Opened { owner } => format!("opened the account for {owner}"),
-            AccountEvent::Deposited { amount } => format!("deposited {amount}"),
-            AccountEvent::Withdrawn { amount } => format!("withdrew {amount}"),
-            AccountEvent::Closed => "closed the account".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Account {
-    pub owner: Option<String>,
-    pub balance: u64,
-    pub closed: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum AccountCommand {
-    Open { owner: String },
-    Deposit { amount: u64 },
-    Withdraw { amount: u64 },
-    Close,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("the account is not open")]
-    NotOpen,
-    #[error("the account is closed")]
-    Closed,
-    #[error("the balance is {balance}, less than {wanted}")]
-    InsufficientFunds { balance: u64, wanted: u64 },
-}
-
-pub struct BankAccount;
-
-impl Decider for BankAccount {
-    const CATEGORY: &'static str = "account";
-    type State = Account;
-    type Command = AccountCommand;
-    type Event = AccountEvent;
-    type Error = Refused;
-
-    fn decide(s: &Account, c: &AccountCommand) -> Result<Vec<AccountEvent>, Refused> {
-        if s.closed {
-            return match c {
-                AccountCommand::Close => Ok(vec![]),
-                _ => Err(Refused::Closed),
-            };
-        }
-        match (c, &s.owner) {
-            (AccountCommand::Open { .. }, Some(_)) => Ok(vec![]),
-            (AccountCommand::Open { owner }, None) => Ok(vec![AccountEvent::Opened {
-                owner: owner.clone(),
-            }]),
-            (_, None) => Err(Refused::NotOpen),
-            (AccountCommand::Deposit { amount }, _) => {
-                Ok(vec![AccountEvent::Deposited { amount: *amount }])
-            }
-            (AccountCommand::Withdraw { amount }, _) if *amount > s.balance => {
-                Err(Refused::InsufficientFunds {
-                    balance: s.balance,
-                    wanted: *amount,
-                })
-            }
-            (AccountCommand::Withdraw { amount }, _) => {
-                Ok(vec![AccountEvent::Withdrawn { amount: *amount }])
-            }
-            (AccountCommand::Close, _) => Ok(vec![AccountEvent::Closed]),
-        }
-    }
-
-    fn evolve(mut s: Account, e: &AccountEvent) -> Account {
-        match e {
-            AccountEvent::Opened { owner } => s.owner = Some(owner.clone()),
-            AccountEvent::Deposited { amount } => s.balance += amount,
-            // Evolving never fails: a withdrawal recorded is applied, whatever the balance.
-            AccountEvent::Withdrawn { amount } => s.balance = s.balance.saturating_sub(*amount),
-            AccountEvent::Closed => s.closed = true,
-        }
-        s
-    }
-}
+#[allow(unused_imports)]
+pub use Command as AccountCommand;
 
 /// The embedded engine in a folder of its own.
 pub struct Embedded {
