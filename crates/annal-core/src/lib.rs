@@ -25,8 +25,8 @@ pub use event::{
 pub use query::{Query, QueryItem};
 pub use request::{
     AppendCondition, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, ExpectedRevision,
-    ListCategories, ListStreams, ReadRequest, Source, StreamAppend, StreamAppendResult, StreamInfo,
-    SubscribeFrom, SubscribeRequest, SubscriptionItem, NO_STREAM,
+    ListCategories, ListStreams, ReadRequest, Selection, Source, StreamAppend, StreamAppendResult,
+    StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionItem, NO_STREAM,
 };
 pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
 pub use text::{Text, TextCache};

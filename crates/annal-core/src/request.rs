@@ -192,6 +192,39 @@ pub enum Source {
     Correlation(Uuid),
     /// Every event whose metadata name this actor.
     Actor(String),
+    /// Filters combined: events that pass every one given.
+    Select(Selection),
+}
+
+/// Filters that combine: an event is selected when it passes every filter that is given
+/// (at least one must be). Events of no stream have no category or stream id, so a
+/// selection with `category` or `stream_prefix` never selects them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    /// Only streams of this category.
+    pub category: Option<String>,
+    /// Only streams whose id starts with this.
+    pub stream_prefix: Option<String>,
+    /// Only events this type/tag query matches.
+    pub query: Option<Query>,
+}
+
+impl Selection {
+    /// True when an event of this stream, type and tags passes every filter.
+    pub fn matches<T: AsRef<str>>(&self, stream_id: &str, event_type: &str, tags: &[T]) -> bool {
+        let in_stream = !stream_id.is_empty();
+        self.category
+            .as_ref()
+            .is_none_or(|c| in_stream && crate::category_of(stream_id) == c)
+            && self
+                .stream_prefix
+                .as_ref()
+                .is_none_or(|p| in_stream && stream_id.starts_with(p.as_str()))
+            && self
+                .query
+                .as_ref()
+                .is_none_or(|q| q.matches(event_type, tags))
+    }
 }
 
 /// A read. `from` is inclusive: a stream revision for [`Source::Stream`], a log position
@@ -241,6 +274,11 @@ impl ReadRequest {
     /// Every event of one actor, forward.
     pub fn actor(actor: impl Into<String>) -> Self {
         Self::source(Source::Actor(actor.into()))
+    }
+
+    /// Events that pass every filter of a selection, forward.
+    pub fn select(selection: Selection) -> Self {
+        Self::source(Source::Select(selection))
     }
 
     /// A forward read of a source from its beginning.

@@ -143,6 +143,21 @@ pub fn source(s: &Source) -> Result<()> {
         Source::Query(q) => query(q),
         Source::Correlation(_) => Ok(()),
         Source::Actor(a) => check_name("actor", a, MAX_NAME_LEN),
+        Source::Select(s) => {
+            if s.category.is_none() && s.stream_prefix.is_none() && s.query.is_none() {
+                return Err(Error::invalid(
+                    "selection",
+                    "give at least one of category, stream prefix or query",
+                ));
+            }
+            if let Some(c) = &s.category {
+                check_name("category", c, MAX_STREAM_ID_LEN)?;
+            }
+            if let Some(p) = &s.stream_prefix {
+                check_name("stream prefix", p, MAX_STREAM_ID_LEN)?;
+            }
+            s.query.as_ref().map_or(Ok(()), query)
+        }
     }
 }
 

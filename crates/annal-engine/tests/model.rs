@@ -19,7 +19,7 @@ use annal_core::testkit::MemoryStore;
 use annal_core::{
     AppendCondition, AppendRequest, AppendResult, AsOf, Error, EventStore, EventStoreExt,
     ExpectedRevision, ListCategories, ListStreams, Metadata, NewEvent, Query, QueryItem,
-    ReadRequest, RecordedEvent, Source, StreamAppend, StreamInfo, Timestamp, Uuid,
+    ReadRequest, RecordedEvent, Selection, Source, StreamAppend, StreamInfo, Timestamp, Uuid,
 };
 use annal_engine::io::sim::SimFs;
 use annal_engine::{Config, Store};
@@ -722,6 +722,28 @@ impl Harness {
                 reads.push(ReadRequest::actor(a));
                 reads.push(ReadRequest::actor(a).backward());
             }
+            let selections = [
+                Selection {
+                    category: Some(CATEGORIES[0].into()),
+                    stream_prefix: None,
+                    query: Some(Query::item(QueryItem::tags([TAGS[0]]))),
+                },
+                Selection {
+                    category: None,
+                    stream_prefix: Some(STREAMS[0].into()),
+                    query: Some(Query::item(QueryItem::types([TYPES[1]]))),
+                },
+                Selection {
+                    category: None,
+                    stream_prefix: Some("order".into()),
+                    query: None,
+                },
+            ];
+            for sel in selections {
+                reads.push(ReadRequest::select(sel.clone()));
+                reads.push(limited(ReadRequest::select(sel.clone()).from(pos)));
+                reads.push(ReadRequest::select(sel).backward());
+            }
             let mut queries = vec![
                 Query::item(QueryItem::tags([TAGS[0]])),
                 Query::item(QueryItem::tags([TAGS[0], TAGS[1]])),
@@ -1126,6 +1148,7 @@ fn show_read(r: &ReadRequest) -> String {
         ),
         Source::Correlation(c) => format!("correlation {c}"),
         Source::Actor(a) => format!("actor {a}"),
+        Source::Select(s) => format!("select {s:?}"),
     };
     format!(
         "read {source} {:?} from {:?} limit {:?} as_of {:?}",

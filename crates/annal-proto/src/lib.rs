@@ -330,6 +330,11 @@ impl From<core::Source> for Source {
             core::Source::Query(q) => Kind::Query(q.into()),
             core::Source::Correlation(c) => Kind::Correlation(c.as_bytes().to_vec()),
             core::Source::Actor(a) => Kind::Actor(a),
+            core::Source::Select(s) => Kind::Select(Selection {
+                category: s.category,
+                stream_prefix: s.stream_prefix,
+                query: s.query.map(Into::into),
+            }),
         };
         Source { kind: Some(kind) }
     }
@@ -354,6 +359,11 @@ pub fn source(s: Option<Source>) -> Result<core::Source> {
                 })?)
             }
             Kind::Actor(a) => core::Source::Actor(a),
+            Kind::Select(s) => core::Source::Select(core::Selection {
+                category: s.category,
+                stream_prefix: s.stream_prefix,
+                query: s.query.map(Into::into),
+            }),
         },
     )
 }

@@ -256,9 +256,10 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
     }
 }
 
-/// Filters of `GET /v1/events` and `GET /v1/subscribe`: at most one of `stream`, `category`,
-/// `types`/`tags` (comma-separated; an event matches one of the types and all the tags),
-/// `correlation` or `actor`. An empty value means the parameter is not given.
+/// Filters of `GET /v1/events` and `GET /v1/subscribe`: `stream`, `correlation` or `actor`
+/// alone, or any of `category`, `prefix` (of stream ids) and `types`/`tags` (comma-separated;
+/// an event matches one of the types and all the tags), which combine. An empty value means
+/// the parameter is not given.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FilterParams {
@@ -270,6 +271,10 @@ pub struct FilterParams {
     #[serde(default, deserialize_with = "opt_text")]
     #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub category: Option<String>,
+    /// Every stream whose id starts with this.
+    #[serde(default, deserialize_with = "opt_text")]
+    #[param(max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
+    pub prefix: Option<String>,
     /// Comma-separated event types.
     #[serde(default, deserialize_with = "opt_text")]
     #[param(pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
@@ -318,27 +323,38 @@ impl FilterParams {
             (None, Some(a)) => Some(Source::Actor(a.clone())),
             (Some(_), Some(_)) => None,
         };
-        let audit_asked = self.correlation.is_some() || self.actor.is_some();
-        if audit_asked {
-            return match (audit, &self.stream, &self.category, by_type) {
-                (Some(source), None, None, false) => Ok(source),
-                _ => Err(Error::invalid(
-                    "filter",
-                    "give at most one of stream, category, types/tags, correlation or actor",
-                )),
-            };
-        }
-        match (&self.stream, &self.category, by_type) {
-            (None, None, false) => Ok(Source::All),
-            (Some(s), None, false) => Ok(Source::Stream(s.clone())),
-            (None, Some(c), false) => Ok(Source::Category(c.clone())),
-            (None, None, true) if tags.is_empty() => Ok(Source::EventTypes(types)),
-            (None, None, true) => Ok(Source::Query(Query::item(QueryItem { types, tags }))),
-            _ => Err(Error::invalid(
+        let combining = self.category.is_some() || self.prefix.is_some() || by_type;
+        let alone = [
+            self.stream.is_some(),
+            self.correlation.is_some(),
+            self.actor.is_some(),
+        ];
+        if alone.iter().filter(|a| **a).count() + usize::from(combining) > 1 {
+            return Err(Error::invalid(
                 "filter",
-                "give at most one of stream, category, types/tags, correlation or actor",
-            )),
+                "give stream, correlation or actor alone, or any of category, prefix and types/tags",
+            ));
         }
+        if let Some(source) = audit {
+            return Ok(source);
+        }
+        if let Some(s) = &self.stream {
+            return Ok(Source::Stream(s.clone()));
+        }
+        let query = by_type.then(|| Query::item(QueryItem { types, tags }));
+        Ok(match (&self.category, &self.prefix, query) {
+            (None, None, None) => Source::All,
+            (Some(c), None, None) => Source::Category(c.clone()),
+            (None, None, Some(q)) if q.items[0].tags.is_empty() => {
+                Source::EventTypes(q.items[0].types.clone())
+            }
+            (None, None, Some(q)) => Source::Query(q),
+            (category, prefix, query) => Source::Select(annal_core::Selection {
+                category: category.clone(),
+                stream_prefix: prefix.clone(),
+                query,
+            }),
+        })
     }
 }
 

@@ -730,7 +730,7 @@ impl utoipa::PartialSchema for UuidText {
 impl ToSchema for UuidText {}
 
 /// What a read or subscription draws from: `"all"`, or an object with exactly one of
-/// `stream`, `category`, `event_types`, `query`, `correlation`, `actor`.
+/// `stream`, `category`, `event_types`, `query`, `correlation`, `actor`, `select`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceJson {
@@ -743,6 +743,23 @@ pub enum SourceJson {
     Correlation(UuidText),
     /// Every event of one actor.
     Actor(Name),
+    /// Filters combined: events that pass every one given.
+    Select(#[serde(deserialize_with = "object")] SelectionJson),
+}
+
+/// Filters that combine; at least one is given.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionJson {
+    /// Only streams of this category.
+    #[serde(default)]
+    pub category: Option<StreamId>,
+    /// Only streams whose id starts with this.
+    #[serde(default)]
+    pub stream_prefix: Option<StreamId>,
+    /// Only events this query matches.
+    #[serde(default, deserialize_with = "object_opt")]
+    pub query: Option<QueryJson>,
 }
 
 impl From<SourceJson> for Source {
@@ -755,6 +772,11 @@ impl From<SourceJson> for Source {
             SourceJson::Query(q) => Source::Query(q.into()),
             SourceJson::Correlation(c) => Source::Correlation(c.0),
             SourceJson::Actor(a) => Source::Actor(a.0),
+            SourceJson::Select(s) => Source::Select(annal_core::Selection {
+                category: s.category.map(|c| c.0),
+                stream_prefix: s.stream_prefix.map(|p| p.0),
+                query: s.query.map(Into::into),
+            }),
         }
     }
 }

@@ -190,7 +190,36 @@ async fn http_api_appends_reads_and_answers_errors_as_json() {
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
     let r = http(addr, "GET", "/v1/events?types=Enrolled,Other", &[], "").await;
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
-    let r = http(addr, "GET", "/v1/events?category=a&types=B", &[], "").await;
+    // Filters combine: a category with types, a stream prefix with tags.
+    let r = http(
+        addr,
+        "GET",
+        "/v1/events?category=account&types=Other",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.json()["events"].as_array().unwrap().len(),
+        0,
+        "{}",
+        r.text()
+    );
+    let r = http(
+        addr,
+        "GET",
+        "/v1/events?prefix=student-&tags=student:7",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.json()["events"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.text()
+    );
+    let r = http(addr, "GET", "/v1/events?stream=a-1&types=B", &[], "").await;
     assert_eq!(r.status, 400);
     let r = http(addr, "GET", "/v1/events?as_of=1", &[], "").await;
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);

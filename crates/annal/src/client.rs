@@ -284,9 +284,12 @@ pub struct FilterArgs {
     /// Only this stream (tail only; use `read` for a stream).
     #[arg(long)]
     pub stream: Option<String>,
-    /// Only streams of this category.
+    /// Only streams of this category (combines with --prefix, --type and --tag).
     #[arg(long)]
     pub category: Option<String>,
+    /// Only streams whose id starts with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
     /// Only events of this type (repeatable: any of them).
     #[arg(long = "type", short = 't')]
     pub types: Vec<String>,
@@ -298,20 +301,33 @@ pub struct FilterArgs {
 impl FilterArgs {
     fn source(self) -> Result<Source, Failure> {
         let by_type = !self.types.is_empty() || !self.tags.is_empty();
-        Ok(match (self.stream, self.category, by_type) {
-            (None, None, false) => Source::All,
-            (Some(s), None, false) => Source::Stream(s),
-            (None, Some(c), false) => Source::Category(c),
-            (None, None, true) if self.tags.is_empty() => Source::EventTypes(self.types),
-            (None, None, true) => Source::Query(Query::item(QueryItem {
+        let combining = self.category.is_some() || self.prefix.is_some() || by_type;
+        if let Some(s) = self.stream {
+            if combining {
+                return Err(usage(
+                    "give --stream alone, or any of --category, --prefix and --type/--tag",
+                ));
+            }
+            return Ok(Source::Stream(s));
+        }
+        let query = by_type.then(|| {
+            Query::item(QueryItem {
                 types: self.types,
                 tags: self.tags,
-            })),
-            _ => {
-                return Err(usage(
-                    "give at most one of --stream, --category, or --type/--tag",
-                ))
+            })
+        });
+        Ok(match (self.category, self.prefix, query) {
+            (None, None, None) => Source::All,
+            (Some(c), None, None) => Source::Category(c),
+            (None, None, Some(q)) if q.items[0].tags.is_empty() => {
+                Source::EventTypes(q.items[0].types.clone())
             }
+            (None, None, Some(q)) => Source::Query(q),
+            (category, stream_prefix, query) => Source::Select(annal_core::Selection {
+                category,
+                stream_prefix,
+                query,
+            }),
         })
     }
 }

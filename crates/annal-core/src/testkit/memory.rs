@@ -202,6 +202,7 @@ fn source_matches(source: &Source, e: &RecordedEvent) -> bool {
         Source::Query(q) => q.matches(&e.event_type, &e.tags),
         Source::Correlation(c) => e.metadata.correlation_id == Some(*c),
         Source::Actor(a) => e.metadata.actor.as_deref() == Some(a.as_str()),
+        Source::Select(s) => s.matches(&e.stream_id, &e.event_type, &e.tags),
     }
 }
 

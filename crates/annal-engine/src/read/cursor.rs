@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Source, Uuid};
+use annal_core::{Bytes, Direction, Query, RecordedEvent, Result, Selection, Source, Uuid};
 
 use super::{data_bytes, detach, detach_alone, fetch_batch, index_disagrees};
 use crate::index::{
@@ -38,6 +38,7 @@ enum Filter {
     Query(Query),
     Correlation(Uuid),
     Actor(String),
+    Select(Selection),
 }
 
 impl Filter {
@@ -50,6 +51,7 @@ impl Filter {
             Filter::Query(q) => q.matches(&e.event_type, &e.tags),
             Filter::Correlation(c) => e.metadata.correlation_id == Some(*c),
             Filter::Actor(a) => e.metadata.actor.as_deref() == Some(a.as_str()),
+            Filter::Select(s) => s.matches(&e.stream_id, &e.event_type, &e.tags),
         }
     }
 }
@@ -79,22 +81,45 @@ fn plan_for(source: &Source) -> (Plan, Filter) {
             Plan::Keys(vec![key(KIND_ACTOR, a.as_bytes())]),
             Filter::Actor(a.clone()),
         ),
-        Source::Query(q) => {
-            let mut keys = Vec::new();
-            for item in &q.items {
-                if let Some(tag) = item.tags.first() {
-                    keys.push(key(KIND_TAG, tag.as_bytes()));
-                } else if !item.types.is_empty() {
-                    keys.extend(item.types.iter().map(|t| key(KIND_TYPE, t.as_bytes())));
-                } else {
-                    return (Plan::All, Filter::Query(q.clone()));
-                }
-            }
-            keys.sort_unstable();
-            keys.dedup();
-            (Plan::Keys(keys), Filter::Query(q.clone()))
+        Source::Query(q) => (
+            query_keys(q).map_or(Plan::All, Plan::Keys),
+            Filter::Query(q.clone()),
+        ),
+        Source::Select(sel) => {
+            // The query's keys when it has them (tags are the narrowest), else the category's,
+            // else those of the category every stream of the prefix is in.
+            let category = sel.category.clone().or_else(|| {
+                sel.stream_prefix
+                    .as_deref()
+                    .and_then(|p| p.split_once('-'))
+                    .map(|(c, _)| c.to_string())
+            });
+            let plan = match (sel.query.as_ref().and_then(query_keys), category) {
+                (Some(keys), _) => Plan::Keys(keys),
+                (None, Some(c)) => Plan::Keys(vec![key(KIND_CATEGORY, c.as_bytes())]),
+                (None, None) => Plan::All,
+            };
+            (plan, Filter::Select(sel.clone()))
         }
     }
+}
+
+/// The index keys whose union holds every event `q` matches; `None` when an item matches
+/// events of any type and tag, so only the whole log holds them.
+fn query_keys(q: &Query) -> Option<Vec<u64>> {
+    let mut keys = Vec::new();
+    for item in &q.items {
+        if let Some(tag) = item.tags.first() {
+            keys.push(key(KIND_TAG, tag.as_bytes()));
+        } else if !item.types.is_empty() {
+            keys.extend(item.types.iter().map(|t| key(KIND_TYPE, t.as_bytes())));
+        } else {
+            return None;
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Some(keys)
 }
 
 /// A position in a read: where it goes on from, and how far it may go.

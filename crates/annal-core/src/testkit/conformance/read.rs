@@ -4,8 +4,8 @@
 use super::util::*;
 use crate::{
     AppendRequest, AppendResult, AsOf, EventStore, ExpectedRevision, Metadata, NewEvent, Query,
-    QueryItem, ReadRequest, RecordedEvent, Source, StreamAppend, SubscribeFrom, SubscribeRequest,
-    Timestamp, Uuid,
+    QueryItem, ReadRequest, RecordedEvent, Selection, Source, StreamAppend, SubscribeFrom,
+    SubscribeRequest, Timestamp, Uuid,
 };
 
 /// Ten events in `s-1` interleaved with events of `s-2`; returns the log.
@@ -407,4 +407,85 @@ pub async fn read_by_correlation_and_actor<S: EventStore>(store: &S) {
     append_to(store, "account-2", vec![by(ev("Closed"), other, "ann")]).await;
     append_to(store, "account-2", vec![by(ev("Reopened"), txn, "cy")]).await;
     assert_eq!(next_event(&mut sub, "live").await.position, 7);
+}
+
+/// Filters that combine: a category or a stream-id prefix with types and a tag query; an
+/// event must pass every one, events of no stream pass none that names streams, and a
+/// subscription selects the same way.
+pub async fn read_by_combined_filters<S: EventStore>(store: &S) {
+    append_to(store, "account-1", vec![ev("Opened").with_tag("vip")]).await;
+    append_to(
+        store,
+        "account-12",
+        vec![ev("Opened"), ev("Deposited").with_tag("vip")],
+    )
+    .await;
+    append_to(store, "order-1", vec![ev("Opened").with_tag("vip")]).await;
+    append_ok(
+        store,
+        AppendRequest::no_stream(vec![ev("Opened").with_tag("vip")]),
+    )
+    .await;
+    append_to(store, "account-2", vec![ev("Deposited").with_tag("vip")]).await;
+    let select = |category: Option<&str>, prefix: Option<&str>, query: Option<Query>| {
+        ReadRequest::select(Selection {
+            category: category.map(str::to_string),
+            stream_prefix: prefix.map(str::to_string),
+            query,
+        })
+    };
+    let vip = || Some(Query::item(QueryItem::tags(["vip"])));
+    let opened = || Some(Query::item(QueryItem::types(["Opened"])));
+    let cases = [
+        (select(Some("account"), None, vip()), vec![0, 2, 5]),
+        (select(Some("account"), None, opened()), vec![0, 1]),
+        (select(None, Some("account-1"), None), vec![0, 1, 2]),
+        (select(None, Some("account-1"), vip()), vec![0, 2]),
+        (select(None, Some("acc"), opened()), vec![0, 1]),
+        (select(Some("account"), Some("account-2"), None), vec![5]),
+        (select(Some("order"), Some("account"), None), vec![]),
+        (select(None, None, vip()), vec![0, 2, 3, 4, 5]),
+    ];
+    for (request, want) in cases {
+        let what = format!("{:?}", request.source);
+        assert_eq!(
+            positions(&read(store, request.clone()).await),
+            want,
+            "{what}"
+        );
+        let back: Vec<u64> = want.iter().rev().copied().collect();
+        assert_eq!(
+            positions(&read(store, request.backward()).await),
+            back,
+            "{what}, backward"
+        );
+    }
+    let err = expect_err(
+        store
+            .read(ReadRequest::select(Selection::default()))
+            .await
+            .map(|_| ()),
+        "an empty selection",
+    );
+    assert_invalid(&err, "selection", "an empty selection");
+
+    let mut sub = subscribe(
+        store,
+        SubscribeRequest::new(
+            Source::Select(Selection {
+                category: Some("account".into()),
+                stream_prefix: None,
+                query: vip(),
+            }),
+            SubscribeFrom::Start,
+        ),
+    )
+    .await;
+    let history = next_events(&mut sub, 3, "history").await;
+    assert_eq!(positions(&history), [0, 2, 5]);
+    next_caught_up(&mut sub, "caught up").await;
+    append_to(store, "order-2", vec![ev("Opened").with_tag("vip")]).await;
+    append_to(store, "account-3", vec![ev("Opened")]).await;
+    append_to(store, "account-3", vec![ev("Closed").with_tag("vip")]).await;
+    assert_eq!(next_event(&mut sub, "live").await.position, 8);
 }
