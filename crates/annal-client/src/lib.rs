@@ -298,18 +298,26 @@ impl EventStore for Client {
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {
         let mut message = pb::ReadRequest::from(request);
         message.packed = true;
-        let inner = self
+        let response = self
             .grpc
             .clone()
             .read(self.request(message))
             .await
-            .map_err(|s| pb::error_from_status(&s))?
-            .into_inner();
-        Ok(Box::pin(Events {
-            inner,
-            buf: Vec::new().into_iter(),
-            done: false,
-        }))
+            .map_err(|s| pb::error_from_status(&s))?;
+        // The head the server read at; a server that does not say leaves it unknown.
+        let head = response
+            .metadata()
+            .get(pb::HEAD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(EventStream::new(
+            head,
+            Events {
+                inner: response.into_inner(),
+                buf: Vec::new().into_iter(),
+                done: false,
+            },
+        ))
     }
 
     async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {

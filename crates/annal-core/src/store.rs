@@ -8,8 +8,43 @@ use crate::{
     RecordedEvent, Result, StreamInfo, SubscribeRequest, SubscriptionItem, Timestamp,
 };
 
-/// Events of a read, in order, fetched lazily.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<RecordedEvent>> + Send>>;
+/// Events of a read, in order, fetched lazily, with the head of the log the read was served
+/// at.
+pub struct EventStream {
+    head: Option<u64>,
+    events: Pin<Box<dyn Stream<Item = Result<RecordedEvent>> + Send>>,
+}
+
+impl EventStream {
+    pub fn new(
+        head: Option<u64>,
+        events: impl Stream<Item = Result<RecordedEvent>> + Send + 'static,
+    ) -> Self {
+        EventStream {
+            head,
+            events: Box::pin(events),
+        }
+    }
+
+    /// The log's last position when the read was served (`None`: the log was empty). The
+    /// read holds every event it selects up to there (and up to its `as_of`), so a decision
+    /// that read its state here guards its append with the condition "nothing matching
+    /// after this head", in one request.
+    pub fn head(&self) -> Option<u64> {
+        self.head
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().events.as_mut().poll_next(cx)
+    }
+}
 
 /// Items of a subscription: history, a caught-up marker, then live events.
 pub type SubscriptionStream = Pin<Box<dyn Stream<Item = Result<SubscriptionItem>> + Send>>;

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use annal_core::{
-    next_item, AppendRequest, AsOf, Error, EventStore, ExpectedRevision, NewEvent, ReadRequest,
-    NO_STREAM,
+    next_item, AppendRequest, Error, EventStore, ExpectedRevision, NewEvent, ReadRequest, NO_STREAM,
 };
 
 use crate::{
@@ -132,9 +131,9 @@ impl<S: EventStore> CommandHandler<S> {
     }
 
     /// Carries out `command` under the rule `D`, whose boundary is a query: reads the events
-    /// the query selects up to the log's head, folds them, decides, and appends the events
-    /// (belonging to no stream) on the condition that nothing matching the query came after
-    /// that head. On a conflict it reads and decides again, up to the retry policy's
+    /// the query selects (the read says the log's head it was served at), folds them,
+    /// decides, and appends the events (belonging to no stream) on the condition that
+    /// nothing matching the query came after that head. On a conflict it reads and decides again, up to the retry policy's
     /// attempts. The result's `stream_id` is empty and its `revision` `None`.
     pub async fn decide<D: Decision>(
         &self,
@@ -144,18 +143,20 @@ impl<S: EventStore> CommandHandler<S> {
         let query = D::query(command);
         let mut attempt = 1;
         loop {
-            let head = self.store.head().await.map_err(CommandError::Store)?;
+            // One read gives the state and the head it was served at: the condition guards
+            // everything after that head.
+            let mut events = self
+                .store
+                .read(ReadRequest::query(query.clone()))
+                .await
+                .map_err(CommandError::Store)?;
+            let head = events.head();
             let mut state = D::State::default();
-            if let Some(head) = head {
-                // Bounded at the head read, so that the condition covers all that came after.
-                let read = ReadRequest::query(query.clone()).as_of(AsOf::Position(head));
-                let mut events = self.store.read(read).await.map_err(CommandError::Store)?;
-                while let Some(e) = next_item(&mut events).await {
-                    let e = e.map_err(CommandError::Store)?;
-                    decode_each::<D::Event>(&e, &self.upcasters, |event| {
-                        state = D::evolve(std::mem::take(&mut state), &event);
-                    })?;
-                }
+            while let Some(e) = next_item(&mut events).await {
+                let e = e.map_err(CommandError::Store)?;
+                decode_each::<D::Event>(&e, &self.upcasters, |event| {
+                    state = D::evolve(std::mem::take(&mut state), &event);
+                })?;
             }
             let events = D::decide(&state, command).map_err(CommandError::Rejected)?;
             if events.is_empty() {

@@ -168,9 +168,13 @@ impl Shared {
         })
     }
 
-    /// The highest position a read as of `as_of` may return.
-    pub fn read_limit(&self, as_of: Option<AsOf>) -> Result<Option<u64>> {
+    /// The head of the log now, and the highest position a read `as_of` may return.
+    pub fn read_bounds(&self, as_of: Option<AsOf>) -> Result<(Option<u64>, Option<u64>)> {
         let head = self.head();
+        Ok((head, self.limit_at(head, as_of)?))
+    }
+
+    fn limit_at(&self, head: Option<u64>, as_of: Option<AsOf>) -> Result<Option<u64>> {
         let cut = match as_of {
             None => return Ok(head),
             Some(AsOf::Position(p)) => Some(p),

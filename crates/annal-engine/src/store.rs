@@ -39,9 +39,14 @@ pub struct Store {
 /// A read run on the caller's thread that gives each event as a view of how it is stored. A
 /// forward read of the whole log takes its events straight out of the log's records, with no
 /// owned copy of any of them; every other read decodes each event first.
-pub struct StoredRead(Cursor);
+pub struct StoredRead(Cursor, Option<u64>);
 
 impl StoredRead {
+    /// The log's last position when the read was served.
+    pub fn head(&self) -> Option<u64> {
+        self.1
+    }
+
     /// Gives `f` each event of the read until `f` returns false or the read ends.
     pub fn visit(mut self, mut f: impl FnMut(&StoredEvent<'_>) -> bool) -> Result<()> {
         self.0.visit(&mut f)
@@ -222,7 +227,7 @@ impl Store {
         &self,
         request: ReadRequest,
     ) -> Result<impl Iterator<Item = Result<RecordedEvent>>> {
-        let mut cursor = self.cursor(&request)?;
+        let (_, mut cursor) = self.cursor(&request)?;
         let mut done = false;
         Ok(std::iter::from_fn(move || {
             if done {
@@ -249,7 +254,7 @@ impl Store {
         &self,
         request: ReadRequest,
     ) -> Result<impl Iterator<Item = Result<Vec<RecordedEvent>>>> {
-        let mut cursor = self.cursor(&request)?;
+        let (_, mut cursor) = self.cursor(&request)?;
         let mut done = false;
         Ok(std::iter::from_fn(move || {
             if done {
@@ -264,19 +269,24 @@ impl Store {
     /// A read whose events are handed out as stored (see [`StoredRead`]); the request is
     /// checked now.
     pub fn read_stored(&self, request: ReadRequest) -> Result<StoredRead> {
-        Ok(StoredRead(self.cursor(&request)?))
+        let (head, cursor) = self.cursor(&request)?;
+        Ok(StoredRead(cursor, head))
     }
 
-    fn cursor(&self, request: &ReadRequest) -> Result<Cursor> {
+    /// The head of the log now, and a cursor over the read up to it.
+    fn cursor(&self, request: &ReadRequest) -> Result<(Option<u64>, Cursor)> {
         validate::read(request)?;
-        let max = self.shared.read_limit(request.as_of)?;
-        Ok(Cursor::new(
-            self.shared.clone(),
-            &request.source,
-            request.from,
-            request.direction,
-            request.limit,
-            max,
+        let (head, max) = self.shared.read_bounds(request.as_of)?;
+        Ok((
+            head,
+            Cursor::new(
+                self.shared.clone(),
+                &request.source,
+                request.from,
+                request.direction,
+                request.limit,
+                max,
+            ),
         ))
     }
 
@@ -353,11 +363,14 @@ impl EventStore for Store {
     }
 
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {
-        let cursor = self.cursor(&request)?;
-        Ok(Box::pin(ReadStream {
-            cursor,
-            done: false,
-        }))
+        let (head, cursor) = self.cursor(&request)?;
+        Ok(EventStream::new(
+            head,
+            ReadStream {
+                cursor,
+                done: false,
+            },
+        ))
     }
 
     async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {

@@ -18,6 +18,10 @@ use annal_core as core;
 use annal_core::{Error, Result, Timestamp, Uuid};
 use prost::Message;
 
+/// The response header (gRPC metadata) of a read that gives the log's last position when the
+/// read was served; absent when the log was empty.
+pub const HEAD_HEADER: &str = "annal-head";
+
 #[allow(clippy::all, missing_docs)]
 mod generated {
     tonic::include_proto!("annal.v1");

@@ -202,15 +202,23 @@ impl pb::event_store_server::EventStore for Grpc {
                 ..Default::default()
             })),
             ReadMsg::Failed(e) => Some(Err(pb::status_from_error(&e))),
-            ReadMsg::End => None,
+            ReadMsg::End { .. } => None,
         };
-        let rx = if packed {
+        let (head, rx) = if packed {
             self.state.read_packed(request, READ_QUEUE, convert).await
         } else {
             self.state.read_batches(request, READ_QUEUE, convert).await
         }
         .map_err(status)?;
-        Ok(Response::new(Answers(rx)))
+        let mut response = Response::new(Answers(rx));
+        if let Some(head) = head {
+            // The head the read was served at, before its first event.
+            response.metadata_mut().insert(
+                annal_proto::HEAD_HEADER,
+                head.to_string().parse().expect("digits"),
+            );
+        }
+        Ok(response)
     }
 
     type SubscribeStream = Answers<pb::SubscribeResponse>;

@@ -15,7 +15,7 @@
 //! | `GET /v1/info` | version, head, limits |
 //! | `GET`/`POST /v1/subscribe` | a subscription as Server-Sent Events |
 //!
-//! Reads stream their body (`{"events":[...],"next":N}`) batch by batch; they return 1000
+//! Reads stream their body (`{"events":[...],"head":H,"next":N}`) batch by batch; they return 1000
 //! events unless `limit` says otherwise, and `next` is the `from` of the next page.
 
 use std::collections::HashMap;
@@ -424,7 +424,8 @@ impl ReadParams {
     }
 }
 
-/// Streams a read as `{"events":[...],"next":N}`. A read that fails before its first
+/// Streams a read as `{"events":[...],"head":H,"next":N}` (`head`: the log's last position
+/// when the read was served, absent when it was empty). A read that fails before its first
 /// batch answers with the error's status; one that fails later ends its body early (the
 /// status is sent by then), so the JSON does not parse and the failure is not taken for the
 /// end of the read.
@@ -435,7 +436,7 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
     let mut count = 0u64;
     let mut last: Option<u64> = None;
     let mut started = false;
-    let mut rx = state
+    let (_, mut rx) = state
         .read_batches(request, HTTP_QUEUE, move |msg| {
             let mut out = Vec::with_capacity(4096);
             if !started {
@@ -461,8 +462,11 @@ async fn stream_read(state: &State, request: ReadRequest) -> Result<Response, Ap
                     )))
                 }
                 ReadMsg::Failed(e) => return Some(Err(e)),
-                ReadMsg::End => {
+                ReadMsg::End { head } => {
                     out.extend_from_slice(b"]");
+                    if let Some(h) = head {
+                        out.extend_from_slice(format!(",\"head\":{h}").as_bytes());
+                    }
                     let next = match (limit, last) {
                         (Some(l), Some(last)) if count == l && l > 0 => {
                             if backward {

@@ -966,6 +966,10 @@ pub struct CategoriesJson {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventsPage<'a> {
     pub events: Vec<EventJson<'a>>,
+    /// The log's last position when the read was served; absent when the log was empty. A
+    /// decision that read its state here appends with a condition `after` this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
     /// The `from` of the next page; absent when the read ended before its limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<u64>,

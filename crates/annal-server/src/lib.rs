@@ -139,7 +139,10 @@ pub(crate) enum ReadMsg {
     /// Events in the packed encoding.
     Packed(Vec<u8>),
     Failed(Error),
-    End,
+    /// The read is over; `head` is the log's last position when it was served.
+    End {
+        head: Option<u64>,
+    },
 }
 
 /// One message of a subscription, before it is put on the wire.
@@ -333,13 +336,14 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<answers::Receiver<T>, Error>
+    ) -> Result<(Option<u64>, answers::Receiver<T>), Error>
     where
         T: answers::Weigh + Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
     {
         let permit = self.read_permit()?;
         let mut events = self.store.read(request).await?;
+        let head = events.head();
         let batch = self.config.limits.read_batch_events;
         let handle = tokio::runtime::Handle::current();
         spawn_read(self, permit, queue, convert, move |send, closed| {
@@ -358,12 +362,13 @@ impl State {
                         return;
                     }
                     Gathered::End => {
-                        send(ReadMsg::End);
+                        send(ReadMsg::End { head });
                         return;
                     }
                 }
             }
         })
+        .map(|rx| (head, rx))
     }
 
     /// Starts a read like [`State::read_batches`], with its batches in the packed encoding.
@@ -376,7 +381,7 @@ impl State {
         request: ReadRequest,
         queue: usize,
         convert: F,
-    ) -> Result<answers::Receiver<T>, Error>
+    ) -> Result<(Option<u64>, answers::Receiver<T>), Error>
     where
         T: answers::Weigh + Send + 'static,
         F: FnMut(ReadMsg) -> Option<T> + Send + 'static,
@@ -386,6 +391,7 @@ impl State {
         };
         let permit = self.read_permit()?;
         let read = read?;
+        let head = read.head();
         let batch = self.config.limits.read_batch_events;
         spawn_read(self, permit, queue, convert, move |send, closed| {
             let mut buf = Vec::with_capacity(FIRST_PACKED_BUFFER);
@@ -431,10 +437,11 @@ impl State {
                 return;
             }
             send(match result {
-                Ok(()) => ReadMsg::End,
+                Ok(()) => ReadMsg::End { head },
                 Err(e) => ReadMsg::Failed(public(e)),
             });
         })
+        .map(|rx| (head, rx))
     }
 
     fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {

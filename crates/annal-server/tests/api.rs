@@ -273,6 +273,8 @@ async fn http_api_appends_reads_and_answers_errors_as_json() {
     let r = http(addr, "GET", "/v1/events?tags=username:ann", &[], "").await;
     let events = r.json()["events"].as_array().unwrap().clone();
     assert_eq!(events.len(), 1);
+    // The read says the head it was served at.
+    assert_eq!(r.json()["head"], at + 1, "{}", r.text());
     assert_eq!(
         (
             events[0]["stream_id"].as_str(),

@@ -334,9 +334,11 @@ impl MemoryStore {
         Ok(result)
     }
 
-    fn read_now(&self, request: &ReadRequest) -> Result<Vec<RecordedEvent>> {
+    /// The head of the log and the events of a read.
+    fn read_now(&self, request: &ReadRequest) -> Result<(Option<u64>, Vec<RecordedEvent>)> {
         validate::read(request)?;
         let state = self.shared.lock();
+        let head = state.head();
         let visible = |e: &RecordedEvent| match request.as_of {
             None => true,
             Some(AsOf::Position(p)) => e.position <= p,
@@ -367,7 +369,7 @@ impl MemoryStore {
         if let Some(limit) = request.limit {
             selected.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         }
-        Ok(selected.into_iter().cloned().collect())
+        Ok((head, selected.into_iter().cloned().collect()))
     }
 
     fn subscribe_now(&self, request: SubscribeRequest) -> Result<Subscription> {
@@ -484,10 +486,13 @@ impl EventStore for MemoryStore {
     }
 
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {
-        let events = self.read_now(&request)?;
-        Ok(Box::pin(VecStream {
-            events: events.into_iter(),
-        }))
+        let (head, events) = self.read_now(&request)?;
+        Ok(EventStream::new(
+            head,
+            VecStream {
+                events: events.into_iter(),
+            },
+        ))
     }
 
     async fn subscribe(&self, request: SubscribeRequest) -> Result<SubscriptionStream> {

@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             read_by_category,
             read_by_correlation_and_actor,
             read_by_combined_filters,
+            reads_say_the_head_they_were_served_at,
             read_missing_stream_is_empty,
             time_travel_as_of_position,
             time_travel_as_of_time,

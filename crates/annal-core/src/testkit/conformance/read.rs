@@ -489,3 +489,34 @@ pub async fn read_by_combined_filters<S: EventStore>(store: &S) {
     append_to(store, "account-3", vec![ev("Closed").with_tag("vip")]).await;
     assert_eq!(next_event(&mut sub, "live").await.position, 8);
 }
+
+/// Every read says the log's head it was served at, whatever it selects and however it is
+/// bounded: what a decision needs to guard its append in the same request.
+pub async fn reads_say_the_head_they_were_served_at<S: EventStore>(store: &S) {
+    let empty = store.read(ReadRequest::all()).await.expect("read");
+    assert_eq!(empty.head(), None, "a read of an empty log");
+    append_to(store, "a-1", evs("A", 3)).await;
+    append_to(store, "b-1", evs("B", 2)).await;
+    let requests = [
+        ReadRequest::all(),
+        ReadRequest::stream("a-1").limit(1),
+        ReadRequest::stream("nobody-1"),
+        ReadRequest::event_types(["B"]).backward(),
+        ReadRequest::all().as_of(AsOf::Position(1)),
+    ];
+    for r in requests {
+        let what = format!("{r:?}");
+        let stream = store.read(r).await.expect("read");
+        assert_eq!(stream.head(), Some(4), "{what}");
+    }
+    // A read keeps the head it was served at while the log grows.
+    let mut read = store.read(ReadRequest::all()).await.expect("read");
+    append_to(store, "a-1", evs("A", 1)).await;
+    assert_eq!(read.head(), Some(4));
+    let mut n = 0;
+    while let Some(e) = crate::next_item(&mut read).await {
+        e.expect("event");
+        n += 1;
+    }
+    assert_eq!(n, 5, "the read holds the events up to its head");
+}
