@@ -359,7 +359,10 @@ async fn run_workloads(
         ));
     }
     if wants(opts, "W8") || wants(opts, "W9") {
-        toolkit_workloads(opts, sizes, dir, &small, pg, report).await?;
+        // A store of their own: the one W1 and W2 filled holds millions of events and is
+        // still merging their index runs.
+        let own = Arc::new(Store::open(dir.join("toolkit"))?);
+        toolkit_workloads(opts, sizes, dir, &own, pg, report).await?;
     }
     drop(small);
     if wants(opts, "W3") {
@@ -558,7 +561,7 @@ async fn toolkit_workloads(
     opts: &Options,
     sizes: &Sizes,
     dir: &Path,
-    small: &Arc<Store>,
+    store: &Arc<Store>,
     pg: Option<&pg::PgBench>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -569,7 +572,7 @@ async fn toolkit_workloads(
         for handlers in [1usize, 16] {
             let p = Progress::spinner(&format!("W8 annal embedded x{handlers}"));
             let embedded =
-                commands::annal(small.clone(), &format!("e{handlers}"), handlers, dur, &p).await?;
+                commands::annal(store.clone(), &format!("e{handlers}"), handlers, dur, &p).await?;
             p.done();
             let p = Progress::spinner(&format!("W8 annal server x{handlers}"));
             let served =
@@ -601,12 +604,12 @@ async fn toolkit_workloads(
         // done: the numbers are of loading, not of sharing two cores with a merge.
         let n = sizes.w9_events;
         let p = Progress::spinner("W9 filling");
-        commands::fill_long(&**small, "long", n).await?;
+        commands::fill_long(&**store, "long", n).await?;
         commands::fill_long(&client, "long", n).await?;
         commands::settle(std::process::id()).await;
         commands::settle(server.pid()).await;
         p.done();
-        let embedded = commands::hydrate(small.clone(), "long", n, 9).await?;
+        let embedded = commands::hydrate(store.clone(), "long", n, 9).await?;
         let served = commands::hydrate(client.clone(), "long", n, 9).await?;
         let pgv = match pg {
             Some(pg) => Some(commands::hydrate_postgres(pg, "long", n, 9).await?),
