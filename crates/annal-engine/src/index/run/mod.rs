@@ -53,4 +53,6 @@ pub struct Run {
     starts: Vec<u64>,
     block_crcs: Vec<u32>,
     filter: Vec<u64>,
+    /// The lowest and highest seq of the batch key's entries, found on first use.
+    batch_range: std::sync::OnceLock<Option<(u64, u64)>>,
 }

@@ -137,7 +137,22 @@ impl Run {
             starts,
             block_crcs: crc_bytes.chunks_exact(4).map(le_u32).collect(),
             filter: filter_bytes.chunks_exact(8).map(le_u64).collect(),
+            batch_range: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The lowest and highest seq of the batch key's entries (`None`: the run has none).
+    pub fn batch_range(&self) -> Result<Option<(u64, u64)>> {
+        if let Some(r) = self.batch_range.get() {
+            return Ok(*r);
+        }
+        let k = crate::index::fixed_key(crate::index::KIND_BATCH);
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        self.scan(k, 0, u64::MAX, Direction::Forward, 1, &mut lo)?;
+        self.scan(k, 0, u64::MAX, Direction::Backward, 1, &mut hi)?;
+        let range = lo.first().zip(hi.first()).map(|(a, b)| (a.0, b.0));
+        let _ = self.batch_range.set(range);
+        Ok(range)
     }
 
     /// False when the run certainly holds no entry of this event id key.

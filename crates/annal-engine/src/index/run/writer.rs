@@ -171,6 +171,7 @@ impl Run {
             starts,
             block_crcs,
             filter,
+            batch_range: std::sync::OnceLock::new(),
         })
     }
 }
