@@ -1,4 +1,4 @@
-//! W8 and W9: the toolkit's write side. A bank account decided with `annal-cqrs`: commands
+//! W8 and W9: the toolkit's write side. The guide's bank account, decided with `annal-cqrs`: commands
 //! (load, decide, append) from concurrent handlers on separate accounts, and the hydration
 //! of one long account; beside the same loop on PostgreSQL's `events` table, with the same
 //! decider and the same JSON decoding.
@@ -6,76 +6,30 @@
 use std::time::{Duration, Instant};
 
 use annal_core::{AppendRequest, EventStore, ExpectedRevision};
-use annal_cqrs::{decode, to_new, CommandHandler, Context, Decider, Event};
-use serde::{Deserialize, Serialize};
+use annal_cqrs::{decode, to_new, CommandHandler, Context, Decider};
 
 use crate::pg::PgBench;
-use crate::Progress;
+use crate::{per_second, Progress};
 
 /// Commands each account takes: it is opened, then deposited into, then a new one starts,
 /// so that every load replays a short history whatever the run's length.
 const COMMANDS_PER_ACCOUNT: u64 = 20;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum AccountEvent {
-    Opened { owner: String },
-    Deposited { amount: u64 },
+/// The bank account of the toolkit's guide (docs/guide.md).
+#[allow(dead_code)] // the bench opens and deposits; the guide's other commands go unused
+mod account {
+    include!("../../annal-cqrs/guide/account.rs");
 }
-
-impl Event for AccountEvent {}
-
-#[derive(Default)]
-pub struct Account {
-    open: bool,
-    balance: u64,
-}
-
-pub enum Command {
-    Open,
-    Deposit(u64),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    #[error("the account is not open")]
-    NotOpen,
-}
-
-pub struct BankAccount;
-
-impl Decider for BankAccount {
-    const CATEGORY: &'static str = "w8";
-    type State = Account;
-    type Command = Command;
-    type Event = AccountEvent;
-    type Error = Refused;
-
-    fn decide(s: &Account, c: &Command) -> Result<Vec<AccountEvent>, Refused> {
-        match c {
-            Command::Open if s.open => Ok(vec![]),
-            Command::Open => Ok(vec![AccountEvent::Opened {
-                owner: "bench".into(),
-            }]),
-            Command::Deposit(_) if !s.open => Err(Refused::NotOpen),
-            Command::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount: *amount }]),
-        }
-    }
-
-    fn evolve(mut s: Account, e: &AccountEvent) -> Account {
-        match e {
-            AccountEvent::Opened { .. } => s.open = true,
-            AccountEvent::Deposited { amount } => s.balance += amount,
-        }
-        s
-    }
-}
+use account::{Account, AccountEvent, BankAccount, Command};
 
 /// The `i`-th command of a handler: which account, and what.
 fn nth(tag: &str, handler: usize, i: u64) -> (String, Command) {
     let account = format!("{tag}-{handler}-{}", i / COMMANDS_PER_ACCOUNT);
     let command = match i % COMMANDS_PER_ACCOUNT {
-        0 => Command::Open,
-        k => Command::Deposit(k),
+        0 => Command::Open {
+            owner: "bench".into(),
+        },
+        k => Command::Deposit { amount: k },
     };
     (account, command)
 }
@@ -181,18 +135,6 @@ pub async fn postgres(
     per_second(tasks, start).await
 }
 
-/// The commands the handler tasks ran, per second since `start`.
-async fn per_second(
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
-    start: Instant,
-) -> anyhow::Result<f64> {
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
-}
-
 /// An account's state and last revision, folded from PostgreSQL.
 async fn fold(
     client: &tokio_postgres::Client,
@@ -294,7 +236,7 @@ pub async fn hydrate_postgres(
         let (state, revision) = fold(&client, &load, account).await?;
         times.push(start.elapsed());
         anyhow::ensure!(
-            state.open && state.balance > 0 && revision == Some(events as i64 - 1),
+            state.owner.is_some() && state.balance > 0 && revision == Some(events as i64 - 1),
             "folded to revision {revision:?}"
         );
     }

@@ -58,11 +58,7 @@ pub async fn appends(
             Ok::<u64, anyhow::Error>(n)
         }));
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    crate::per_second(tasks, start).await
 }
 
 /// Fills a store with `events` events spread over `streams` streams, in batches of 100.

@@ -150,6 +150,18 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
+/// What tasks that each return a count did, per second since `start`.
+pub(crate) async fn per_second(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    start: std::time::Instant,
+) -> anyhow::Result<f64> {
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 fn row(workload: &str, unit: &str, annal: Option<f64>, peer: Option<f64>, higher: bool) -> Row {
     Row {
         workload: workload.into(),

@@ -150,11 +150,7 @@ where
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..clients).map(|c| tokio::spawn(f(c, deadline))).collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    crate::per_second(tasks, start).await
 }
 
 /// W1/W2 against Annal: each client on its own 8 streams, expected revision on every append;

@@ -186,11 +186,7 @@ pub async fn appends(
             Ok::<u64, anyhow::Error>(n)
         }));
     }
-    let mut total = 0;
-    for t in tasks {
-        total += t.await??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    crate::per_second(tasks, start).await
 }
 
 const PAYLOAD_SQL: &str = "('{\"account\":\"acc-' || lpad((g % 100000)::text, 8, '0') || '\",\"amount\":' || ((g * 7919) % 100000) || ',\"currency\":\"EUR\",\"reference\":\"invoice ' || g || ' for services rendered\",\"note\":\"' || repeat('x', 120) || '\"}')::jsonb";

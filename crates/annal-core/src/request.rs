@@ -210,6 +210,28 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// The plainest source that selects the same events: the whole log when no filter is
+    /// given, a category, event types or a query when only it is, else the selection.
+    pub fn into_source(self) -> Source {
+        match (self.category, self.stream_prefix, self.query) {
+            (None, None, None) => Source::All,
+            (Some(c), None, None) => Source::Category(c),
+            (None, None, Some(mut q))
+                if q.items.len() == 1
+                    && q.items[0].tags.is_empty()
+                    && !q.items[0].types.is_empty() =>
+            {
+                Source::EventTypes(q.items.remove(0).types)
+            }
+            (None, None, Some(q)) => Source::Query(q),
+            (category, stream_prefix, query) => Source::Select(Selection {
+                category,
+                stream_prefix,
+                query,
+            }),
+        }
+    }
+
     /// True when an event of this stream, type and tags passes every filter.
     pub fn matches<T: AsRef<str>>(&self, stream_id: &str, event_type: &str, tags: &[T]) -> bool {
         let in_stream = !stream_id.is_empty();

@@ -311,18 +311,6 @@ impl FilterParams {
         let types = split_list(&self.types);
         let tags = split_list(&self.tags);
         let by_type = !types.is_empty() || !tags.is_empty();
-        let audit = match (&self.correlation, &self.actor) {
-            (None, None) => None,
-            (Some(c), None) => Some(Source::Correlation(
-                // Only the hyphenated form, as the parameter's pattern says.
-                c.parse()
-                    .ok()
-                    .filter(|_| c.len() == 36)
-                    .ok_or_else(|| Error::invalid("correlation", format!("'{c}' is not a UUID")))?,
-            )),
-            (None, Some(a)) => Some(Source::Actor(a.clone())),
-            (Some(_), Some(_)) => None,
-        };
         let combining = self.category.is_some() || self.prefix.is_some() || by_type;
         let alone = [
             self.stream.is_some(),
@@ -335,26 +323,24 @@ impl FilterParams {
                 "give stream, correlation or actor alone, or any of category, prefix and types/tags",
             ));
         }
-        if let Some(source) = audit {
-            return Ok(source);
-        }
         if let Some(s) = &self.stream {
             return Ok(Source::Stream(s.clone()));
         }
-        let query = by_type.then(|| Query::item(QueryItem { types, tags }));
-        Ok(match (&self.category, &self.prefix, query) {
-            (None, None, None) => Source::All,
-            (Some(c), None, None) => Source::Category(c.clone()),
-            (None, None, Some(q)) if q.items[0].tags.is_empty() => {
-                Source::EventTypes(q.items[0].types.clone())
-            }
-            (None, None, Some(q)) => Source::Query(q),
-            (category, prefix, query) => Source::Select(annal_core::Selection {
-                category: category.clone(),
-                stream_prefix: prefix.clone(),
-                query,
-            }),
-        })
+        if let Some(c) = &self.correlation {
+            // Only the hyphenated form, as the parameter's pattern says.
+            return crate::json::hyphenated_uuid(c)
+                .map(Source::Correlation)
+                .ok_or_else(|| Error::invalid("correlation", format!("'{c}' is not a UUID")));
+        }
+        if let Some(a) = &self.actor {
+            return Ok(Source::Actor(a.clone()));
+        }
+        Ok(annal_core::Selection {
+            category: self.category.clone(),
+            stream_prefix: self.prefix.clone(),
+            query: by_type.then(|| Query::item(QueryItem { types, tags })),
+        }
+        .into_source())
     }
 }
 

@@ -689,6 +689,12 @@ impl From<AppendResult> for AppendResultJson {
     }
 }
 
+/// A UUID in its hyphenated text form (`0195f3a4-0000-7000-8000-0000000000aa`) only, as the
+/// API's schemas give it; `None` for anything else.
+pub fn hyphenated_uuid(text: &str) -> Option<Uuid> {
+    text.parse().ok().filter(|_| text.len() == 36)
+}
+
 /// A UUID in its text form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UuidText(pub Uuid);
@@ -697,15 +703,11 @@ impl<'de> Deserialize<'de> for UuidText {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         // Only the hyphenated form, as the schema says.
-        text.parse()
-            .ok()
-            .filter(|_| text.len() == 36)
-            .map(UuidText)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "'{text}' is not a UUID like 0195f3a4-0000-7000-8000-0000000000aa"
-                ))
-            })
+        hyphenated_uuid(&text).map(UuidText).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "'{text}' is not a UUID like 0195f3a4-0000-7000-8000-0000000000aa"
+            ))
+        })
     }
 }
 

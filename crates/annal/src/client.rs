@@ -310,25 +310,17 @@ impl FilterArgs {
             }
             return Ok(Source::Stream(s));
         }
-        let query = by_type.then(|| {
-            Query::item(QueryItem {
-                types: self.types,
-                tags: self.tags,
-            })
-        });
-        Ok(match (self.category, self.prefix, query) {
-            (None, None, None) => Source::All,
-            (Some(c), None, None) => Source::Category(c),
-            (None, None, Some(q)) if q.items[0].tags.is_empty() => {
-                Source::EventTypes(q.items[0].types.clone())
-            }
-            (None, None, Some(q)) => Source::Query(q),
-            (category, stream_prefix, query) => Source::Select(annal_core::Selection {
-                category,
-                stream_prefix,
-                query,
+        Ok(annal_core::Selection {
+            category: self.category,
+            stream_prefix: self.prefix,
+            query: by_type.then(|| {
+                Query::item(QueryItem {
+                    types: self.types,
+                    tags: self.tags,
+                })
             }),
-        })
+        }
+        .into_source())
     }
 }
 
