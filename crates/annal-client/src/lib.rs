@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use annal_core::{
     AppendRequest, AppendResult, CategoryInfo, Error, EventStore, EventStream, ListCategories,
-    ListStreams, ReadRequest, RecordedEvent, Result, StreamInfo, SubscribeRequest,
-    SubscriptionItem, SubscriptionStream, Timestamp,
+    ListStreams, NewSnapshot, ReadRequest, RecordedEvent, Result, Snapshot, StreamInfo,
+    SubscribeRequest, SubscriptionItem, SubscriptionStream, Timestamp,
 };
 use annal_proto as pb;
 use futures_core::Stream;
@@ -408,6 +408,44 @@ impl EventStore for Client {
 
     async fn head(&self) -> Result<Option<u64>> {
         Ok(self.server_info().await?.head)
+    }
+
+    async fn put_snapshot(&self, snapshot: NewSnapshot) -> Result<()> {
+        self.grpc
+            .clone()
+            .put_snapshot(self.request(pb::PutSnapshotRequest::from(snapshot)))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(())
+    }
+
+    async fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> Result<Option<Snapshot>> {
+        let r = self
+            .grpc
+            .clone()
+            .get_snapshot(self.request(pb::GetSnapshotRequest {
+                stream_id: stream_id.to_string(),
+                at_or_before,
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().snapshot.map(Into::into))
+    }
+
+    async fn delete_snapshots(&self, stream_id: &str) -> Result<u64> {
+        let r = self
+            .grpc
+            .clone()
+            .delete_snapshots(self.request(pb::DeleteSnapshotsRequest {
+                stream_id: stream_id.to_string(),
+            }))
+            .await
+            .map_err(|s| pb::error_from_status(&s))?;
+        Ok(r.into_inner().deleted)
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod event;
 mod query;
 mod request;
+mod snapshot;
 mod store;
 mod text;
 mod time;
@@ -28,6 +29,7 @@ pub use request::{
     ListCategories, ListStreams, ReadRequest, Selection, Source, StreamAppend, StreamAppendResult,
     StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionItem, NO_STREAM,
 };
+pub use snapshot::{keep_snapshot, latest_snapshot, NewSnapshot, Snapshot, SNAPSHOTS_PER_STREAM};
 pub use store::{next_item, EventStore, EventStoreExt, EventStream, SubscriptionStream};
 pub use text::{Text, TextCache};
 pub use time::{Timestamp, TimestampError};

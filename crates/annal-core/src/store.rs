@@ -4,8 +4,9 @@ use std::pin::Pin;
 use futures_core::Stream;
 
 use crate::{
-    AppendRequest, AppendResult, CategoryInfo, ListCategories, ListStreams, ReadRequest,
-    RecordedEvent, Result, StreamInfo, SubscribeRequest, SubscriptionItem, Timestamp,
+    AppendRequest, AppendResult, CategoryInfo, ListCategories, ListStreams, NewSnapshot,
+    ReadRequest, RecordedEvent, Result, Snapshot, StreamInfo, SubscribeRequest, SubscriptionItem,
+    Timestamp,
 };
 
 /// Events of a read, in order, fetched lazily, with the head of the log the read was served
@@ -90,6 +91,24 @@ pub trait EventStore: Send + Sync {
 
     /// The log's last position; `None` when the store is empty.
     fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send;
+
+    /// Keeps a snapshot of a stream at one of its revisions (replacing one of the same
+    /// revision), durably before it returns. Of a stream's snapshots the store keeps the
+    /// [`SNAPSHOTS_PER_STREAM`](crate::SNAPSHOTS_PER_STREAM) of highest revision. Its data
+    /// is bounded as an event's is; the stream must have reached its revision.
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> impl Future<Output = Result<()>> + Send;
+
+    /// The stream's snapshot of the highest revision at or before `at_or_before` (`None`:
+    /// the latest); `None` when it has none.
+    fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+
+    /// Deletes every snapshot of a stream, durably before it returns; returns how many there
+    /// were.
+    fn delete_snapshots(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// A shared store is a store: code written against [`EventStore`] takes an `Arc` of the
@@ -137,6 +156,22 @@ impl<T: EventStore> EventStore for std::sync::Arc<T> {
 
     fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send {
         (**self).head()
+    }
+
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> impl Future<Output = Result<()>> + Send {
+        (**self).put_snapshot(snapshot)
+    }
+
+    fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
+        (**self).get_snapshot(stream_id, at_or_before)
+    }
+
+    fn delete_snapshots(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send {
+        (**self).delete_snapshots(stream_id)
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use crate::{
-    AppendRequest, Error, ExpectedRevision, Query, ReadRequest, Result, Source, SubscribeFrom,
-    SubscribeRequest,
+    AppendRequest, Error, ExpectedRevision, NewSnapshot, Query, ReadRequest, Result, Source,
+    SubscribeFrom, SubscribeRequest,
 };
 
 /// Longest stream id, in bytes.
@@ -62,6 +62,39 @@ fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
 /// A stream id: 1 to 512 bytes of UTF-8 with no control characters.
 pub fn stream_id(id: &str) -> Result<()> {
     check_name("stream id", id, MAX_STREAM_ID_LEN)
+}
+
+/// A snapshot to put: a valid stream id and data of at most `max_size` bytes (a store bounds
+/// a snapshot as it bounds an event).
+pub fn snapshot(s: &NewSnapshot, max_size: usize) -> Result<()> {
+    stream_id(&s.stream_id)?;
+    if s.data.len() > max_size {
+        return Err(Error::TooLarge {
+            what: format!("the snapshot of stream '{}'", s.stream_id),
+            size: s.data.len(),
+            limit: max_size,
+        });
+    }
+    Ok(())
+}
+
+/// A snapshot's revision against its stream's last revision (`None`: the stream has no
+/// event): a snapshot is of a state the stream has reached.
+pub fn snapshot_revision(s: &NewSnapshot, last: Option<u64>) -> Result<()> {
+    match last {
+        None => Err(Error::NotFound(format!(
+            "stream '{}' has no event to take a snapshot of",
+            s.stream_id
+        ))),
+        Some(last) if s.revision > last => Err(Error::invalid(
+            "snapshot revision",
+            format!(
+                "is {}, but stream '{}' is at revision {last}",
+                s.revision, s.stream_id
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// An event type: 1 to 256 bytes, no control characters.

@@ -11,12 +11,13 @@ use crate::checkpoint::{load_heads, Manifest};
 use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
-use crate::layout::{heads_path, run_path, segments_dir};
+use crate::layout::{heads_path, run_path, segments_dir, snapshot_file_path, snapshots_dir};
 use crate::log::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::log::{
     header_mismatches, intact_record_after, read_header, segment_files, tail_after, Next, Segment,
     SeqReader, Tail,
 };
+use crate::snapshots::file as snapfile;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -26,6 +27,8 @@ pub struct CheckReport {
     pub streams: u64,
     pub bytes: u64,
     pub index_entries: u64,
+    /// Snapshots kept.
+    pub snapshots: u64,
     /// Damage: the store is not what it should be.
     pub problems: Vec<String>,
     /// Findings that the next open repairs by itself (a torn tail).
@@ -282,6 +285,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     }
     progress(total, total);
     report.streams = revisions.len() as u64;
+    check_snapshots(&fs, dir, &revisions, &mut report)?;
     if let Some(m) = manifest {
         check_checkpoint(
             &fs,
@@ -294,6 +298,103 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
         );
     }
     Ok(report)
+}
+
+/// Verifies the snapshot file: its header, every record's frame and checksum, and that each
+/// kept snapshot is of a revision its stream has reached.
+fn check_snapshots(
+    fs: &dyn Fs,
+    dir: &Path,
+    revisions: &HashMap<String, u64>,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let (newest, stale) = crate::snapshots::files(fs, dir)?;
+    for name in stale {
+        report.notes.push(format!(
+            "{}: left by an interrupted snapshot compaction; removed on the next open",
+            snapshots_dir(dir).join(name).display()
+        ));
+    }
+    let Some(id) = newest else {
+        return Ok(());
+    };
+    let path = snapshot_file_path(dir, id);
+    let shown = path.display();
+    let file = fs
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {shown}"), e))?;
+    let len = file
+        .len()
+        .map_err(|e| Error::io(format!("reading {shown}"), e))?;
+    let mut header = [0u8; snapfile::HEADER_LEN as usize];
+    if len < snapfile::HEADER_LEN || file.read_exact_at(&mut header, 0).is_err() {
+        report
+            .problems
+            .push(format!("{shown}: shorter than its header"));
+        return Ok(());
+    }
+    if let Err(version) = snapfile::check_header(&header) {
+        report.problems.push(match version {
+            Some(v) => format!(
+                "{shown}: snapshot file version {v}, but this build reads version {}",
+                snapfile::VERSION
+            ),
+            None => format!("{shown}: not a snapshot file header"),
+        });
+        return Ok(());
+    }
+    let mut table = crate::snapshots::Table::default();
+    let mut offset = snapfile::HEADER_LEN;
+    while offset < len {
+        match snapfile::read_record(&*file, offset, len) {
+            Ok((snapfile::Record::Put(s), n)) => {
+                let kept = crate::snapshots::Kept {
+                    revision: s.revision,
+                    offset,
+                    len: n,
+                };
+                table.put(&s.stream_id, kept);
+                offset += n;
+            }
+            Ok((snapfile::Record::Delete(stream), n)) => {
+                table.delete(&stream, n);
+                offset += n;
+            }
+            Err(snapfile::Bad::Torn(problem)) => {
+                report.notes.push(format!(
+                    "{shown} at offset {offset}: {problem}; the {} bytes from there are cut off on the next open",
+                    len - offset
+                ));
+                break;
+            }
+            Err(snapfile::Bad::Malformed) => {
+                report.problems.push(format!(
+                    "{shown} at offset {offset}: a snapshot record with a valid checksum that makes no sense"
+                ));
+                break;
+            }
+            Err(snapfile::Bad::Io(e)) => return Err(Error::io(format!("reading {shown}"), e)),
+        }
+    }
+    report.snapshots = table.count() as u64;
+    let mut streams: Vec<_> = table.streams.iter().collect();
+    streams.sort_by(|a, b| a.0.cmp(b.0));
+    for (stream, list) in streams {
+        let Some(last) = list.last() else { continue };
+        match revisions.get(&**stream) {
+            None => report.problems.push(format!(
+                "a snapshot of stream '{stream}' at revision {}, but the stream has no event",
+                last.revision
+            )),
+            Some(&next) if last.revision >= next => report.problems.push(format!(
+                "a snapshot of stream '{stream}' at revision {}, but the stream ends at revision {}",
+                last.revision,
+                next - 1
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_checkpoint(

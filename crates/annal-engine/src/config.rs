@@ -27,6 +27,10 @@ pub struct Config {
     /// segment, so that a sync writes only the records (not the file's new length and
     /// blocks); 0 turns preallocation off.
     pub preallocate: u64,
+    /// The snapshot file is rewritten with only the snapshots kept once the records of
+    /// snapshots no longer kept (replaced, dropped or deleted) pass this many bytes and
+    /// outweigh the kept ones.
+    pub snapshot_compact_after: u64,
     /// The file system (the real one unless a test supplies another).
     pub fs: Arc<dyn Fs>,
 }
@@ -40,6 +44,7 @@ impl Default for Config {
             checkpoint_entries: 1 << 20,
             queue_depth: 4096,
             preallocate: 8 << 20,
+            snapshot_compact_after: 16 << 20,
             fs: Arc::new(StdFs),
         }
     }
@@ -71,6 +76,11 @@ impl Config {
     /// Bytes of zeros kept ahead of the log (0: off).
     pub fn preallocate(mut self, bytes: u64) -> Self {
         self.preallocate = bytes;
+        self
+    }
+    /// Dead snapshot bytes that make the snapshot file due for compaction.
+    pub fn snapshot_compact_after(mut self, bytes: u64) -> Self {
+        self.snapshot_compact_after = bytes;
         self
     }
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {

@@ -10,6 +10,10 @@
 //!                                the log, one file per segment, named by its first
 //!                                position (log/format.rs)
 //!   index/run-<id, 16 hex>.idx   index runs (index/run/)
+//!   snapshots/<id, 16 hex>.snapshots
+//!                                the kept snapshots (snapshots/file.rs), created at the
+//!                                first put; a compaction writes the next id
+//!   snapshots/<id>.snapshots.tmp a snapshot file being written, renamed into place
 //! ```
 //!
 //! Runs and heads snapshots share one sequence of ids (the manifest's next file id), so a
@@ -22,6 +26,9 @@ const INDEX: &str = "index";
 const LOCK: &str = "LOCK";
 const MANIFEST: &str = "manifest";
 const MANIFEST_TMP: &str = "manifest.tmp";
+const SNAPSHOTS: &str = "snapshots";
+const SNAPSHOT_SUFFIX: &str = ".snapshots";
+const TMP_SUFFIX: &str = ".tmp";
 
 /// `segments/` below the store folder.
 pub fn segments_dir(dir: &Path) -> PathBuf {
@@ -31,6 +38,31 @@ pub fn segments_dir(dir: &Path) -> PathBuf {
 /// `index/` below the store folder.
 pub fn index_dir(dir: &Path) -> PathBuf {
     dir.join(INDEX)
+}
+
+/// `snapshots/` below the store folder.
+pub fn snapshots_dir(dir: &Path) -> PathBuf {
+    dir.join(SNAPSHOTS)
+}
+
+pub fn snapshot_file_path(dir: &Path, id: u64) -> PathBuf {
+    snapshots_dir(dir).join(format!("{id:016x}{SNAPSHOT_SUFFIX}"))
+}
+
+/// Where a snapshot file is written before it is renamed into place.
+pub fn snapshot_tmp_path(dir: &Path, id: u64) -> PathBuf {
+    snapshots_dir(dir).join(format!("{id:016x}{SNAPSHOT_SUFFIX}{TMP_SUFFIX}"))
+}
+
+/// The id of a snapshot file's name; `None` for any other name.
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    parse_id(name, "", SNAPSHOT_SUFFIX)
+}
+
+/// True for a snapshot file that was being written when the store stopped.
+pub fn is_snapshot_tmp(name: &str) -> bool {
+    name.strip_suffix(TMP_SUFFIX)
+        .is_some_and(|n| parse_snapshot_file_name(n).is_some())
 }
 
 pub fn lock_path(dir: &Path) -> PathBuf {
@@ -109,6 +141,12 @@ mod tests {
             assert_eq!(parse_segment_name(&segment_name(n)), Some(n));
             assert_eq!(parse_run_name(&run_name(n)), Some(n));
             assert_eq!(parse_heads_name(&heads_name(n)), Some(n));
+            let file = snapshot_file_path(Path::new("/s"), n);
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert_eq!(parse_snapshot_file_name(name), Some(n));
+            let tmp = snapshot_tmp_path(Path::new("/s"), n);
+            assert!(is_snapshot_tmp(tmp.file_name().unwrap().to_str().unwrap()));
+            assert!(!is_snapshot_tmp(name));
         }
         for other in [
             "1.seg",
@@ -121,6 +159,7 @@ mod tests {
             assert_eq!(parse_segment_name(other), None, "{other}");
             assert_eq!(parse_run_name(other), None, "{other}");
             assert_eq!(parse_heads_name(other), None, "{other}");
+            assert_eq!(parse_snapshot_file_name(other), None, "{other}");
         }
     }
 }

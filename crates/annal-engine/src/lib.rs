@@ -18,6 +18,7 @@ mod log;
 mod read;
 mod recovery;
 mod shared;
+mod snapshots;
 mod store;
 mod threads;
 mod write;

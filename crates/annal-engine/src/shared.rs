@@ -16,6 +16,7 @@ use crate::heads::Heads;
 use crate::index::{fixed_key, Index, KIND_TIME};
 use crate::io::Fs;
 use crate::log::Log;
+use crate::snapshots::Snapshots;
 
 /// State shared by the writer thread, readers and subscriptions.
 pub(crate) struct Shared {
@@ -25,6 +26,7 @@ pub(crate) struct Shared {
     pub log: Log,
     pub index: Index,
     pub heads: RwLock<Heads>,
+    pub snapshots: Snapshots,
     /// Events below this position are durable and visible.
     pub next_position: AtomicU64,
     pub head_tx: watch::Sender<u64>,
@@ -62,6 +64,7 @@ impl Shared {
             log,
             index,
             heads: RwLock::new(heads),
+            snapshots: Snapshots::default(),
             next_position: AtomicU64::new(next_position),
             head_tx,
             closed: AtomicBool::new(false),

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use annal_core::{
     validate, AppendRequest, AppendResult, CategoryInfo, Direction, Error, EventStore, EventStream,
-    ListCategories, ListStreams, ReadRequest, RecordedEvent, Result, Source, StreamInfo,
-    SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
+    ListCategories, ListStreams, NewSnapshot, ReadRequest, RecordedEvent, Result, Snapshot, Source,
+    StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionStream, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +21,7 @@ use crate::log::Log;
 use crate::read::{Cursor, ReadStream, Subscription};
 use crate::recovery::recover;
 use crate::shared::Shared;
+use crate::snapshots::keeper::SnapshotCommand;
 use crate::threads::{Start, Threads};
 use crate::write::writer::Tail;
 use crate::write::{Checked, Command};
@@ -95,6 +96,7 @@ impl Store {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = lock(fs.as_ref(), &dir)?;
         let rec = recover(fs.as_ref(), &dir)?;
+        let snapshots = crate::snapshots::open(fs.as_ref(), &dir)?;
         let index = Index::default();
         {
             let mut s = index.state.write().unwrap_or_else(|e| e.into_inner());
@@ -114,6 +116,7 @@ impl Store {
                 last_ts: rec.last_recorded_at,
             },
             manifest: rec.manifest,
+            snapshot_end: snapshots.end,
         };
         let shared = Arc::new(Shared::new(
             dir,
@@ -124,6 +127,7 @@ impl Store {
             rec.next_position,
             rec.log_end,
         ));
+        *shared.snapshots.write() = snapshots.table;
         let threads = Threads::start(&shared, start)?;
         Ok(Store {
             shared,
@@ -168,6 +172,72 @@ impl Store {
             .queue()
             .cloned()
             .ok_or(Error::Closed)
+    }
+
+    fn snapshot_sender(&self) -> Result<mpsc::Sender<SnapshotCommand>> {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot_queue()
+            .cloned()
+            .ok_or(Error::Closed)
+    }
+
+    /// Checks a snapshot put before it is queued: its stream has reached its revision (the
+    /// heads hold only what is durable, so that stays true).
+    fn check_snapshot(&self, snapshot: &NewSnapshot) -> Result<()> {
+        validate::snapshot(snapshot, self.shared.config.max_event_size)?;
+        let last = self
+            .shared
+            .heads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .info(&snapshot.stream_id)
+            .map(|i| i.revision);
+        validate::snapshot_revision(snapshot, last)?;
+        self.shared.check_poison()
+    }
+
+    /// Checks a delete of a stream's snapshots; false when the stream has none, so that
+    /// there is nothing to write (a put that was answered is in the table already).
+    fn check_delete(&self, stream_id: &str) -> Result<bool> {
+        validate::stream_id(stream_id)?;
+        self.shared.check_poison()?;
+        Ok(self.shared.snapshots.read().streams.contains_key(stream_id))
+    }
+
+    /// Keeps a snapshot, from synchronous code (see [`EventStore::put_snapshot`]). Must not
+    /// be called from inside an async runtime.
+    pub fn put_snapshot_blocking(&self, snapshot: NewSnapshot) -> Result<()> {
+        self.check_snapshot(&snapshot)?;
+        let (reply, rx) = oneshot::channel();
+        self.snapshot_sender()?
+            .blocking_send(SnapshotCommand::Put(snapshot, reply))
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.blocking_recv().map_err(|_| self.shared.lost_answer())?
+    }
+
+    /// Deletes a stream's snapshots, from synchronous code (see
+    /// [`EventStore::delete_snapshots`]). Must not be called from inside an async runtime.
+    pub fn delete_snapshots_blocking(&self, stream_id: &str) -> Result<u64> {
+        if !self.check_delete(stream_id)? {
+            return Ok(0);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.snapshot_sender()?
+            .blocking_send(SnapshotCommand::Delete(stream_id.to_string(), reply))
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.blocking_recv().map_err(|_| self.shared.lost_answer())?
+    }
+
+    /// A stream's snapshot (see [`EventStore::get_snapshot`]), on the caller's thread.
+    pub fn get_snapshot_now(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> Result<Option<Snapshot>> {
+        validate::stream_id(stream_id)?;
+        self.shared.snapshots.get(stream_id, at_or_before)
     }
 
     fn check_append(&self, request: &AppendRequest) -> Result<()> {
@@ -465,5 +535,35 @@ impl EventStore for Store {
 
     async fn head(&self) -> Result<Option<u64>> {
         Ok(self.shared.head())
+    }
+
+    async fn put_snapshot(&self, snapshot: NewSnapshot) -> Result<()> {
+        self.check_snapshot(&snapshot)?;
+        let (reply, rx) = oneshot::channel();
+        self.snapshot_sender()?
+            .send(SnapshotCommand::Put(snapshot, reply))
+            .await
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.await.map_err(|_| self.shared.lost_answer())?
+    }
+
+    async fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> Result<Option<Snapshot>> {
+        self.get_snapshot_now(stream_id, at_or_before)
+    }
+
+    async fn delete_snapshots(&self, stream_id: &str) -> Result<u64> {
+        if !self.check_delete(stream_id)? {
+            return Ok(0);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.snapshot_sender()?
+            .send(SnapshotCommand::Delete(stream_id.to_string(), reply))
+            .await
+            .map_err(|_| self.shared.lost_answer())?;
+        rx.await.map_err(|_| self.shared.lost_answer())?
     }
 }

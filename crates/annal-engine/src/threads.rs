@@ -7,6 +7,7 @@
 //! | `annal-syncer`    | `write/syncer.rs`         | the writer is gone                |
 //! | `annal-checkpoint`| `checkpoint/mod.rs`       | the syncer is gone (after the last checkpoint) |
 //! | `annal-prealloc`  | `write/prealloc.rs`       | told to, once the writer is gone  |
+//! | `annal-snapshots` | `snapshots/keeper.rs`     | the store drops its queue's sender |
 //!
 //! A panic in any of them poisons the store with the panic's message, as a failed fsync
 //! does: writes are refused with `Poisoned` until the store is reopened, and reads go on.
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{Checkpointer, Manifest};
 use crate::shared::Shared;
+use crate::snapshots::keeper::{Keeper, SnapshotCommand, QUEUE_DEPTH};
 use crate::write::prealloc::{filler, FillerStop};
 use crate::write::syncer::Syncer;
 use crate::write::writer::{Tail, Writer};
@@ -32,6 +34,8 @@ pub(crate) struct Start {
     pub tail: Tail,
     /// The checkpoint in force.
     pub manifest: Manifest,
+    /// Where the next snapshot record goes.
+    pub snapshot_end: u64,
 }
 
 /// Every engine thread, and the queue to the writer. Dropping it stops them: the queue's
@@ -42,6 +46,8 @@ pub(crate) struct Threads {
     syncer: Option<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
     filler: Option<(FillerStop, JoinHandle<()>)>,
+    snapshot_queue: Option<mpsc::Sender<SnapshotCommand>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 /// The message of a panic's payload.
@@ -83,6 +89,8 @@ impl Threads {
             syncer: None,
             checkpointer: None,
             filler: None,
+            snapshot_queue: None,
+            keeper: None,
         };
         let (queue, commands) = mpsc::channel(shared.config.queue_depth);
         let (to_syncer, groups) = std_mpsc::channel();
@@ -115,6 +123,11 @@ impl Threads {
         let writer = Writer::new(Arc::clone(shared), commands, to_syncer, start.tail, zeros);
         threads.writer = Some(spawn("writer", shared, move || writer.run())?);
         threads.queue = Some(queue);
+
+        let (snapshot_queue, snapshot_commands) = mpsc::channel(QUEUE_DEPTH);
+        let keeper = Keeper::new(Arc::clone(shared), snapshot_commands, start.snapshot_end);
+        threads.keeper = Some(spawn("snapshots", shared, move || keeper.run())?);
+        threads.snapshot_queue = Some(snapshot_queue);
         Ok(threads)
     }
 
@@ -129,12 +142,19 @@ impl Threads {
         self.queue.as_ref()
     }
 
-    /// Stops every thread, in order: the writer answers what is queued and stops, the syncer
-    /// commits what was written and hands out a last checkpoint, the checkpoint thread
-    /// writes it, and the filler stops last.
+    /// The snapshot keeper's queue; `None` once the store is closing.
+    pub fn snapshot_queue(&self) -> Option<&mpsc::Sender<SnapshotCommand>> {
+        self.snapshot_queue.as_ref()
+    }
+
+    /// Stops every thread, in order: the snapshot keeper and the writer answer what is
+    /// queued and stop, the syncer commits what was written and hands out a last
+    /// checkpoint, the checkpoint thread writes it, and the filler stops last.
     pub fn stop(&mut self) {
         self.queue = None;
+        self.snapshot_queue = None;
         for handle in [
+            self.keeper.take(),
             self.writer.take(),
             self.syncer.take(),
             self.checkpointer.take(),

@@ -1,7 +1,7 @@
 //! The embedded engine passes the same conformance suite as every backend, one test per
 //! check: with the default configuration, and with tiny segments and checkpoints after a
 //! few events, so that every check also runs across segment boundaries, index runs and
-//! merges.
+//! merges (and the snapshot file is compacted as soon as a record goes dead).
 
 use annal_engine::{Config, Store};
 
@@ -23,7 +23,8 @@ mod across_segments_and_runs {
         let config = Config::default()
             .segment_size(4096)
             .checkpoint_entries(64)
-            .max_append_size(64 * 1024 * 1024);
+            .max_append_size(64 * 1024 * 1024)
+            .snapshot_compact_after(64);
         (Store::open_with(dir.path(), config).unwrap(), dir)
     }
 

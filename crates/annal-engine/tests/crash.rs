@@ -692,3 +692,161 @@ fn zeros_where_the_last_unsynced_record_was_are_the_end_of_the_log() {
         "the bytes left of the lost record are gone"
     );
 }
+
+/// One step of the snapshot workload.
+#[derive(Clone, Debug)]
+enum SnapOp {
+    Append(String),
+    Put(String, u64, String),
+    Delete(String),
+}
+
+/// What a stream's snapshots should be: (revision, data) by revision.
+type Kept = HashMap<String, Vec<(u64, String)>>;
+
+fn apply(model: &mut Kept, op: &SnapOp) {
+    match op {
+        SnapOp::Append(_) => {}
+        SnapOp::Put(s, r, d) => {
+            let list = model.entry(s.clone()).or_default();
+            annal_core::keep_snapshot(list, (*r, d.clone()), |k| k.0);
+        }
+        SnapOp::Delete(s) => {
+            model.remove(s);
+        }
+    }
+}
+
+/// Appends, snapshot puts and deletes on three streams, until the store fails; returns the
+/// model of every acknowledged step and the step in flight when it failed.
+fn run_snapshot_workload(store: &Store) -> (Kept, Option<SnapOp>) {
+    let mut model = Kept::new();
+    let mut revisions: HashMap<String, u64> = HashMap::new();
+    for i in 0..30u64 {
+        let stream = format!("snap-{}", i % 3);
+        let mut ops = vec![SnapOp::Append(stream.clone())];
+        let rev = revisions.get(&stream).map_or(0, |r| r + 1);
+        ops.push(SnapOp::Put(
+            stream.clone(),
+            rev,
+            format!(
+                "{stream} at {rev} (step {i}) {}",
+                "x".repeat((i % 5 * 40) as usize)
+            ),
+        ));
+        if i % 7 == 6 {
+            ops.push(SnapOp::Delete(stream.clone()));
+        }
+        for op in ops {
+            let done =
+                match &op {
+                    SnapOp::Append(s) => store
+                        .append_blocking(AppendRequest::stream(
+                            s.clone(),
+                            ExpectedRevision::Any,
+                            vec![NewEvent::new("Counted", b"{}".to_vec())],
+                        ))
+                        .map(|_| ()),
+                    SnapOp::Put(s, r, d) => store.put_snapshot_blocking(
+                        annal_core::NewSnapshot::new(s.clone(), *r, 1, d.clone().into_bytes()),
+                    ),
+                    SnapOp::Delete(s) => store.delete_snapshots_blocking(s).map(|_| ()),
+                };
+            if done.is_err() {
+                return (model, Some(op));
+            }
+            if let SnapOp::Append(s) = &op {
+                revisions.insert(s.clone(), rev);
+            }
+            apply(&mut model, &op);
+        }
+    }
+    (model, None)
+}
+
+/// Every snapshot the store keeps for each of the workload's streams.
+fn kept_snapshots(store: &Store) -> Kept {
+    let mut out = Kept::new();
+    for k in 0..3 {
+        let stream = format!("snap-{k}");
+        let mut list = Vec::new();
+        let mut at = None;
+        while let Some(s) = store.get_snapshot_now(&stream, at).unwrap() {
+            list.push((s.revision, String::from_utf8(s.data.to_vec()).unwrap()));
+            let Some(before) = s.revision.checked_sub(1) else {
+                break;
+            };
+            at = Some(before);
+        }
+        list.reverse();
+        if !list.is_empty() {
+            out.insert(stream, list);
+        }
+    }
+    out
+}
+
+/// A power loss at every sync point of a run of snapshot puts and deletes (with the snapshot
+/// file compacted along the way): every acknowledged put is kept unless a later
+/// acknowledged step dropped it, every acknowledged delete stays done, and the step in
+/// flight is either done whole or not at all.
+#[test]
+fn power_loss_at_every_snapshot_sync_point() {
+    let config = |fs: &SimFs| sim_config_in_step(fs).snapshot_compact_after(512);
+    let fs = SimFs::new();
+    let store = Store::open_with("/db", config(&fs)).unwrap();
+    let (model, failed) = run_snapshot_workload(&store);
+    assert!(failed.is_none());
+    assert_eq!(kept_snapshots(&store), model);
+    drop(store);
+    let files = annal_engine::io::Fs::list(&fs, Path::new("/db/snapshots")).unwrap();
+    assert!(
+        files.len() == 1 && !files[0].starts_with("0000000000000001"),
+        "the workload compacts the snapshot file: {files:?}"
+    );
+    let total = fs.syncs();
+    let mut crashes = 0;
+    for k in 1..=total + 1 {
+        for torn in [None, Some(k * 104_729)] {
+            let fs = SimFs::new();
+            fs.crash_at_sync(k);
+            let (model, in_flight) = match Store::open_with("/db", config(&fs)) {
+                Ok(store) => run_snapshot_workload(&store),
+                Err(_) => (Kept::new(), None),
+            };
+            crashes += usize::from(fs.crashed());
+            let image = fs.crash_image(torn);
+            let store = Store::open_with("/db", config(&image))
+                .unwrap_or_else(|e| panic!("reopen after crash at sync {k} failed: {e}"));
+            let found = kept_snapshots(&store);
+            let mut with_step = model.clone();
+            if let Some(op) = &in_flight {
+                apply(&mut with_step, op);
+            }
+            assert!(
+                found == model || found == with_step,
+                "crash at sync {k} (torn {torn:?}), step in flight {in_flight:?}:\nfound {found:?}\nacknowledged {model:?}"
+            );
+            // The store takes snapshots again.
+            store
+                .append_blocking(AppendRequest::stream(
+                    "snap-0",
+                    ExpectedRevision::Any,
+                    vec![NewEvent::new("Counted", b"{}".to_vec())],
+                ))
+                .unwrap();
+            store
+                .put_snapshot_blocking(annal_core::NewSnapshot::new(
+                    "snap-0",
+                    0,
+                    1,
+                    b"again".to_vec(),
+                ))
+                .unwrap();
+        }
+    }
+    assert!(
+        crashes as u64 >= total,
+        "the runs crashed {crashes} times at {total} sync points, twice each"
+    );
+}

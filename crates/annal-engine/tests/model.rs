@@ -1,6 +1,7 @@
-//! Model-based test: random sequences of appends, retries, reopens and checkpoints run against
-//! the engine and against [`MemoryStore`], the reference model, and after every operation the
-//! two must agree on the outcome and on everything a reader can observe.
+//! Model-based test: random sequences of appends, retries, snapshot puts and deletes, reopens
+//! and checkpoints run against the engine and against [`MemoryStore`], the reference model,
+//! and after every operation the two must agree on the outcome and on everything a reader can
+//! observe.
 //!
 //! Segments are tiny and checkpoints frequent, so segments roll and index runs are written and
 //! merged while a sequence runs. The domains are small (four streams in two categories and events of no stream, three
@@ -114,6 +115,16 @@ enum Op {
     },
     /// Makes the engine write a checkpoint now.
     Checkpoint,
+    /// Keeps a snapshot of a stream at a revision (which it may not have reached).
+    Snapshot {
+        stream: usize,
+        revision: u64,
+        data: u8,
+    },
+    /// Deletes a stream's snapshots.
+    DeleteSnapshots {
+        stream: usize,
+    },
 }
 
 /// Parameters of the partial reads made after an operation.
@@ -223,6 +234,12 @@ impl fmt::Debug for Op {
             Op::Reopen => f.write_str("reopen"),
             Op::PowerLoss { seed } => write!(f, "power-loss {seed}"),
             Op::Checkpoint => f.write_str("checkpoint"),
+            Op::Snapshot {
+                stream,
+                revision,
+                data,
+            } => write!(f, "snapshot {}@{revision} ({data})", STREAMS[*stream]),
+            Op::DeleteSnapshots { stream } => write!(f, "delete snapshots {}", STREAMS[*stream]),
         }
     }
 }
@@ -336,6 +353,9 @@ fn step_strategy(extras: Extras) -> impl Strategy<Value = Step> {
         4 => Just(Op::Reopen),
         2 => Just(Op::Checkpoint),
         4 * u32::from(extras.power_loss) => power_loss,
+        4 => (0..STREAMS.len(), 0u64..12, any::<u8>())
+            .prop_map(|(stream, revision, data)| Op::Snapshot { stream, revision, data }),
+        1 => (0..STREAMS.len()).prop_map(|stream| Op::DeleteSnapshots { stream }),
     ];
     let probe =
         (0u64..64, proptest::option::of(0u64..6)).prop_map(|(from, limit)| Probe { from, limit });
@@ -601,6 +621,40 @@ impl Harness {
                     .checkpoint_blocking()
                     .map_err(|e| format!("checkpoint failed: {e:?}"))?;
             }
+            Op::Snapshot {
+                stream,
+                revision,
+                data,
+            } => {
+                let snapshot = annal_core::NewSnapshot::new(
+                    STREAMS[*stream],
+                    *revision,
+                    1 + u32::from(data % 2),
+                    format!("{{\"d\":{data}}}").into_bytes(),
+                );
+                trace.push(format!("snapshot {}@{revision}", STREAMS[*stream]));
+                let engine = self.engine();
+                let (e, m) = self.rt.block_on(async {
+                    (
+                        engine.put_snapshot(snapshot.clone()).await,
+                        self.model.put_snapshot(snapshot).await,
+                    )
+                });
+                trace.push(format!("  -> {e:?}"));
+                ensure_eq(&e, &m, "put_snapshot")?;
+            }
+            Op::DeleteSnapshots { stream } => {
+                trace.push(format!("delete snapshots of {}", STREAMS[*stream]));
+                let engine = self.engine();
+                let (e, m) = self.rt.block_on(async {
+                    (
+                        engine.delete_snapshots(STREAMS[*stream]).await,
+                        self.model.delete_snapshots(STREAMS[*stream]).await,
+                    )
+                });
+                trace.push(format!("  -> {e:?}"));
+                ensure_eq(&e, &m, "delete_snapshots")?;
+            }
         }
         // A forward scan of the whole log is by far the slowest read, so it is left out after
         // a step that changed nothing (a rejected or replayed append): the next step that
@@ -758,6 +812,20 @@ impl Harness {
             }
             for r in reads {
                 compare_read(engine, model, r).await?;
+            }
+
+            // Snapshots, as kept (when they were taken differs).
+            for s in STREAMS.iter().chain(&ABSENT_STREAMS) {
+                for at in [None, Some(rev), Some(rev + 3)] {
+                    let shown = |r: annal_core::Result<Option<annal_core::Snapshot>>| {
+                        r.map(|s| s.map(|s| (s.stream_id, s.revision, s.schema_version, s.data)))
+                    };
+                    ensure_eq(
+                        &shown(engine.get_snapshot(s, at).await),
+                        &shown(model.get_snapshot(s, at).await),
+                        &format!("get_snapshot({s}, {at:?})"),
+                    )?;
+                }
             }
 
             // Stream heads, listings and categories.

@@ -38,7 +38,7 @@ pub mod packed;
 pub const SERVICE: &str = "annal.v1.EventStore";
 
 /// The RPCs that change the store; every other RPC only reads.
-pub const WRITE_METHODS: &[&str] = &["Append"];
+pub const WRITE_METHODS: &[&str] = &["Append", "PutSnapshot", "DeleteSnapshots"];
 
 fn uuid_field(bytes: &[u8], field: impl FnOnce() -> String) -> Result<Uuid> {
     Uuid::from_slice(bytes).map_err(|_| {
@@ -491,6 +491,54 @@ impl From<CategoryInfo> for core::CategoryInfo {
             category: c.category,
             stream_count: c.stream_count,
             event_count: c.event_count,
+        }
+    }
+}
+
+// ---- snapshots ------------------------------------------------------------------------------
+
+impl From<core::NewSnapshot> for PutSnapshotRequest {
+    fn from(s: core::NewSnapshot) -> Self {
+        PutSnapshotRequest {
+            stream_id: s.stream_id,
+            revision: s.revision,
+            schema_version: s.schema_version,
+            data: s.data,
+        }
+    }
+}
+
+impl From<PutSnapshotRequest> for core::NewSnapshot {
+    fn from(s: PutSnapshotRequest) -> Self {
+        core::NewSnapshot {
+            stream_id: s.stream_id,
+            revision: s.revision,
+            schema_version: s.schema_version,
+            data: s.data,
+        }
+    }
+}
+
+impl From<core::Snapshot> for Snapshot {
+    fn from(s: core::Snapshot) -> Self {
+        Snapshot {
+            stream_id: s.stream_id,
+            revision: s.revision,
+            schema_version: s.schema_version,
+            data: s.data,
+            taken_at_us: s.taken_at.as_micros(),
+        }
+    }
+}
+
+impl From<Snapshot> for core::Snapshot {
+    fn from(s: Snapshot) -> Self {
+        core::Snapshot {
+            stream_id: s.stream_id,
+            revision: s.revision,
+            schema_version: s.schema_version,
+            data: s.data,
+            taken_at: Timestamp(s.taken_at_us),
         }
     }
 }

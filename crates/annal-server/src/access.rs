@@ -63,7 +63,7 @@ impl State {
         })?;
         if appends && access == Access::Read {
             return Err(Error::PermissionDenied(
-                "this token may read but not append".into(),
+                "this token may read but not write".into(),
             ));
         }
         Ok(access)

@@ -11,7 +11,8 @@ use std::pin::Pin;
 
 use annal_core::{
     AppendRequest, AppendResult, CategoryInfo, EventStore, EventStream, ListCategories,
-    ListStreams, ReadRequest, Result, StreamInfo, SubscribeRequest, SubscriptionStream, Timestamp,
+    ListStreams, NewSnapshot, ReadRequest, Result, Snapshot, StreamInfo, SubscribeRequest,
+    SubscriptionStream, Timestamp,
 };
 use annal_engine::{Store, StoredRead};
 
@@ -97,6 +98,19 @@ impl<S: EventStore> EventStore for Plain<S> {
     fn head(&self) -> impl Future<Output = Result<Option<u64>>> + Send {
         self.0.head()
     }
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> impl Future<Output = Result<()>> + Send {
+        self.0.put_snapshot(snapshot)
+    }
+    fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
+        self.0.get_snapshot(stream_id, at_or_before)
+    }
+    fn delete_snapshots(&self, stream_id: &str) -> impl Future<Output = Result<u64>> + Send {
+        self.0.delete_snapshots(stream_id)
+    }
 }
 
 impl<S: EventStore + 'static> Backend for Plain<S> {}
@@ -114,6 +128,13 @@ pub(crate) trait Served: Send + Sync {
     fn list_categories(&self, request: ListCategories) -> BoxFuture<'_, Result<Vec<CategoryInfo>>>;
     fn position_at(&self, at: Timestamp) -> BoxFuture<'_, Result<Option<u64>>>;
     fn head(&self) -> BoxFuture<'_, Result<Option<u64>>>;
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<()>>;
+    fn get_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+        at_or_before: Option<u64>,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>>>;
+    fn delete_snapshots<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64>>;
     fn health(&self) -> std::result::Result<(), String>;
     fn read_stored(&self, request: &ReadRequest) -> Option<Result<StoredRead>>;
 }
@@ -142,6 +163,19 @@ impl<S: Backend> Served for S {
     }
     fn head(&self) -> BoxFuture<'_, Result<Option<u64>>> {
         Box::pin(EventStore::head(self))
+    }
+    fn put_snapshot(&self, snapshot: NewSnapshot) -> BoxFuture<'_, Result<()>> {
+        Box::pin(EventStore::put_snapshot(self, snapshot))
+    }
+    fn get_snapshot<'a>(
+        &'a self,
+        stream_id: &'a str,
+        at_or_before: Option<u64>,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>>> {
+        Box::pin(EventStore::get_snapshot(self, stream_id, at_or_before))
+    }
+    fn delete_snapshots<'a>(&'a self, stream_id: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(EventStore::delete_snapshots(self, stream_id))
     }
     fn health(&self) -> std::result::Result<(), String> {
         Backend::health(self)

@@ -317,6 +317,47 @@ impl pb::event_store_server::EventStore for Grpc {
         Ok(Response::new(pb::PositionAtResponse { position }))
     }
 
+    async fn put_snapshot(
+        &self,
+        request: Request<pb::PutSnapshotRequest>,
+    ) -> Result<Response<pb::PutSnapshotResponse>, Status> {
+        self.state
+            .store
+            .put_snapshot(request.into_inner().into())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PutSnapshotResponse {}))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        let snapshot = self
+            .state
+            .store
+            .get_snapshot(&r.stream_id, r.at_or_before)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetSnapshotResponse {
+            snapshot: snapshot.map(Into::into),
+        }))
+    }
+
+    async fn delete_snapshots(
+        &self,
+        request: Request<pb::DeleteSnapshotsRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotsResponse>, Status> {
+        let deleted = self
+            .state
+            .store
+            .delete_snapshots(&request.into_inner().stream_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteSnapshotsResponse { deleted }))
+    }
+
     async fn server_info(
         &self,
         _request: Request<pb::ServerInfoRequest>,

@@ -711,6 +711,72 @@ async fn list_categories(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/streams/{stream_id}/snapshots", tag = "snapshots",
+    params(("stream_id" = String, Path, description = "The stream", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
+    request_body = NewSnapshotJson,
+    responses(
+        (status = 204, description = "Kept and durable"),
+        (status = 400, description = "Invalid snapshot, or a revision the stream has not reached", body = ErrorJson),
+        (status = 404, description = "The stream has no event", body = ErrorJson),
+        (status = 413, description = "Too large", body = ErrorJson),
+        (status = 503, description = "The store refuses writes", body = ErrorJson),
+    ))]
+async fn put_snapshot(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+    JsonBody(snapshot, _): JsonBody<NewSnapshotJson>,
+) -> Result<Response, ApiError> {
+    state
+        .store
+        .put_snapshot(snapshot.into_core(stream_id)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotParams {
+    /// The highest revision the snapshot may be of; absent: the latest.
+    #[serde(default)]
+    pub at_or_before: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/streams/{stream_id}/snapshots", tag = "snapshots",
+    params(("stream_id" = String, Path, description = "The stream", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"), SnapshotParams),
+    responses(
+        (status = 200, description = "The stream's snapshot of the highest revision at or before the one asked", body = SnapshotJson),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 404, description = "No such snapshot", body = ErrorJson),
+    ))]
+async fn get_snapshot(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+    Params(p): Params<SnapshotParams>,
+) -> Result<Response, ApiError> {
+    match state.store.get_snapshot(&stream_id, p.at_or_before).await? {
+        Some(s) => Ok(ok_json(&SnapshotJson::new(&s))),
+        None => Err(ApiError(Error::NotFound(match p.at_or_before {
+            Some(r) => format!("stream '{stream_id}' has no snapshot at or before revision {r}"),
+            None => format!("stream '{stream_id}' has no snapshot"),
+        }))),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/streams/{stream_id}/snapshots", tag = "snapshots",
+    params(("stream_id" = String, Path, description = "The stream", min_length = 1, max_length = 512, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")),
+    responses(
+        (status = 200, description = "Deleted and durable", body = DeletedJson),
+        (status = 400, description = "Invalid stream id", body = ErrorJson),
+        (status = 503, description = "The store refuses writes", body = ErrorJson),
+    ))]
+async fn delete_snapshots(
+    AxState(state): AxState<Arc<State>>,
+    StreamPath(stream_id): StreamPath,
+) -> Result<Response, ApiError> {
+    let deleted = state.store.delete_snapshots(&stream_id).await?;
+    Ok(ok_json(&DeletedJson { deleted }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TimeParams {
@@ -1023,9 +1089,13 @@ pub fn openapi_document() -> serde_json::Value {
                 let mut unauthorized = error_ref.clone();
                 unauthorized["description"] = "No valid bearer token (authentication is on)".into();
                 responses.entry("401").or_insert(unauthorized);
-                if method == "post" && (path == "/v1/append" || path == "/v1/streams/{stream_id}") {
+                let snapshots = path == "/v1/streams/{stream_id}/snapshots";
+                if (method == "post"
+                    && (path == "/v1/append" || path == "/v1/streams/{stream_id}" || snapshots))
+                    || (method == "delete" && snapshots)
+                {
                     let mut forbidden = error_ref.clone();
-                    forbidden["description"] = "The token may read but not append".into();
+                    forbidden["description"] = "The token may read but not write".into();
                     responses.entry("403").or_insert(forbidden);
                 }
             }
@@ -1088,7 +1158,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         paths(
             append_stream, append, stream_info, read_stream, read_events, read, list_streams,
             list_categories, position_at, info, subscribe_get, subscribe_post, health, ready,
-            metrics_text
+            metrics_text, put_snapshot, get_snapshot, delete_snapshots
         ),
         components(schemas(ErrorJson, ErrorBody)),
         modifiers(&BearerAuth),
@@ -1149,17 +1219,20 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
-/// True for the routes that append: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
-/// path segment; a `/` in a stream id travels as `%2F`) and the gRPC write methods.
+/// True for the routes that write: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
+/// path segment; a `/` in a stream id travels as `%2F`), `POST` and `DELETE` of
+/// `/v1/streams/{stream_id}/snapshots`, and the gRPC write methods.
 fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
     match grpc_method {
         Some(m) => annal_proto::WRITE_METHODS.contains(&m),
         None => {
-            method == Method::POST
-                && (path == "/v1/append"
-                    || path
-                        .strip_prefix("/v1/streams/")
-                        .is_some_and(|id| !id.is_empty() && !id.contains('/')))
+            let in_stream = path.strip_prefix("/v1/streams/");
+            let one_segment = |id: &str| !id.is_empty() && !id.contains('/');
+            (method == Method::POST && (path == "/v1/append" || in_stream.is_some_and(one_segment)))
+                || ((method == Method::POST || method == Method::DELETE)
+                    && in_stream
+                        .and_then(|p| p.strip_suffix("/snapshots"))
+                        .is_some_and(one_segment))
         }
     }
 }
@@ -1267,6 +1340,12 @@ pub(crate) fn router(state: Arc<State>) -> Router {
             get(stream_info).post(append_stream),
         )
         .route("/v1/streams/{stream_id}/events", get(read_stream))
+        .route(
+            "/v1/streams/{stream_id}/snapshots",
+            get(get_snapshot)
+                .post(put_snapshot)
+                .delete(delete_snapshots),
+        )
         .route("/v1/append", axum::routing::post(append))
         .route("/v1/events", get(read_events))
         .route("/v1/read", axum::routing::post(read))

@@ -347,10 +347,7 @@ impl<'a> EventJson<'a> {
         // Data that a JSON parser could not read whole is given as base64, so that one
         // event never breaks a page of them.
         let raw = if is_json(&e.content_type) {
-            std::str::from_utf8(&e.data)
-                .ok()
-                .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
-                .filter(|raw| trouble(raw.get()).is_none())
+            as_json(&e.data)
         } else {
             None
         };
@@ -369,6 +366,50 @@ impl<'a> EventJson<'a> {
             data_base64: raw.is_none().then(|| base64(&e.data)),
             data: raw,
         }
+    }
+}
+
+/// Bytes as JSON, when they are JSON that any parser reads whole.
+fn as_json(bytes: &[u8]) -> Option<&RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+        .filter(|raw| trouble(raw.get()).is_none())
+}
+
+/// The data of a request given as JSON (`data`) or base64 (`data_base64`), and whether it
+/// was JSON; `None` when neither is given. `field` names where they are in errors (empty at
+/// the top of the body).
+fn data_of(
+    json: Option<Box<RawValue>>,
+    b64: Option<String>,
+    field: &dyn Fn() -> String,
+) -> Result<Option<(annal_core::Bytes, bool)>, Error> {
+    let at = |name: &str| match field() {
+        f if f.is_empty() => name.to_string(),
+        f => format!("{f}.{name}"),
+    };
+    match (json, b64) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            match field() {
+                f if f.is_empty() => "body".to_string(),
+                f => f,
+            },
+            "has both data and data_base64; give one",
+        )),
+        (Some(raw), None) => {
+            if let Some(problem) = trouble(raw.get()) {
+                return Err(Error::invalid(at("data"), problem));
+            }
+            // The parser's own copy of the text becomes the data, not copied again.
+            let text: Box<str> = raw.into();
+            Ok(Some((String::from(text).into_bytes().into(), true)))
+        }
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map(|d| Some((d.into(), false)))
+            .map_err(|e| Error::invalid(at("data_base64"), format!("is not base64: {e}"))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -410,37 +451,10 @@ pub struct NewEventJson {
 impl NewEventJson {
     /// The core event; `field` names this event in errors (called only when there is one).
     pub fn into_core(self, field: impl Fn() -> String) -> Result<NewEvent, Error> {
-        let (data, default_type) = match (self.data, self.data_base64) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(
-                    field(),
-                    "has both data and data_base64; give one",
-                ))
-            }
-            (Some(raw), None) => {
-                if let Some(problem) = trouble(raw.get()) {
-                    return Err(Error::invalid(format!("{}.data", field()), problem));
-                }
-                // The parser's own copy of the text becomes the data, not copied again.
-                let text: Box<str> = raw.into();
-                (
-                    annal_core::Bytes::from(String::from(text).into_bytes()),
-                    annal_core::DEFAULT_CONTENT_TYPE,
-                )
-            }
-            (None, Some(b64)) => (
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| {
-                        Error::invalid(
-                            format!("{}.data_base64", field()),
-                            format!("is not base64: {e}"),
-                        )
-                    })?
-                    .into(),
-                "application/octet-stream",
-            ),
-            (None, None) => (annal_core::Bytes::new(), annal_core::DEFAULT_CONTENT_TYPE),
+        let (data, default_type) = match data_of(self.data, self.data_base64, &field)? {
+            Some((data, true)) => (data, annal_core::DEFAULT_CONTENT_TYPE),
+            Some((data, false)) => (data, "application/octet-stream"),
+            None => (annal_core::Bytes::new(), annal_core::DEFAULT_CONTENT_TYPE),
         };
         let content_type = self
             .content_type
@@ -1221,4 +1235,77 @@ mod tests {
         ));
         assert!(as_of("yesterday").is_err());
     }
+}
+
+/// A snapshot to keep (`POST /v1/streams/{stream_id}/snapshots`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSnapshotJson {
+    /// The revision of the last event the state folds in; the stream must have reached it.
+    pub revision: u64,
+    /// The version of the state's encoding; default 1.
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    /// The state as JSON; give this or `data_base64`, not both.
+    #[serde(default)]
+    #[schema(value_type = Option<Value>)]
+    pub data: Option<Box<RawValue>>,
+    /// The state, base64-encoded.
+    #[serde(default)]
+    #[schema(format = Byte)]
+    pub data_base64: Option<String>,
+}
+
+impl NewSnapshotJson {
+    pub fn into_core(self, stream_id: String) -> Result<annal_core::NewSnapshot, Error> {
+        let Some((data, _)) = data_of(self.data, self.data_base64, &|| String::new())? else {
+            return Err(Error::invalid("body", "has neither data nor data_base64"));
+        };
+        Ok(annal_core::NewSnapshot {
+            stream_id,
+            revision: self.revision,
+            schema_version: self.schema_version.unwrap_or(1),
+            data,
+        })
+    }
+}
+
+/// A kept snapshot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotJson<'a> {
+    pub stream_id: &'a str,
+    pub revision: u64,
+    pub schema_version: u32,
+    /// When the store took it, RFC 3339.
+    pub taken_at: String,
+    pub taken_at_us: i64,
+    /// The state, when it is JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    pub data: Option<&'a RawValue>,
+    /// The state, base64-encoded, when it is not JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl<'a> SnapshotJson<'a> {
+    pub fn new(s: &'a annal_core::Snapshot) -> Self {
+        let raw = as_json(&s.data);
+        SnapshotJson {
+            stream_id: &s.stream_id,
+            revision: s.revision,
+            schema_version: s.schema_version,
+            taken_at: s.taken_at.to_string(),
+            taken_at_us: s.taken_at.as_micros(),
+            data_base64: raw.is_none().then(|| base64(&s.data)),
+            data: raw,
+        }
+    }
+}
+
+/// What a delete of a stream's snapshots did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedJson {
+    /// How many snapshots there were.
+    pub deleted: u64,
 }

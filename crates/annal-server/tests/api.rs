@@ -657,6 +657,28 @@ async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.text());
+    // Snapshots: a read token gets them, but neither keeps nor deletes them.
+    let snapshot = r#"{"revision":0,"data":{"n":1}}"#;
+    for (method, body) in [("POST", snapshot), ("DELETE", "")] {
+        let r = http(
+            addr,
+            method,
+            "/v1/streams/s-1/snapshots",
+            &[("authorization", &bearer_read)],
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 403, "{method}: {}", r.text());
+    }
+    let r = http(
+        addr,
+        "GET",
+        "/v1/streams/s-1/snapshots",
+        &[("authorization", &bearer_read)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
     let r = http(addr, "GET", "/v1/info", &[], "").await;
     assert_eq!(r.status, 401, "reads need a token too");
     let r = http(
@@ -695,6 +717,14 @@ async fn auth_refuses_requests_without_a_valid_token_and_touches_nothing() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    let e = reader
+        .put_snapshot(annal_core::NewSnapshot::new("s-1", 0, 1, b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    let e = reader.delete_snapshots("s-1").await.unwrap_err();
+    assert!(matches!(e, Error::PermissionDenied(_)), "{e:?}");
+    assert_eq!(reader.get_snapshot("s-1", None).await.unwrap(), None);
     assert_eq!(
         reader.head().await.unwrap(),
         None,
@@ -1337,4 +1367,108 @@ async fn an_encrypted_tls_key_is_refused_saying_what_to_do_before_the_store_open
     assert!(text.contains("holds an encrypted private key"), "{text}");
     assert!(text.contains("openssl pkey"), "{text}");
     assert!(!dir.path().join("data").exists(), "no store was opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_keeps_gets_and_deletes_snapshots() {
+    let s = start_with(|_| {}).await;
+    let addr = s.addr();
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/account-9",
+        &[],
+        r#"{"events":[{"event_type":"Opened"},{"event_type":"Deposited"},{"event_type":"Deposited"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let put = |body: &'static str| http(addr, "POST", "/v1/streams/account-9/snapshots", &[], body);
+    let r = put(r#"{"revision":1,"schema_version":2,"data":{"balance":10}}"#).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = put(r#"{"revision":2,"data_base64":"/wAB"}"#).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    let r = http(addr, "GET", "/v1/streams/account-9/snapshots", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["revision"].as_u64(), v["schema_version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        v["data_base64"], "/wAB",
+        "data that is not JSON comes back as base64"
+    );
+    assert!(v["taken_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    let r = http(
+        addr,
+        "GET",
+        "/v1/streams/account-9/snapshots?at_or_before=1",
+        &[],
+        "",
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(
+        (v["revision"].as_u64(), v["schema_version"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(v["data"]["balance"], 10, "JSON stays JSON");
+    let r = http(
+        addr,
+        "GET",
+        "/v1/streams/account-9/snapshots?at_or_before=0",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no snapshot at or before revision 0"),
+        "{}",
+        r.text()
+    );
+
+    // Bad input is refused, naming the problem, and keeps nothing.
+    for (body, status, says) in [
+        (r#"{"revision":3,"data":{}}"#, 400, "is at revision 2"),
+        (r#"{"revision":1}"#, 400, "neither data nor data_base64"),
+        (
+            r#"{"revision":1,"data":{},"data_base64":"AA=="}"#,
+            400,
+            "give one",
+        ),
+        (r#"{"revision":1,"data_base64":"%%"}"#, 400, "not base64"),
+        (
+            r#"{"revision":1,"data":{},"extra":1}"#,
+            400,
+            "unknown field",
+        ),
+    ] {
+        let r = put(body).await;
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    let r = http(
+        addr,
+        "POST",
+        "/v1/streams/nothing-1/snapshots",
+        &[],
+        r#"{"revision":0,"data":{}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let r = http(addr, "DELETE", "/v1/streams/account-9/snapshots", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["deleted"], 2);
+    let r = http(addr, "GET", "/v1/streams/account-9/snapshots", &[], "").await;
+    assert_eq!(r.status, 404);
+    // Snapshots are no events.
+    let r = http(addr, "GET", "/v1/events", &[], "").await;
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 3);
+    s.server.shutdown().await.unwrap();
 }

@@ -227,13 +227,14 @@ fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{}: {} events in {} streams, {} segments, {} bytes, {} checkpointed index entries",
+        "{}: {} events in {} streams, {} segments, {} bytes, {} checkpointed index entries, {} snapshots",
         dir.display(),
         report.events,
         report.streams,
         report.segments,
         report.bytes,
-        report.index_entries
+        report.index_entries,
+        report.snapshots
     )?;
     for n in &report.notes {
         writeln!(out, "note: {n}")?;

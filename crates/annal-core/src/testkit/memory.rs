@@ -15,10 +15,11 @@ use uuid::Uuid;
 use crate::Text;
 
 use crate::{
-    category_of, validate, AppendRequest, AppendResult, AsOf, CategoryInfo, Direction, Error,
-    EventStore, EventStream, ListCategories, ListStreams, NewEvent, ReadRequest, RecordedEvent,
-    Result, Source, StreamAppend, StreamAppendResult, StreamInfo, SubscribeFrom, SubscribeRequest,
-    SubscriptionItem, SubscriptionStream, Timestamp,
+    category_of, keep_snapshot, latest_snapshot, validate, AppendRequest, AppendResult, AsOf,
+    CategoryInfo, Direction, Error, EventStore, EventStream, ListCategories, ListStreams, NewEvent,
+    NewSnapshot, ReadRequest, RecordedEvent, Result, Snapshot, Source, StreamAppend,
+    StreamAppendResult, StreamInfo, SubscribeFrom, SubscribeRequest, SubscriptionItem,
+    SubscriptionStream, Timestamp,
 };
 
 /// An [`EventStore`] held in memory: the reference model for other backends' tests.
@@ -45,6 +46,8 @@ struct State {
     /// The waker of each subscription that is waiting for new events, by subscription id.
     wakers: HashMap<u64, Waker>,
     next_subscription_id: u64,
+    /// Each stream's snapshots, by revision.
+    snapshots: HashMap<String, Vec<Snapshot>>,
 }
 
 impl Shared {
@@ -518,6 +521,42 @@ impl EventStore for MemoryStore {
 
     async fn head(&self) -> Result<Option<u64>> {
         Ok(self.shared.lock().head())
+    }
+
+    async fn put_snapshot(&self, snapshot: NewSnapshot) -> Result<()> {
+        validate::snapshot(&snapshot, self.max_event_size)?;
+        let mut state = self.shared.lock();
+        validate::snapshot_revision(&snapshot, state.stream_revision(&snapshot.stream_id))?;
+        let kept = Snapshot {
+            taken_at: Timestamp::now(),
+            stream_id: snapshot.stream_id,
+            revision: snapshot.revision,
+            schema_version: snapshot.schema_version,
+            data: snapshot.data,
+        };
+        let list = state.snapshots.entry(kept.stream_id.clone()).or_default();
+        keep_snapshot(list, kept, |s| s.revision);
+        Ok(())
+    }
+
+    async fn get_snapshot(
+        &self,
+        stream_id: &str,
+        at_or_before: Option<u64>,
+    ) -> Result<Option<Snapshot>> {
+        validate::stream_id(stream_id)?;
+        let state = self.shared.lock();
+        Ok(state
+            .snapshots
+            .get(stream_id)
+            .and_then(|list| latest_snapshot(list, at_or_before, |s| s.revision))
+            .cloned())
+    }
+
+    async fn delete_snapshots(&self, stream_id: &str) -> Result<u64> {
+        validate::stream_id(stream_id)?;
+        let removed = self.shared.lock().snapshots.remove(stream_id);
+        Ok(removed.map_or(0, |list| to_u64(list.len())))
     }
 }
 

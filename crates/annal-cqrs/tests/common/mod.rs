@@ -197,6 +197,19 @@ macro_rules! forwarding_store {
             async fn head(&self) -> Result<Option<u64>> {
                 self.inner().head().await
             }
+            async fn put_snapshot(&self, snapshot: annal_core::NewSnapshot) -> Result<()> {
+                self.inner().put_snapshot(snapshot).await
+            }
+            async fn get_snapshot(
+                &self,
+                stream_id: &str,
+                at_or_before: Option<u64>,
+            ) -> Result<Option<annal_core::Snapshot>> {
+                self.inner().get_snapshot(stream_id, at_or_before).await
+            }
+            async fn delete_snapshots(&self, stream_id: &str) -> Result<u64> {
+                self.inner().delete_snapshots(stream_id).await
+            }
         }
     };
 }

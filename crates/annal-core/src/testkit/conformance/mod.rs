@@ -14,6 +14,7 @@ mod concurrency;
 mod info;
 mod no_stream;
 mod read;
+mod snapshots;
 mod subscribe;
 mod util;
 
@@ -22,6 +23,7 @@ pub use concurrency::*;
 pub use info::*;
 pub use no_stream::*;
 pub use read::*;
+pub use snapshots::*;
 pub use subscribe::*;
 
 /// Emits one test per conformance check, each on a fresh store, so that one failure does
@@ -84,7 +86,11 @@ macro_rules! conformance_tests {
             subscribe_after_beyond_the_head_is_refused,
             subscribe_from_now,
             subscribe_filtered,
-            subscribe_checkpoints;
+            subscribe_checkpoints,
+            snapshots_put_get_and_delete,
+            snapshots_kept_per_stream_are_bounded,
+            invalid_snapshots_are_refused,
+            snapshots_are_not_events;
             shared:
             subscribe_catch_up_race,
             concurrent_expected_revision_race,
