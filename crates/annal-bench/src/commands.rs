@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use annal_core::{AppendRequest, EventStore, ExpectedRevision};
+use annal_core::{AppendRequest, EventStore, ExpectedRevision, NewSnapshot};
 use annal_cqrs::{decode, to_new, CommandHandler, Context, Decider};
 
 use crate::pg::PgBench;
@@ -183,21 +183,39 @@ pub async fn fill_long<S: EventStore>(store: &S, account: &str, events: u64) -> 
 }
 
 /// W9 against Annal: the median time of `reps` loads of the account. Returns milliseconds.
+/// With `from_snapshot`, a snapshot of the account at its last event is kept first, and
+/// every load starts from it; without, the account has none and every load replays it all.
 pub async fn hydrate<S: EventStore>(
     store: S,
     account: &str,
     events: u64,
     reps: usize,
+    from_snapshot: bool,
 ) -> anyhow::Result<f64> {
     let handler = CommandHandler::new(store);
+    if from_snapshot {
+        let full = handler.load::<BankAccount>(account).await?;
+        let snapshot = NewSnapshot::new(
+            annal_cqrs::stream_id::<BankAccount>(account),
+            events - 1,
+            1,
+            serde_json::to_vec(&full.state)?,
+        );
+        handler.store().put_snapshot(snapshot).await?;
+    }
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
         let loaded = handler.load::<BankAccount>(account).await?;
         times.push(start.elapsed());
+        let (snapshot, replayed) = match from_snapshot {
+            true => (Some(events - 1), 0),
+            false => (None, events),
+        };
         anyhow::ensure!(
-            loaded.replayed == events && loaded.state.balance > 0,
-            "replayed {}",
+            loaded.snapshot == snapshot && loaded.replayed == replayed && loaded.state.balance > 0,
+            "loaded from snapshot {:?}, replayed {}",
+            loaded.snapshot,
             loaded.replayed
         );
     }
@@ -238,6 +256,69 @@ pub async fn hydrate_postgres(
         anyhow::ensure!(
             state.owner.is_some() && state.balance > 0 && revision == Some(events as i64 - 1),
             "folded to revision {revision:?}"
+        );
+    }
+    Ok(median_ms(times))
+}
+
+/// W9 against PostgreSQL from a snapshot: the hand-rolled way, a `snapshots` table beside
+/// `events` holding the account's state at its last event (written after
+/// [`hydrate_postgres`] filled the account), loaded with the events after it, `reps` times.
+pub async fn hydrate_postgres_snapshot(
+    pg: &PgBench,
+    account: &str,
+    events: u64,
+    reps: usize,
+) -> anyhow::Result<f64> {
+    let client = pg.client().await?;
+    let stream = annal_cqrs::stream_id::<BankAccount>(account);
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS snapshots (stream_id text, revision bigint, \
+             data jsonb NOT NULL, PRIMARY KEY (stream_id, revision))",
+        )
+        .await?;
+    let all = client
+        .prepare(
+            "SELECT revision, event_type, data::text FROM events \
+             WHERE stream_id = $1 ORDER BY revision",
+        )
+        .await?;
+    let (state, revision) = fold(&client, &all, account).await?;
+    let state_json = serde_json::to_string(&state)?;
+    client
+        .execute(
+            "INSERT INTO snapshots VALUES ($1, $2, $3::text::jsonb)",
+            &[&stream, &revision, &state_json],
+        )
+        .await?;
+    let latest = client
+        .prepare(
+            "SELECT revision, data::text FROM snapshots \
+             WHERE stream_id = $1 ORDER BY revision DESC LIMIT 1",
+        )
+        .await?;
+    let after = client
+        .prepare(
+            "SELECT revision, event_type, data::text FROM events \
+             WHERE stream_id = $1 AND revision > $2 ORDER BY revision",
+        )
+        .await?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = Instant::now();
+        let row = client.query_one(&latest, &[&stream]).await?;
+        let (mut revision, data): (i64, &str) = (row.get(0), row.get(1));
+        let mut state: Account = serde_json::from_str(data)?;
+        for row in client.query(&after, &[&stream, &revision]).await? {
+            let (rev, ty, data): (i64, &str, &str) = (row.get(0), row.get(1), row.get(2));
+            state = BankAccount::evolve(state, &decode(ty, data.as_bytes())?);
+            revision = rev;
+        }
+        times.push(start.elapsed());
+        anyhow::ensure!(
+            state.balance > 0 && revision == events as i64 - 1,
+            "loaded to revision {revision}"
         );
     }
     Ok(median_ms(times))

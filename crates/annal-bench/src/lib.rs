@@ -12,7 +12,7 @@
 //! | W5       | reopening that store (100,000 streams): time and resident memory      |
 //! | W6       | latency from append to delivery to a live subscriber, beside the raw fsync latency of the same disk |
 //! | W8       | commands (load, decide, append) of a bank account from 1 and 16 handlers on accounts of their own, embedded and through the server |
-//! | W9       | loading one bank account of 100,000 events (10,000 in quick), embedded and through the server |
+//! | W9       | loading one bank account of 100,000 events (10,000 in quick), replayed whole and from a snapshot at its last event, embedded and through the server |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -621,20 +621,29 @@ async fn toolkit_workloads(
         commands::settle(std::process::id()).await;
         commands::settle(server.pid()).await;
         p.done();
-        let embedded = commands::hydrate(store.clone(), "long", n, 9).await?;
-        let served = commands::hydrate(client.clone(), "long", n, 9).await?;
-        let pgv = match pg {
-            Some(pg) => Some(commands::hydrate_postgres(pg, "long", n, 9).await?),
-            None => None,
-        };
-        for (how, v) in [("embedded", embedded), ("through the server", served)] {
-            report.rows.push(row(
-                &format!("W9 load an account of {n} events, no snapshot, {how}"),
-                "ms",
-                Some(v),
-                pgv,
-                false,
-            ));
+        for from_snapshot in [false, true] {
+            let embedded = commands::hydrate(store.clone(), "long", n, 9, from_snapshot).await?;
+            let served = commands::hydrate(client.clone(), "long", n, 9, from_snapshot).await?;
+            let pgv = match (pg, from_snapshot) {
+                (Some(pg), false) => Some(commands::hydrate_postgres(pg, "long", n, 9).await?),
+                (Some(pg), true) => {
+                    Some(commands::hydrate_postgres_snapshot(pg, "long", n, 9).await?)
+                }
+                (None, _) => None,
+            };
+            let what = match from_snapshot {
+                false => "no snapshot",
+                true => "from a snapshot at its last event",
+            };
+            for (how, v) in [("embedded", embedded), ("through the server", served)] {
+                report.rows.push(row(
+                    &format!("W9 load an account of {n} events, {what}, {how}"),
+                    "ms",
+                    Some(v),
+                    pgv,
+                    false,
+                ));
+            }
         }
     }
     drop(server);

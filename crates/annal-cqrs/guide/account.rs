@@ -23,9 +23,9 @@ impl Event for AccountEvent {
     }
 }
 
-use annal_cqrs::Decider;
+use annal_cqrs::{Decider, Snapshotting};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub owner: Option<String>,
     pub balance: u64,
@@ -79,5 +79,10 @@ impl Decider for BankAccount {
             AccountEvent::Closed => s.closed = true,
         }
         s
+    }
+
+    // Keep a snapshot of the state every 100 events (see "Snapshots" below).
+    fn snapshots() -> Option<Snapshotting<Account>> {
+        Some(Snapshotting::json(1).every(100))
     }
 }

@@ -1,7 +1,7 @@
 //! Aggregates as deciders: pure functions from state and command to events, and from state
 //! and event to the next state. Everything that touches the store lives in the handler.
 
-use crate::Event;
+use crate::{Event, Snapshotting};
 
 /// An aggregate: the rules of one consistency boundary, kept in one stream per instance.
 ///
@@ -25,6 +25,12 @@ pub trait Decider: Send + Sync + 'static {
 
     /// The state after `event`.
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// Whether and when instances are snapshotted, and how their state is encoded; none by
+    /// default. A load then starts from the latest usable snapshot.
+    fn snapshots() -> Option<Snapshotting<Self::State>> {
+        None
+    }
 }
 
 /// The stream that holds instance `id` of `D`.

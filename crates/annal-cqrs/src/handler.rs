@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use annal_core::{
-    next_item, AppendRequest, Error, EventStore, ExpectedRevision, NewEvent, ReadRequest, NO_STREAM,
+    next_item, AppendRequest, Error, EventStore, ExpectedRevision, NewEvent, NewSnapshot,
+    ReadRequest, NO_STREAM,
 };
 
 use crate::{
     decode_each, encode, load, load_as_of, stream_id, At, CommandError, Context, Decider, Decision,
-    LoadError, Loaded, Retry, Upcasters,
+    LoadError, Loaded, Retry, Snapshotting, Upcasters,
 };
 
 /// What a command did.
@@ -65,9 +66,43 @@ impl<S: EventStore> CommandHandler<S> {
         &self.store
     }
 
-    /// The current state of instance `id` of `D`.
+    /// The current state of instance `id` of `D`, from its latest usable snapshot if `D`
+    /// keeps snapshots; a load that replayed more than `D`'s policy allows keeps a new one.
     pub async fn load<D: Decider>(&self, id: &str) -> Result<Loaded<D::State>, LoadError> {
-        load::<D, S>(&self.store, &stream_id::<D>(id), &self.upcasters).await
+        self.load_stream::<D>(&stream_id::<D>(id)).await
+    }
+
+    async fn load_stream<D: Decider>(&self, stream: &str) -> Result<Loaded<D::State>, LoadError> {
+        let loaded = load::<D, S>(&self.store, stream, &self.upcasters).await?;
+        if let (Some(how), Some(revision)) = (D::snapshots(), loaded.revision) {
+            if how.due_after_load(loaded.replayed) {
+                self.keep_snapshot(stream, revision, &loaded.state, &how)
+                    .await;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Keeps a snapshot of `state` at `revision`. A snapshot is a cache: one that cannot be
+    /// kept is logged, and loads replay a little more until the next.
+    async fn keep_snapshot<T>(
+        &self,
+        stream: &str,
+        revision: u64,
+        state: &T,
+        how: &Snapshotting<T>,
+    ) {
+        let data = match how.encode(state) {
+            Ok(data) => data,
+            Err(problem) => {
+                tracing::warn!(stream, revision, %problem, "a state that does not encode is not snapshotted");
+                return;
+            }
+        };
+        let snapshot = NewSnapshot::new(stream, revision, how.schema_version, data);
+        if let Err(error) = self.store.put_snapshot(snapshot).await {
+            tracing::warn!(stream, revision, %error, "keeping a snapshot failed");
+        }
     }
 
     /// Instance `id` of `D` as it was at `at`: time travel.
@@ -80,7 +115,8 @@ impl<S: EventStore> CommandHandler<S> {
     }
 
     /// Carries out `command` on instance `id` of `D`: loads it, decides, and appends the
-    /// events only if no other event reached the stream since it was read. On a conflict it
+    /// events only if no other event reached the stream since it was read (then keeps a
+    /// snapshot of the new state when `D`'s policy says so). On a conflict it
     /// loads and decides again, up to the retry policy's attempts. A decision of no events
     /// writes nothing; a refusal is [`CommandError::Rejected`].
     ///
@@ -95,7 +131,7 @@ impl<S: EventStore> CommandHandler<S> {
         let stream = stream_id::<D>(id);
         let mut attempt = 1;
         loop {
-            let loaded = load::<D, S>(&self.store, &stream, &self.upcasters).await?;
+            let loaded = self.load_stream::<D>(&stream).await?;
             let events = D::decide(&loaded.state, command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(Handled {
@@ -114,13 +150,20 @@ impl<S: EventStore> CommandHandler<S> {
                 AppendRequest::stream(stream.as_str(), expected, to_new(&events, context)?);
             match self.append(request, &mut attempt).await {
                 Ok(r) => {
+                    let how = D::snapshots()
+                        .filter(|how| how.due_after_command(loaded.revision, r.revision()));
+                    if let Some(how) = how {
+                        let state = events.iter().fold(loaded.state, D::evolve);
+                        self.keep_snapshot(&stream, r.revision(), &state, &how)
+                            .await;
+                    }
                     return Ok(Handled {
                         stream_id: stream,
                         revision: Some(r.revision()),
                         position: Some(r.last_position),
                         written,
                         attempts: attempt,
-                    })
+                    });
                 }
                 Err(e @ Error::WrongExpectedRevision { .. }) => {
                     self.lost_race(&mut attempt, e).await?;

@@ -9,6 +9,8 @@
 //!   Boundaries); its events belong to no stream and are guarded by a condition.
 //! - [`Context`]: the correlation id, causation id and actor every event carries.
 //! - [`Upcasters`]: older event versions brought up to date as they are read.
+//! - [`Snapshotting`]: when the store keeps an aggregate's snapshot, and how its state is
+//!   encoded; loads start from the latest usable one.
 //! - [`load_as_of`]: time travel, an aggregate as of a revision, a position or an instant.
 //! - [`render_history`]: an aggregate's history, or any read's, as lines for people.
 
@@ -21,6 +23,7 @@ mod handler;
 mod history;
 mod load;
 mod retry;
+mod snapshot;
 mod upcast;
 
 pub use context::Context;
@@ -32,6 +35,7 @@ pub use handler::{to_new, CommandHandler, Handled};
 pub use history::{render_history, render_line};
 pub use load::{decode_each, decode_recorded, load, load_as_of, At, Loaded};
 pub use retry::Retry;
+pub use snapshot::Snapshotting;
 pub use upcast::{Upcast, Upcasters};
 
 /// A walk through a bank account built with this crate; every code block in it is a test.

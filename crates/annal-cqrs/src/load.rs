@@ -1,7 +1,10 @@
 //! Hydration: an aggregate's state rebuilt by folding its stream's events, now or as of a
-//! point in its past, with older event versions upcast on the way.
+//! point in its past, with older event versions upcast on the way. An aggregate that keeps
+//! snapshots starts from the latest usable one and folds only the events after it.
 
-use annal_core::{next_item, AsOf, EventStore, ReadRequest, RecordedEvent, Timestamp};
+use annal_core::{
+    next_item, AsOf, EventStore, ReadRequest, RecordedEvent, Timestamp, SNAPSHOTS_PER_STREAM,
+};
 
 use crate::{decode, CodecError, Decider, Event, LoadError, Upcasters};
 
@@ -9,12 +12,32 @@ use crate::{decode, CodecError, Decider, Event, LoadError, Upcasters};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded<S> {
     pub state: S,
-    /// The revision of the last event folded; `None` when there was none.
+    /// The revision of the last event the state folds in; `None` when there was none.
     pub revision: Option<u64>,
-    /// The log position of the last event folded.
+    /// The log position of the last event replayed; `None` when none was (the state came
+    /// whole from a snapshot, or the stream has no event).
     pub position: Option<u64>,
     /// How many stored events were replayed.
     pub replayed: u64,
+    /// The revision of the snapshot the load started from, if it started from one.
+    pub snapshot: Option<u64>,
+}
+
+impl<S: Default> Loaded<S> {
+    fn empty() -> Self {
+        Loaded {
+            state: S::default(),
+            revision: None,
+            position: None,
+            replayed: 0,
+            snapshot: None,
+        }
+    }
+
+    /// The first revision still to replay.
+    fn next_revision(&self) -> u64 {
+        self.revision.map_or(0, |r| r + 1)
+    }
 }
 
 /// A point in an aggregate's past, for time travel.
@@ -28,43 +51,131 @@ pub enum At {
     Time(Timestamp),
 }
 
-/// Loads instance `stream_id` of `D` by replaying its stream.
+/// Loads instance `stream_id` of `D`: from its latest usable snapshot, if `D` keeps
+/// snapshots, and the events after it.
 pub async fn load<D: Decider, S: EventStore>(
     store: &S,
     stream_id: &str,
     upcasters: &Upcasters,
 ) -> Result<Loaded<D::State>, LoadError> {
-    fold::<D, S>(store, ReadRequest::stream(stream_id), upcasters).await
+    let start = start::<D, S>(store, stream_id, None).await;
+    let read = ReadRequest::stream(stream_id).from(start.next_revision());
+    fold::<D, S>(store, read, upcasters, start).await
 }
 
-/// Loads instance `stream_id` of `D` as it was at `at`.
+/// Loads instance `stream_id` of `D` as it was at `at`, from the latest usable snapshot at or
+/// before that point, if `D` keeps snapshots.
 pub async fn load_as_of<D: Decider, S: EventStore>(
     store: &S,
     stream_id: &str,
     at: At,
     upcasters: &Upcasters,
 ) -> Result<Loaded<D::State>, LoadError> {
-    let read = ReadRequest::stream(stream_id);
-    let read = match at {
-        At::Revision(r) => read.limit(r.saturating_add(1)),
-        At::Position(p) => read.as_of(AsOf::Position(p)),
-        At::Time(t) => read.as_of(AsOf::Time(t)),
+    let as_of = match at {
+        At::Revision(_) => None,
+        At::Position(p) => Some(AsOf::Position(p)),
+        At::Time(t) => Some(AsOf::Time(t)),
     };
-    fold::<D, S>(store, read, upcasters).await
+    // The revision the point falls on, to find a snapshot at or before it; without
+    // snapshots the read's bound alone is enough.
+    let last = match (at, as_of) {
+        (At::Revision(r), _) => Some(r),
+        (_, Some(as_of)) if D::snapshots().is_some() => {
+            let mut last = store
+                .read(
+                    ReadRequest::stream(stream_id)
+                        .backward()
+                        .limit(1)
+                        .as_of(as_of),
+                )
+                .await?;
+            match next_item(&mut last).await {
+                Some(e) => Some(e?.revision),
+                None => return Ok(Loaded::empty()),
+            }
+        }
+        _ => None,
+    };
+    let start = match last {
+        Some(r) => start::<D, S>(store, stream_id, Some(r)).await,
+        None => Loaded::empty(),
+    };
+    let mut read = ReadRequest::stream(stream_id).from(start.next_revision());
+    if let At::Revision(r) = at {
+        match (r + 1).saturating_sub(start.next_revision()) {
+            0 => return Ok(start),
+            n => read = read.limit(n),
+        }
+    }
+    if let Some(as_of) = as_of {
+        read = read.as_of(as_of);
+    }
+    fold::<D, S>(store, read, upcasters, start).await
+}
+
+/// Where a load of `D` starts: its latest snapshot at or before `at_or_before` that is of
+/// the schema version `D` encodes and decodes, or nothing. A snapshot of another version is
+/// passed over, one that does not decode is passed over with a warning, and a store that
+/// cannot answer is warned about: a load never fails for a snapshot.
+async fn start<D: Decider, S: EventStore>(
+    store: &S,
+    stream_id: &str,
+    mut at_or_before: Option<u64>,
+) -> Loaded<D::State> {
+    let Some(snapshots) = D::snapshots() else {
+        return Loaded::empty();
+    };
+    for _ in 0..SNAPSHOTS_PER_STREAM {
+        let snapshot = match store.get_snapshot(stream_id, at_or_before).await {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(stream_id, %error, "no snapshot to be had; replaying the stream");
+                break;
+            }
+        };
+        if snapshot.schema_version != snapshots.schema_version {
+            tracing::debug!(
+                stream_id,
+                revision = snapshot.revision,
+                version = snapshot.schema_version,
+                wanted = snapshots.schema_version,
+                "passing over a snapshot of another schema version"
+            );
+        } else {
+            match snapshots.decode(&snapshot.data) {
+                Ok(state) => {
+                    return Loaded {
+                        state,
+                        revision: Some(snapshot.revision),
+                        position: None,
+                        replayed: 0,
+                        snapshot: Some(snapshot.revision),
+                    }
+                }
+                Err(problem) => tracing::warn!(
+                    stream_id,
+                    revision = snapshot.revision,
+                    %problem,
+                    "passing over a snapshot that does not decode"
+                ),
+            }
+        }
+        match snapshot.revision.checked_sub(1) {
+            Some(before) => at_or_before = Some(before),
+            None => break,
+        }
+    }
+    Loaded::empty()
 }
 
 async fn fold<D: Decider, S: EventStore>(
     store: &S,
     read: ReadRequest,
     upcasters: &Upcasters,
+    mut loaded: Loaded<D::State>,
 ) -> Result<Loaded<D::State>, LoadError> {
     let mut events = store.read(read).await?;
-    let mut loaded = Loaded {
-        state: D::State::default(),
-        revision: None,
-        position: None,
-        replayed: 0,
-    };
     while let Some(e) = next_item(&mut events).await {
         let e = e?;
         decode_each::<D::Event>(&e, upcasters, |event| {

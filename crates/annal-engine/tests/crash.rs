@@ -342,7 +342,47 @@ fn child_writer() {
                 }
             });
         }
+        // Snapshots of k0-1 at its last revision, each acknowledged as `S <revision> <n>`.
+        let (store, out) = (store.clone(), out.clone());
+        s.spawn(move || {
+            for n in 0u64.. {
+                let Some(last) = store
+                    .read_iter(ReadRequest::stream("k0-1").backward().limit(1))
+                    .unwrap()
+                    .next()
+                else {
+                    continue;
+                };
+                let revision = last.unwrap().revision;
+                let data = format!("snapshot {n}").into_bytes();
+                store
+                    .put_snapshot_blocking(annal_core::NewSnapshot::new("k0-1", revision, 1, data))
+                    .unwrap();
+                let mut o = out.lock().unwrap();
+                writeln!(o, "S {revision} {n}").unwrap();
+                o.flush().unwrap();
+            }
+        });
     });
+}
+
+/// A line of the child writer: an acknowledged append, or an acknowledged snapshot.
+enum Acked {
+    Append(u64, Vec<Uuid>),
+    Snapshot(u64, u64),
+}
+
+fn parse_acked(line: &str) -> Option<Acked> {
+    if let Some(rest) = line.strip_prefix("S ") {
+        let (revision, n) = rest.split_once(' ')?;
+        return Some(Acked::Snapshot(revision.parse().ok()?, n.parse().ok()?));
+    }
+    let (pos, ids) = line.split_once(' ')?;
+    let ids = ids
+        .split(',')
+        .map(|s| s.parse().ok())
+        .collect::<Option<_>>()?;
+    Some(Acked::Append(pos.parse().ok()?, ids))
 }
 
 #[test]
@@ -350,6 +390,7 @@ fn sigkill_during_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut acked: Vec<(u64, Vec<Uuid>)> = Vec::new();
+    let mut last_snapshot: Option<(u64, u64)> = None;
     for round in 0..6u64 {
         let mut child = Command::new(&exe)
             .args([
@@ -368,25 +409,22 @@ fn sigkill_during_load_loses_nothing() {
         let mut lines = BufReader::new(stdout).lines();
         let want = 50 + round * 40;
         let mut got = 0;
+        let mut record = |line: &str, got: &mut u64| match parse_acked(line) {
+            Some(Acked::Append(pos, ids)) => {
+                acked.push((pos, ids));
+                *got += 1;
+            }
+            Some(Acked::Snapshot(revision, n)) => last_snapshot = Some((revision, n)),
+            None => {}
+        };
         while got < want {
             let Some(Ok(line)) = lines.next() else { break };
-            let Some((pos, ids)) = line.split_once(' ') else {
-                continue;
-            };
-            let Ok(pos) = pos.parse::<u64>() else {
-                continue;
-            };
-            acked.push((pos, ids.split(',').map(|s| s.parse().unwrap()).collect()));
-            got += 1;
+            record(&line, &mut got);
         }
         child.kill().unwrap();
         // Lines already printed were acknowledged before the kill.
         for line in lines.map_while(Result::ok) {
-            if let Some((pos, ids)) = line.split_once(' ') {
-                if let Ok(pos) = pos.parse::<u64>() {
-                    acked.push((pos, ids.split(',').map(|s| s.parse().unwrap()).collect()));
-                }
-            }
+            record(&line, &mut got);
         }
         child.wait().unwrap();
         assert!(got > 0, "round {round}: the child wrote nothing");
@@ -409,7 +447,22 @@ fn sigkill_during_load_loses_nothing() {
                 assert_eq!(e.id, *id, "acknowledged event at its position");
             }
         }
+        // The last acknowledged snapshot, or one put after it, is kept.
+        if let Some((revision, n)) = last_snapshot {
+            let kept = store
+                .get_snapshot_now("k0-1", Some(revision))
+                .unwrap()
+                .unwrap_or_else(|| panic!("acknowledged snapshot at revision {revision} lost"));
+            let data = String::from_utf8(kept.data.to_vec()).unwrap();
+            let kept_n: u64 = data.strip_prefix("snapshot ").unwrap().parse().unwrap();
+            assert!(
+                kept.revision == revision && kept_n >= n,
+                "snapshot {n} at revision {revision} acknowledged, {data} at {} kept",
+                kept.revision
+            );
+        }
     }
+    assert!(last_snapshot.is_some(), "the child kept no snapshot");
 }
 
 #[test]

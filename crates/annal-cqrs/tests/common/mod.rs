@@ -22,6 +22,34 @@ include!("../../guide/account.rs");
 #[allow(unused_imports)]
 pub use Command as AccountCommand;
 
+/// A snapshot policy for the bank account, of a test's choosing.
+pub trait AccountSnapshots: Send + Sync + 'static {
+    fn snapshots() -> Option<annal_cqrs::Snapshotting<Account>>;
+}
+
+/// The bank account with the snapshot policy `P` instead of its own.
+pub struct Snapped<P>(std::marker::PhantomData<P>);
+
+impl<P: AccountSnapshots> Decider for Snapped<P> {
+    const CATEGORY: &'static str = BankAccount::CATEGORY;
+    type State = Account;
+    type Command = Command;
+    type Event = AccountEvent;
+    type Error = Refused;
+
+    fn decide(s: &Account, c: &Command) -> std::result::Result<Vec<AccountEvent>, Refused> {
+        BankAccount::decide(s, c)
+    }
+
+    fn evolve(s: Account, e: &AccountEvent) -> Account {
+        BankAccount::evolve(s, e)
+    }
+
+    fn snapshots() -> Option<annal_cqrs::Snapshotting<Account>> {
+        P::snapshots()
+    }
+}
+
 /// The embedded engine in a folder of its own.
 pub struct Embedded {
     pub store: Arc<Store>,
