@@ -100,6 +100,16 @@ impl<S> Snapshotting<S> {
         count_before / n < (after + 1) / n
     }
 
+    /// The fewest events a stream holds once this policy may have taken a snapshot of it;
+    /// `None` without a policy.
+    pub fn threshold(&self) -> Option<u64> {
+        let after = self.after_replaying.map(|n| n.saturating_add(1));
+        match (self.every, after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Whether a load that replayed `replayed` events is due for a snapshot.
     pub fn due_after_load(&self, replayed: u64) -> bool {
         self.after_replaying.is_some_and(|n| replayed > n)
@@ -124,5 +134,9 @@ mod tests {
         assert!(!Snapshotting::<u32>::json(1).due_after_command(None, 100));
         let r = Snapshotting::<u32>::json(1).after_replaying(50);
         assert!(!r.due_after_load(50) && r.due_after_load(51));
+        assert_eq!(r.threshold(), Some(51));
+        assert_eq!(r.every(20).threshold(), Some(20));
+        assert_eq!(s.threshold(), Some(10));
+        assert_eq!(Snapshotting::<u32>::json(1).threshold(), None);
     }
 }

@@ -241,3 +241,53 @@ async fn a_store_that_refuses_snapshots_costs_commands_nothing() {
     assert_eq!(loaded.state.balance, 11);
     assert_eq!(store.get_snapshot("account-1", None).await.unwrap(), None);
 }
+
+/// A stream shorter than the policy's threshold is loaded from its events alone: its load
+/// never asks for a snapshot (a snapshot put by hand at revision 1 goes unused).
+#[tokio::test]
+async fn a_stream_shorter_than_the_policy_threshold_is_loaded_without_asking_for_a_snapshot() {
+    let store = MemoryStore::new();
+    let h = CommandHandler::new(store.clone());
+    let ctx = Context::new();
+    h.handle::<Every5>(
+        "1",
+        &C::Open {
+            owner: "ann".into(),
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        h.handle::<Every5>("1", &C::Deposit { amount: 1 }, &ctx)
+            .await
+            .unwrap();
+    }
+    let state = serde_json::to_vec(&folded(&store, 2).await).unwrap();
+    store
+        .put_snapshot(NewSnapshot::new("account-1", 1, 1, state))
+        .await
+        .unwrap();
+    let loaded = h.load::<Every5>("1").await.unwrap();
+    assert_eq!((loaded.snapshot, loaded.replayed), (None, 4));
+    assert_eq!(loaded.state.balance, 3);
+    // Two events more: the fifth took a snapshot at revision 4, and a load that read five
+    // events asks for it, but starts from a snapshot only past what it read.
+    for _ in 0..2 {
+        h.handle::<Every5>("1", &C::Deposit { amount: 1 }, &ctx)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .get_snapshot("account-1", None)
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        4
+    );
+    let loaded = h.load::<Every5>("1").await.unwrap();
+    assert_eq!((loaded.snapshot, loaded.replayed), (None, 6));
+    assert_eq!(loaded.state.balance, 5);
+}
