@@ -366,6 +366,13 @@ pub struct ReadParams {
         pattern = "^(|[0-9]{1,19}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
     )]
     pub as_of: Option<String>,
+    /// An RFC 3339 time: only events recorded at or after it (forward reads other than of
+    /// one stream, without `from`; empty: not given).
+    #[serde(default, deserialize_with = "opt_text")]
+    #[param(
+        pattern = "^(|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
+    pub since: Option<String>,
 }
 
 /// An optional text parameter: empty (`?as_of=`) means not given.
@@ -393,6 +400,40 @@ fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
             serde::de::Error::custom(format!("'{s}' is not an integer from 0 to 4294967295"))
         }),
     }
+}
+
+/// Starts a read at the first event recorded at or after `since`: the one after the head
+/// the log had just before that instant. Only a forward read of anything but one stream
+/// without a `from` takes it (a stream's `from` counts revisions).
+async fn read_since(
+    state: &State,
+    mut request: ReadRequest,
+    since: Option<&str>,
+) -> Result<ReadRequest, Error> {
+    let Some(since) = since else {
+        return Ok(request);
+    };
+    let at: Timestamp = since.parse().map_err(|_| {
+        Error::invalid(
+            "since",
+            format!("'{since}' is not an RFC 3339 time like 2026-11-23T19:10:27Z"),
+        )
+    })?;
+    let problem = if matches!(request.source, Source::Stream(_)) {
+        Some("does not apply to one stream's read, whose from counts revisions")
+    } else if request.direction == Direction::Backward {
+        Some("applies to forward reads only")
+    } else if request.from.is_some() {
+        Some("and from both say where the read starts; give one")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(Error::invalid("since", problem));
+    }
+    let before = Timestamp(at.0.saturating_sub(1));
+    request.from = Some(state.store.position_at(before).await?.map_or(0, |p| p + 1));
+    Ok(request)
 }
 
 impl ReadParams {
@@ -603,7 +644,9 @@ async fn read_stream(
     StreamPath(stream_id): StreamPath,
     Params(params): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
+    let since = params.since.clone();
     let request = params.request(Source::Stream(stream_id))?;
+    let request = read_since(&state, request, since.as_deref()).await?;
     stream_read(&state, request).await
 }
 
@@ -619,7 +662,9 @@ async fn read_events(
     Params(read): Params<ReadParams>,
 ) -> Result<Response, ApiError> {
     let source = filter.source()?;
+    let since = read.since.clone();
     let request = read.request(source)?;
+    let request = read_since(&state, request, since.as_deref()).await?;
     stream_read(&state, request).await
 }
 
@@ -633,7 +678,9 @@ async fn read(
     AxState(state): AxState<Arc<State>>,
     JsonBody(request, _): JsonBody<ReadJson>,
 ) -> Result<Response, ApiError> {
+    let since = request.since.clone();
     let request = request.into_core()?;
+    let request = read_since(&state, request, since.as_deref()).await?;
     stream_read(&state, request).await
 }
 

@@ -1472,3 +1472,81 @@ async fn http_keeps_gets_and_deletes_snapshots() {
     assert_eq!(r.json()["events"].as_array().unwrap().len(), 3);
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reads_an_actors_events_within_a_time_range() {
+    let s = start_with(|_| {}).await;
+    let addr = s.addr();
+    let client = s.client().await;
+    let mut times = Vec::new();
+    for i in 0..3 {
+        let mut e = NewEvent::new("Noted", format!("{{\"i\":{i}}}"));
+        e.metadata.actor = Some("ada".into());
+        let r = client
+            .append(AppendRequest::stream(
+                format!("note-{i}"),
+                ExpectedRevision::Any,
+                vec![e, NewEvent::new("Other", b"{}".to_vec())],
+            ))
+            .await
+            .unwrap();
+        times.push(r.recorded_at);
+        // The next append is recorded at a later instant.
+        while annal_core::Timestamp::now() <= r.recorded_at {
+            tokio::task::yield_now().await;
+        }
+    }
+    let positions = |path: String| async move {
+        let r = http(addr, "GET", &path, &[], "").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let t1 = times[1].to_string();
+    assert_eq!(positions("/v1/events?actor=ada".into()).await, [0, 2, 4]);
+    assert_eq!(
+        positions(format!("/v1/events?actor=ada&since={t1}")).await,
+        [2, 4]
+    );
+    assert_eq!(
+        positions(format!("/v1/events?actor=ada&as_of={t1}")).await,
+        [0, 2]
+    );
+    assert_eq!(
+        positions(format!("/v1/events?actor=ada&since={t1}&as_of={t1}")).await,
+        [2]
+    );
+    assert_eq!(
+        positions(format!("/v1/events?since={t1}")).await,
+        [2, 3, 4, 5]
+    );
+    let body = format!(r#"{{"source":{{"actor":"ada"}},"since":"{t1}"}}"#);
+    let r = http(addr, "POST", "/v1/read", &[], &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["events"].as_array().unwrap().len(), 2);
+
+    for (path, says) in [
+        (
+            format!("/v1/streams/note-1/events?since={t1}"),
+            "one stream",
+        ),
+        (
+            format!("/v1/events?actor=ada&since={t1}&from=1"),
+            "give one",
+        ),
+        (
+            format!("/v1/events?actor=ada&since={t1}&direction=backward"),
+            "forward reads",
+        ),
+        ("/v1/events?actor=ada&since=yesterday".to_string(), "since"),
+    ] {
+        let r = http(addr, "GET", &path, &[], "").await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains(says), "{path}: {}", r.text());
+    }
+    s.server.shutdown().await.unwrap();
+}
