@@ -122,9 +122,10 @@ pub async fn load_as_of<D: Decider, S: EventStore>(
     };
     let mut read = ReadRequest::stream(stream_id).from(start.next_revision());
     if let At::Revision(r) = at {
-        match (r + 1).saturating_sub(start.next_revision()) {
-            0 => return Ok(start),
-            n => read = read.limit(n),
+        // The events from the start's next revision through `r`.
+        match r.checked_sub(start.next_revision()) {
+            None => return Ok(start),
+            Some(n) => read = read.limit(n.saturating_add(1)),
         }
     }
     if let Some(as_of) = as_of {

@@ -333,49 +333,41 @@ fn check_snapshots(
             .push(format!("{shown}: shorter than its header"));
         return Ok(());
     }
-    if let Err(version) = snapfile::check_header(&header) {
-        report.problems.push(match version {
-            Some(v) => format!(
-                "{shown}: snapshot file version {v}, but this build reads version {}",
+    match snapfile::check_header(&header) {
+        Ok(()) => {}
+        Err(Some(v)) if v < snapfile::VERSION => {
+            report.notes.push(format!(
+                "{shown}: snapshot file version {v}, older than this build's {}; the next open drops its snapshots (loads replay)",
                 snapfile::VERSION
-            ),
-            None => format!("{shown}: not a snapshot file header"),
-        });
-        return Ok(());
-    }
-    let mut table = crate::snapshots::Table::default();
-    let mut offset = snapfile::HEADER_LEN;
-    while offset < len {
-        match snapfile::read_record(&*file, offset, len) {
-            Ok((snapfile::Record::Put(s), n)) => {
-                let kept = crate::snapshots::Kept {
-                    revision: s.revision,
-                    offset,
-                    len: n,
-                };
-                table.put(&s.stream_id, kept);
-                offset += n;
-            }
-            Ok((snapfile::Record::Delete(stream), n)) => {
-                table.delete(&stream, n);
-                offset += n;
-            }
-            Err(snapfile::Bad::Torn(problem)) => {
-                report.notes.push(format!(
-                    "{shown} at offset {offset}: {problem}; the {} bytes from there are cut off on the next open",
-                    len - offset
-                ));
-                break;
-            }
-            Err(snapfile::Bad::Malformed) => {
-                report.problems.push(format!(
-                    "{shown} at offset {offset}: a snapshot record with a valid checksum that makes no sense"
-                ));
-                break;
-            }
-            Err(snapfile::Bad::Io(e)) => return Err(Error::io(format!("reading {shown}"), e)),
+            ));
+            return Ok(());
+        }
+        Err(version) => {
+            report.problems.push(match version {
+                Some(v) => format!(
+                    "{shown}: snapshot file version {v}, but this build reads version {}",
+                    snapfile::VERSION
+                ),
+                None => format!("{shown}: not a snapshot file header"),
+            });
+            return Ok(());
         }
     }
+    let table = match crate::snapshots::scan(&*file, &path) {
+        Ok(scanned) => {
+            if let Some((offset, problem)) = scanned.torn {
+                report.notes.push(format!(
+                    "{shown} at offset {offset}: {problem}; cut off on the next open"
+                ));
+            }
+            scanned.table
+        }
+        Err(e @ Error::Corruption { .. }) => {
+            report.problems.push(e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     report.snapshots = table.count() as u64;
     let mut streams: Vec<_> = table.streams.iter().collect();
     streams.sort_by(|a, b| a.0.cmp(b.0));

@@ -29,7 +29,7 @@ pub struct Config {
     pub preallocate: u64,
     /// The snapshot file is rewritten with only the snapshots kept once the records of
     /// snapshots no longer kept (replaced, dropped or deleted) pass this many bytes and
-    /// outweigh the kept ones.
+    /// are at least the kept ones.
     pub snapshot_compact_after: u64,
     /// The file system (the real one unless a test supplies another).
     pub fs: Arc<dyn Fs>,

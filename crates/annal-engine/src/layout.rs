@@ -45,8 +45,12 @@ pub fn snapshots_dir(dir: &Path) -> PathBuf {
     dir.join(SNAPSHOTS)
 }
 
+pub fn snapshot_file_name(id: u64) -> String {
+    format!("{id:016x}{SNAPSHOT_SUFFIX}")
+}
+
 pub fn snapshot_file_path(dir: &Path, id: u64) -> PathBuf {
-    snapshots_dir(dir).join(format!("{id:016x}{SNAPSHOT_SUFFIX}"))
+    snapshots_dir(dir).join(snapshot_file_name(id))
 }
 
 /// Where a snapshot file is written before it is renamed into place.

@@ -117,6 +117,7 @@ impl Store {
             },
             manifest: rec.manifest,
             snapshot_end: snapshots.end,
+            snapshot_sequence: snapshots.sequence,
         };
         let shared = Arc::new(Shared::new(
             dir,

@@ -34,8 +34,9 @@ pub(crate) struct Start {
     pub tail: Tail,
     /// The checkpoint in force.
     pub manifest: Manifest,
-    /// Where the next snapshot record goes.
+    /// Where the next group of snapshot records goes, and the last group's sequence.
     pub snapshot_end: u64,
+    pub snapshot_sequence: u64,
 }
 
 /// Every engine thread, and the queue to the writer. Dropping it stops them: the queue's
@@ -125,7 +126,12 @@ impl Threads {
         threads.queue = Some(queue);
 
         let (snapshot_queue, snapshot_commands) = mpsc::channel(QUEUE_DEPTH);
-        let keeper = Keeper::new(Arc::clone(shared), snapshot_commands, start.snapshot_end);
+        let keeper = Keeper::new(
+            Arc::clone(shared),
+            snapshot_commands,
+            start.snapshot_end,
+            start.snapshot_sequence,
+        );
         threads.keeper = Some(spawn("snapshots", shared, move || keeper.run())?);
         threads.snapshot_queue = Some(snapshot_queue);
         Ok(threads)

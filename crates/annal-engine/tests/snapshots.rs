@@ -225,3 +225,121 @@ fn a_panic_in_the_snapshot_thread_poisons_the_store() {
     put(&store, "p-1", 2, "after");
     assert_eq!(data(&store, "p-1", None).as_deref(), Some("after"));
 }
+
+#[test]
+fn damage_before_acknowledged_snapshots_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    events(&store, "d-1", 3);
+    put(&store, "d-1", 0, "first-group-data");
+    put(&store, "d-1", 1, "second-group-data");
+    put(&store, "d-1", 2, "third-group-data");
+    store.close().unwrap();
+    let file = snapshot_files(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"first-group-data")
+        .unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // The damaged group is followed by acknowledged ones: not a torn write.
+    let err = Store::open(dir.path()).err().expect("the open is refused");
+    assert!(
+        matches!(&err, Error::Corruption { file: f, .. } if f.ends_with(".snapshots")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("acknowledged groups after it"),
+        "{err}"
+    );
+    let report = check::check(dir.path(), &mut |_, _| {}).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(
+        report.problems[0].contains("damaged group"),
+        "{:?}",
+        report.problems
+    );
+}
+
+#[test]
+fn a_snapshot_file_of_an_older_format_is_dropped_and_snapshots_start_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    events(&store, "o-1", 2);
+    put(&store, "o-1", 1, "current");
+    store.close().unwrap();
+    let file = snapshot_files(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    let report = check::check(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("older than this build's")),
+        "{:?}",
+        report.notes
+    );
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        data(&store, "o-1", None),
+        None,
+        "its snapshots were dropped"
+    );
+    put(&store, "o-1", 0, "again");
+    assert_eq!(data(&store, "o-1", None).as_deref(), Some("again"));
+    store.close().unwrap();
+    assert_eq!(snapshot_files(dir.path()).len(), 1);
+}
+
+/// A compaction the disk has no room for leaves the old file in force: the store keeps
+/// taking appends and snapshots, and every snapshot stays readable.
+#[test]
+fn a_compaction_that_fails_for_want_of_space_costs_nothing_but_the_compaction() {
+    let fs = SimFs::new();
+    let config = || {
+        Config::default()
+            .fs(Arc::new(fs.clone()))
+            .snapshot_compact_after(1)
+            .preallocate(0)
+    };
+    let store = Store::open_with("/db", config()).unwrap();
+    events(&store, "c-1", 2);
+    events(&store, "c-2", 2);
+    put(&store, "c-1", 1, &"x".repeat(4000));
+    // Room for the group that replaces it (4,050 bytes), not for the compaction it makes
+    // due (a file of 4,058 bytes).
+    fs.set_space_left(Some(4150));
+    let big = "y".repeat(4000);
+    put(&store, "c-1", 1, &big);
+    assert!(store.poison_cause().is_none(), "{:?}", store.poison_cause());
+    assert_eq!(data(&store, "c-1", None), Some(big.clone()));
+    let files = annal_engine::io::Fs::list(&fs, Path::new("/db/snapshots")).unwrap();
+    assert_eq!(
+        files,
+        ["0000000000000001.snapshots"],
+        "the old file stays in force"
+    );
+    fs.set_space_left(None);
+    events(&store, "c-1", 1);
+    put(&store, "c-2", 1, "after");
+    assert_eq!(data(&store, "c-2", None).as_deref(), Some("after"));
+    // Tried again once the dead bytes have doubled: the new file takes over.
+    put(&store, "c-1", 1, &big);
+    put(&store, "c-1", 1, &big);
+    let files = annal_engine::io::Fs::list(&fs, Path::new("/db/snapshots")).unwrap();
+    assert_eq!(
+        files,
+        ["0000000000000002.snapshots"],
+        "compacted on the retry"
+    );
+    drop(store);
+    let files = annal_engine::io::Fs::list(&fs, Path::new("/db/snapshots")).unwrap();
+    assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+    let store = Store::open_with("/db", config()).unwrap();
+    assert_eq!(data(&store, "c-1", None), Some(big));
+    assert_eq!(data(&store, "c-2", None).as_deref(), Some("after"));
+}

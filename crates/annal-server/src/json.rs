@@ -369,12 +369,13 @@ impl<'a> EventJson<'a> {
     }
 }
 
-/// Bytes as JSON, when they are JSON that any parser reads whole.
+/// Bytes as JSON, when they are JSON that any parser reads whole, with nothing around it
+/// (white space around a JSON text would not come back as it was stored).
 fn as_json(bytes: &[u8]) -> Option<&RawValue> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
-        .filter(|raw| trouble(raw.get()).is_none())
+        .filter(|raw| raw.get().len() == bytes.len() && trouble(raw.get()).is_none())
 }
 
 /// The data of a request given as JSON (`data`) or base64 (`data_base64`), and whether it

@@ -1,15 +1,17 @@
-//! The snapshot file: a header, then CRC-framed records, each a snapshot put or a stream's
-//! snapshots deleted (docs/file-format.md).
+//! The snapshot file: a header, then groups, each the records one sync made durable, each
+//! record a snapshot put or a stream's snapshots deleted (docs/file-format.md).
 //!
 //! ```text
 //! header  "ANSN" | version u32
+//! group   length u32 | crc32c(sequence and records) u32 | sequence u64 | records
 //! record  body length u32 | crc32c(body) u32 | body
 //! body    kind u8 (1 put, 2 delete) | stream id length u16 | stream id
 //!         put only: revision u64 | schema version u32 | taken at i64 (µs) | data
 //! ```
 //!
-//! Integers are little-endian. Only the last record can be torn (records are appended and
-//! synced in order), and a store cuts it when it opens.
+//! Integers are little-endian. A group is written whole and synced before the next is
+//! written, and groups count up from 1 in a file: only the last group can be torn, and an
+//! intact group after a bad one means damage to acknowledged data.
 
 use std::io;
 
@@ -18,10 +20,12 @@ use annal_core::{Bytes, Snapshot, Timestamp};
 use crate::io::File;
 
 pub const MAGIC: &[u8; 4] = b"ANSN";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: u64 = 8;
 /// Length and CRC before each record's body.
 pub const FRAME_LEN: usize = 8;
+/// Length, CRC and sequence before a group's records.
+pub const GROUP_HEADER_LEN: usize = 16;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 /// Kind, stream id length, revision, schema version, taken at.
@@ -52,6 +56,83 @@ fn frame(out: &mut [u8], body_start: usize) {
     let crc = crc32c::crc32c(body);
     out[body_start..body_start + 4].copy_from_slice(&len.to_le_bytes());
     out[body_start + 4..body_start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Starts a group of records in `out` (at its end); [`end_group`] frames it.
+pub fn start_group(out: &mut Vec<u8>, sequence: u64) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&sequence.to_le_bytes());
+    start
+}
+
+/// Frames the group that `start_group` began at `start`.
+pub fn end_group(out: &mut [u8], start: usize) {
+    let body = &out[start + 8..];
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let crc = crc32c::crc32c(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// An intact group: its sequence and its records' bytes (each a framed record), and its
+/// whole length in the file.
+pub struct Group {
+    pub sequence: u64,
+    pub records: Vec<u8>,
+    pub len: u64,
+}
+
+/// Reads the group at `offset` of a file `file_len` long: `None` when it is not intact.
+pub fn read_group(file: &dyn File, offset: u64, file_len: u64) -> Result<Option<Group>, io::Error> {
+    if offset + GROUP_HEADER_LEN as u64 > file_len {
+        return Ok(None);
+    }
+    let mut head = [0u8; GROUP_HEADER_LEN];
+    file.read_exact_at(&mut head, offset)?;
+    let len = u64::from(u32::from_le_bytes(head[..4].try_into().unwrap_or_default()));
+    let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
+    if len < 8 || offset + 8 + len > file_len {
+        return Ok(None);
+    }
+    let mut body = vec![0u8; len as usize];
+    file.read_exact_at(&mut body, offset + 8)?;
+    if crc32c::crc32c(&body) != crc {
+        return Ok(None);
+    }
+    let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
+    body.drain(..8);
+    Ok(Some(Group {
+        sequence,
+        records: body,
+        len: 8 + len,
+    }))
+}
+
+/// Whether an intact group of a sequence after `last` starts anywhere after `offset`: what
+/// tells damage (acknowledged groups follow) from a torn last group (nothing does).
+pub fn intact_group_after(
+    file: &dyn File,
+    offset: u64,
+    file_len: u64,
+    last: u64,
+) -> Result<Option<u64>, io::Error> {
+    let mut rest = vec![0u8; (file_len - offset) as usize];
+    file.read_exact_at(&mut rest, offset)?;
+    for at in 1..rest.len().saturating_sub(GROUP_HEADER_LEN - 1) {
+        let h = &rest[at..at + GROUP_HEADER_LEN];
+        let len = u32::from_le_bytes(h[..4].try_into().unwrap_or_default()) as usize;
+        let sequence = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let plausible = sequence > last && sequence - last <= 1 << 32 && len >= 8;
+        if !plausible || at + 8 + len > rest.len() {
+            continue;
+        }
+        let crc = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
+        if crc32c::crc32c(&rest[at + 8..at + 8 + len]) == crc {
+            return Ok(Some(offset + at as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Appends a put record to `out`; returns its length.
@@ -118,12 +199,31 @@ pub fn decode_body(body: Bytes) -> Option<Record> {
     }
 }
 
+/// The records of an intact group (its `records` bytes): each with its offset among them
+/// and its length; `None` when one of them is malformed (the group's checksum matched, so
+/// that is not a torn write).
+pub fn group_records(records: &Bytes) -> Option<Vec<(Record, usize, usize)>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < records.len() {
+        let len = u32::from_le_bytes(records.get(at..at + 4)?.try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(records.get(at + 4..at + 8)?.try_into().ok()?);
+        let body = records.get(at + FRAME_LEN..at + FRAME_LEN + len)?;
+        if len == 0 || crc32c::crc32c(body) != crc {
+            return None;
+        }
+        let record = decode_body(records.slice(at + FRAME_LEN..at + FRAME_LEN + len))?;
+        out.push((record, at, FRAME_LEN + len));
+        at += FRAME_LEN + len;
+    }
+    Some(out)
+}
+
 /// Why a record cannot be read.
 #[derive(Debug)]
 pub enum Bad {
-    /// Fewer bytes than its frame says, a length of zero, or a CRC that does not match: a
-    /// record torn by a crash (at the end of the file) or damaged.
-    Torn(String),
+    /// Fewer bytes than its frame says, a length of zero, or a CRC that does not match.
+    Damaged(String),
     /// The CRC matches but the body makes no sense.
     Malformed,
     Io(io::Error),
@@ -133,7 +233,7 @@ pub enum Bad {
 pub fn read_record(file: &dyn File, offset: u64, file_len: u64) -> Result<(Record, u64), Bad> {
     let mut frame = [0u8; FRAME_LEN];
     if offset + FRAME_LEN as u64 > file_len {
-        return Err(Bad::Torn(format!(
+        return Err(Bad::Damaged(format!(
             "{} bytes where a record's frame needs {FRAME_LEN}",
             file_len - offset
         )));
@@ -145,7 +245,7 @@ pub fn read_record(file: &dyn File, offset: u64, file_len: u64) -> Result<(Recor
     let crc = u32::from_le_bytes(frame[4..].try_into().unwrap_or_default());
     let body_at = offset + FRAME_LEN as u64;
     if len == 0 || body_at + len > file_len {
-        return Err(Bad::Torn(format!(
+        return Err(Bad::Damaged(format!(
             "a record of {len} bytes with {} bytes left in the file",
             file_len - body_at
         )));
@@ -153,7 +253,7 @@ pub fn read_record(file: &dyn File, offset: u64, file_len: u64) -> Result<(Recor
     let mut body = vec![0u8; len as usize];
     file.read_exact_at(&mut body, body_at).map_err(Bad::Io)?;
     if crc32c::crc32c(&body) != crc {
-        return Err(Bad::Torn(format!(
+        return Err(Bad::Damaged(format!(
             "a record of {len} bytes whose checksum does not match"
         )));
     }

@@ -1,6 +1,6 @@
 //! The keeper thread: writes snapshot puts and deletes to the snapshot file, a group at a
 //! time with one sync, applies them to the table once durable, answers, and compacts the
-//! file when dead records outweigh live ones.
+//! file when dead records reach the live ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +9,10 @@ use annal_core::{Error, NewSnapshot, Result, Snapshot, Timestamp};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::file::{encode_delete, encode_put, header, read_record, Record, HEADER_LEN};
+use super::file::{
+    encode_delete, encode_put, end_group, header, read_record, start_group, Bad, Record,
+    GROUP_HEADER_LEN, HEADER_LEN,
+};
 use super::{Active, Kept};
 use crate::io::FileRef;
 use crate::layout::{snapshot_file_path, snapshot_tmp_path, snapshots_dir};
@@ -53,8 +56,12 @@ impl SnapshotCommand {
 pub(crate) struct Keeper {
     shared: Arc<Shared>,
     commands: mpsc::Receiver<SnapshotCommand>,
-    /// Where the next record goes in the active file.
+    /// Where the next group goes in the active file.
     end: u64,
+    /// The last group's sequence in the active file.
+    sequence: u64,
+    /// Dead bytes that make a compaction due again after one failed.
+    retry_at: u64,
 }
 
 fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
@@ -62,11 +69,18 @@ fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl Keeper {
-    pub fn new(shared: Arc<Shared>, commands: mpsc::Receiver<SnapshotCommand>, end: u64) -> Keeper {
+    pub fn new(
+        shared: Arc<Shared>,
+        commands: mpsc::Receiver<SnapshotCommand>,
+        end: u64,
+        sequence: u64,
+    ) -> Keeper {
         Keeper {
             shared,
             commands,
             end,
+            sequence,
+            retry_at: 0,
         }
     }
 
@@ -90,10 +104,7 @@ impl Keeper {
                     for (c, n) in group.into_iter().zip(answers) {
                         c.answer(Ok(n));
                     }
-                    if let Err(e) = self.compact_if_due() {
-                        self.shared
-                            .poison(format!("compacting snapshots failed: {e}"));
-                    }
+                    self.compact_if_due();
                 }
                 Err(e) => {
                     if !matches!(e, Error::Poisoned { .. }) {
@@ -122,6 +133,7 @@ impl Keeper {
         let active = Active { id: 1, path, file };
         self.shared.snapshots.write().active = Some(active.clone());
         self.end = HEADER_LEN;
+        self.sequence = 0;
         Ok(active)
     }
 
@@ -165,6 +177,7 @@ impl Keeper {
         let active = self.active()?;
         let taken_at = Timestamp::now();
         let mut buf = Vec::new();
+        let start = start_group(&mut buf, self.sequence + 1);
         let mut lens = Vec::with_capacity(group.len());
         for c in group {
             let at = buf.len() as u64;
@@ -183,6 +196,7 @@ impl Keeper {
             };
             lens.push((self.end + at, n as u64));
         }
+        end_group(&mut buf, start);
         active
             .file
             .write_all_at(&buf, self.end)
@@ -192,6 +206,7 @@ impl Keeper {
             .sync_data()
             .map_err(|e| io_err("syncing", &active.path, e))?;
         self.end += buf.len() as u64;
+        self.sequence += 1;
         let mut table = self.shared.snapshots.write();
         Ok(group
             .iter()
@@ -211,14 +226,38 @@ impl Keeper {
             .collect())
     }
 
-    /// Rewrites the live records into a new file once the dead ones outweigh them and pass
-    /// the configured threshold; the old file is removed once the new one is in place.
-    fn compact_if_due(&mut self) -> Result<()> {
+    /// Rewrites the live records into a new file once the dead ones reach them and pass
+    /// the configured threshold; the old file is removed once the new one is in place. A
+    /// compaction that fails before the new file is in place leaves the old one in force:
+    /// it is logged, and tried again once the dead bytes have doubled. One that fails after
+    /// poisons the store, as a failed sync of the log does.
+    fn compact_if_due(&mut self) {
+        let due = {
+            let t = self.shared.snapshots.read();
+            t.dead >= self.shared.config.snapshot_compact_after
+                && t.dead >= t.live
+                && t.dead >= self.retry_at
+        };
+        if !due {
+            return;
+        }
+        match self.compact() {
+            Ok(()) => self.retry_at = 0,
+            Err(Compaction::Abandoned(e)) => {
+                let dead = self.shared.snapshots.read().dead;
+                self.retry_at = dead.saturating_mul(2);
+                warn!(error = %e, "compacting the snapshot file failed; the old file stays in force");
+            }
+            Err(Compaction::Failed(e)) => {
+                self.shared
+                    .poison(format!("compacting snapshots failed: {e}"));
+            }
+        }
+    }
+
+    fn compact(&mut self) -> std::result::Result<(), Compaction> {
         let (old, lists, dead) = {
             let t = self.shared.snapshots.read();
-            if t.dead < self.shared.config.snapshot_compact_after || t.dead < t.live {
-                return Ok(());
-            }
             let Some(old) = t.active.clone() else {
                 return Ok(());
             };
@@ -230,41 +269,18 @@ impl Keeper {
             (old, lists, t.dead)
         };
         let id = old.id + 1;
-        let (file, tmp) = self.create_tmp(id)?;
-        let mut buf = header().to_vec();
-        let mut at = 0u64;
-        let mut live = 0u64;
-        let mut moved = Vec::with_capacity(lists.len());
-        for (stream, list) in lists {
-            let mut kept = Vec::with_capacity(list.len());
-            for k in list {
-                match read_record(&*old.file, k.offset, k.offset + k.len) {
-                    Ok((Record::Put(s), _)) => {
-                        let offset = at + buf.len() as u64;
-                        let len = encode_put(&mut buf, &s) as u64;
-                        live += len;
-                        kept.push(Kept {
-                            revision: k.revision,
-                            offset,
-                            len,
-                        });
-                    }
-                    _ => warn!(file = %old.path.display(), offset = k.offset, stream = %stream,
-                        "a snapshot that does not read back is left out of the compacted file"),
+        let (file, tmp) = self.create_tmp(id).map_err(Compaction::Abandoned)?;
+        let written = self.write_live(&old, &file, &tmp, lists);
+        let (moved, live, end, sequence) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                if let Err(gone) = self.shared.fs.remove(&tmp) {
+                    warn!(file = %tmp.display(), error = %gone, "could not remove an abandoned snapshot file");
                 }
-                if buf.len() >= WRITE_PIECE {
-                    file.write_all_at(&buf, at)
-                        .map_err(|e| io_err("writing", &tmp, e))?;
-                    at += buf.len() as u64;
-                    buf.clear();
-                }
+                return Err(Compaction::Abandoned(e));
             }
-            moved.push((stream, kept));
-        }
-        file.write_all_at(&buf, at)
-            .map_err(|e| io_err("writing", &tmp, e))?;
-        let end = at + buf.len() as u64;
-        let path = self.finish_file(id, &file)?;
+        };
+        let path = self.finish_file(id, &file).map_err(Compaction::Failed)?;
         {
             let mut t = self.shared.snapshots.write();
             t.streams = moved.into_iter().filter(|(_, l)| !l.is_empty()).collect();
@@ -273,6 +289,7 @@ impl Keeper {
             t.active = Some(Active { id, path, file });
         }
         self.end = end;
+        self.sequence = sequence;
         info!(dropped = dead, kept = live, "compacted the snapshot file");
         // Readers still holding the old file read on; a crash before this leaves it for the
         // next open to remove.
@@ -281,4 +298,89 @@ impl Keeper {
         }
         Ok(())
     }
+
+    /// Writes the kept snapshots into the new file `file`, in groups of about
+    /// [`WRITE_PIECE`]; returns where each went, the live bytes, the file's end and its last
+    /// group's sequence. A snapshot that does not read back abandons the compaction: the old
+    /// file keeps it.
+    #[allow(clippy::type_complexity)]
+    fn write_live(
+        &self,
+        old: &Active,
+        file: &FileRef,
+        tmp: &Path,
+        lists: Vec<(Box<str>, Vec<Kept>)>,
+    ) -> Result<(Vec<(Box<str>, Vec<Kept>)>, u64, u64, u64)> {
+        let mut buf = header().to_vec();
+        let mut at = 0u64;
+        let mut live = 0u64;
+        let mut sequence = 1;
+        let mut group = start_group(&mut buf, sequence);
+        let mut moved = Vec::with_capacity(lists.len());
+        for (stream, list) in lists {
+            let mut kept = Vec::with_capacity(list.len());
+            for k in list {
+                let s = match read_record(&*old.file, k.offset, k.offset + k.len) {
+                    Ok((Record::Put(s), _)) => s,
+                    Ok(_) => {
+                        return Err(Error::Internal(format!(
+                            "the snapshot record at offset {} of {} is not the one indexed",
+                            k.offset,
+                            old.path.display()
+                        )))
+                    }
+                    Err(Bad::Io(e)) => return Err(io_err("reading", &old.path, e)),
+                    Err(Bad::Damaged(problem)) => {
+                        return Err(Error::Corruption {
+                            file: old.path.display().to_string(),
+                            offset: k.offset,
+                            problem,
+                        })
+                    }
+                    Err(Bad::Malformed) => {
+                        return Err(Error::Corruption {
+                            file: old.path.display().to_string(),
+                            offset: k.offset,
+                            problem: "a malformed snapshot record".into(),
+                        })
+                    }
+                };
+                let offset = at + buf.len() as u64;
+                let len = encode_put(&mut buf, &s) as u64;
+                live += len;
+                kept.push(Kept {
+                    revision: k.revision,
+                    offset,
+                    len,
+                });
+                if buf.len() >= WRITE_PIECE {
+                    end_group(&mut buf, group);
+                    file.write_all_at(&buf, at)
+                        .map_err(|e| io_err("writing", tmp, e))?;
+                    at += buf.len() as u64;
+                    buf.clear();
+                    sequence += 1;
+                    group = start_group(&mut buf, sequence);
+                }
+            }
+            moved.push((stream, kept));
+        }
+        if buf.len() > group + GROUP_HEADER_LEN {
+            end_group(&mut buf, group);
+        } else {
+            // No record after the last group's start: the group is left out.
+            buf.truncate(group);
+            sequence -= 1;
+        }
+        file.write_all_at(&buf, at)
+            .map_err(|e| io_err("writing", tmp, e))?;
+        Ok((moved, live, at + buf.len() as u64, sequence))
+    }
+}
+
+/// How a compaction failed: before the new file was in place (the old one stays in force),
+/// or after.
+enum Compaction {
+    Abandoned(Error),
+    Failed(Error),
 }

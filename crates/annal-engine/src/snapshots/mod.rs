@@ -5,24 +5,30 @@
 //! A store that never took a snapshot has no snapshot file and spends nothing on them. A
 //! put or a delete is durable before it is answered (one sync per group of them), and
 //! visible only then. Records of snapshots no longer kept (replaced, beyond the number kept
-//! per stream, or deleted) are dead bytes; once they outweigh the live ones and pass
+//! per stream, or deleted) are dead bytes; once they reach the live ones and pass
 //! `Config::snapshot_compact_after`, the keeper writes the live ones to a new file and
-//! removes the old one, so deleted data leaves the disk.
+//! removes the old one, so a deleted snapshot's bytes leave the disk then.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 
-use annal_core::{keep_snapshot, latest_snapshot, Error, Result, Snapshot};
+use annal_core::{keep_snapshot, latest_snapshot, Bytes, Error, Result, Snapshot};
 use tracing::warn;
 
 use crate::io::{FileRef, Fs};
-use crate::layout::{is_snapshot_tmp, parse_snapshot_file_name, snapshot_file_path, snapshots_dir};
+use crate::layout::{
+    is_snapshot_tmp, parse_snapshot_file_name, snapshot_file_name, snapshot_file_path,
+    snapshots_dir,
+};
 
 pub(crate) mod file;
 pub(crate) mod keeper;
 
-use file::{read_record, Bad, Record, HEADER_LEN};
+use file::{
+    group_records, intact_group_after, read_group, read_record, Bad, Record, GROUP_HEADER_LEN,
+    HEADER_LEN,
+};
 
 /// Where one kept snapshot's record lies.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +132,7 @@ impl Snapshots {
                 "the record is not the snapshot indexed there".into(),
             )),
             Err(Bad::Io(e)) => Err(Error::io(format!("reading {}", name.display()), e)),
-            Err(Bad::Torn(problem)) => Err(corrupt(problem)),
+            Err(Bad::Damaged(problem)) => Err(corrupt(problem)),
             Err(Bad::Malformed) => Err(corrupt("a malformed snapshot record".into())),
         }
     }
@@ -139,8 +145,10 @@ fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
 /// What opening the snapshot file found.
 pub(crate) struct Opened {
     pub table: Table,
-    /// Where the next record goes.
+    /// Where the next group goes.
     pub end: u64,
+    /// The last group's sequence (0: none).
+    pub sequence: u64,
 }
 
 /// The newest complete snapshot file of a store, if any, and the names of older ones and of
@@ -164,20 +172,113 @@ pub(crate) fn files(fs: &dyn Fs, dir: &Path) -> Result<(Option<u64>, Vec<String>
     Ok((newest, stale))
 }
 
-/// Opens the store's snapshots: reads the newest file's records, cuts a torn last one, and
-/// removes what an interrupted compaction left.
+/// What reading a snapshot file's groups found.
+pub(crate) struct Scanned {
+    pub table: Table,
+    /// The end of the last intact group.
+    pub end: u64,
+    pub sequence: u64,
+    /// Where a torn last group begins, and why it does not read.
+    pub torn: Option<(u64, String)>,
+}
+
+/// Reads the groups of a snapshot file (after its header) into a table. A group that does
+/// not read whole with an intact group after it is damage to acknowledged data, and an
+/// error; one with none after it is the last group, torn by a crash before its sync.
+pub(crate) fn scan(file: &dyn crate::io::File, path: &Path) -> Result<Scanned> {
+    let len = file.len().map_err(|e| io_err("reading", path, e))?;
+    let corrupt = |offset: u64, problem: String| Error::Corruption {
+        file: path.display().to_string(),
+        offset,
+        problem,
+    };
+    let mut table = Table::default();
+    let mut offset = HEADER_LEN;
+    let mut sequence = 0;
+    while offset < len {
+        let group = read_group(file, offset, len).map_err(|e| io_err("reading", path, e))?;
+        match group {
+            Some(g) if g.sequence == sequence + 1 => {
+                let records = Bytes::from(g.records);
+                let Some(records) = group_records(&records) else {
+                    return Err(corrupt(
+                        offset,
+                        "a group of malformed snapshot records".into(),
+                    ));
+                };
+                for (record, at, n) in records {
+                    let at = offset + GROUP_HEADER_LEN as u64 + at as u64;
+                    match record {
+                        Record::Put(s) => table.put(
+                            &s.stream_id,
+                            Kept {
+                                revision: s.revision,
+                                offset: at,
+                                len: n as u64,
+                            },
+                        ),
+                        Record::Delete(stream) => {
+                            table.delete(&stream, n as u64);
+                        }
+                    }
+                }
+                sequence = g.sequence;
+                offset += g.len;
+            }
+            Some(g) => {
+                return Err(corrupt(
+                    offset,
+                    format!("group {} where group {} belongs", g.sequence, sequence + 1),
+                ))
+            }
+            None => {
+                let later = intact_group_after(file, offset, len, sequence)
+                    .map_err(|e| io_err("reading", path, e))?;
+                if let Some(later) = later {
+                    return Err(corrupt(
+                        offset,
+                        format!("a damaged group of snapshot records, with acknowledged groups after it (from offset {later})"),
+                    ));
+                }
+                let problem = format!("{} bytes of a group that does not read whole", len - offset);
+                return Ok(Scanned {
+                    table,
+                    end: offset,
+                    sequence,
+                    torn: Some((offset, problem)),
+                });
+            }
+        }
+    }
+    Ok(Scanned {
+        table,
+        end: offset,
+        sequence,
+        torn: None,
+    })
+}
+
+/// Opens the store's snapshots: reads the newest file's groups, cuts a torn last one, and
+/// removes what an interrupted compaction left. A file of an older format is dropped with a
+/// warning (snapshots are a cache: loads replay instead); a newer one is refused.
 pub(crate) fn open(fs: &dyn Fs, dir: &Path) -> Result<Opened> {
-    let (newest, stale) = files(fs, dir)?;
+    let (newest, mut stale) = files(fs, dir)?;
     let sdir = snapshots_dir(dir);
-    let Some(id) = newest else {
-        for name in stale {
+    let remove = |names: Vec<String>| -> Result<()> {
+        for name in names {
             let path = sdir.join(name);
             fs.remove(&path).map_err(|e| io_err("removing", &path, e))?;
         }
-        return Ok(Opened {
-            table: Table::default(),
-            end: 0,
-        });
+        Ok(())
+    };
+    let none = Opened {
+        table: Table::default(),
+        end: 0,
+        sequence: 0,
+    };
+    let Some(id) = newest else {
+        remove(stale)?;
+        return Ok(none);
     };
     let path = snapshot_file_path(dir, id);
     let file = fs.open(&path).map_err(|e| io_err("opening", &path, e))?;
@@ -189,6 +290,12 @@ pub(crate) fn open(fs: &dyn Fs, dir: &Path) -> Result<Opened> {
     }
     match file::check_header(&header) {
         Ok(()) => {}
+        Err(Some(found)) if found < file::VERSION => {
+            warn!(file = %path.display(), found, "dropping a snapshot file of an older format; loads replay until new snapshots are taken");
+            stale.push(snapshot_file_name(id));
+            remove(stale)?;
+            return Ok(none);
+        }
         Err(Some(found)) => {
             return Err(Error::UnsupportedFormat {
                 path: path.display().to_string(),
@@ -205,47 +312,20 @@ pub(crate) fn open(fs: &dyn Fs, dir: &Path) -> Result<Opened> {
             })
         }
     }
-    let mut table = Table::default();
-    let mut offset = HEADER_LEN;
-    while offset < len {
-        offset += match read_record(&*file, offset, len) {
-            Ok((Record::Put(s), n)) => {
-                let kept = Kept {
-                    revision: s.revision,
-                    offset,
-                    len: n,
-                };
-                table.put(&s.stream_id, kept);
-                n
-            }
-            Ok((Record::Delete(stream), n)) => {
-                table.delete(&stream, n);
-                n
-            }
-            Err(Bad::Io(e)) => return Err(io_err("reading", &path, e)),
-            Err(Bad::Torn(problem)) => {
-                // Records are synced in order before they are acknowledged: a record that
-                // does not read whole was being written when the store stopped.
-                warn!(file = %path.display(), offset, %problem, cut = len - offset,
-                    "cutting a torn snapshot record at the end of the snapshot file");
-                file.set_len(offset)
-                    .map_err(|e| io_err("cutting", &path, e))?;
-                file.sync_data().map_err(|e| io_err("syncing", &path, e))?;
-                break;
-            }
-            Err(Bad::Malformed) => {
-                return Err(Error::Corruption {
-                    file: path.display().to_string(),
-                    offset,
-                    problem: "a snapshot record with a valid checksum that makes no sense".into(),
-                })
-            }
-        };
+    let mut scanned = scan(&*file, &path)?;
+    if let Some((offset, problem)) = &scanned.torn {
+        // Groups are synced one after the other before they are answered: a last group
+        // that does not read whole was being written when the store stopped.
+        warn!(file = %path.display(), offset, %problem, "cutting a torn group of snapshot records at the end of the snapshot file");
+        file.set_len(*offset)
+            .map_err(|e| io_err("cutting", &path, e))?;
+        file.sync_data().map_err(|e| io_err("syncing", &path, e))?;
     }
-    for name in stale {
-        let path = sdir.join(name);
-        fs.remove(&path).map_err(|e| io_err("removing", &path, e))?;
-    }
-    table.active = Some(Active { id, path, file });
-    Ok(Opened { table, end: offset })
+    remove(stale)?;
+    scanned.table.active = Some(Active { id, path, file });
+    Ok(Opened {
+        table: scanned.table,
+        end: scanned.end,
+        sequence: scanned.sequence,
+    })
 }
