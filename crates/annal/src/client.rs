@@ -572,3 +572,43 @@ pub async fn info(remote: &Remote, a: InfoArgs) -> Outcome {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// The stream.
+    pub stream: String,
+    /// The latest snapshot at or before this revision, instead of the latest.
+    #[arg(long, value_name = "REVISION", conflicts_with = "delete")]
+    pub at: Option<u64>,
+    /// Delete every snapshot of the stream instead (loads then replay its events).
+    #[arg(long)]
+    pub delete: bool,
+}
+
+pub async fn snapshot(remote: &Remote, a: SnapshotArgs) -> Outcome {
+    let client = remote.connect().await?;
+    let mut out = std::io::stdout().lock();
+    if a.delete {
+        let deleted = client.delete_snapshots(&a.stream).await?;
+        if remote.json {
+            writeln!(out, "{}", serde_json::json!({ "deleted": deleted }))?;
+        } else {
+            writeln!(out, "deleted {deleted} snapshot(s) of {}", a.stream)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match client.get_snapshot(&a.stream, a.at).await? {
+        Some(s) if remote.json => writeln!(out, "{}", render::snapshot_json(&s))?,
+        Some(s) => writeln!(out, "{}", render::snapshot(&s))?,
+        None => {
+            return Err(Failure::from(Error::NotFound(match a.at {
+                Some(r) => format!(
+                    "stream '{}' has no snapshot at or before revision {r}",
+                    a.stream
+                ),
+                None => format!("stream '{}' has no snapshot", a.stream),
+            })))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

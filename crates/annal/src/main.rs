@@ -72,6 +72,13 @@ enum Cmd {
         #[command(flatten)]
         args: client::InfoArgs,
     },
+    /// A stream's latest snapshot (at or before a revision), or delete its snapshots.
+    Snapshot {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(flatten)]
+        args: client::SnapshotArgs,
+    },
     /// Verify a store folder offline: frames, checksums, gapless positions and revisions,
     /// and that the indexes agree with the log. Exits 1 when it finds a problem.
     Check {
@@ -193,6 +200,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || async move { client::info(&r, args).await },
             )
         }
+        Cmd::Snapshot { remote: r, args } => remote(&r.server.clone(), || async move {
+            client::snapshot(&r, args).await
+        }),
         Cmd::Check { dir } => check(dir),
         #[cfg(feature = "bench")]
         Cmd::Bench(args) => bench::run(args),

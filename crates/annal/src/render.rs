@@ -1,7 +1,7 @@
 //! How events and other results look on a terminal. `--json` output uses the HTTP API's JSON
 //! shapes (`annal_server::json`), so scripts see one format everywhere.
 
-use annal_core::{RecordedEvent, StreamInfo};
+use annal_core::{RecordedEvent, Snapshot, StreamInfo};
 use annal_server::json::is_json;
 
 /// One line per event: position, time, stream@revision, type and version, data, then tags and
@@ -56,4 +56,21 @@ pub fn stream_info(s: &StreamInfo) -> String {
 /// A stream's facts as JSON.
 pub fn stream_info_json(s: &StreamInfo) -> String {
     serde_json::to_string(&annal_server::json::StreamInfoJson::from(s.clone())).unwrap_or_default()
+}
+
+/// A snapshot's facts, one per line, its data last (as text when it is UTF-8).
+pub fn snapshot(s: &Snapshot) -> String {
+    let data = match std::str::from_utf8(&s.data) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => format!("<{} bytes>", s.data.len()),
+    };
+    format!(
+        "stream          {}\nrevision        {}\nschema version  {}\ntaken           {}\ndata            {data}",
+        s.stream_id, s.revision, s.schema_version, s.taken_at
+    )
+}
+
+/// A snapshot as JSON, in the HTTP API's shape.
+pub fn snapshot_json(s: &Snapshot) -> String {
+    serde_json::to_string(&annal_server::json::SnapshotJson::new(s)).unwrap_or_default()
 }

@@ -443,6 +443,48 @@ fn the_client_commands_work_against_a_server_and_exit_with_useful_codes() {
         let (code, out, err) = cli(&url, &["read", "--actor", "clerk", range[0], range[1]]);
         assert_eq!((code, out.as_str()), (0, ""), "{range:?}: {err}");
     }
+    // Snapshots: none yet, then kept through the API, shown and deleted.
+    let (code, _, err) = cli(&url, &["snapshot", "account-1"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("stream 'account-1' has no snapshot"), "{err}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = annal_client::Client::builder(url.clone())
+            .connect()
+            .await
+            .unwrap();
+        let state = br#"{"balance":5}"#.to_vec();
+        client
+            .put_snapshot(annal_core::NewSnapshot::new("account-1", 1, 2, state))
+            .await
+            .unwrap();
+    });
+    let (code, out, err) = cli(&url, &["snapshot", "account-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revision        1"), "{out}");
+    assert!(out.contains("schema version  2"), "{out}");
+    assert!(out.contains(r#"data            {"balance":5}"#), "{out}");
+    let (code, out, _) = cli(&url, &["snapshot", "account-1", "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (v["revision"].as_u64(), v["data"]["balance"].as_u64()),
+        (Some(1), Some(5))
+    );
+    let (code, _, err) = cli(&url, &["snapshot", "account-1", "--at", "0"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("at or before revision 0"), "{err}");
+    let (code, out, _) = cli(&url, &["snapshot", "account-1", "--delete"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "deleted 1 snapshot(s) of account-1")
+    );
+    let (code, _, _) = cli(&url, &["snapshot", "account-1"]);
+    assert_eq!(code, 4);
+
     let (code, _, err) = cli(&url, &["read", "--correlation", "not-a-uuid"]);
     assert_eq!(code, 2, "{err}");
     assert!(
