@@ -18,6 +18,10 @@
 //! | `annal_stopped_answers_total` | counter | reads and subscriptions stopped for holding more than their share of `max_answer_bytes` when it ran short |
 //! | `annal_stalled_connections_total` | counter | connections closed because their client took nothing for `write_timeout` |
 //! | `annal_slow_bodies_total{api}` | counter | appends dropped because their body arrived too slowly |
+//! | `annal_snapshots_kept` | gauge | snapshots the store keeps (recorded by the engine) |
+//! | `annal_snapshot_bytes{kind}` | gauge | bytes of the snapshot file's `live` and `dead` records (recorded by the engine) |
+//! | `annal_snapshot_writes_total{op}` | counter | snapshot `put`s and `delete`s made durable (recorded by the engine) |
+//! | `annal_snapshot_compactions_total` | counter | rewrites of the snapshot file without its dead records (recorded by the engine) |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -114,6 +118,19 @@ fn describe() {
     metrics::describe_counter!(
         "annal_slow_bodies_total",
         "Appends dropped because their body arrived too slowly, by API"
+    );
+    metrics::describe_gauge!("annal_snapshots_kept", "Snapshots the store keeps");
+    metrics::describe_gauge!(
+        "annal_snapshot_bytes",
+        "Bytes of the snapshot file's live and dead records"
+    );
+    metrics::describe_counter!(
+        "annal_snapshot_writes_total",
+        "Snapshot puts and deletes made durable, by operation"
+    );
+    metrics::describe_counter!(
+        "annal_snapshot_compactions_total",
+        "Rewrites of the snapshot file without its dead records"
     );
 }
 

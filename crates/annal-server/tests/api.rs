@@ -1462,9 +1462,14 @@ async fn http_keeps_gets_and_deletes_snapshots() {
     .await;
     assert_eq!(r.status, 404, "{}", r.text());
 
+    // The engine counts what it made durable (other tests of this process add to it).
+    let puts = metric(addr, "annal_snapshot_writes_total{op=\"put\"}").await;
+    assert!(puts >= 2.0, "{puts}");
     let r = http(addr, "DELETE", "/v1/streams/account-9/snapshots", &[], "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["deleted"], 2);
+    let deletes = metric(addr, "annal_snapshot_writes_total{op=\"delete\"}").await;
+    assert!(deletes >= 1.0, "{deletes}");
     let r = http(addr, "GET", "/v1/streams/account-9/snapshots", &[], "").await;
     assert_eq!(r.status, 404);
     // Snapshots are no events.

@@ -85,6 +85,7 @@ impl Keeper {
     }
 
     pub fn run(mut self) {
+        self.shared.snapshots.read().record();
         while let Some(first) = self.commands.blocking_recv() {
             let mut bytes = first.size();
             let mut group = vec![first];
@@ -105,6 +106,7 @@ impl Keeper {
                         c.answer(Ok(n));
                     }
                     self.compact_if_due();
+                    self.shared.snapshots.read().record();
                 }
                 Err(e) => {
                     if !matches!(e, Error::Poisoned { .. }) {
@@ -213,6 +215,7 @@ impl Keeper {
             .zip(lens)
             .map(|(c, (offset, len))| match c {
                 SnapshotCommand::Put(s, _) => {
+                    metrics::counter!("annal_snapshot_writes_total", "op" => "put").increment(1);
                     let kept = Kept {
                         revision: s.revision,
                         offset,
@@ -221,7 +224,10 @@ impl Keeper {
                     table.put(&s.stream_id, kept);
                     1
                 }
-                SnapshotCommand::Delete(stream, _) => table.delete(stream, len),
+                SnapshotCommand::Delete(stream, _) => {
+                    metrics::counter!("annal_snapshot_writes_total", "op" => "delete").increment(1);
+                    table.delete(stream, len)
+                }
             })
             .collect())
     }
@@ -242,7 +248,10 @@ impl Keeper {
             return;
         }
         match self.compact() {
-            Ok(()) => self.retry_at = 0,
+            Ok(()) => {
+                self.retry_at = 0;
+                metrics::counter!("annal_snapshot_compactions_total").increment(1);
+            }
             Err(Compaction::Abandoned(e)) => {
                 let dead = self.shared.snapshots.read().dead;
                 self.retry_at = dead.saturating_mul(2);

@@ -84,6 +84,13 @@ impl Table {
     pub fn count(&self) -> usize {
         self.streams.values().map(Vec::len).sum()
     }
+
+    /// Sets the snapshot gauges (`annal_snapshots_kept`, `annal_snapshot_bytes{kind}`).
+    pub fn record(&self) {
+        metrics::gauge!("annal_snapshots_kept").set(self.count() as f64);
+        metrics::gauge!("annal_snapshot_bytes", "kind" => "live").set(self.live as f64);
+        metrics::gauge!("annal_snapshot_bytes", "kind" => "dead").set(self.dead as f64);
+    }
 }
 
 /// The store's snapshots: a table behind a lock, read by any thread, changed by the keeper.
