@@ -300,8 +300,9 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     Ok(report)
 }
 
-/// Verifies the snapshot file: its header, every record's frame and checksum, and that each
-/// kept snapshot is of a revision its stream has reached.
+/// Verifies the snapshot file: its header, every group as recovery reads it (a torn last
+/// group is a note, damage a problem), and that each kept snapshot is of a revision its
+/// stream has reached.
 fn check_snapshots(
     fs: &dyn Fs,
     dir: &Path,

@@ -367,7 +367,7 @@ pub struct ReadParams {
     )]
     pub as_of: Option<String>,
     /// An RFC 3339 time: only events recorded at or after it (forward reads other than of
-    /// one stream, without `from`; empty: not given).
+    /// one stream; with `from`, the later of the two; empty: not given).
     #[serde(default, deserialize_with = "opt_text")]
     #[param(
         pattern = "^(|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
@@ -403,8 +403,9 @@ fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
 }
 
 /// Starts a read at the first event recorded at or after `since`: the one after the head
-/// the log had just before that instant. Only a forward read of anything but one stream
-/// without a `from` takes it (a stream's `from` counts revisions).
+/// the log had just before that instant, or at `from` when that is later (so a page's
+/// `next` goes on with `since` kept). Only a forward read of anything but one stream takes
+/// it (a stream's `from` counts revisions).
 async fn read_since(
     state: &State,
     mut request: ReadRequest,
@@ -423,8 +424,6 @@ async fn read_since(
         Some("does not apply to one stream's read, whose from counts revisions")
     } else if request.direction == Direction::Backward {
         Some("applies to forward reads only")
-    } else if request.from.is_some() {
-        Some("and from both say where the read starts; give one")
     } else {
         None
     };
@@ -432,7 +431,9 @@ async fn read_since(
         return Err(Error::invalid("since", problem));
     }
     let before = Timestamp(at.0.saturating_sub(1));
-    request.from = Some(state.store.position_at(before).await?.map_or(0, |p| p + 1));
+    let first = state.store.position_at(before).await?.map_or(0, |p| p + 1);
+    // A later `from` (the next page of the same read) goes on from there.
+    request.from = Some(request.from.map_or(first, |f| f.max(first)));
     Ok(request)
 }
 

@@ -827,7 +827,7 @@ pub struct ReadJson {
     )]
     pub as_of: Option<String>,
     /// An RFC 3339 instant: only events recorded at or after it (a forward read of anything
-    /// but one stream, without `from`).
+    /// but one stream; with `from`, the later of the two).
     #[serde(default)]
     #[schema(
         pattern = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"

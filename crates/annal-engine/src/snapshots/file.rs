@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! header  "ANSN" | version u32
-//! group   length u32 | crc32c(sequence and records) u32 | sequence u64 | records
+//! group   length u32 | crc32c(file offset u64, sequence, records) u32 | sequence u64 | records
 //! record  body length u32 | crc32c(body) u32 | body
 //! body    kind u8 (1 put, 2 delete) | stream id length u16 | stream id
 //!         put only: revision u64 | schema version u32 | taken at i64 (µs) | data
@@ -11,7 +11,9 @@
 //!
 //! Integers are little-endian. A group is written whole and synced before the next is
 //! written, and groups count up from 1 in a file: only the last group can be torn, and an
-//! intact group after a bad one means damage to acknowledged data.
+//! intact group after a bad one means damage to acknowledged data. A group's checksum
+//! covers its offset in the file too, so the bytes of a record (framed alike) or of a
+//! group copied elsewhere never pass for a group.
 
 use std::io;
 
@@ -20,7 +22,7 @@ use annal_core::{Bytes, Snapshot, Timestamp};
 use crate::io::File;
 
 pub const MAGIC: &[u8; 4] = b"ANSN";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 pub const HEADER_LEN: u64 = 8;
 /// Length and CRC before each record's body.
 pub const FRAME_LEN: usize = 8;
@@ -66,11 +68,17 @@ pub fn start_group(out: &mut Vec<u8>, sequence: u64) -> usize {
     start
 }
 
-/// Frames the group that `start_group` began at `start`.
-pub fn end_group(out: &mut [u8], start: usize) {
+/// A group's checksum: of its offset in the file, then of its sequence and records.
+fn group_crc(offset: u64, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&offset.to_le_bytes()), body)
+}
+
+/// Frames the group that `start_group` began at `start` of `out`, which goes to the file at
+/// `file_offset`.
+pub fn end_group(out: &mut [u8], start: usize, file_offset: u64) {
     let body = &out[start + 8..];
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let crc = crc32c::crc32c(body);
+    let crc = group_crc(file_offset + start as u64, body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -97,7 +105,7 @@ pub fn read_group(file: &dyn File, offset: u64, file_len: u64) -> Result<Option<
     }
     let mut body = vec![0u8; len as usize];
     file.read_exact_at(&mut body, offset + 8)?;
-    if crc32c::crc32c(&body) != crc {
+    if group_crc(offset, &body) != crc {
         return Ok(None);
     }
     let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
@@ -110,27 +118,33 @@ pub fn read_group(file: &dyn File, offset: u64, file_len: u64) -> Result<Option<
 }
 
 /// Whether an intact group of a sequence after `last` starts anywhere after `offset`: what
-/// tells damage (acknowledged groups follow) from a torn last group (nothing does).
+/// tells damage (acknowledged groups follow) from a torn last group (nothing does). Headers
+/// are looked at through a window; only one whose sequence could follow (no more groups
+/// than fit in the bytes left) has its checksum computed.
 pub fn intact_group_after(
     file: &dyn File,
     offset: u64,
     file_len: u64,
     last: u64,
 ) -> Result<Option<u64>, io::Error> {
-    let mut rest = vec![0u8; (file_len - offset) as usize];
-    file.read_exact_at(&mut rest, offset)?;
-    for at in 1..rest.len().saturating_sub(GROUP_HEADER_LEN - 1) {
-        let h = &rest[at..at + GROUP_HEADER_LEN];
-        let len = u32::from_le_bytes(h[..4].try_into().unwrap_or_default()) as usize;
-        let sequence = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
-        let plausible = sequence > last && sequence - last <= 1 << 32 && len >= 8;
-        if !plausible || at + 8 + len > rest.len() {
-            continue;
+    const WINDOW: u64 = 64 << 10;
+    let most = (file_len - offset) / GROUP_HEADER_LEN as u64 + 1;
+    let mut window = vec![0u8; WINDOW as usize + GROUP_HEADER_LEN];
+    let mut base = offset + 1;
+    while base + GROUP_HEADER_LEN as u64 <= file_len {
+        let n = (file_len - base).min(window.len() as u64) as usize;
+        file.read_exact_at(&mut window[..n], base)?;
+        for i in 0..=n - GROUP_HEADER_LEN {
+            let h = &window[i..i + GROUP_HEADER_LEN];
+            let len = u64::from(u32::from_le_bytes(h[..4].try_into().unwrap_or_default()));
+            let sequence = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+            let at = base + i as u64;
+            let plausible = sequence > last && sequence - last <= most && len >= 8;
+            if plausible && at + 8 + len <= file_len && read_group(file, at, file_len)?.is_some() {
+                return Ok(Some(at));
+            }
         }
-        let crc = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
-        if crc32c::crc32c(&rest[at + 8..at + 8 + len]) == crc {
-            return Ok(Some(offset + at as u64));
-        }
+        base += (n - GROUP_HEADER_LEN + 1) as u64;
     }
     Ok(None)
 }
@@ -305,5 +319,63 @@ mod tests {
         other[4] = 9;
         assert_eq!(check_header(&other), Err(Some(9)));
         assert_eq!(check_header(b"ANSX\x01\0\0\0"), Err(None));
+    }
+
+    /// A torn last group whose records are intact (framed like groups, with matching
+    /// checksums) is a torn write, not damage: no record passes for a later group.
+    #[test]
+    fn the_records_of_a_torn_group_do_not_pass_for_later_groups() {
+        use crate::io::sim::SimFs;
+        use crate::io::Fs;
+        let put = |stream: &str, revision: u64| Snapshot {
+            stream_id: stream.into(),
+            revision,
+            schema_version: 1,
+            data: Bytes::from_static(b"{}"),
+            taken_at: Timestamp(0),
+        };
+        let mut out = header().to_vec();
+        let g = start_group(&mut out, 1);
+        encode_put(&mut out, &put("a", 0));
+        end_group(&mut out, g, 0);
+        let torn_at = out.len();
+        let g = start_group(&mut out, 2);
+        for r in 0..4 {
+            encode_put(&mut out, &put("a", r));
+        }
+        end_group(&mut out, g, 0);
+        // The second group's checksum no longer matches: a write torn before its sync.
+        out[torn_at + 4] ^= 0xff;
+        let fs = SimFs::new();
+        let file = fs.create(std::path::Path::new("/s/f")).unwrap();
+        file.write_all_at(&out, 0).unwrap();
+        let len = out.len() as u64;
+        let first = read_group(&*file, HEADER_LEN, len).unwrap().unwrap();
+        assert_eq!(
+            (first.sequence, HEADER_LEN + first.len),
+            (1, torn_at as u64)
+        );
+        assert!(read_group(&*file, torn_at as u64, len).unwrap().is_none());
+        assert_eq!(
+            intact_group_after(&*file, torn_at as u64, len, 1).unwrap(),
+            None
+        );
+        // The same group intact after it is damage to acknowledged data; copied to another
+        // offset, it is not a group there.
+        let mut more = out.clone();
+        let g = start_group(&mut more, 2);
+        encode_put(&mut more, &put("a", 9));
+        end_group(&mut more, g, 0);
+        file.write_all_at(&more, 0).unwrap();
+        let len = more.len() as u64;
+        assert_eq!(
+            intact_group_after(&*file, torn_at as u64, len, 1).unwrap(),
+            Some(out.len() as u64)
+        );
+        let copy = more[out.len()..].to_vec();
+        file.write_all_at(&copy, len + 3).unwrap();
+        assert!(read_group(&*file, len + 3, len + 3 + copy.len() as u64)
+            .unwrap()
+            .is_none());
     }
 }

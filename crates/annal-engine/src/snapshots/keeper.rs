@@ -161,10 +161,16 @@ impl Keeper {
 
     /// Syncs a file written under its temporary name and renames it into place, durably.
     fn finish_file(&self, id: u64, file: &FileRef) -> Result<PathBuf> {
+        let tmp = snapshot_tmp_path(&self.shared.dir, id);
+        file.sync_data().map_err(|e| io_err("syncing", &tmp, e))?;
+        self.place_file(id)
+    }
+
+    /// Renames a synced file from its temporary name into place, durably.
+    fn place_file(&self, id: u64) -> Result<PathBuf> {
         let fs = &self.shared.fs;
         let tmp = snapshot_tmp_path(&self.shared.dir, id);
         let path = snapshot_file_path(&self.shared.dir, id);
-        file.sync_data().map_err(|e| io_err("syncing", &tmp, e))?;
         fs.rename(&tmp, &path)
             .map_err(|e| io_err("renaming", &tmp, e))?;
         let sdir = snapshots_dir(&self.shared.dir);
@@ -198,7 +204,7 @@ impl Keeper {
             };
             lens.push((self.end + at, n as u64));
         }
-        end_group(&mut buf, start);
+        end_group(&mut buf, start, self.end);
         active
             .file
             .write_all_at(&buf, self.end)
@@ -279,7 +285,11 @@ impl Keeper {
         };
         let id = old.id + 1;
         let (file, tmp) = self.create_tmp(id).map_err(Compaction::Abandoned)?;
-        let written = self.write_live(&old, &file, &tmp, lists);
+        let written = self.write_live(&old, &file, &tmp, lists).and_then(|w| {
+            file.sync_data()
+                .map_err(|e| io_err("syncing", &tmp, e))
+                .map(|()| w)
+        });
         let (moved, live, end, sequence) = match written {
             Ok(w) => w,
             Err(e) => {
@@ -289,7 +299,7 @@ impl Keeper {
                 return Err(Compaction::Abandoned(e));
             }
         };
-        let path = self.finish_file(id, &file).map_err(Compaction::Failed)?;
+        let path = self.place_file(id).map_err(Compaction::Failed)?;
         {
             let mut t = self.shared.snapshots.write();
             t.streams = moved.into_iter().filter(|(_, l)| !l.is_empty()).collect();
@@ -363,7 +373,7 @@ impl Keeper {
                     len,
                 });
                 if buf.len() >= WRITE_PIECE {
-                    end_group(&mut buf, group);
+                    end_group(&mut buf, group, at);
                     file.write_all_at(&buf, at)
                         .map_err(|e| io_err("writing", tmp, e))?;
                     at += buf.len() as u64;
@@ -375,7 +385,7 @@ impl Keeper {
             moved.push((stream, kept));
         }
         if buf.len() > group + GROUP_HEADER_LEN {
-            end_group(&mut buf, group);
+            end_group(&mut buf, group, at);
         } else {
             // No record after the last group's start: the group is left out.
             buf.truncate(group);
