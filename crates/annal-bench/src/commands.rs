@@ -85,12 +85,7 @@ pub async fn postgres(
     for (h, client) in clients.into_iter().enumerate() {
         let (tag, progress) = (tag.to_string(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let load = client
-                .prepare(
-                    "SELECT revision, event_type, data::text FROM events \
-                     WHERE stream_id = $1 ORDER BY revision",
-                )
-                .await?;
+            let load = prepare_fold(&client).await?;
             let insert = client
                 .prepare(
                     "INSERT INTO events (stream_id, revision, event_id, event_type, data, metadata) \
@@ -133,6 +128,18 @@ pub async fn postgres(
         }));
     }
     per_second(tasks, start).await
+}
+
+/// The statement [`fold`] runs: an account's events in revision order.
+async fn prepare_fold(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<tokio_postgres::Statement> {
+    Ok(client
+        .prepare(
+            "SELECT revision, event_type, data::text FROM events \
+             WHERE stream_id = $1 ORDER BY revision",
+        )
+        .await?)
 }
 
 /// An account's state and last revision, folded from PostgreSQL.
@@ -242,12 +249,7 @@ pub async fn hydrate_postgres(
             &[&stream, &(events as i64)],
         )
         .await?;
-    let load = client
-        .prepare(
-            "SELECT revision, event_type, data::text FROM events \
-             WHERE stream_id = $1 ORDER BY revision",
-        )
-        .await?;
+    let load = prepare_fold(&client).await?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
@@ -278,12 +280,7 @@ pub async fn hydrate_postgres_snapshot(
              data jsonb NOT NULL, PRIMARY KEY (stream_id, revision))",
         )
         .await?;
-    let all = client
-        .prepare(
-            "SELECT revision, event_type, data::text FROM events \
-             WHERE stream_id = $1 ORDER BY revision",
-        )
-        .await?;
+    let all = prepare_fold(&client).await?;
     let (state, revision) = fold(&client, &all, account).await?;
     let state_json = serde_json::to_string(&state)?;
     client

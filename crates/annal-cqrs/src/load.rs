@@ -62,23 +62,23 @@ pub async fn load<D: Decider, S: EventStore>(
     stream_id: &str,
     upcasters: &Upcasters,
 ) -> Result<Loaded<D::State>, LoadError> {
-    if let Some(threshold) = D::snapshots().and_then(|how| how.threshold()) {
-        let read = ReadRequest::stream(stream_id).limit(threshold);
-        let head = fold::<D, S>(store, read, upcasters, Loaded::empty()).await?;
-        if head.replayed < threshold {
-            return Ok(head);
+    let start = match D::snapshots().and_then(|how| how.threshold()) {
+        Some(threshold) => {
+            let read = ReadRequest::stream(stream_id).limit(threshold);
+            let head = fold::<D, S>(store, read, upcasters, Loaded::empty()).await?;
+            if head.replayed < threshold {
+                return Ok(head);
+            }
+            let start = start::<D, S>(store, stream_id, None).await;
+            // A snapshot within what was read already is no shorter way.
+            if start.revision > head.revision {
+                start
+            } else {
+                head
+            }
         }
-        let start = start::<D, S>(store, stream_id, None).await;
-        // A snapshot within what was read already is no shorter way.
-        let start = if start.revision > head.revision {
-            start
-        } else {
-            head
-        };
-        let read = ReadRequest::stream(stream_id).from(start.next_revision());
-        return fold::<D, S>(store, read, upcasters, start).await;
-    }
-    let start = start::<D, S>(store, stream_id, None).await;
+        None => start::<D, S>(store, stream_id, None).await,
+    };
     let read = ReadRequest::stream(stream_id).from(start.next_revision());
     fold::<D, S>(store, read, upcasters, start).await
 }

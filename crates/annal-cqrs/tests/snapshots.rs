@@ -56,9 +56,10 @@ async fn folded<S: EventStore>(store: &S, n: usize) -> Account {
     state
 }
 
-/// Opens account 1 and deposits 1 eleven times through `D`: revisions 0 to 11.
-async fn twelve_events<D: Decider<Command = C, Error = Refused>, S: EventStore>(
+/// Opens account 1 and deposits 1 `deposits` times through `D`: revisions 0 to `deposits`.
+async fn opened_with<D: Decider<Command = C, Error = Refused>, S: EventStore>(
     h: &CommandHandler<S>,
+    deposits: usize,
 ) {
     let ctx = Context::new();
     h.handle::<D>(
@@ -70,11 +71,18 @@ async fn twelve_events<D: Decider<Command = C, Error = Refused>, S: EventStore>(
     )
     .await
     .unwrap();
-    for _ in 0..11 {
+    for _ in 0..deposits {
         h.handle::<D>("1", &C::Deposit { amount: 1 }, &ctx)
             .await
             .unwrap();
     }
+}
+
+/// Opens account 1 and deposits 1 eleven times through `D`: revisions 0 to 11.
+async fn twelve_events<D: Decider<Command = C, Error = Refused>, S: EventStore>(
+    h: &CommandHandler<S>,
+) {
+    opened_with::<D, S>(h, 11).await;
 }
 
 async fn a_command_past_every_n_events_keeps_a_snapshot_and_loads_start_there<
@@ -249,20 +257,7 @@ async fn a_stream_shorter_than_the_policy_threshold_is_loaded_without_asking_for
     let store = MemoryStore::new();
     let h = CommandHandler::new(store.clone());
     let ctx = Context::new();
-    h.handle::<Every5>(
-        "1",
-        &C::Open {
-            owner: "ann".into(),
-        },
-        &ctx,
-    )
-    .await
-    .unwrap();
-    for _ in 0..3 {
-        h.handle::<Every5>("1", &C::Deposit { amount: 1 }, &ctx)
-            .await
-            .unwrap();
-    }
+    opened_with::<Every5, MemoryStore>(&h, 3).await;
     let state = serde_json::to_vec(&folded(&store, 2).await).unwrap();
     store
         .put_snapshot(NewSnapshot::new("account-1", 1, 1, state))

@@ -10,8 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::file::{
-    encode_delete, encode_put, end_group, header, read_record, start_group, Bad, Record,
-    GROUP_HEADER_LEN, HEADER_LEN,
+    encode_delete, encode_put, end_group, header, start_group, GROUP_HEADER_LEN, HEADER_LEN,
 };
 use super::{Active, Kept};
 use crate::io::FileRef;
@@ -320,8 +319,8 @@ impl Keeper {
 
     /// Writes the kept snapshots into the new file `file`, in groups of about
     /// [`WRITE_PIECE`]; returns where each went, the live bytes, the file's end and its last
-    /// group's sequence. A snapshot that does not read back abandons the compaction: the old
-    /// file keeps it.
+    /// group's sequence. A snapshot that does not read back (as a get would read it)
+    /// abandons the compaction: the old file keeps it.
     #[allow(clippy::type_complexity)]
     fn write_live(
         &self,
@@ -339,31 +338,7 @@ impl Keeper {
         for (stream, list) in lists {
             let mut kept = Vec::with_capacity(list.len());
             for k in list {
-                let s = match read_record(&*old.file, k.offset, k.offset + k.len) {
-                    Ok((Record::Put(s), _)) => s,
-                    Ok(_) => {
-                        return Err(Error::Internal(format!(
-                            "the snapshot record at offset {} of {} is not the one indexed",
-                            k.offset,
-                            old.path.display()
-                        )))
-                    }
-                    Err(Bad::Io(e)) => return Err(io_err("reading", &old.path, e)),
-                    Err(Bad::Damaged(problem)) => {
-                        return Err(Error::Corruption {
-                            file: old.path.display().to_string(),
-                            offset: k.offset,
-                            problem,
-                        })
-                    }
-                    Err(Bad::Malformed) => {
-                        return Err(Error::Corruption {
-                            file: old.path.display().to_string(),
-                            offset: k.offset,
-                            problem: "a malformed snapshot record".into(),
-                        })
-                    }
-                };
+                let s = old.read(&stream, k)?;
                 let offset = at + buf.len() as u64;
                 let len = encode_put(&mut buf, &s) as u64;
                 live += len;

@@ -125,20 +125,27 @@ impl Snapshots {
             };
             (active, kept)
         };
-        let name = &active.path;
+        active.read(stream_id, kept).map(Some)
+    }
+}
+
+impl Active {
+    /// Reads the snapshot of `stream_id` kept at `kept`, checking its checksum and that it
+    /// is the snapshot indexed there.
+    pub fn read(&self, stream_id: &str, kept: Kept) -> Result<Snapshot> {
         let corrupt = |problem: String| Error::Corruption {
-            file: name.display().to_string(),
+            file: self.path.display().to_string(),
             offset: kept.offset,
             problem,
         };
-        match read_record(&*active.file, kept.offset, kept.offset + kept.len) {
+        match read_record(&*self.file, kept.offset, kept.offset + kept.len) {
             Ok((Record::Put(s), _)) if s.stream_id == stream_id && s.revision == kept.revision => {
-                Ok(Some(s))
+                Ok(s)
             }
             Ok(_) => Err(corrupt(
                 "the record is not the snapshot indexed there".into(),
             )),
-            Err(Bad::Io(e)) => Err(Error::io(format!("reading {}", name.display()), e)),
+            Err(Bad::Io(e)) => Err(io_err("reading", &self.path, e)),
             Err(Bad::Damaged(problem)) => Err(corrupt(problem)),
             Err(Bad::Malformed) => Err(corrupt("a malformed snapshot record".into())),
         }
