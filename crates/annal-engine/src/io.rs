@@ -8,6 +8,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod journal;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

@@ -19,6 +19,7 @@ use std::io;
 
 use annal_core::{Bytes, Snapshot, Timestamp};
 
+pub use crate::io::journal::{end_group, start_group, GROUP_HEADER_LEN};
 use crate::io::File;
 
 pub const MAGIC: &[u8; 4] = b"ANSN";
@@ -26,8 +27,6 @@ pub const VERSION: u32 = 3;
 pub const HEADER_LEN: u64 = 8;
 /// Length and CRC before each record's body.
 pub const FRAME_LEN: usize = 8;
-/// Length, CRC and sequence before a group's records.
-pub const GROUP_HEADER_LEN: usize = 16;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 /// Kind, stream id length, revision, schema version, taken at.
@@ -58,95 +57,6 @@ fn frame(out: &mut [u8], body_start: usize) {
     let crc = crc32c::crc32c(body);
     out[body_start..body_start + 4].copy_from_slice(&len.to_le_bytes());
     out[body_start + 4..body_start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// Starts a group of records in `out` (at its end); [`end_group`] frames it.
-pub fn start_group(out: &mut Vec<u8>, sequence: u64) -> usize {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; 8]);
-    out.extend_from_slice(&sequence.to_le_bytes());
-    start
-}
-
-/// A group's checksum: of its offset in the file, then of its sequence and records.
-fn group_crc(offset: u64, body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&offset.to_le_bytes()), body)
-}
-
-/// Frames the group that `start_group` began at `start` of `out`, which goes to the file at
-/// `file_offset`.
-pub fn end_group(out: &mut [u8], start: usize, file_offset: u64) {
-    let body = &out[start + 8..];
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let crc = group_crc(file_offset + start as u64, body);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// An intact group: its sequence and its records' bytes (each a framed record), and its
-/// whole length in the file.
-pub struct Group {
-    pub sequence: u64,
-    pub records: Vec<u8>,
-    pub len: u64,
-}
-
-/// Reads the group at `offset` of a file `file_len` long: `None` when it is not intact.
-pub fn read_group(file: &dyn File, offset: u64, file_len: u64) -> Result<Option<Group>, io::Error> {
-    if offset + GROUP_HEADER_LEN as u64 > file_len {
-        return Ok(None);
-    }
-    let mut head = [0u8; GROUP_HEADER_LEN];
-    file.read_exact_at(&mut head, offset)?;
-    let len = u64::from(u32::from_le_bytes(head[..4].try_into().unwrap_or_default()));
-    let crc = u32::from_le_bytes(head[4..8].try_into().unwrap_or_default());
-    if len < 8 || offset + 8 + len > file_len {
-        return Ok(None);
-    }
-    let mut body = vec![0u8; len as usize];
-    file.read_exact_at(&mut body, offset + 8)?;
-    if group_crc(offset, &body) != crc {
-        return Ok(None);
-    }
-    let sequence = u64::from_le_bytes(body[..8].try_into().unwrap_or_default());
-    body.drain(..8);
-    Ok(Some(Group {
-        sequence,
-        records: body,
-        len: 8 + len,
-    }))
-}
-
-/// Whether an intact group of a sequence after `last` starts anywhere after `offset`: what
-/// tells damage (acknowledged groups follow) from a torn last group (nothing does). Headers
-/// are looked at through a window; only one whose sequence could follow (no more groups
-/// than fit in the bytes left) has its checksum computed.
-pub fn intact_group_after(
-    file: &dyn File,
-    offset: u64,
-    file_len: u64,
-    last: u64,
-) -> Result<Option<u64>, io::Error> {
-    const WINDOW: u64 = 64 << 10;
-    let most = (file_len - offset) / GROUP_HEADER_LEN as u64 + 1;
-    let mut window = vec![0u8; WINDOW as usize + GROUP_HEADER_LEN];
-    let mut base = offset + 1;
-    while base + GROUP_HEADER_LEN as u64 <= file_len {
-        let n = (file_len - base).min(window.len() as u64) as usize;
-        file.read_exact_at(&mut window[..n], base)?;
-        for i in 0..=n - GROUP_HEADER_LEN {
-            let h = &window[i..i + GROUP_HEADER_LEN];
-            let len = u64::from(u32::from_le_bytes(h[..4].try_into().unwrap_or_default()));
-            let sequence = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
-            let at = base + i as u64;
-            let plausible = sequence > last && sequence - last <= most && len >= 8;
-            if plausible && at + 8 + len <= file_len && read_group(file, at, file_len)?.is_some() {
-                return Ok(Some(at));
-            }
-        }
-        base += (n - GROUP_HEADER_LEN + 1) as u64;
-    }
-    Ok(None)
 }
 
 /// Appends a put record to `out`; returns its length.
@@ -325,6 +235,7 @@ mod tests {
     /// checksums) is a torn write, not damage: no record passes for a later group.
     #[test]
     fn the_records_of_a_torn_group_do_not_pass_for_later_groups() {
+        use crate::io::journal::{intact_group_after, read_group};
         use crate::io::sim::SimFs;
         use crate::io::Fs;
         let put = |stream: &str, revision: u64| Snapshot {

@@ -25,10 +25,7 @@ use crate::layout::{
 pub(crate) mod file;
 pub(crate) mod keeper;
 
-use file::{
-    group_records, intact_group_after, read_group, read_record, Bad, Record, GROUP_HEADER_LEN,
-    HEADER_LEN,
-};
+use file::{group_records, read_record, Bad, Record, GROUP_HEADER_LEN, HEADER_LEN};
 
 /// Where one kept snapshot's record lies.
 #[derive(Debug, Clone, Copy)]
@@ -200,75 +197,39 @@ pub(crate) struct Scanned {
 /// not read whole with an intact group after it is damage to acknowledged data, and an
 /// error; one with none after it is the last group, torn by a crash before its sync.
 pub(crate) fn scan(file: &dyn crate::io::File, path: &Path) -> Result<Scanned> {
-    let len = file.len().map_err(|e| io_err("reading", path, e))?;
-    let corrupt = |offset: u64, problem: String| Error::Corruption {
-        file: path.display().to_string(),
-        offset,
-        problem,
-    };
     let mut table = Table::default();
-    let mut offset = HEADER_LEN;
-    let mut sequence = 0;
-    while offset < len {
-        let group = read_group(file, offset, len).map_err(|e| io_err("reading", path, e))?;
-        match group {
-            Some(g) if g.sequence == sequence + 1 => {
-                let records = Bytes::from(g.records);
-                let Some(records) = group_records(&records) else {
-                    return Err(corrupt(
-                        offset,
-                        "a group of malformed snapshot records".into(),
-                    ));
-                };
-                for (record, at, n) in records {
-                    let at = offset + GROUP_HEADER_LEN as u64 + at as u64;
-                    match record {
-                        Record::Put(s) => table.put(
-                            &s.stream_id,
-                            Kept {
-                                revision: s.revision,
-                                offset: at,
-                                len: n as u64,
-                            },
-                        ),
-                        Record::Delete(stream) => {
-                            table.delete(&stream, n as u64);
-                        }
-                    }
+    let end = crate::io::journal::scan(file, path, HEADER_LEN, "snapshot records", |offset, g| {
+        let records = Bytes::from(g.records);
+        let Some(records) = group_records(&records) else {
+            return Err(Error::Corruption {
+                file: path.display().to_string(),
+                offset,
+                problem: "a group of malformed snapshot records".into(),
+            });
+        };
+        for (record, at, n) in records {
+            let at = offset + GROUP_HEADER_LEN as u64 + at as u64;
+            match record {
+                Record::Put(s) => table.put(
+                    &s.stream_id,
+                    Kept {
+                        revision: s.revision,
+                        offset: at,
+                        len: n as u64,
+                    },
+                ),
+                Record::Delete(stream) => {
+                    table.delete(&stream, n as u64);
                 }
-                sequence = g.sequence;
-                offset += g.len;
-            }
-            Some(g) => {
-                return Err(corrupt(
-                    offset,
-                    format!("group {} where group {} belongs", g.sequence, sequence + 1),
-                ))
-            }
-            None => {
-                let later = intact_group_after(file, offset, len, sequence)
-                    .map_err(|e| io_err("reading", path, e))?;
-                if let Some(later) = later {
-                    return Err(corrupt(
-                        offset,
-                        format!("a damaged group of snapshot records, with acknowledged groups after it (from offset {later})"),
-                    ));
-                }
-                let problem = format!("{} bytes of a group that does not read whole", len - offset);
-                return Ok(Scanned {
-                    table,
-                    end: offset,
-                    sequence,
-                    torn: Some((offset, problem)),
-                });
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(Scanned {
         table,
-        end: offset,
-        sequence,
-        torn: None,
+        end: end.end,
+        sequence: end.sequence,
+        torn: end.torn,
     })
 }
 

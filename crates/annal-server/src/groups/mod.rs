@@ -8,6 +8,7 @@
 //! | `machine.rs` | the dispatch as a pure state machine: keys, leases, acks, parking |
 
 pub mod def;
+pub mod journal;
 pub mod machine;
 
 #[cfg(test)]
