@@ -212,6 +212,8 @@ settings! {
     max_subscriptions: u64 = 1024, flag "max-subscriptions", value "N";
     /// Streamed reads at once (gRPC and HTTP); more are refused.
     max_reads: u64 = 256, flag "max-reads", value "N";
+    /// Consumer groups at most; creating more is refused.
+    max_groups: u64 = 256, flag "max-groups", value "N";
     /// Bytes of appends received and processed at once; more wait (at least twice
     /// max_append_bytes and 1 MiB, room for one base64 JSON append).
     max_inflight_append_bytes: u64 = 256 << 20, flag "max-inflight-append-bytes", value "BYTES";
@@ -304,6 +306,7 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     pub max_subscriptions: usize,
     pub max_reads: usize,
+    pub max_groups: usize,
     pub max_inflight_append_bytes: usize,
     pub max_answer_bytes: usize,
     pub max_event_bytes: usize,
@@ -542,6 +545,7 @@ impl Settings {
             1 << 20,
         );
         let max_reads = count("max_reads", self.max_reads, d.max_reads, 1 << 16);
+        let max_groups = count("max_groups", self.max_groups, d.max_groups, 1 << 16);
         let max_event_bytes = count(
             "max_event_bytes",
             self.max_event_bytes,
@@ -611,6 +615,7 @@ impl Settings {
             max_streams_per_connection,
             max_subscriptions,
             max_reads,
+            max_groups,
             max_inflight_append_bytes,
             max_answer_bytes,
             max_event_bytes,

@@ -63,7 +63,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => (
             status,
@@ -78,7 +78,7 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response 
     }
 }
 
-fn ok_json<T: serde::Serialize>(body: &T) -> Response {
+pub(crate) fn ok_json<T: serde::Serialize>(body: &T) -> Response {
     json_response(StatusCode::OK, body)
 }
 
@@ -1141,6 +1141,7 @@ pub fn openapi_document() -> serde_json::Value {
                 if (method == "post"
                     && (path == "/v1/append" || path == "/v1/streams/{stream_id}" || snapshots))
                     || (method == "delete" && snapshots)
+                    || (path.starts_with("/v1/groups") && method != "get")
                 {
                     let mut forbidden = error_ref.clone();
                     forbidden["description"] = "The token may read but not write".into();
@@ -1206,7 +1207,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         paths(
             append_stream, append, stream_info, read_stream, read_events, read, list_streams,
             list_categories, position_at, info, subscribe_get, subscribe_post, health, ready,
-            metrics_text, put_snapshot, get_snapshot, delete_snapshots
+            metrics_text, put_snapshot, get_snapshot, delete_snapshots,
+            crate::groups::http::list_groups, crate::groups::http::create_group,
+            crate::groups::http::get_group, crate::groups::http::change_group,
+            crate::groups::http::delete_group, crate::groups::http::list_parked,
+            crate::groups::http::replay_parked, crate::groups::http::discard_parked
         ),
         components(schemas(ErrorJson, ErrorBody)),
         modifiers(&BearerAuth),
@@ -1269,14 +1274,18 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// True for the routes that write: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
 /// path segment; a `/` in a stream id travels as `%2F`), `POST` and `DELETE` of
-/// `/v1/streams/{stream_id}/snapshots`, and the gRPC write methods.
+/// `/v1/streams/{stream_id}/snapshots`, everything but `GET` under `/v1/groups`, and the
+/// gRPC write methods.
 fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
     match grpc_method {
         Some(m) => annal_proto::WRITE_METHODS.contains(&m),
         None => {
             let in_stream = path.strip_prefix("/v1/streams/");
             let one_segment = |id: &str| !id.is_empty() && !id.contains('/');
-            (method == Method::POST && (path == "/v1/append" || in_stream.is_some_and(one_segment)))
+            let groups = path == "/v1/groups" || path.starts_with("/v1/groups/");
+            (groups && method != Method::GET && method != Method::HEAD)
+                || (method == Method::POST
+                    && (path == "/v1/append" || in_stream.is_some_and(one_segment)))
                 || ((method == Method::POST || method == Method::DELETE)
                     && in_stream
                         .and_then(|p| p.strip_suffix("/snapshots"))
@@ -1381,7 +1390,7 @@ fn body_limit(state: &State) -> usize {
 pub(crate) fn router(state: Arc<State>) -> Router {
     let body_limit = body_limit(&state);
     let grpc = Grpc::service(Arc::clone(&state));
-    Router::new()
+    crate::groups::http::routes(Router::new())
         .route("/v1/streams", get(list_streams))
         .route(
             "/v1/streams/{stream_id}",

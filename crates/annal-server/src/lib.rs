@@ -59,6 +59,8 @@ pub(crate) struct State {
     pub shutdown: watch::Receiver<bool>,
     pub draining: AtomicBool,
     pub started: Instant,
+    /// The consumer groups (`groups/`).
+    pub groups: Arc<groups::Groups>,
 }
 
 /// A batch of a read or subscription is cut at about this many bytes of events, whatever its
@@ -771,6 +773,15 @@ impl Server {
         metrics::install();
         let (stop, shutdown) = watch::channel(false);
         let store = Arc::new(store);
+        let served: Arc<dyn Served> = Arc::clone(&store) as Arc<dyn Served>;
+        let groups = {
+            let data = config.data.clone();
+            let shutdown = shutdown.clone();
+            let max_groups = config.limits.max_groups;
+            groups::Groups::open(&data, served, shutdown, max_groups).with_context(|| {
+                format!("opening the consumer groups in {}", config.data.display())
+            })?
+        };
         let mut held = Some(Arc::clone(&store));
         let close: Closer = Box::new(move || {
             let store = held.take()?;
@@ -793,6 +804,7 @@ impl Server {
             shutdown: shutdown.clone(),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            groups: Arc::new(groups),
         });
         let app = http::router(Arc::clone(&state));
         let done = tokio::spawn(serve::serve(
@@ -829,6 +841,7 @@ impl Server {
     /// (closing the engine writes a checkpoint, so the next start replays nothing).
     async fn finish(self) -> anyhow::Result<()> {
         let served = self.done.await?;
+        self.state.groups.stop_all().await;
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut close = self.close;
         drop(self.state);

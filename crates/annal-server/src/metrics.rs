@@ -244,3 +244,8 @@ impl Drop for ActiveSubscription {
         metrics::gauge!("annal_subscriptions_active").decrement(1.0);
     }
 }
+
+/// Counts a change of a consumer group's members: a join, a leave, a member lost.
+pub fn group_rebalance(group: &str) {
+    metrics::counter!("annal_group_rebalances_total", "group" => group.to_string()).increment(1);
+}

@@ -330,10 +330,16 @@ struct Writer {
     failed: Option<Error>,
 }
 
-/// A batch of records to write, and who waits for it.
-struct Job {
-    records: Vec<Rec>,
-    done: oneshot::Sender<Result<(), Error>>,
+/// A batch of records to write, and who waits for it; or a look at one group's state.
+enum Job {
+    Write {
+        records: Vec<Rec>,
+        done: oneshot::Sender<Result<(), Error>>,
+    },
+    Mirror {
+        id: u32,
+        reply: oneshot::Sender<Option<Kept>>,
+    },
 }
 
 /// The journal's handle; the thread stops when the last handle is dropped.
@@ -440,8 +446,21 @@ impl Journal {
     /// Writes `records` durably; returns once they are synced.
     pub async fn write(&self, records: Vec<Rec>) -> Result<(), Error> {
         let (done, wait) = oneshot::channel();
+        self.queue(Job::Write { records, done }).await?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the groups journal has stopped".into()))?
+    }
+
+    /// What the journal holds of group `id`, after every write queued before.
+    pub async fn mirror(&self, id: u32) -> Result<Option<Kept>, Error> {
+        let (reply, wait) = oneshot::channel();
+        self.queue(Job::Mirror { id, reply }).await?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the groups journal has stopped".into()))
+    }
+
+    async fn queue(&self, job: Job) -> Result<(), Error> {
         let tx = self.tx.clone();
-        let job = Job { records, done };
         // The queue is bounded: a full one blocks, so it is waited for off the runtime.
         match tx.try_send(job) {
             Ok(()) => {}
@@ -455,26 +474,55 @@ impl Journal {
                 return Err(Error::Unavailable("the groups journal has stopped".into()))
             }
         }
-        wait.await
-            .map_err(|_| Error::Unavailable("the groups journal has stopped".into()))?
+        Ok(())
     }
 }
 
 impl Writer {
     fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            while let Ok(more) = rx.try_recv() {
-                jobs.push(more);
+        let mut next = None;
+        loop {
+            let first = match next.take() {
+                Some(job) => job,
+                None => match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let mut batch = Vec::new();
+            let mut done = Vec::new();
+            let mut look = first;
+            loop {
+                match look {
+                    Job::Write { records, done: d } => {
+                        batch.push(records);
+                        done.push(d);
+                    }
+                    Job::Mirror { id, reply } if batch.is_empty() => {
+                        let _ = reply.send(self.mirror.get(&id).cloned());
+                    }
+                    mirror @ Job::Mirror { .. } => {
+                        // It waits for the writes queued before it.
+                        next = Some(mirror);
+                        break;
+                    }
+                }
+                match rx.try_recv() {
+                    Ok(job) => look = job,
+                    Err(_) => break,
+                }
             }
-            let result = self.write(&jobs);
-            for job in jobs {
-                let _ = job.done.send(result.clone());
+            if batch.is_empty() {
+                continue;
+            }
+            let result = self.write(&batch);
+            for d in done {
+                let _ = d.send(result.clone());
             }
         }
     }
 
-    fn write(&mut self, jobs: &[Job]) -> Result<(), Error> {
+    fn write(&mut self, jobs: &[Vec<Rec>]) -> Result<(), Error> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -486,10 +534,8 @@ impl Writer {
             )));
             return result;
         }
-        for job in jobs {
-            for rec in &job.records {
-                apply(&mut self.mirror, rec);
-            }
+        for rec in jobs.iter().flatten() {
+            apply(&mut self.mirror, rec);
         }
         if self.end >= self.compact_after && self.end >= self.measured_at * 2 {
             self.measured_at = self.end;
@@ -519,7 +565,7 @@ impl Writer {
         Ok(f)
     }
 
-    fn append(&mut self, jobs: &[Job]) -> Result<(), Error> {
+    fn append(&mut self, jobs: &[Vec<Rec>]) -> Result<(), Error> {
         let file = match &self.file {
             Some(f) => f.clone(),
             None => {
@@ -533,10 +579,8 @@ impl Writer {
         if !self.announced {
             encode_generation(&mut out, self.run);
         }
-        for job in jobs {
-            for rec in &job.records {
-                encode(&mut out, rec);
-            }
+        for rec in jobs.iter().flatten() {
+            encode(&mut out, rec);
         }
         end_group(&mut out, g, self.end);
         let path = self.path();

@@ -50,6 +50,11 @@ impl TestServer {
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
     }
+
+    /// A gRPC client of the server at `addr`.
+    pub async fn client_for(addr: std::net::SocketAddr) -> Client {
+        Client::connect(format!("http://{addr}")).await.unwrap()
+    }
 }
 
 /// A metric's value as `/metrics` shows it now: `name` with its labels, as in
