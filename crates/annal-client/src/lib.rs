@@ -43,8 +43,11 @@ use futures_core::Stream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+mod groups;
 mod tls;
 mod wire;
+
+pub use groups::{Delivery, GroupArgs, GroupCall, Member};
 
 /// Listings are fetched in pages of this many (the server's largest page).
 const PAGE: usize = 10_000;

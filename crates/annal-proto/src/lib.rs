@@ -38,7 +38,17 @@ pub mod packed;
 pub const SERVICE: &str = "annal.v1.EventStore";
 
 /// The RPCs that change the store; every other RPC only reads.
-pub const WRITE_METHODS: &[&str] = &["Append", "PutSnapshot", "DeleteSnapshots"];
+pub const WRITE_METHODS: &[&str] = &[
+    "Append",
+    "PutSnapshot",
+    "DeleteSnapshots",
+    "CreateGroup",
+    "ChangeGroup",
+    "DeleteGroup",
+    "ReplayParked",
+    "DiscardParked",
+    "Consume",
+];
 
 fn uuid_field(bytes: &[u8], field: impl FnOnce() -> String) -> Result<Uuid> {
     Uuid::from_slice(bytes).map_err(|_| {

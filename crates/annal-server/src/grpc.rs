@@ -15,6 +15,7 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
+use crate::groups::grpc::Admin;
 use crate::{public, ReadMsg, State, SubMsg};
 
 /// Batches a read or subscription keeps queued for a slow gRPC client.
@@ -56,6 +57,18 @@ pub struct Grpc {
 }
 
 impl Grpc {
+    /// A consumer group admin call.
+    async fn group(
+        &self,
+        op: Admin,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        crate::groups::grpc::admin(&self.state, op, r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
     /// The tonic service with message size limits that fit the configured append limit.
     pub fn service(state: Arc<State>) -> pb::event_store_server::EventStoreServer<Grpc> {
         let max_in = state.max_append_message();
@@ -356,6 +369,74 @@ impl pb::event_store_server::EventStore for Grpc {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteSnapshotsResponse { deleted }))
+    }
+
+    async fn create_group(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Create, r).await
+    }
+
+    async fn change_group(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Change, r).await
+    }
+
+    async fn delete_group(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Delete, r).await
+    }
+
+    async fn get_group(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Get, r).await
+    }
+
+    async fn list_groups(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::List, r).await
+    }
+
+    async fn list_parked(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Parked, r).await
+    }
+
+    async fn replay_parked(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Replay, r).await
+    }
+
+    async fn discard_parked(
+        &self,
+        r: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::GroupResponse>, Status> {
+        self.group(Admin::Discard, r).await
+    }
+
+    type ConsumeStream = crate::groups::grpc::Consumer;
+
+    async fn consume(
+        &self,
+        r: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        crate::groups::grpc::consume(Arc::clone(&self.state), r.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn server_info(

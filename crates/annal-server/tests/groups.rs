@@ -220,3 +220,288 @@ async fn groups_need_a_write_token_to_change() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use annal_client::{Client, GroupArgs, GroupCall};
+use annal_core::{AppendRequest, EventStore, ExpectedRevision, NewEvent};
+
+async fn create(c: &Client, definition: serde_json::Value) -> serde_json::Value {
+    let json = c
+        .group_call(
+            GroupCall::Create,
+            GroupArgs {
+                json: definition.to_string(),
+                ..GroupArgs::default()
+            },
+        )
+        .await
+        .unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+async fn call(c: &Client, call: GroupCall, name: &str, position: Option<u64>) -> serde_json::Value {
+    let json = c
+        .group_call(
+            call,
+            GroupArgs {
+                name: name.into(),
+                position,
+                ..GroupArgs::default()
+            },
+        )
+        .await
+        .unwrap();
+    serde_json::from_str(&json).unwrap_or(serde_json::Value::Null)
+}
+
+async fn append(c: &Client, stream: &str, types: &[&str]) {
+    let events = types.iter().map(|t| NewEvent::new(*t, "{}")).collect();
+    c.append(AppendRequest::stream(stream, ExpectedRevision::Any, events))
+        .await
+        .unwrap();
+}
+
+async fn next(m: &mut annal_client::Member) -> annal_client::Delivery {
+    tokio::time::timeout(Duration::from_secs(5), m.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the membership goes on")
+        .expect("a delivery, not an error")
+}
+
+/// One handling of an event: by whom, of what, and when it began and was acknowledged.
+#[derive(Debug, Clone)]
+struct Handled {
+    member: usize,
+    stream: String,
+    revision: u64,
+    began: Instant,
+    acked: Instant,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_hold_each_key_alone_and_handle_it_in_order() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(&c, json!({"name": "work", "source": {"category": "job"}})).await;
+    for i in 0..20 {
+        append(&c, &format!("job-{i}"), &["a", "b", "c", "d", "e"]).await;
+    }
+    let log: Arc<Mutex<Vec<Handled>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for m in 0..3 {
+        let c = c.clone();
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let mut member = c.join_group("work", &format!("m{m}")).await.unwrap();
+            let mut seed = 7 + m as u64;
+            while let Ok(Some(d)) =
+                tokio::time::timeout(Duration::from_secs(2), member.next()).await
+            {
+                let d = d.unwrap();
+                let began = Instant::now();
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                tokio::time::sleep(Duration::from_micros(seed >> 54)).await;
+                let acked = Instant::now();
+                let e = d.event.clone();
+                d.ack().await.unwrap();
+                log.lock().unwrap().push(Handled {
+                    member: m,
+                    stream: e.stream_id.to_string(),
+                    revision: e.revision,
+                    began,
+                    acked,
+                });
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 100, "every event once, none twice");
+    let members: std::collections::BTreeSet<usize> = log.iter().map(|h| h.member).collect();
+    assert!(members.len() >= 2, "the work was shared: {members:?}");
+    for i in 0..20 {
+        let stream = format!("job-{i}");
+        let mut of: Vec<&Handled> = log.iter().filter(|h| h.stream == stream).collect();
+        of.sort_by_key(|h| h.began);
+        let revisions: Vec<u64> = of.iter().map(|h| h.revision).collect();
+        assert_eq!(revisions, vec![0, 1, 2, 3, 4], "{stream} in order");
+        for w in of.windows(2) {
+            assert!(
+                w[1].began >= w[0].acked,
+                "{stream}: revision {} began before revision {} was acknowledged",
+                w[1].revision,
+                w[0].revision
+            );
+        }
+    }
+    let g = call(&c, GroupCall::Get, "work", None).await;
+    assert_eq!(g["floor"], 100, "{g}");
+    assert_eq!(g["acknowledged"], 100, "{g}");
+}
+
+#[tokio::test]
+async fn failures_retry_then_park_and_parked_events_replay_in_order() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "videos", "source": {"category": "video"},
+               "settings": {"max_attempts": 2, "retry_backoff_ms": 10, "max_backoff_ms": 20}}),
+    )
+    .await;
+    append(&c, "video-1", &["Uploaded", "Started", "Completed"]).await;
+    append(&c, "video-2", &["Uploaded"]).await;
+    let mut m = c.join_group("videos", "worker").await.unwrap();
+    // video-1's first event fails twice: parked; video-2 goes on; video-1 waits behind it.
+    let mut seen = Vec::new();
+    loop {
+        let d = next(&mut m).await;
+        seen.push((d.event.stream_id.to_string(), d.event.revision, d.attempt));
+        if d.event.stream_id == "video-1" {
+            d.nack("transcoder crashed").await.unwrap();
+        } else {
+            d.ack().await.unwrap();
+        }
+        if seen.iter().filter(|s| s.0 == "video-1").count() == 2
+            && seen.iter().any(|s| s.0 == "video-2")
+        {
+            break;
+        }
+    }
+    assert!(
+        seen.contains(&("video-1".into(), 0, 1)) && seen.contains(&("video-1".into(), 0, 2)),
+        "{seen:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let parked = call(&c, GroupCall::Parked, "videos", None).await;
+    let parked = parked["parked"].as_array().unwrap().clone();
+    assert_eq!(parked.len(), 3, "{parked:?}");
+    assert_eq!(parked[0]["key"], "video-1");
+    assert_eq!(parked[0]["attempts"], 2);
+    assert_eq!(parked[0]["member"], "worker");
+    assert!(parked[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("transcoder crashed"));
+    assert_eq!(parked[1]["waiting"], true);
+    assert_eq!(parked[2]["waiting"], true);
+
+    // Replayed, the parked event comes back first, then the ones that waited, in order.
+    assert_eq!(
+        call(&c, GroupCall::Replay, "videos", None).await["count"],
+        1
+    );
+    for revision in 0..3 {
+        let d = next(&mut m).await;
+        assert_eq!(
+            (d.event.stream_id.as_str(), d.event.revision),
+            ("video-1", revision)
+        );
+        d.ack().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let parked = call(&c, GroupCall::Parked, "videos", None).await;
+    assert_eq!(parked["parked"].as_array().unwrap().len(), 0, "{parked}");
+}
+
+#[tokio::test]
+async fn skip_mode_goes_on_past_a_parked_event_and_discard_drops_it() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "g", "source": "all", "settings": {"on_park": "skip"}}),
+    )
+    .await;
+    append(&c, "order-1", &["Placed", "Paid"]).await;
+    let mut m = c.join_group("g", "w").await.unwrap();
+    let d = m.next().await.unwrap().unwrap();
+    assert_eq!(d.event.revision, 0);
+    d.park("bad payload").await.unwrap();
+    let d = m.next().await.unwrap().unwrap();
+    assert_eq!(d.event.revision, 1, "the key goes on");
+    d.ack().await.unwrap();
+    let parked = call(&c, GroupCall::Parked, "g", None).await;
+    assert_eq!(parked["parked"][0]["position"], 0);
+    assert_eq!(parked["parked"][0]["attempts"], 1);
+    assert_eq!(call(&c, GroupCall::Discard, "g", Some(0)).await["count"], 1);
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    assert_eq!(
+        (g["parked"].clone(), g["floor"].clone()),
+        (json!(0), json!(2)),
+        "{g}"
+    );
+}
+
+#[tokio::test]
+async fn an_ack_after_the_lease_moved_is_refused_and_the_event_goes_to_another_member() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "g", "source": "all",
+               "settings": {"ack_timeout_ms": 200, "retry_backoff_ms": 0}}),
+    )
+    .await;
+    append(&c, "video-9", &["Uploaded"]).await;
+    let mut slow = c.join_group("g", "slow").await.unwrap();
+    let first = slow.next().await.unwrap().unwrap();
+    let mut fast = c.join_group("g", "fast").await.unwrap();
+    // The slow member's lease runs out; the event is delivered again, maybe to either.
+    let again = tokio::select! {
+        d = fast.next() => d.unwrap().unwrap(),
+        d = slow.next() => d.unwrap().unwrap(),
+    };
+    assert_eq!((again.position, again.attempt), (first.position, 2));
+    let e = first.ack().await.unwrap_err();
+    assert!(
+        matches!(e, annal_core::Error::InvalidArgument { .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("lease") || e.to_string().contains("stale"),
+        "{e}"
+    );
+    again.ack().await.unwrap();
+    let e = again.ack().await.unwrap_err();
+    assert!(e.to_string().contains("not in flight"), "{e}");
+}
+
+#[tokio::test]
+async fn a_member_that_leaves_or_is_lost_gives_its_keys_to_the_others() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "g", "source": "all", "settings": {"member_timeout_ms": 300}}),
+    )
+    .await;
+    append(&c, "a-1", &["x", "y"]).await;
+    let mut first = c.join_group("g", "first").await.unwrap();
+    let held = first.next().await.unwrap().unwrap();
+    assert_eq!(held.event.revision, 0);
+    let mut second = c.join_group("g", "second").await.unwrap();
+    first.leave();
+    let d = tokio::time::timeout(Duration::from_secs(5), second.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (d.event.revision, d.attempt),
+        (0, 1),
+        "a leave is no failed attempt"
+    );
+    d.ack().await.unwrap();
+    let d = second.next().await.unwrap().unwrap();
+    assert_eq!(d.event.revision, 1);
+    d.ack().await.unwrap();
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    assert!(g["rebalances"].as_u64().unwrap() >= 3, "{g}");
+    assert_eq!(g["members"].as_array().unwrap().len(), 1, "{g}");
+}

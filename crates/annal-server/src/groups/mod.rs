@@ -15,6 +15,7 @@
 //! operators' requests to each group's task.
 
 pub mod def;
+pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod journal;
 pub mod json;

@@ -1,0 +1,277 @@
+//! Consumer groups over gRPC: the admin calls (their definitions and states as the HTTP
+//! API's JSON) and `Consume`, a member as a bidirectional stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use annal_core::Error;
+use annal_proto as pb;
+use futures_core::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::json::{
+    GroupJson, GroupSettingsJson, GroupStatusJson, GroupsJson, ParkedCountJson, ParkedJson,
+    ParkedPageJson,
+};
+use super::machine::Nack;
+use super::runtime::{ask, Cmd, Out};
+use crate::State;
+
+/// Which admin call.
+#[derive(Debug, Clone, Copy)]
+pub enum Admin {
+    Create,
+    Change,
+    Delete,
+    Get,
+    List,
+    Parked,
+    Replay,
+    Discard,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::GroupResponse, Error> {
+    serde_json::to_string(v)
+        .map(|json| pb::GroupResponse { json })
+        .map_err(|e| Error::Internal(format!("encoding the answer failed: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
+    serde_json::from_str(json).map_err(|e| Error::invalid("json", e.to_string()))
+}
+
+/// One admin call.
+pub async fn admin(
+    state: &State,
+    op: Admin,
+    r: pb::GroupRequest,
+) -> Result<pb::GroupResponse, Error> {
+    let groups = &state.groups;
+    if !matches!(op, Admin::Create | Admin::List) {
+        super::def::name(&r.name)?;
+    }
+    match op {
+        Admin::Create => {
+            let def = from_json::<GroupJson>(&r.json)?.into_def(&Default::default())?;
+            to_json(&GroupStatusJson::from(&groups.create(def).await?))
+        }
+        Admin::Change => {
+            let settings: GroupSettingsJson = from_json(&r.json)?;
+            let status = groups
+                .change(&r.name, |old| Ok(settings.apply(old)))
+                .await?;
+            to_json(&GroupStatusJson::from(&status))
+        }
+        Admin::Delete => {
+            groups.delete(&r.name).await?;
+            Ok(pb::GroupResponse::default())
+        }
+        Admin::Get => to_json(&GroupStatusJson::from(&groups.status(&r.name).await?)),
+        Admin::List => to_json(&GroupsJson {
+            groups: groups
+                .list()
+                .await?
+                .iter()
+                .map(GroupStatusJson::from)
+                .collect(),
+        }),
+        Admin::Parked => {
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(super::http::MAX_PARKED_PAGE as u64) as usize,
+            };
+            let after = r.after;
+            let parked = ask(&groups.sender(&r.name)?, |reply| Cmd::Parked {
+                after,
+                limit,
+                reply,
+            })
+            .await?;
+            to_json(&ParkedPageJson {
+                parked: parked.iter().map(ParkedJson::from).collect(),
+            })
+        }
+        Admin::Replay | Admin::Discard => {
+            let position = r.position;
+            let tx = groups.sender(&r.name)?;
+            let count = match op {
+                Admin::Replay => ask(&tx, |reply| Cmd::Replay { position, reply }).await?,
+                _ => ask(&tx, |reply| Cmd::Discard { position, reply }).await?,
+            };
+            to_json(&ParkedCountJson { count })
+        }
+    }
+}
+
+/// A member's answers: what its group hands it, and how its acks settled.
+pub struct Consumer(mpsc::Receiver<Result<pb::ConsumeResponse, Status>>);
+
+impl Stream for Consumer {
+    type Item = Result<pb::ConsumeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn detail(e: &Error) -> pb::ErrorDetail {
+    let status = pb::status_from_error(&crate::public(e.clone()));
+    pb::ErrorDetail::decode(status.details()).unwrap_or_default()
+}
+
+fn response(kind: pb::consume_response::Kind) -> pb::ConsumeResponse {
+    pb::ConsumeResponse { kind: Some(kind) }
+}
+
+/// A member: waits for its `JoinGroup`, joins, and then serves it until either side ends.
+pub async fn consume(
+    state: Arc<State>,
+    mut inbound: Streaming<pb::ConsumeRequest>,
+) -> Result<Consumer, Error> {
+    use pb::consume_request::Kind;
+    let timeout = state.config.limits.hello_timeout;
+    let first = tokio::time::timeout(timeout, inbound.message())
+        .await
+        .map_err(|_| {
+            Error::invalid(
+                "consume",
+                format!(
+                    "no JoinGroup within {} (hello_timeout)",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        })?
+        .map_err(|s| Error::invalid("consume", s.message().to_string()))?;
+    let Some(pb::ConsumeRequest {
+        kind: Some(Kind::Join(join)),
+    }) = first
+    else {
+        return Err(Error::invalid(
+            "consume",
+            "the first message must be a JoinGroup",
+        ));
+    };
+    super::def::name(&join.group)?;
+    if join.member.len() > 256 {
+        return Err(Error::invalid("member", "is longer than 256 bytes"));
+    }
+    let tx = state.groups.sender(&join.group)?;
+    let (member, mut deliveries) = ask(&tx, |reply| Cmd::Join {
+        name: join.member.clone(),
+        reply,
+    })
+    .await?;
+    let settings = state.groups.status(&join.group).await?.def.settings;
+    let cap = settings.max_in_flight as usize * 2 + 16;
+    let (out, rx) = mpsc::channel(cap);
+    let _ = out
+        .send(Ok(response(pb::consume_response::Kind::Joined(
+            pb::Joined {
+                member,
+                member_timeout_ms: u64::try_from(settings.member_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+                max_in_flight: settings.max_in_flight,
+            },
+        ))))
+        .await;
+    // Deliveries go out as the group hands them over.
+    let deliver = out.clone();
+    tokio::spawn(async move {
+        while let Some(d) = deliveries.recv().await {
+            let msg = match d {
+                Out::Delivery {
+                    position,
+                    epoch,
+                    attempt,
+                    event,
+                } => Ok(response(pb::consume_response::Kind::Delivery(
+                    pb::Delivery {
+                        position,
+                        epoch,
+                        attempt,
+                        event: Some(event.into()),
+                    },
+                ))),
+                Out::Ended(e) => Err(pb::status_from_error(&e)),
+            };
+            let end = msg.is_err();
+            if deliver.send(msg).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    // Acks, nacks and heartbeats come in; each ack or nack is settled on its own.
+    tokio::spawn(async move {
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => break,
+            };
+            let (position, epoch, nack) = match msg.kind {
+                Some(Kind::Ack(a)) => (a.position, a.epoch, None),
+                Some(Kind::Nack(n)) => (
+                    n.position,
+                    n.epoch,
+                    Some(if n.park {
+                        Nack::Park(n.reason)
+                    } else {
+                        Nack::Retry(n.reason)
+                    }),
+                ),
+                Some(Kind::Heartbeat(_)) => {
+                    if tx.send(Cmd::Heartbeat(member)).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Kind::Join(_)) | None => {
+                    let e =
+                        Error::invalid("consume", "a member joins once, with its first message");
+                    let _ = out.send(Err(pb::status_from_error(&e))).await;
+                    break;
+                }
+            };
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            let cmd = match nack {
+                None => Cmd::Ack {
+                    member,
+                    position,
+                    epoch,
+                    reply: Some(reply),
+                },
+                Some(nack) => Cmd::Nack {
+                    member,
+                    position,
+                    epoch,
+                    nack,
+                    reply: Some(reply),
+                },
+            };
+            if tx.send(cmd).await.is_err() {
+                break;
+            }
+            let out = out.clone();
+            tokio::spawn(async move {
+                let error = match wait.await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(detail(&e)),
+                    Err(_) => Some(detail(&Error::Unavailable("the group stopped".into()))),
+                };
+                let settled = pb::Settled {
+                    position,
+                    epoch,
+                    error,
+                };
+                let _ = out
+                    .send(Ok(response(pb::consume_response::Kind::Settled(settled))))
+                    .await;
+            });
+        }
+        // The member is gone: what it held goes to others.
+        let _ = tx.send(Cmd::Leave(member)).await;
+    });
+    Ok(Consumer(rx))
+}
