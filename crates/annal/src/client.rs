@@ -1,4 +1,5 @@
-//! The commands that talk to a server: `append`, `read`, `read-all`, `tail`, `streams`, `info`.
+//! The commands that talk to a server: `append`, `read`, `read-all`, `tail`, `streams`, `info`,
+//! `snapshot` (and the group commands, in `groups.rs`).
 //!
 //! Exit codes: 0 done; 1 any other failure; 2 bad usage or a request the server rejected as
 //! invalid; 3 a concurrency conflict (wrong expected revision, failed condition, event id
@@ -85,7 +86,7 @@ impl From<std::io::Error> for Failure {
 type Outcome = Result<ExitCode, Failure>;
 
 impl Remote {
-    async fn connect(&self) -> Result<Client, Failure> {
+    pub(crate) async fn connect(&self) -> Result<Client, Failure> {
         let mut b = Client::builder(self.server.clone());
         if let Some(t) = &self.token {
             b = b.token(t.clone());

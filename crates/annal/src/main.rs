@@ -12,6 +12,7 @@ mod alloc;
 mod bench;
 mod client;
 mod dump;
+mod groups;
 mod render;
 mod serve;
 
@@ -78,6 +79,19 @@ enum Cmd {
         remote: client::Remote,
         #[command(flatten)]
         args: client::SnapshotArgs,
+    },
+    /// Every consumer group, a line each: floor, lag, in flight, parked, members.
+    Groups {
+        #[command(flatten)]
+        remote: client::Remote,
+    },
+    /// Create, show, change or delete a consumer group; list, replay or discard its parked
+    /// events.
+    Group {
+        #[command(flatten)]
+        remote: client::Remote,
+        #[command(subcommand)]
+        cmd: groups::GroupCmd,
     },
     /// Verify a store folder offline: frames, checksums, gapless positions and revisions,
     /// and that the indexes agree with the log. Exits 1 when it finds a problem.
@@ -203,6 +217,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Snapshot { remote: r, args } => remote(&r.server.clone(), || async move {
             client::snapshot(&r, args).await
         }),
+        Cmd::Groups { remote: r } => {
+            remote(&r.server.clone(), || async move { groups::list(&r).await })
+        }
+        Cmd::Group { remote: r, cmd } => {
+            remote(
+                &r.server.clone(),
+                || async move { groups::group(&r, cmd).await },
+            )
+        }
         Cmd::Check { dir } => check(dir),
         #[cfg(feature = "bench")]
         Cmd::Bench(args) => bench::run(args),

@@ -887,3 +887,83 @@ fn floods_of_large_appends_stay_within_the_in_flight_budget() {
     flood(true);
     flood(false);
 }
+
+#[test]
+fn the_group_commands_create_show_list_and_delete_and_groups_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let mut s = serve(&args, &[]);
+    let url = s.url.clone();
+    let (code, out, err) = cli(
+        &url,
+        &[
+            "group",
+            "create",
+            "videos",
+            "--category",
+            "video",
+            "--max-attempts",
+            "2",
+            "--ack-timeout",
+            "5s",
+            "--on-park",
+            "skip",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("group        videos"), "{out}");
+    assert!(
+        out.contains(r#""max_attempts":2"#) && out.contains(r#""ack_timeout_ms":5000"#),
+        "{out}"
+    );
+    let (code, out, err) = cli(&url, &["groups"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).unwrap().starts_with("videos"), "{out}");
+    let (code, out, _) = cli(&url, &["group", "parked", "videos"]);
+    assert_eq!((code, out.trim()), (0, "no parked events"));
+    let (code, out, _) = cli(&url, &["group", "show", "videos", "--json"]);
+    assert_eq!(code, 0);
+    let g: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(g["definition"]["source"]["category"], "video");
+
+    // Bad input and unknown groups exit 2 and 4, naming the problem.
+    let (code, _, err) = cli(&url, &["group", "create", "bad name"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("group name"), "{err}");
+    let (code, _, err) = cli(&url, &["group", "create", "g", "--on-park", "later"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--on-park 'later'"), "{err}");
+    let (code, _, err) = cli(&url, &["group", "show", "nope"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("consumer group 'nope'"), "{err}");
+    let (code, _, err) = cli(
+        &url,
+        &["group", "replay-parked", "videos", "--position", "3"],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("parked event at position 3"), "{err}");
+
+    // A group acknowledged is durable: it is there after a SIGKILL.
+    s.child.kill().unwrap();
+    s.wait();
+    let s = serve(&args, &[]);
+    let url = s.url.clone();
+    let (code, out, err) = cli(&url, &["group", "show", "videos"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""on_park":"skip""#), "{out}");
+    let (code, out, err) = cli(&url, &["group", "change", "videos", "--max-in-flight", "9"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#""max_in_flight":9"#), "{out}");
+    let (code, out, err) = cli(&url, &["group", "delete", "videos"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted consumer group videos"), "{out}");
+    let (code, out, _) = cli(&url, &["groups"]);
+    assert_eq!((code, out.trim()), (0, "no consumer groups"));
+    signal(&s.child, "-TERM");
+    s.wait();
+}
