@@ -1083,6 +1083,9 @@ async fn ready(AxState(state): AxState<Arc<State>>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "server",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics_text(AxState(state): AxState<Arc<State>>) -> Response {
+    if let Ok(groups) = state.groups.list().await {
+        metrics::groups(&groups);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -22,6 +22,15 @@
 //! | `annal_snapshot_bytes{kind}` | gauge | bytes of the snapshot file's `live` and `dead` records (recorded by the engine) |
 //! | `annal_snapshot_writes_total{op}` | counter | snapshot `put`s and `delete`s made durable (recorded by the engine) |
 //! | `annal_snapshot_compactions_total` | counter | rewrites of the snapshot file without its dead records (recorded by the engine) |
+//! | `annal_group_lag_events{group}` | gauge | positions from a consumer group's floor to the head, set at each scrape |
+//! | `annal_group_lag_seconds{group}` | gauge | how long ago its oldest unsettled event was recorded |
+//! | `annal_group_in_flight{group}` | gauge | events its members hold unacknowledged |
+//! | `annal_group_parked{group}` | gauge | its parked events |
+//! | `annal_group_members{group}` | gauge | its members |
+//! | `annal_group_deliveries_total{group,kind}` | counter | deliveries, `first` or `retry` (since the group last started) |
+//! | `annal_group_acks_total{group}` | counter | acknowledgements |
+//! | `annal_group_parks_total{group}` | counter | events parked |
+//! | `annal_group_rebalances_total{group}` | counter | members joining, leaving or lost |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -245,7 +254,26 @@ impl Drop for ActiveSubscription {
     }
 }
 
-/// Counts a change of a consumer group's members: a join, a leave, a member lost.
-pub fn group_rebalance(group: &str) {
-    metrics::counter!("annal_group_rebalances_total", "group" => group.to_string()).increment(1);
+/// Sets the consumer groups' metrics from their states.
+pub fn groups(groups: &[crate::groups::runtime::Status]) {
+    for g in groups {
+        let name = g.def.name.clone();
+        let gauge = |metric: &'static str, v: f64| {
+            metrics::gauge!(metric, "group" => name.clone()).set(v);
+        };
+        gauge("annal_group_lag_events", g.lag_events as f64);
+        gauge("annal_group_lag_seconds", g.lag_seconds);
+        gauge("annal_group_in_flight", g.gauges.in_flight as f64);
+        gauge("annal_group_parked", g.gauges.parked as f64);
+        gauge("annal_group_members", g.gauges.members as f64);
+        let c = g.counters;
+        let first = c.delivered.saturating_sub(c.redelivered);
+        metrics::counter!("annal_group_deliveries_total", "group" => name.clone(), "kind" => "first")
+            .absolute(first);
+        metrics::counter!("annal_group_deliveries_total", "group" => name.clone(), "kind" => "retry")
+            .absolute(c.redelivered);
+        metrics::counter!("annal_group_acks_total", "group" => name.clone()).absolute(c.acked);
+        metrics::counter!("annal_group_parks_total", "group" => name.clone()).absolute(c.parked);
+        metrics::counter!("annal_group_rebalances_total", "group" => name).absolute(c.rebalances);
+    }
 }

@@ -342,6 +342,12 @@ async fn members_hold_each_key_alone_and_handle_it_in_order() {
     let g = call(&c, GroupCall::Get, "work", None).await;
     assert_eq!(g["floor"], 100, "{g}");
     assert_eq!(g["acknowledged"], 100, "{g}");
+    let acks = common::metric(s.addr(), r#"annal_group_acks_total{group="work"}"#).await;
+    assert_eq!(acks, 100.0);
+    let lag = common::metric(s.addr(), r#"annal_group_lag_events{group="work"}"#).await;
+    assert_eq!(lag, 0.0);
+    let members = common::metric(s.addr(), r#"annal_group_members{group="work"}"#).await;
+    assert_eq!(members, 0.0, "every member left");
 }
 
 #[tokio::test]
@@ -504,4 +510,68 @@ async fn a_member_that_leaves_or_is_lost_gives_its_keys_to_the_others() {
     let g = call(&c, GroupCall::Get, "g", None).await;
     assert!(g["rebalances"].as_u64().unwrap() >= 3, "{g}");
     assert_eq!(g["members"].as_array().unwrap().len(), 1, "{g}");
+}
+
+/// The requests of a hand-driven member: a join, then nothing (no heartbeat).
+struct Silent(Option<annal_proto::ConsumeRequest>);
+
+impl futures_core::Stream for Silent {
+    type Item = annal_proto::ConsumeRequest;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.0.take() {
+            Some(join) => std::task::Poll::Ready(Some(join)),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_stops_heartbeating_is_lost_and_its_event_counts_a_failed_attempt() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "g", "source": "all", "settings": {"member_timeout_ms": 300, "retry_backoff_ms": 0}}),
+    )
+    .await;
+    append(&c, "video-3", &["Uploaded"]).await;
+    let mut raw = annal_proto::event_store_client::EventStoreClient::connect(s.url.clone())
+        .await
+        .unwrap();
+    let join = annal_proto::ConsumeRequest {
+        kind: Some(annal_proto::consume_request::Kind::Join(
+            annal_proto::JoinGroup {
+                group: "g".into(),
+                member: "hung".into(),
+            },
+        )),
+    };
+    let mut hung = raw.consume(Silent(Some(join))).await.unwrap().into_inner();
+    let mut got_delivery = false;
+    for _ in 0..2 {
+        let m = hung.message().await.unwrap().unwrap();
+        got_delivery |= matches!(
+            m.kind,
+            Some(annal_proto::consume_response::Kind::Delivery(_))
+        );
+    }
+    assert!(got_delivery, "the hung member got the event");
+    let mut healthy = c.join_group("g", "healthy").await.unwrap();
+    let d = next(&mut healthy).await;
+    assert_eq!(
+        d.attempt, 2,
+        "the lost member's delivery was a failed attempt"
+    );
+    d.ack().await.unwrap();
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    let names: Vec<&str> = g["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["healthy"], "{g}");
 }

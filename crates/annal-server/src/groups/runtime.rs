@@ -366,10 +366,14 @@ impl Runtime {
             }
             let now = Now::current();
             for h in self.m.tick(now) {
-                tracing::info!(group = %self.def.name, happened = ?h, "a delivery was taken back");
-                if let super::machine::Happened::MemberLost { member, .. } = h {
-                    self.members.remove(&member);
-                    crate::metrics::group_rebalance(&self.def.name);
+                match h {
+                    super::machine::Happened::MemberLost { member, name, held } => {
+                        tracing::warn!(group = %self.def.name, member, %name, held, "a member was lost (no heartbeat within member_timeout); what it held goes to others");
+                        self.members.remove(&member);
+                    }
+                    super::machine::Happened::TimedOut { member, position } => {
+                        tracing::info!(group = %self.def.name, member, position, "a delivery was not acknowledged within ack_timeout; it is retried");
+                    }
                 }
             }
             self.offer_held(&mut held);
@@ -469,7 +473,6 @@ impl Runtime {
             if !sent {
                 self.members.remove(&d.member);
                 let _ = self.m.leave(d.member, now);
-                crate::metrics::group_rebalance(&self.def.name);
             }
         }
     }
@@ -487,7 +490,6 @@ impl Runtime {
                         let cap = self.def.settings.max_in_flight as usize + 1;
                         let (tx, rx) = mpsc::channel(cap);
                         self.members.insert(id, tx);
-                        crate::metrics::group_rebalance(&self.def.name);
                         tracing::info!(group = %self.def.name, member = id, %name, "a member joined");
                         let _ = reply.send(Ok((id, rx)));
                     }
@@ -499,7 +501,6 @@ impl Runtime {
             Cmd::Leave(member) => {
                 if self.members.remove(&member).is_some() {
                     let _ = self.m.leave(member, now);
-                    crate::metrics::group_rebalance(&self.def.name);
                     tracing::info!(group = %self.def.name, member, "a member left");
                 }
             }
