@@ -991,6 +991,10 @@ struct VideoBook {
     acked: usize,
 }
 
+/// A member's deliveries being handled, by position: the video, its revision, and when
+/// the handling began.
+type Held = HashMap<u64, (String, u64, Instant)>;
+
 /// A cheap deterministic generator.
 fn next_random(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -1025,7 +1029,7 @@ async fn video_member(
             continue;
         };
         let mut handlers = tokio::task::JoinSet::new();
-        let open: Arc<Mutex<HashMap<u64, (String, u64, Instant)>>> = Arc::default();
+        let open: Arc<Mutex<Held>> = Arc::default();
         let ended = loop {
             let next = tokio::time::timeout(Duration::from_millis(200), member.next()).await;
             let d = match next {
@@ -1041,7 +1045,7 @@ async fn video_member(
                 .unwrap()
                 .insert(d.position, (stream.clone(), revision, began));
             let delay = next_random(&mut seed) % 3;
-            let crash = next_random(&mut seed) % 1500 == 0;
+            let crash = next_random(&mut seed).is_multiple_of(1500);
             let (book, open, name) = (Arc::clone(&book), Arc::clone(&open), name.clone());
             handlers.spawn(async move {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
