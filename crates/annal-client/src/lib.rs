@@ -44,6 +44,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 mod groups;
+#[cfg(feature = "postgres")]
+pub mod processed;
 mod tls;
 mod wire;
 
