@@ -55,7 +55,7 @@ status=0
 "$venv/bin/schemathesis" run "http://$addr/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks "$checks" \
-  --exclude-path-regex '^/v1/subscribe$' \
+  --exclude-path-regex '^/v1/subscribe$|/consume$' \
   --max-examples "${FUZZ_EXAMPLES:-40}" \
   --seed "${FUZZ_SEED:-20261201}" \
   --workers 1 \

@@ -1144,7 +1144,8 @@ pub fn openapi_document() -> serde_json::Value {
                 if (method == "post"
                     && (path == "/v1/append" || path == "/v1/streams/{stream_id}" || snapshots))
                     || (method == "delete" && snapshots)
-                    || (path.starts_with("/v1/groups") && method != "get")
+                    || (path.starts_with("/v1/groups")
+                        && (method != "get" || path.ends_with("/consume")))
                 {
                     let mut forbidden = error_ref.clone();
                     forbidden["description"] = "The token may read but not write".into();
@@ -1214,7 +1215,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             crate::groups::http::list_groups, crate::groups::http::create_group,
             crate::groups::http::get_group, crate::groups::http::change_group,
             crate::groups::http::delete_group, crate::groups::http::list_parked,
-            crate::groups::http::replay_parked, crate::groups::http::discard_parked
+            crate::groups::http::replay_parked, crate::groups::http::discard_parked,
+            crate::groups::http::consume, crate::groups::http::ack,
+            crate::groups::http::nack, crate::groups::http::heartbeat
         ),
         components(schemas(ErrorJson, ErrorBody)),
         modifiers(&BearerAuth),
@@ -1277,8 +1280,8 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
 
 /// True for the routes that write: `POST /v1/append`, `POST /v1/streams/{stream_id}` (one
 /// path segment; a `/` in a stream id travels as `%2F`), `POST` and `DELETE` of
-/// `/v1/streams/{stream_id}/snapshots`, everything but `GET` under `/v1/groups`, and the
-/// gRPC write methods.
+/// `/v1/streams/{stream_id}/snapshots`, everything under `/v1/groups` but the `GET`s that
+/// only look (joining with `GET .../consume` writes), and the gRPC write methods.
 fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
     match grpc_method {
         Some(m) => annal_proto::WRITE_METHODS.contains(&m),
@@ -1286,7 +1289,9 @@ fn appends(method: &Method, path: &str, grpc_method: Option<&str>) -> bool {
             let in_stream = path.strip_prefix("/v1/streams/");
             let one_segment = |id: &str| !id.is_empty() && !id.contains('/');
             let groups = path == "/v1/groups" || path.starts_with("/v1/groups/");
-            (groups && method != Method::GET && method != Method::HEAD)
+            (groups
+                && ((method != Method::GET && method != Method::HEAD)
+                    || path.ends_with("/consume")))
                 || (method == Method::POST
                     && (path == "/v1/append" || in_stream.is_some_and(one_segment)))
                 || ((method == Method::POST || method == Method::DELETE)

@@ -559,6 +559,16 @@ async fn a_member_that_stops_heartbeating_is_lost_and_its_event_counts_a_failed_
         );
     }
     assert!(got_delivery, "the hung member got the event");
+    // The lost member is told so, and its stream ends.
+    let mut told = None;
+    while let Some(m) = hung.message().await.transpose() {
+        if let Err(status) = m {
+            told = Some(status);
+            break;
+        }
+    }
+    let told = told.expect("the lost member is told");
+    assert!(told.message().contains("was lost"), "{told:?}");
     let mut healthy = c.join_group("g", "healthy").await.unwrap();
     let d = next(&mut healthy).await;
     assert_eq!(
@@ -574,4 +584,97 @@ async fn a_member_that_stops_heartbeating_is_lost_and_its_event_counts_a_failed_
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["healthy"], "{g}");
+}
+
+/// The `data` of the last SSE event named `name` in `text`.
+fn sse_data(text: &str, name: &str) -> serde_json::Value {
+    let at = text.rfind(&format!("event: {name}\n")).expect("the event");
+    let line = text[at..]
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("its data");
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn a_member_over_http_takes_deliveries_as_sse_and_acks_by_request() {
+    let s = common::start().await;
+    let addr = s.addr();
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "web", "source": "all", "settings": {"on_park": "skip"}}),
+    )
+    .await;
+    append(&c, "order-7", &["Placed", "Paid", "Shipped"]).await;
+    let mut sse = common::Sse::open(addr, "/v1/groups/web/consume?member=browser", &[]).await;
+    let text = sse.until("event: delivery").await;
+    let joined = sse_data(&text, "joined");
+    let member = joined["member"].as_u64().unwrap();
+    assert_eq!(joined["max_in_flight"], 100);
+    let d = sse_data(&text, "delivery");
+    assert_eq!(d["event"]["event_type"], "Placed");
+    assert_eq!(d["attempt"], 1);
+    let settle =
+        |d: &serde_json::Value| json!({"position": d["position"], "epoch": d["epoch"]}).to_string();
+    let ack = format!("/v1/groups/web/members/{member}/ack");
+    let r = http(addr, "POST", &ack, JSON, &settle(&d)).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // The same ack again: settled already.
+    let r = http(addr, "POST", &ack, JSON, &settle(&d)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("not in flight"), "{}", r.text());
+
+    let text = sse.until("\"Paid\"").await;
+    let d = sse_data(&text, "delivery");
+    assert_eq!(d["event"]["event_type"], "Paid");
+    let nack = format!("/v1/groups/web/members/{member}/nack");
+    let body = json!({"position": d["position"], "epoch": d["epoch"], "reason": "card declined", "park": true});
+    let r = http(addr, "POST", &nack, JSON, &body.to_string()).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let text = sse.until("\"Shipped\"").await;
+    let d = sse_data(&text, "delivery");
+    let r = http(addr, "POST", &ack, JSON, &settle(&d)).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/web/members/{member}/heartbeat"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    let parked = http(addr, "GET", "/v1/groups/web/parked", &[], "")
+        .await
+        .json();
+    assert_eq!(parked["parked"][0]["reason"], "card declined");
+    assert_eq!(parked["parked"][0]["member"], "browser");
+    let g = http(addr, "GET", "/v1/groups/web", &[], "").await.json();
+    assert_eq!(g["members"][0]["name"], "browser");
+
+    // Closing the stream leaves the group.
+    drop(sse);
+    let started = std::time::Instant::now();
+    loop {
+        let g = http(addr, "GET", "/v1/groups/web", &[], "").await.json();
+        if g["members"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{g}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http(addr, "POST", &ack, JSON, &settle(&d)).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("member"), "{}", r.text());
+    let r = http(
+        addr,
+        "POST",
+        "/v1/groups/web/members/x/ack",
+        JSON,
+        &settle(&d),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
 }

@@ -222,7 +222,7 @@ pub async fn consume(
                     }),
                 ),
                 Some(Kind::Heartbeat(_)) => {
-                    if tx.send(Cmd::Heartbeat(member)).await.is_err() {
+                    if tx.send(Cmd::Heartbeat(member, None)).await.is_err() {
                         break;
                     }
                     continue;
@@ -235,21 +235,7 @@ pub async fn consume(
                 }
             };
             let (reply, wait) = tokio::sync::oneshot::channel();
-            let cmd = match nack {
-                None => Cmd::Ack {
-                    member,
-                    position,
-                    epoch,
-                    reply: Some(reply),
-                },
-                Some(nack) => Cmd::Nack {
-                    member,
-                    position,
-                    epoch,
-                    nack,
-                    reply: Some(reply),
-                },
-            };
+            let cmd = Cmd::settle(member, position, epoch, nack, reply);
             if tx.send(cmd).await.is_err() {
                 break;
             }

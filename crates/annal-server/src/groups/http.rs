@@ -200,9 +200,263 @@ pub(crate) async fn discard_parked(
     on_parked(&state, &name, |reply| Cmd::Discard { position, reply }).await
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsumeParams {
+    /// The member's name, for the group's state and its parked events.
+    #[param(min_length = 0, max_length = 256)]
+    #[serde(default)]
+    pub member: Option<String>,
+}
+
+const CONSUME_DOC: &str = "Server-Sent Events: `joined` (data: the member id, member_timeout_ms and max_in_flight), then `delivery` (id: the position; data: position, epoch, attempt and the event), and `error` when the membership ends. Acknowledge each delivery with POST .../members/{member}/ack; heartbeat (or ack) within member_timeout. Closing the stream leaves the group.";
+
+#[utoipa::path(get, path = "/v1/groups/{name}/consume", tag = "groups",
+    params(("name" = String, Path, description = "The group", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$"), ConsumeParams),
+    responses(
+        (status = 200, description = CONSUME_DOC, content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid request", body = ErrorJson),
+        (status = 404, description = "No such group", body = ErrorJson),
+        (status = 503, description = "The group has its most members", body = ErrorJson),
+    ))]
+pub(crate) async fn consume(
+    AxState(state): AxState<Arc<State>>,
+    GroupPath(name): GroupPath,
+    Params(p): Params<ConsumeParams>,
+) -> Result<Response, ApiError> {
+    let member_name = p.member.unwrap_or_default();
+    if member_name.len() > 256 {
+        return Err(ApiError(annal_core::Error::invalid(
+            "member",
+            "is longer than 256 bytes",
+        )));
+    }
+    let tx = state.groups.sender(&name)?;
+    let (member, rx) = ask(&tx, |reply| Cmd::Join {
+        name: member_name,
+        reply,
+    })
+    .await?;
+    let settings = state.groups.status(&name).await?.def.settings;
+    let joined = serde_json::json!({
+        "member": member,
+        "member_timeout_ms": settings.member_timeout.as_millis() as u64,
+        "max_in_flight": settings.max_in_flight,
+    });
+    let first = bytes::Bytes::from(format!("event: joined\ndata: {joined}\n\n"));
+    let body = SseMember {
+        first: Some(first),
+        rx,
+        tx,
+        member,
+        done: false,
+    };
+    Ok((
+        [
+            (
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            ),
+            (
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-cache"),
+            ),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// A member's deliveries as Server-Sent Events; the member leaves when the stream is
+/// dropped (its client went away).
+struct SseMember {
+    first: Option<bytes::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<super::runtime::Out>,
+    tx: tokio::sync::mpsc::Sender<Cmd>,
+    member: super::machine::MemberId,
+    done: bool,
+}
+
+impl futures_core::Stream for SseMember {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(super::runtime::Out::Ended(e))) => {
+                self.done = true;
+                let (_, body) = ErrorJson::from_error(&e);
+                let data = serde_json::to_string(&body).unwrap_or_default();
+                Poll::Ready(Some(Ok(bytes::Bytes::from(format!(
+                    "event: error\ndata: {data}\n\n"
+                )))))
+            }
+            Poll::Ready(Some(super::runtime::Out::Delivery {
+                position,
+                epoch,
+                attempt,
+                event,
+            })) => {
+                let data = serde_json::json!({
+                    "position": position,
+                    "epoch": epoch,
+                    "attempt": attempt,
+                    "event": crate::json::EventJson::new(&event),
+                });
+                Poll::Ready(Some(Ok(bytes::Bytes::from(format!(
+                    "event: delivery\nid: {position}\ndata: {data}\n\n"
+                )))))
+            }
+        }
+    }
+}
+
+impl Drop for SseMember {
+    fn drop(&mut self) {
+        let tx = self.tx.clone();
+        let member = self.member;
+        if tx.try_send(Cmd::Leave(member)).is_err() {
+            tokio::spawn(async move {
+                let _ = tx.send(Cmd::Leave(member)).await;
+            });
+        }
+    }
+}
+
+/// An acknowledgement or a nack of one delivery.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettleJson {
+    pub position: u64,
+    /// The delivery's epoch, as it came with it.
+    pub epoch: u64,
+    /// For a nack: why.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For a nack: park it now instead of retrying.
+    #[serde(default)]
+    pub park: bool,
+}
+
+/// The path's group and member.
+pub struct MemberPath(pub String, pub super::machine::MemberId);
+
+impl<S: Send + Sync> FromRequestParts<S> for MemberPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let (name, member) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map(|p| p.0)
+                .map_err(|e| ApiError(annal_core::Error::invalid("path", e.body_text())))?;
+        super::def::name(&name).map_err(ApiError)?;
+        let member = member.parse().map_err(|_| {
+            ApiError(annal_core::Error::invalid(
+                "member",
+                format!("'{member}' is not a member id"),
+            ))
+        })?;
+        Ok(MemberPath(name, member))
+    }
+}
+
+async fn settle(
+    state: &State,
+    MemberPath(name, member): MemberPath,
+    s: SettleJson,
+    nack: Option<super::machine::Nack>,
+) -> Result<Response, ApiError> {
+    let tx = state.groups.sender(&name)?;
+    let (position, epoch) = (s.position, s.epoch);
+    ask(&tx, |reply| {
+        Cmd::settle(member, position, epoch, nack, reply)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/v1/groups/{name}/members/{member}/ack", tag = "groups",
+    params(("name" = String, Path, description = "The group", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$"),
+           ("member" = u64, Path, description = "The member id `joined` gave")),
+    request_body = SettleJson,
+    responses(
+        (status = 204, description = "Acknowledged, durably"),
+        (status = 400, description = "Invalid request, or not held by this member under this epoch (the lease moved, or it was settled)", body = ErrorJson),
+        (status = 404, description = "No such group or member", body = ErrorJson),
+    ))]
+pub(crate) async fn ack(
+    AxState(state): AxState<Arc<State>>,
+    path: MemberPath,
+    JsonBody(s, _): JsonBody<SettleJson>,
+) -> Result<Response, ApiError> {
+    settle(&state, path, s, None).await
+}
+
+#[utoipa::path(post, path = "/v1/groups/{name}/members/{member}/nack", tag = "groups",
+    params(("name" = String, Path, description = "The group", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$"),
+           ("member" = u64, Path, description = "The member id `joined` gave")),
+    request_body = SettleJson,
+    responses(
+        (status = 204, description = "Retried after the backoff, or parked; durably"),
+        (status = 400, description = "Invalid request, or not held by this member under this epoch", body = ErrorJson),
+        (status = 404, description = "No such group or member", body = ErrorJson),
+    ))]
+pub(crate) async fn nack(
+    AxState(state): AxState<Arc<State>>,
+    path: MemberPath,
+    JsonBody(s, _): JsonBody<SettleJson>,
+) -> Result<Response, ApiError> {
+    let reason = s.reason.clone().unwrap_or_default();
+    let nack = if s.park {
+        super::machine::Nack::Park(reason)
+    } else {
+        super::machine::Nack::Retry(reason)
+    };
+    settle(&state, path, s, Some(nack)).await
+}
+
+#[utoipa::path(post, path = "/v1/groups/{name}/members/{member}/heartbeat", tag = "groups",
+    params(("name" = String, Path, description = "The group", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._-]+$"),
+           ("member" = u64, Path, description = "The member id `joined` gave")),
+    responses(
+        (status = 204, description = "The member is alive"),
+        (status = 400, description = "Invalid group name or member id", body = ErrorJson),
+        (status = 404, description = "No such group, or the member left or was lost", body = ErrorJson),
+    ))]
+pub(crate) async fn heartbeat(
+    AxState(state): AxState<Arc<State>>,
+    MemberPath(name, member): MemberPath,
+) -> Result<Response, ApiError> {
+    let tx = state.groups.sender(&name)?;
+    ask(&tx, |reply| Cmd::Heartbeat(member, Some(reply))).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// The group routes.
 pub(crate) fn routes(router: Router<Arc<State>>) -> Router<Arc<State>> {
     router
+        .route("/v1/groups/{name}/consume", get(consume))
+        .route("/v1/groups/{name}/members/{member}/ack", post(ack))
+        .route("/v1/groups/{name}/members/{member}/nack", post(nack))
+        .route(
+            "/v1/groups/{name}/members/{member}/heartbeat",
+            post(heartbeat),
+        )
         .route("/v1/groups", get(list_groups).post(create_group))
         .route(
             "/v1/groups/{name}",

@@ -45,7 +45,8 @@ pub enum Cmd {
         reply: Reply<(MemberId, mpsc::Receiver<Out>)>,
     },
     Leave(MemberId),
-    Heartbeat(MemberId),
+    /// A member is alive; with a reply, it learns whether the group still knows it.
+    Heartbeat(MemberId, Option<Reply<()>>),
     Ack {
         member: MemberId,
         position: u64,
@@ -73,6 +74,34 @@ pub enum Cmd {
         reply: Reply<Vec<Parked>>,
     },
     Status(Reply<Status>),
+}
+
+impl Cmd {
+    /// An ack (no `nack`) or a nack of one delivery, answered once it is durable.
+    pub fn settle(
+        member: MemberId,
+        position: u64,
+        epoch: u64,
+        nack: Option<Nack>,
+        reply: Reply<()>,
+    ) -> Cmd {
+        let reply = Some(reply);
+        match nack {
+            None => Cmd::Ack {
+                member,
+                position,
+                epoch,
+                reply,
+            },
+            Some(nack) => Cmd::Nack {
+                member,
+                position,
+                epoch,
+                nack,
+                reply,
+            },
+        }
+    }
 }
 
 /// A dead letter as shown: with whether it is being delivered again.
@@ -369,7 +398,11 @@ impl Runtime {
                 match h {
                     super::machine::Happened::MemberLost { member, name, held } => {
                         tracing::warn!(group = %self.def.name, member, %name, held, "a member was lost (no heartbeat within member_timeout); what it held goes to others");
-                        self.members.remove(&member);
+                        if let Some(tx) = self.members.remove(&member) {
+                            let _ = tx.try_send(Out::Ended(Error::Unavailable(format!(
+                                "member {member} was lost: no heartbeat within member_timeout; join again"
+                            ))));
+                        }
                     }
                     super::machine::Happened::TimedOut { member, position } => {
                         tracing::info!(group = %self.def.name, member, position, "a delivery was not acknowledged within ack_timeout; it is retried");
@@ -504,8 +537,11 @@ impl Runtime {
                     tracing::info!(group = %self.def.name, member, "a member left");
                 }
             }
-            Cmd::Heartbeat(member) => {
-                let _ = self.m.heartbeat(member, now);
+            Cmd::Heartbeat(member, reply) => {
+                let r = self.m.heartbeat(member, now);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
             }
             Cmd::Ack {
                 member,

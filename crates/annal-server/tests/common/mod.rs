@@ -257,3 +257,67 @@ fn self_signed_as(ca: bool) -> Cert {
         _dir: dir,
     }
 }
+
+/// A Server-Sent Events response read raw from its connection, as it arrives.
+pub struct Sse {
+    tcp: tokio::net::TcpStream,
+    got: Vec<u8>,
+    /// How much of `got` earlier waits have passed.
+    seen: usize,
+}
+
+impl Sse {
+    pub async fn open(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        use tokio::io::AsyncWriteExt;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        Sse {
+            tcp,
+            got: Vec::new(),
+            seen: 0,
+        }
+    }
+
+    /// Reads until `until` has arrived after what earlier waits passed, and the SSE event
+    /// holding it has ended; returns everything read so far.
+    pub async fn until(&mut self, until: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let seen = self.seen;
+        let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let text = String::from_utf8_lossy(&self.got[seen..]).into_owned();
+                if let Some(at) = text.find(until) {
+                    // Wait for the end of that SSE event.
+                    if let Some(end) = text[at..].find("\n\n") {
+                        return seen + at + end;
+                    }
+                }
+                let n = self.tcp.read(&mut buf).await.unwrap();
+                assert!(
+                    n > 0,
+                    "the stream ended: {}",
+                    String::from_utf8_lossy(&self.got)
+                );
+                self.got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "'{until}' did not arrive: {}",
+                String::from_utf8_lossy(&self.got)
+            )
+        });
+        self.seen = found;
+        let text = String::from_utf8_lossy(&self.got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("text/event-stream"), "{text}");
+        text
+    }
+}
