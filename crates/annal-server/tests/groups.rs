@@ -678,3 +678,180 @@ async fn a_member_over_http_takes_deliveries_as_sse_and_acks_by_request() {
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+/// The requests of a member that heartbeats and never reads what it is sent.
+struct Greedy {
+    join: Option<annal_proto::ConsumeRequest>,
+    beat: tokio::time::Interval,
+}
+
+impl futures_core::Stream for Greedy {
+    type Item = annal_proto::ConsumeRequest;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if let Some(join) = self.join.take() {
+            return std::task::Poll::Ready(Some(join));
+        }
+        self.beat.poll_tick(cx).map(|_| {
+            Some(annal_proto::ConsumeRequest {
+                kind: Some(annal_proto::consume_request::Kind::Heartbeat(
+                    annal_proto::Empty {},
+                )),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_takes_and_never_acks_holds_up_no_other_key_and_loses_its_leases() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "g", "source": "all",
+               "settings": {"max_in_flight": 5, "ack_timeout_ms": 300, "retry_backoff_ms": 0, "max_attempts": 100}}),
+    )
+    .await;
+    for i in 0..20 {
+        append(&c, &format!("s-{i}"), &["a", "b"]).await;
+    }
+    let mut raw = annal_proto::event_store_client::EventStoreClient::connect(s.url.clone())
+        .await
+        .unwrap();
+    let join = annal_proto::ConsumeRequest {
+        kind: Some(annal_proto::consume_request::Kind::Join(
+            annal_proto::JoinGroup {
+                group: "g".into(),
+                member: "greedy".into(),
+            },
+        )),
+    };
+    let greedy = Greedy {
+        join: Some(join),
+        beat: tokio::time::interval(Duration::from_millis(50)),
+    };
+    // It joins first and takes its fill, then never reads nor acks again.
+    let _greedy = raw.consume(greedy).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    assert_eq!(g["members"][0]["in_flight"], 5, "{g}");
+
+    let started = Instant::now();
+    let mut healthy = c.join_group("g", "healthy").await.unwrap();
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < 40 {
+        let d = next(&mut healthy).await;
+        done.insert(d.position);
+        d.ack().await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the healthy member took {took:?}"
+    );
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    assert_eq!(g["floor"], 40, "{g}");
+    assert!(
+        g["redelivered"].as_u64().unwrap() >= 5,
+        "the greedy member's leases moved: {g}"
+    );
+}
+
+#[tokio::test]
+async fn groups_and_members_are_bounded_and_the_refusal_names_the_setting() {
+    let s = common::start_with(|c| c.limits.max_groups = 2).await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "a", "source": "all", "settings": {"max_members": 1}}),
+    )
+    .await;
+    create(&c, json!({"name": "b", "source": "all"})).await;
+    let e = c
+        .group_call(
+            GroupCall::Create,
+            GroupArgs {
+                json: json!({"name": "c", "source": "all"}).to_string(),
+                ..GroupArgs::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("max_groups"), "{e}");
+    let _one = c.join_group("a", "one").await.unwrap();
+    let e = c.join_group("a", "two").await.err().unwrap();
+    assert!(e.to_string().contains("max_members"), "{e}");
+    let r = http(
+        s.addr(),
+        "GET",
+        "/v1/groups/a/consume?member=three",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("max_members"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn keyed_by_correlation_a_transaction_is_held_alone_across_its_streams() {
+    let s = common::start().await;
+    let c = s.client().await;
+    create(
+        &c,
+        json!({"name": "tx", "source": "all", "settings": {"key_by": "correlation"}}),
+    )
+    .await;
+    let (x, y) = (annal_core::Uuid::new_v4(), annal_core::Uuid::new_v4());
+    let with = |corr: annal_core::Uuid, t: &str| {
+        NewEvent::new(t, "{}").with_metadata(annal_core::Metadata {
+            correlation_id: Some(corr),
+            ..Default::default()
+        })
+    };
+    for (stream, corr, t) in [
+        ("order-1", x, "Placed"),
+        ("payment-1", x, "Charged"),
+        ("order-2", y, "Placed"),
+    ] {
+        c.append(AppendRequest::stream(
+            stream,
+            ExpectedRevision::Any,
+            vec![with(corr, t)],
+        ))
+        .await
+        .unwrap();
+    }
+    let mut a = c.join_group("tx", "a").await.unwrap();
+    let mut b = c.join_group("tx", "b").await.unwrap();
+    // Two deliveries go out: x's first event and y's; x's second waits for its first.
+    let first = next(&mut a).await;
+    let second =
+        tokio::select! { d = b.next() => d.unwrap().unwrap(), d = a.next() => d.unwrap().unwrap() };
+    let mut got = [
+        first.event.stream_id.to_string(),
+        second.event.stream_id.to_string(),
+    ];
+    got.sort();
+    assert_eq!(got, ["order-1", "order-2"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), b.next())
+            .await
+            .is_err()
+            && tokio::time::timeout(Duration::from_millis(10), a.next())
+                .await
+                .is_err(),
+        "payment-1 shares x with order-1, which is not acknowledged"
+    );
+    let x_first = if first.event.stream_id == "order-1" {
+        first
+    } else {
+        second
+    };
+    x_first.ack().await.unwrap();
+    let third =
+        tokio::select! { d = b.next() => d.unwrap().unwrap(), d = a.next() => d.unwrap().unwrap() };
+    assert_eq!(third.event.stream_id, "payment-1");
+}
