@@ -37,6 +37,19 @@ pub mod packed;
 /// The gRPC service name, as it appears in request paths (`/annal.v1.EventStore/Append`).
 pub const SERVICE: &str = "annal.v1.EventStore";
 
+/// The consumer group RPCs; they change groups, never the log.
+pub const GROUP_METHODS: &[&str] = &[
+    "CreateGroup",
+    "ChangeGroup",
+    "DeleteGroup",
+    "GetGroup",
+    "ListGroups",
+    "ListParked",
+    "ReplayParked",
+    "DiscardParked",
+    "Consume",
+];
+
 /// The RPCs that change the store; every other RPC only reads.
 pub const WRITE_METHODS: &[&str] = &[
     "Append",

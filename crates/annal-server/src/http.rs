@@ -1366,9 +1366,14 @@ async fn guard(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
         }
     }
     // An append's body pays into the budget as it arrives; any HTTP body must keep arriving.
-    let req = if writes || grpc_method.is_none() {
+    // Group requests write, but carry no events: a member's gRPC stream lives as long as
+    // the member, and pays nothing.
+    let groups = path.starts_with("/v1/groups")
+        || grpc_method.is_some_and(|m| annal_proto::GROUP_METHODS.contains(&m));
+    let metered = writes && !groups;
+    let req = if metered || grpc_method.is_none() {
         let (mut parts, body) = req.into_parts();
-        let held = writes.then(crate::Budget::default);
+        let held = metered.then(crate::Budget::default);
         if let Some(held) = &held {
             parts.extensions.insert(held.clone());
         }

@@ -855,3 +855,17 @@ async fn keyed_by_correlation_a_transaction_is_held_alone_across_its_streams() {
         tokio::select! { d = b.next() => d.unwrap().unwrap(), d = a.next() => d.unwrap().unwrap() };
     assert_eq!(third.event.stream_id, "payment-1");
 }
+
+#[tokio::test]
+async fn a_member_outlives_the_body_timeout_of_appends() {
+    let s = common::start_with(|c| c.limits.body_timeout = Duration::from_millis(200)).await;
+    let c = s.client().await;
+    create(&c, json!({"name": "g", "source": "all"})).await;
+    let mut m = c.join_group("g", "patient").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    append(&c, "late-1", &["Arrived"]).await;
+    let d = next(&mut m).await;
+    d.ack().await.unwrap();
+    let g = call(&c, GroupCall::Get, "g", None).await;
+    assert_eq!(g["members"][0]["name"], "patient", "{g}");
+}
