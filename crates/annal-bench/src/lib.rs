@@ -13,6 +13,7 @@
 //! | W6       | latency from append to delivery to a live subscriber, beside the raw fsync latency of the same disk |
 //! | W8       | commands (load, decide, append) of a bank account from 1 and 16 handlers on accounts of their own, embedded and through the server |
 //! | W9       | loading one bank account of 100,000 events (10,000 in quick), replayed whole and from a snapshot at its last event, embedded and through the server |
+//! | W10      | consumer groups through the network beside NATS JetStream and RabbitMQ (`run_groups`, see `groups.rs`) |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +22,10 @@ use std::time::Duration;
 use annal_engine::Store;
 use serde_json::json;
 
+mod brokers;
 mod commands;
 mod engine;
+mod groups;
 pub mod net;
 mod pg;
 pub mod stats;
@@ -45,6 +48,10 @@ pub struct Options {
     pub probe_exe: PathBuf,
     /// The UmaDB server for the network workloads (`umadb` on the PATH when `None`).
     pub umadb: Option<PathBuf>,
+    /// The NATS server (with JetStream) W10 compares with.
+    pub nats_url: String,
+    /// The RabbitMQ server W10 compares with.
+    pub amqp_url: String,
 }
 
 struct Sizes {
@@ -234,6 +241,52 @@ pub async fn run_network(opts: &Options) -> anyhow::Result<Report> {
         ..Report::default()
     };
     net::run(opts, &umadb, &dir, &mut report).await?;
+    Ok(report)
+}
+
+/// Runs W10, consumer groups through the network: `annal serve` beside the NATS JetStream
+/// and RabbitMQ servers on this machine (see [`groups`]).
+pub async fn run_groups(opts: &Options) -> anyhow::Result<Report> {
+    let (dir, _guard) = work_dir(opts)?;
+    let sizes = groups::GroupSizes::new(opts.quick);
+    let mut report = Report {
+        machine: machine(),
+        peer_name: "peer".into(),
+        quick: opts.quick,
+        ..Report::default()
+    };
+    let annal = groups::annal(opts, &sizes, &dir).await?;
+    let mut peers = Vec::new();
+    match brokers::nats(&opts.nats_url, &sizes).await {
+        Ok((about, figures)) => peers.push(("NATS JetStream", about, Some(figures))),
+        Err(e) => {
+            eprintln!(
+                "NATS at {} did not answer ({e:#}): no NATS figures.",
+                opts.nats_url
+            );
+            peers.push(("NATS JetStream", "did not answer".into(), None));
+        }
+    }
+    match brokers::rabbitmq(&opts.amqp_url, &sizes).await {
+        Ok((about, figures)) => peers.push(("RabbitMQ", about, Some(figures))),
+        Err(e) => {
+            eprintln!(
+                "RabbitMQ at {} did not answer ({e:#}): no RabbitMQ figures.",
+                opts.amqp_url
+            );
+            peers.push(("RabbitMQ", "did not answer".into(), None));
+        }
+    }
+    report.peer = Some(
+        peers
+            .iter()
+            .map(|(name, about, _)| format!("{name}: {about}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    for (name, _, figures) in &peers {
+        groups::rows(&mut report, &annal, name, figures.as_ref());
+    }
     Ok(report)
 }
 

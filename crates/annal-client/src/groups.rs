@@ -91,7 +91,11 @@ impl Client {
         let mut inbound = self
             .grpc
             .clone()
-            .consume(self.request(Requests { rx, stop: stopped }))
+            .consume(self.request(Requests {
+                rx,
+                stop: stopped,
+                held: None,
+            }))
             .await
             .map_err(error_of)?
             .into_inner();
@@ -132,15 +136,43 @@ type Pending = Arc<Mutex<HashMap<(u64, u64), oneshot::Sender<Result<()>>>>>;
 struct Requests {
     rx: mpsc::Receiver<pb::ConsumeRequest>,
     stop: oneshot::Receiver<()>,
+    /// A request taken while gathering acks, sent next.
+    held: Option<pb::ConsumeRequest>,
 }
 
 impl Stream for Requests {
     type Item = pb::ConsumeRequest;
+    /// The next request; acks queued together go as one message.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        use pb::consume_request::Kind;
         if Pin::new(&mut self.stop).poll(cx).is_ready() {
             return Poll::Ready(None);
         }
-        self.rx.poll_recv(cx)
+        let first = match self.held.take() {
+            Some(r) => r,
+            None => match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(r)) => r,
+                other => return other,
+            },
+        };
+        let Some(Kind::Acks(mut acks)) = first.kind else {
+            return Poll::Ready(Some(first));
+        };
+        while acks.items.len() < 1024 {
+            match self.rx.try_recv() {
+                Ok(pb::ConsumeRequest {
+                    kind: Some(Kind::Acks(more)),
+                }) => acks.items.extend(more.items),
+                Ok(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(pb::ConsumeRequest {
+            kind: Some(Kind::Acks(acks)),
+        }))
     }
 }
 
@@ -175,38 +207,55 @@ async fn pump(
         };
         match msg {
             Ok(Some(pb::ConsumeResponse {
-                kind: Some(Kind::Delivery(d)),
+                kind: Some(Kind::Deliveries(batch)),
             })) => {
-                let event = match d.event.map(pb::recorded_event) {
-                    Some(Ok(e)) => e,
-                    Some(Err(e)) => break Some(e),
-                    None => break Some(Error::Internal("a delivery without its event".into())),
-                };
-                let delivery = Delivery {
-                    event,
-                    position: d.position,
-                    epoch: d.epoch,
-                    attempt: d.attempt,
-                    settle: settle.clone(),
-                };
-                if deliveries.send(Ok(delivery)).await.is_err() {
+                let mut failed = None;
+                for d in batch.items {
+                    let event = match d.event.map(pb::recorded_event) {
+                        Some(Ok(e)) => e,
+                        Some(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        None => {
+                            failed = Some(Error::Internal("a delivery without its event".into()));
+                            break;
+                        }
+                    };
+                    let delivery = Delivery {
+                        event,
+                        position: d.position,
+                        epoch: d.epoch,
+                        attempt: d.attempt,
+                        settle: settle.clone(),
+                    };
+                    if deliveries.send(Ok(delivery)).await.is_err() {
+                        break;
+                    }
+                }
+                if failed.is_some() {
+                    break failed;
+                }
+                if deliveries.is_closed() {
                     break None;
                 }
             }
             Ok(Some(pb::ConsumeResponse {
-                kind: Some(Kind::Settled(s)),
+                kind: Some(Kind::Settled(batch)),
             })) => {
-                let waiter = lock(&pending).remove(&(s.position, s.epoch));
-                let result = match s.error {
-                    None => Ok(()),
-                    Some(detail) => Err(pb::error_from_status(&tonic::Status::with_details(
-                        tonic::Code::Unknown,
-                        "",
-                        detail.encode_to_vec().into(),
-                    ))),
-                };
-                if let Some(w) = waiter {
-                    let _ = w.send(result);
+                let mut waiting = lock(&pending);
+                for s in batch.items {
+                    let result = match s.error {
+                        None => Ok(()),
+                        Some(detail) => Err(pb::error_from_status(&tonic::Status::with_details(
+                            tonic::Code::Unknown,
+                            "",
+                            detail.encode_to_vec().into(),
+                        ))),
+                    };
+                    if let Some(w) = waiting.remove(&(s.position, s.epoch)) {
+                        let _ = w.send(result);
+                    }
                 }
             }
             Ok(Some(_)) => {}
@@ -293,9 +342,11 @@ impl Delivery {
     /// The event was handled; returns once the group has it durably. Refused (with why)
     /// when the delivery's lease ended first: the event was or will be delivered again.
     pub async fn ack(&self) -> Result<()> {
-        let kind = pb::consume_request::Kind::Ack(pb::AckDelivery {
-            position: self.position,
-            epoch: self.epoch,
+        let kind = pb::consume_request::Kind::Acks(pb::Acks {
+            items: vec![pb::AckDelivery {
+                position: self.position,
+                epoch: self.epoch,
+            }],
         });
         self.settle.send(self.position, self.epoch, kind).await
     }

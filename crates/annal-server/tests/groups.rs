@@ -555,7 +555,7 @@ async fn a_member_that_stops_heartbeating_is_lost_and_its_event_counts_a_failed_
         let m = hung.message().await.unwrap().unwrap();
         got_delivery |= matches!(
             m.kind,
-            Some(annal_proto::consume_response::Kind::Delivery(_))
+            Some(annal_proto::consume_response::Kind::Deliveries(_))
         );
     }
     assert!(got_delivery, "the hung member got the event");

@@ -1,5 +1,6 @@
-//! `annal bench` (feature `bench`): the benchmark workloads beside PostgreSQL, or through
-//! the network beside the UmaDB server.
+//! `annal bench` (feature `bench`): the benchmark workloads beside PostgreSQL, through the
+//! network beside the UmaDB server, or (W10) consumer groups beside NATS JetStream and
+//! RabbitMQ.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,24 @@ pub struct BenchArgs {
     /// the UmaDB server, both on loopback.
     #[arg(long)]
     network: bool,
+    /// Run W10 instead: consumer groups through the network, `annal serve` beside the
+    /// NATS JetStream and RabbitMQ servers.
+    #[arg(long, conflicts_with = "network")]
+    groups: bool,
+    /// The NATS server (with JetStream) W10 compares with.
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "ANNAL_BENCH_NATS"
+    )]
+    nats: String,
+    /// The RabbitMQ server W10 compares with.
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        env = "ANNAL_BENCH_AMQP"
+    )]
+    amqp: String,
     /// The UmaDB server binary [default: `umadb` on the PATH].
     #[arg(long, env = "ANNAL_BENCH_UMADB", value_name = "PATH")]
     umadb: Option<PathBuf>,
@@ -52,9 +71,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             None => std::env::current_exe()?,
         },
         umadb: args.umadb,
+        nats_url: args.nats,
+        amqp_url: args.amqp,
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let report = if args.network {
+    let report = if args.groups {
+        rt.block_on(annal_bench::run_groups(&opts))?
+    } else if args.network {
         rt.block_on(annal_bench::run_network(&opts))?
     } else {
         rt.block_on(annal_bench::run(&opts))?

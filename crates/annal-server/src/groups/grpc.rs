@@ -177,28 +177,58 @@ pub async fn consume(
             },
         ))))
         .await;
-    // Deliveries go out as the group hands them over.
-    let deliver = out.clone();
+    // Deliveries and settlements go out as they come, each kind in batches of what is
+    // ready at once.
+    let (settle_tx, mut settlements) = mpsc::channel::<pb::Settled>(cap);
+    let forward = out.clone();
     tokio::spawn(async move {
-        while let Some(d) = deliveries.recv().await {
-            let msg = match d {
-                Out::Delivery {
-                    position,
-                    epoch,
-                    attempt,
-                    event,
-                } => Ok(response(pb::consume_response::Kind::Delivery(
-                    pb::Delivery {
-                        position,
-                        epoch,
-                        attempt,
-                        event: Some(event.into()),
-                    },
-                ))),
-                Out::Ended(e) => Err(pb::status_from_error(&e)),
+        use pb::consume_response::Kind as Out2;
+        const BATCH: usize = 256;
+        loop {
+            let msg = tokio::select! {
+                d = deliveries.recv() => {
+                    let Some(first) = d else { return };
+                    let mut items = Vec::new();
+                    let mut ended = None;
+                    let mut next = Some(first);
+                    while let Some(d) = next.take() {
+                        match d {
+                            Out::Delivery { position, epoch, attempt, event } => {
+                                items.push(pb::Delivery { position, epoch, attempt, event: Some(event.into()) });
+                            }
+                            Out::Ended(e) => {
+                                ended = Some(e);
+                                break;
+                            }
+                        }
+                        if items.len() < BATCH {
+                            next = deliveries.try_recv().ok();
+                        }
+                    }
+                    if !items.is_empty()
+                        && forward.send(Ok(response(Out2::Deliveries(pb::Deliveries { items })))).await.is_err()
+                    {
+                        return;
+                    }
+                    if let Some(e) = ended {
+                        let _ = forward.send(Err(pb::status_from_error(&e))).await;
+                        return;
+                    }
+                    continue;
+                }
+                s = settlements.recv() => {
+                    let Some(first) = s else { return };
+                    let mut items = vec![first];
+                    while items.len() < BATCH {
+                        match settlements.try_recv() {
+                            Ok(s) => items.push(s),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(response(Out2::Settled(pb::Settlements { items })))
+                }
             };
-            let end = msg.is_err();
-            if deliver.send(msg).await.is_err() || end {
+            if forward.send(msg).await.is_err() {
                 return;
             }
         }
@@ -210,9 +240,13 @@ pub async fn consume(
                 Ok(Some(m)) => m,
                 Ok(None) | Err(_) => break,
             };
-            let (position, epoch, nack) = match msg.kind {
-                Some(Kind::Ack(a)) => (a.position, a.epoch, None),
-                Some(Kind::Nack(n)) => (
+            let settles: Vec<(u64, u64, Option<Nack>)> = match msg.kind {
+                Some(Kind::Acks(a)) => a
+                    .items
+                    .into_iter()
+                    .map(|a| (a.position, a.epoch, None))
+                    .collect(),
+                Some(Kind::Nack(n)) => vec![(
                     n.position,
                     n.epoch,
                     Some(if n.park {
@@ -220,7 +254,7 @@ pub async fn consume(
                     } else {
                         Nack::Retry(n.reason)
                     }),
-                ),
+                )],
                 Some(Kind::Heartbeat(_)) => {
                     if tx.send(Cmd::Heartbeat(member, None)).await.is_err() {
                         break;
@@ -234,27 +268,37 @@ pub async fn consume(
                     break;
                 }
             };
-            let (reply, wait) = tokio::sync::oneshot::channel();
-            let cmd = Cmd::settle(member, position, epoch, nack, reply);
-            if tx.send(cmd).await.is_err() {
+            let mut gone = false;
+            for (position, epoch, nack) in settles {
+                // Settled from the group's task once durable (or refused at once); a member
+                // that reads its settlements too slowly waits for them.
+                let settle_tx = settle_tx.clone();
+                let reply: super::runtime::Waiter = Box::new(move |r| {
+                    let settled = pb::Settled {
+                        position,
+                        epoch,
+                        error: r.err().map(|e| detail(&e)),
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(settled)) =
+                        settle_tx.try_send(settled)
+                    {
+                        tokio::spawn(async move {
+                            let _ = settle_tx.send(settled).await;
+                        });
+                    }
+                });
+                if tx
+                    .send(Cmd::settle(member, position, epoch, nack, reply))
+                    .await
+                    .is_err()
+                {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
                 break;
             }
-            let out = out.clone();
-            tokio::spawn(async move {
-                let error = match wait.await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(detail(&e)),
-                    Err(_) => Some(detail(&Error::Unavailable("the group stopped".into()))),
-                };
-                let settled = pb::Settled {
-                    position,
-                    epoch,
-                    error,
-                };
-                let _ = out
-                    .send(Ok(response(pb::consume_response::Kind::Settled(settled))))
-                    .await;
-            });
         }
         // The member is gone: what it held goes to others.
         let _ = tx.send(Cmd::Leave(member)).await;

@@ -384,7 +384,15 @@ async fn settle(
     let tx = state.groups.sender(&name)?;
     let (position, epoch) = (s.position, s.epoch);
     ask(&tx, |reply| {
-        Cmd::settle(member, position, epoch, nack, reply)
+        Cmd::settle(
+            member,
+            position,
+            epoch,
+            nack,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        )
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

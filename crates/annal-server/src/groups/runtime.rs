@@ -36,7 +36,7 @@ pub enum Out {
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
 /// An answer given once the journal has written what it answers for.
-type Waiter = Box<dyn FnOnce(Result<(), Error>) + Send>;
+pub(crate) type Waiter = Box<dyn FnOnce(Result<(), Error>) + Send>;
 
 /// What a group is asked.
 pub enum Cmd {
@@ -51,14 +51,14 @@ pub enum Cmd {
         member: MemberId,
         position: u64,
         epoch: u64,
-        reply: Option<Reply<()>>,
+        reply: Option<Waiter>,
     },
     Nack {
         member: MemberId,
         position: u64,
         epoch: u64,
         nack: Nack,
-        reply: Option<Reply<()>>,
+        reply: Option<Waiter>,
     },
     Replay {
         position: Option<u64>,
@@ -83,7 +83,7 @@ impl Cmd {
         position: u64,
         epoch: u64,
         nack: Option<Nack>,
-        reply: Reply<()>,
+        reply: Waiter,
     ) -> Cmd {
         let reply = Some(reply);
         match nack {
@@ -598,14 +598,10 @@ impl Runtime {
     }
 
     /// A successful ack or nack is answered once the journal has it; a refused one now.
-    fn answer(&mut self, r: Result<(), Error>, reply: Option<Reply<()>>) {
+    fn answer(&mut self, r: Result<(), Error>, reply: Option<Waiter>) {
         match (r, reply) {
-            (Ok(()), Some(reply)) => self.waiting.push(Box::new(move |r| {
-                let _ = reply.send(r);
-            })),
-            (Err(e), Some(reply)) => {
-                let _ = reply.send(Err(e));
-            }
+            (Ok(()), Some(reply)) => self.waiting.push(reply),
+            (Err(e), Some(reply)) => reply(Err(e)),
             (_, None) => {}
         }
     }
