@@ -109,7 +109,7 @@ impl Client {
                 ))
             }
         };
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (deliveries, out) = mpsc::channel(joined.max_in_flight as usize + 1);
         let beat =
             Duration::from_millis(joined.member_timeout_ms / 3).max(Duration::from_millis(5));
@@ -129,7 +129,8 @@ impl Client {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<(u64, u64), oneshot::Sender<Result<()>>>>>;
+/// Who waits for which settlement; `None` once the membership ended.
+type Pending = Arc<Mutex<Option<HashMap<(u64, u64), oneshot::Sender<Result<()>>>>>>;
 
 /// The requests a member sends, as tonic wants them; they end when the member's pump
 /// does (its `stop` is dropped), whoever still holds a delivery.
@@ -192,8 +193,18 @@ async fn pump(
         pending: Arc::clone(&pending),
     };
     let mut ticks = tokio::time::interval(beat);
+    // Deliveries the member has not taken yet: kept here, so that waiting for the member
+    // never stops the heartbeats or the settlements its acks wait for.
+    let mut backlog: std::collections::VecDeque<Delivery> = Default::default();
     let ended = loop {
         let msg = tokio::select! {
+            permit = deliveries.reserve(), if !backlog.is_empty() => {
+                let Ok(permit) = permit else { break None };
+                if let Some(d) = backlog.pop_front() {
+                    permit.send(Ok(d));
+                }
+                continue;
+            }
             msg = inbound.message() => msg,
             _ = ticks.tick() => {
                 let beat = pb::ConsumeRequest { kind: Some(pb::consume_request::Kind::Heartbeat(pb::Empty {})) };
@@ -229,21 +240,19 @@ async fn pump(
                         attempt: d.attempt,
                         settle: settle.clone(),
                     };
-                    if deliveries.send(Ok(delivery)).await.is_err() {
-                        break;
-                    }
+                    backlog.push_back(delivery);
                 }
                 if failed.is_some() {
                     break failed;
-                }
-                if deliveries.is_closed() {
-                    break None;
                 }
             }
             Ok(Some(pb::ConsumeResponse {
                 kind: Some(Kind::Settled(batch)),
             })) => {
                 let mut waiting = lock(&pending);
+                let Some(waiting) = waiting.as_mut() else {
+                    break None;
+                };
                 for s in batch.items {
                     let result = match s.error {
                         None => Ok(()),
@@ -264,7 +273,10 @@ async fn pump(
         }
     };
     // Whoever still waits for a settlement learns it will not come.
-    let waiting: Vec<_> = lock(&pending).drain().map(|(_, w)| w).collect();
+    let waiting: Vec<_> = lock(&pending)
+        .take()
+        .map(|m| m.into_values().collect())
+        .unwrap_or_default();
     let why = ended
         .clone()
         .unwrap_or_else(|| Error::Unavailable("the member left".into()));
@@ -272,7 +284,7 @@ async fn pump(
         let _ = w.send(Err(why.clone()));
     }
     if let Some(e) = ended {
-        let _ = deliveries.send(Err(e)).await;
+        let _ = deliveries.try_send(Err(e));
     }
 }
 
@@ -290,14 +302,19 @@ struct Settle {
 impl Settle {
     async fn send(&self, position: u64, epoch: u64, kind: pb::consume_request::Kind) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert((position, epoch), tx);
+        match lock(&self.pending).as_mut() {
+            Some(p) => p.insert((position, epoch), tx),
+            None => return Err(Error::Unavailable("the membership ended".into())),
+        };
         if self
             .requests
             .send(pb::ConsumeRequest { kind: Some(kind) })
             .await
             .is_err()
         {
-            lock(&self.pending).remove(&(position, epoch));
+            if let Some(p) = lock(&self.pending).as_mut() {
+                p.remove(&(position, epoch));
+            }
             return Err(Error::Unavailable("the membership ended".into()));
         }
         rx.await

@@ -869,3 +869,50 @@ async fn a_member_outlives_the_body_timeout_of_appends() {
     let g = call(&c, GroupCall::Get, "g", None).await;
     assert_eq!(g["members"][0]["name"], "patient", "{g}");
 }
+
+#[tokio::test]
+async fn an_ack_from_before_a_change_never_settles_a_delivery_after_it() {
+    let s = common::start().await;
+    let addr = s.addr();
+    let c = s.client().await;
+    create(&c, json!({"name": "g", "source": "all"})).await;
+    append(&c, "video-5", &["Uploaded", "Started"]).await;
+    let mut first = common::Sse::open(addr, "/v1/groups/g/consume?member=a", &[]).await;
+    let text = first.until("event: delivery").await;
+    let old_member = sse_data(&text, "joined")["member"].as_u64().unwrap();
+    let old = sse_data(&text, "delivery");
+    // The group is changed: its task starts again, and the event is delivered anew.
+    let r = http(
+        addr,
+        "PATCH",
+        "/v1/groups/g",
+        JSON,
+        &json!({"max_in_flight": 10}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut second = common::Sse::open(addr, "/v1/groups/g/consume?member=b", &[]).await;
+    let text = second.until("event: delivery").await;
+    let new_member = sse_data(&text, "joined")["member"].as_u64().unwrap();
+    let new = sse_data(&text, "delivery");
+    assert_eq!(new["position"], old["position"]);
+    assert_ne!(
+        new_member, old_member,
+        "member ids are not reused across the group's tasks"
+    );
+    // The late ack of the first member, for the same position, names a member that is gone.
+    let body = json!({"position": old["position"], "epoch": old["epoch"]}).to_string();
+    let r = http(
+        addr,
+        "POST",
+        &format!("/v1/groups/g/members/{old_member}/ack"),
+        JSON,
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let g = http(addr, "GET", "/v1/groups/g", &[], "").await.json();
+    assert_eq!(g["in_flight"], 1, "the new delivery is still held: {g}");
+    drop(first);
+    drop(second);
+}

@@ -187,7 +187,14 @@ pub async fn consume(
         loop {
             let msg = tokio::select! {
                 d = deliveries.recv() => {
-                    let Some(first) = d else { return };
+                    let Some(first) = d else {
+                        // The group let the member go without a word: its queue was full.
+                        let e = Error::Unavailable(
+                            "the group let this member go: it did not take its deliveries in time; join again".into(),
+                        );
+                        let _ = forward.send(Err(pb::status_from_error(&e))).await;
+                        return;
+                    };
                     let mut items = Vec::new();
                     let mut ended = None;
                     let mut next = Some(first);
@@ -270,22 +277,18 @@ pub async fn consume(
             };
             let mut gone = false;
             for (position, epoch, nack) in settles {
-                // Settled from the group's task once durable (or refused at once); a member
-                // that reads its settlements too slowly waits for them.
-                let settle_tx = settle_tx.clone();
+                // Room for the settlement is taken first: a member that does not read its
+                // settlements stops being read from, and holds no more than its queue.
+                let Ok(permit) = settle_tx.clone().reserve_owned().await else {
+                    gone = true;
+                    break;
+                };
                 let reply: super::runtime::Waiter = Box::new(move |r| {
-                    let settled = pb::Settled {
+                    permit.send(pb::Settled {
                         position,
                         epoch,
                         error: r.err().map(|e| detail(&e)),
-                    };
-                    if let Err(mpsc::error::TrySendError::Full(settled)) =
-                        settle_tx.try_send(settled)
-                    {
-                        tokio::spawn(async move {
-                            let _ = settle_tx.send(settled).await;
-                        });
-                    }
+                    });
                 });
                 if tx
                     .send(Cmd::settle(member, position, epoch, nack, reply))

@@ -38,6 +38,8 @@ const VERSION: u32 = 1;
 const HEADER_LEN: u64 = 8;
 /// The journal is not compacted below this size.
 pub const COMPACT_AFTER: u64 = 16 << 20;
+/// A compaction starts a new group once one holds this many bytes.
+const COMPACT_GROUP: usize = 8 << 20;
 
 const GENERATION: u8 = 1;
 const DEFINE: u8 = 2;
@@ -422,6 +424,21 @@ impl Journal {
             file = Some(f);
         }
         let run = run + 1;
+        // This run's number is durable before any delivery is made under it: a run that
+        // writes nothing else must still count, or the next one would reuse its epochs.
+        let mut announced = false;
+        if let Some(f) = &file {
+            let mut out = Vec::new();
+            let g = start_group(&mut out, sequence + 1);
+            encode_generation(&mut out, run);
+            end_group(&mut out, g, end);
+            f.write_all_at(&out, end)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            end += out.len() as u64;
+            sequence += 1;
+            announced = true;
+        }
         let writer = Writer {
             fs,
             data: data.to_path_buf(),
@@ -429,7 +446,7 @@ impl Journal {
             end,
             sequence,
             run,
-            announced: false,
+            announced,
             mirror: groups.clone(),
             measured_at: end,
             compact_after,
@@ -602,9 +619,16 @@ impl Writer {
         let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
         let mut out = MAGIC.to_vec();
         out.extend_from_slice(&VERSION.to_le_bytes());
-        let g = start_group(&mut out, 1);
+        // Groups of at most about 8 MiB, so no group's length nears its field's limit.
+        let mut sequence = 1;
+        let mut g = start_group(&mut out, sequence);
         encode_generation(&mut out, self.run);
         for (id, kept) in &self.mirror {
+            if out.len() - g > COMPACT_GROUP {
+                end_group(&mut out, g, 0);
+                sequence += 1;
+                g = start_group(&mut out, sequence);
+            }
             encode(
                 &mut out,
                 &Rec::Define {
@@ -629,6 +653,11 @@ impl Writer {
                 );
             }
             for d in kept.dead.values() {
+                if out.len() - g > COMPACT_GROUP {
+                    end_group(&mut out, g, 0);
+                    sequence += 1;
+                    g = start_group(&mut out, sequence);
+                }
                 encode(&mut out, &Rec::Change(*id, Change::Parked(d.clone())));
             }
         }
@@ -651,7 +680,7 @@ impl Writer {
             return Err(e);
         }
         self.end = out.len() as u64;
-        self.sequence = 1;
+        self.sequence = sequence;
         self.measured_at = self.end;
         self.file = Some(f);
         tracing::info!(bytes = self.end, "compacted the groups journal");

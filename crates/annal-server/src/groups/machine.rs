@@ -281,6 +281,14 @@ impl<E> Machine<E> {
         m
     }
 
+    /// Member ids start at `first` (a run of the group of its own: an id from an earlier
+    /// run of the group never names a member of this one).
+    pub fn first_member(mut self, first: MemberId) -> Self {
+        self.next_member = first.max(1);
+        self.turn = self.next_member - 1;
+        self
+    }
+
     pub fn settings(&self) -> &GroupSettings {
         &self.settings
     }
@@ -426,7 +434,7 @@ impl<E> Machine<E> {
         self.members.insert(
             id,
             Member {
-                name: name.to_string(),
+                name: clip(name.to_string()),
                 last_seen: now.at,
                 held: BTreeSet::new(),
             },
@@ -581,6 +589,10 @@ impl<E> Machine<E> {
         now: Now,
     ) -> Result<(), Error> {
         self.check(member, position, epoch)?;
+        let nack = match nack {
+            Nack::Retry(r) => Nack::Retry(clip(r)),
+            Nack::Park(r) => Nack::Park(clip(r)),
+        };
         self.touch(member, now);
         let name = self.member_name(member);
         match nack {
@@ -705,7 +717,12 @@ impl<E> Machine<E> {
                 self.dead.get(&p).ok_or_else(|| not_parked(p))?;
                 vec![p]
             }
-            None => self.dead.keys().copied().collect(),
+            // Waiting letters first: dropping a key's parked one would release them.
+            None => {
+                let (waiting, parked): (Vec<&DeadLetter>, Vec<&DeadLetter>) =
+                    self.dead.values().partition(|d| d.waiting);
+                waiting.iter().chain(&parked).map(|d| d.position).collect()
+            }
         };
         let mut count = 0;
         for p in chosen {
@@ -1054,6 +1071,21 @@ impl<E> Machine<E> {
             self.restored_attempts.retain(|p, _| *p >= floor);
         }
     }
+}
+
+/// The longest reason a dead letter keeps, in bytes; a longer one is cut (at a character).
+pub const MAX_REASON: usize = 1024;
+
+fn clip(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 fn unknown_member(member: MemberId) -> Error {

@@ -64,6 +64,8 @@ pub struct Groups {
     admin: tokio::sync::Mutex<()>,
     journal: Journal,
     run: u64,
+    /// Group tasks started in this run.
+    launches: std::sync::atomic::AtomicU64,
     store: Arc<dyn Served>,
     shutdown: watch::Receiver<bool>,
     max_groups: usize,
@@ -102,6 +104,7 @@ impl Groups {
             admin: tokio::sync::Mutex::new(()),
             journal,
             run: opened.run,
+            launches: std::sync::atomic::AtomicU64::new(0),
             store,
             shutdown,
             max_groups,
@@ -132,6 +135,14 @@ impl Groups {
                 def: def.clone(),
                 kept,
                 epoch: self.run.saturating_mul(EPOCHS_PER_RUN),
+                // Each task of this run numbers its members from a range of its own, so
+                // an ack (member, epoch) meant for an earlier task never matches one of
+                // this task's deliveries.
+                first_member: (self
+                    .launches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1)
+                    << 32,
             },
             Arc::clone(&self.store),
             self.journal.clone(),

@@ -541,3 +541,45 @@ fn an_ack_after_the_lease_moved_is_refused_and_names_why() {
     let e = h.m.ack(second.member, 7, 1, h.now()).unwrap_err();
     assert!(e.to_string().contains("not in flight"), "{e}");
 }
+
+#[test]
+fn discarding_everything_drops_waiting_letters_too() {
+    let mut h = Harness::new(settings(false));
+    for k in [0, 0, 0] {
+        h.step(Op::Append(k));
+    }
+    h.step(Op::Join);
+    h.step(Op::Park(0));
+    assert_eq!(h.m.dead_letters().count(), 3, "one parked, two waiting");
+    let now = h.now();
+    assert_eq!(h.m.discard(None, now).unwrap(), 3);
+    h.discarded.extend([0, 1, 2]);
+    h.step(Op::Poll);
+    assert!(h.held.is_empty(), "nothing is delivered: {:?}", h.held);
+    assert!(h.m.dead_letters().next().is_none());
+    assert_eq!(h.m.floor(), 3);
+}
+
+#[test]
+fn reasons_and_names_are_bounded() {
+    let mut h = Harness::new(settings(true));
+    h.step(Op::Append(0));
+    h.step(Op::Join);
+    let d = h.held.values().next().unwrap().clone();
+    let now = h.now();
+    h.m.nack(
+        d.member,
+        d.position,
+        d.epoch,
+        Nack::Park("é".repeat(5_000)),
+        now,
+    )
+    .unwrap();
+    let letter = h.m.dead_letters().next().unwrap();
+    assert!(
+        letter.reason.len() <= super::machine::MAX_REASON + 3,
+        "{}",
+        letter.reason.len()
+    );
+    assert!(letter.reason.ends_with('…'));
+}

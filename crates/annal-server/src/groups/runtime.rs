@@ -143,6 +143,8 @@ pub struct Start {
     pub kept: Kept,
     /// Where delivery epochs start.
     pub epoch: u64,
+    /// Where member ids start: above every id an earlier task of this run gave out.
+    pub first_member: MemberId,
 }
 
 /// The key an event is routed by.
@@ -159,6 +161,9 @@ pub fn key_of(e: &RecordedEvent, by: KeyBy) -> Text {
         e.stream_id.clone()
     }
 }
+
+/// How long a group waits before it opens a failed subscription again.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
 /// How many subscription items a feed hands over at once.
 const FEED_BATCH: usize = 256;
@@ -222,13 +227,26 @@ fn spawn_feed(
                         return;
                     }
                 }
+                let mut failed = None;
                 while batch.len() < FEED_BATCH {
                     match crate::ready_item(&mut sub).await {
                         Some(Some(Ok(item))) => batch.push(item),
-                        _ => break,
+                        Some(Some(Err(e))) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        Some(None) => {
+                            failed = Some(Error::Unavailable("the subscription ended".into()));
+                            break;
+                        }
+                        None => break,
                     }
                 }
                 if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+                if let Some(e) = failed {
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
             }
@@ -285,6 +303,7 @@ pub(crate) fn spawn(
         def,
         kept,
         epoch,
+        first_member,
     } = start;
     let m = Machine::new(
         def.settings.clone(),
@@ -293,7 +312,8 @@ pub(crate) fn spawn(
         kept.attempts.iter().map(|(p, a)| (*p, *a)),
         kept.dead.into_values(),
         epoch,
-    );
+    )
+    .first_member(first_member);
     let rt = Runtime {
         id,
         journaled_floor: kept.floor,
@@ -316,25 +336,27 @@ impl Runtime {
         mut stop: oneshot::Receiver<()>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let floor = self.m.floor();
-        let from = match floor {
-            0 => SubscribeFrom::Start,
-            f => SubscribeFrom::After(f - 1),
-        };
-        let (feed_tx, mut feed) = mpsc::channel(4);
-        spawn_feed(
-            Arc::clone(&self.store),
-            SubscribeRequest::new(self.def.source.clone(), from),
-            feed_tx,
-        );
+        let mut feed = self.subscribe();
         // Items taken from the feed and not offered yet (the window was full).
         let mut held: std::collections::VecDeque<SubscriptionItem> = Default::default();
         let mut feed_open = true;
+        // When a feed that failed or ended is opened again.
+        let mut resubscribe: Option<Instant> = None;
         loop {
+            if let Some(at) = resubscribe.filter(|at| *at <= Instant::now()) {
+                let _ = at;
+                held.clear();
+                feed = self.subscribe();
+                feed_open = true;
+                resubscribe = None;
+            }
             self.offer_held(&mut held);
             let deadline = self
                 .m
                 .next_deadline()
+                .into_iter()
+                .chain(resubscribe)
+                .min()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             let want_feed =
@@ -346,9 +368,9 @@ impl Runtime {
                     match batch {
                         Ok(items) => held.extend(items),
                         Err(e) => {
-                            tracing::error!(group = %self.def.name, error = %e, "the group's subscription failed");
-                            self.failed = Some(e);
+                            self.feed_failed(&e);
                             feed_open = false;
+                            resubscribe = Some(Instant::now() + RESUBSCRIBE);
                         }
                     }
                 }
@@ -383,12 +405,15 @@ impl Runtime {
                     }
                     batch = feed.recv(), if want_feed => match batch {
                         Some(Ok(items)) => held.extend(items),
-                        Some(Err(e)) => {
-                            tracing::error!(group = %self.def.name, error = %e, "the group's subscription failed");
-                            self.failed = Some(e);
+                        failed => {
+                            let e = match failed {
+                                Some(Err(e)) => e,
+                                _ => Error::Unavailable("the subscription ended".into()),
+                            };
+                            self.feed_failed(&e);
                             feed_open = false;
+                            resubscribe = Some(Instant::now() + RESUBSCRIBE);
                         }
-                        None => feed_open = false,
                     },
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
@@ -411,11 +436,32 @@ impl Runtime {
             }
             self.offer_held(&mut held);
             if let Err(e) = self.flush().await {
+                // The journal stopped: the group hands out nothing more and says why.
+                tracing::error!(group = %self.def.name, error = %e, "the group stops: its journal failed");
+                self.failed = Some(e.clone());
                 self.end(e);
-                return;
             }
             self.deliver(now).await;
         }
+    }
+
+    /// Opens the group's feed from the next position it has not seen.
+    fn subscribe(&self) -> mpsc::Receiver<Result<Vec<SubscriptionItem>, Error>> {
+        let from = match self.m.next() {
+            0 => SubscribeFrom::Start,
+            n => SubscribeFrom::After(n - 1),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        spawn_feed(
+            Arc::clone(&self.store),
+            SubscribeRequest::new(self.def.source.clone(), from),
+            tx,
+        );
+        rx
+    }
+
+    fn feed_failed(&self, e: &Error) {
+        tracing::error!(group = %self.def.name, error = %e, next = self.m.next(), "the group's subscription failed; it is opened again from where it stopped");
     }
 
     /// Offers what the feed gave, as far as the window has room.
