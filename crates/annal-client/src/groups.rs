@@ -17,18 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Client;
 
-/// An admin call of consumer groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupCall {
-    Create,
-    Change,
-    Delete,
-    Get,
-    List,
-    Parked,
-    Replay,
-    Discard,
-}
+pub use annal_proto::GroupCall;
 
 /// What an admin call is about: a group's name, and the JSON, position, page it needs.
 #[derive(Debug, Clone, Default)]

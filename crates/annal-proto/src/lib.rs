@@ -37,6 +37,19 @@ pub mod packed;
 /// The gRPC service name, as it appears in request paths (`/annal.v1.EventStore/Append`).
 pub const SERVICE: &str = "annal.v1.EventStore";
 
+/// An admin call of consumer groups: the RPC a client makes, and the one the server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupCall {
+    Create,
+    Change,
+    Delete,
+    Get,
+    List,
+    Parked,
+    Replay,
+    Discard,
+}
+
 /// The consumer group RPCs; they change groups, never the log.
 pub const GROUP_METHODS: &[&str] = &[
     "CreateGroup",

@@ -15,8 +15,8 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status};
 
-use crate::groups::grpc::Admin;
 use crate::{public, ReadMsg, State, SubMsg};
+use annal_proto::GroupCall;
 
 /// Batches a read or subscription keeps queued for a slow gRPC client.
 const READ_QUEUE: usize = 4;
@@ -60,7 +60,7 @@ impl Grpc {
     /// A consumer group admin call.
     async fn group(
         &self,
-        op: Admin,
+        op: GroupCall,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
         crate::groups::grpc::admin(&self.state, op, r.into_inner())
@@ -375,56 +375,56 @@ impl pb::event_store_server::EventStore for Grpc {
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Create, r).await
+        self.group(GroupCall::Create, r).await
     }
 
     async fn change_group(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Change, r).await
+        self.group(GroupCall::Change, r).await
     }
 
     async fn delete_group(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Delete, r).await
+        self.group(GroupCall::Delete, r).await
     }
 
     async fn get_group(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Get, r).await
+        self.group(GroupCall::Get, r).await
     }
 
     async fn list_groups(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::List, r).await
+        self.group(GroupCall::List, r).await
     }
 
     async fn list_parked(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Parked, r).await
+        self.group(GroupCall::Parked, r).await
     }
 
     async fn replay_parked(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Replay, r).await
+        self.group(GroupCall::Replay, r).await
     }
 
     async fn discard_parked(
         &self,
         r: Request<pb::GroupRequest>,
     ) -> Result<Response<pb::GroupResponse>, Status> {
-        self.group(Admin::Discard, r).await
+        self.group(GroupCall::Discard, r).await
     }
 
     type ConsumeStream = crate::groups::grpc::Consumer;

@@ -20,18 +20,7 @@ use super::machine::Nack;
 use super::runtime::{ask, Cmd, Out};
 use crate::State;
 
-/// Which admin call.
-#[derive(Debug, Clone, Copy)]
-pub enum Admin {
-    Create,
-    Change,
-    Delete,
-    Get,
-    List,
-    Parked,
-    Replay,
-    Discard,
-}
+use annal_proto::GroupCall;
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<pb::GroupResponse, Error> {
     serde_json::to_string(v)
@@ -46,31 +35,31 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
 /// One admin call.
 pub async fn admin(
     state: &State,
-    op: Admin,
+    op: GroupCall,
     r: pb::GroupRequest,
 ) -> Result<pb::GroupResponse, Error> {
     let groups = &state.groups;
-    if !matches!(op, Admin::Create | Admin::List) {
+    if !matches!(op, GroupCall::Create | GroupCall::List) {
         super::def::name(&r.name)?;
     }
     match op {
-        Admin::Create => {
+        GroupCall::Create => {
             let def = from_json::<GroupJson>(&r.json)?.into_def(&Default::default())?;
             to_json(&GroupStatusJson::from(&groups.create(def).await?))
         }
-        Admin::Change => {
+        GroupCall::Change => {
             let settings: GroupSettingsJson = from_json(&r.json)?;
             let status = groups
                 .change(&r.name, |old| Ok(settings.apply(old)))
                 .await?;
             to_json(&GroupStatusJson::from(&status))
         }
-        Admin::Delete => {
+        GroupCall::Delete => {
             groups.delete(&r.name).await?;
             Ok(pb::GroupResponse::default())
         }
-        Admin::Get => to_json(&GroupStatusJson::from(&groups.status(&r.name).await?)),
-        Admin::List => to_json(&GroupsJson {
+        GroupCall::Get => to_json(&GroupStatusJson::from(&groups.status(&r.name).await?)),
+        GroupCall::List => to_json(&GroupsJson {
             groups: groups
                 .list()
                 .await?
@@ -78,7 +67,7 @@ pub async fn admin(
                 .map(GroupStatusJson::from)
                 .collect(),
         }),
-        Admin::Parked => {
+        GroupCall::Parked => {
             let limit = match r.limit {
                 0 => 100,
                 n => n.min(super::http::MAX_PARKED_PAGE as u64) as usize,
@@ -94,11 +83,11 @@ pub async fn admin(
                 parked: parked.iter().map(ParkedJson::from).collect(),
             })
         }
-        Admin::Replay | Admin::Discard => {
+        GroupCall::Replay | GroupCall::Discard => {
             let position = r.position;
             let tx = groups.sender(&r.name)?;
             let count = match op {
-                Admin::Replay => ask(&tx, |reply| Cmd::Replay { position, reply }).await?,
+                GroupCall::Replay => ask(&tx, |reply| Cmd::Replay { position, reply }).await?,
                 _ => ask(&tx, |reply| Cmd::Discard { position, reply }).await?,
             };
             to_json(&ParkedCountJson { count })
@@ -159,12 +148,11 @@ pub async fn consume(
         return Err(Error::invalid("member", "is longer than 256 bytes"));
     }
     let tx = state.groups.sender(&join.group)?;
-    let (member, mut deliveries) = ask(&tx, |reply| Cmd::Join {
+    let (member, mut deliveries, settings) = ask(&tx, |reply| Cmd::Join {
         name: join.member.clone(),
         reply,
     })
     .await?;
-    let settings = state.groups.status(&join.group).await?.def.settings;
     let cap = settings.max_in_flight as usize * 2 + 16;
     let (out, rx) = mpsc::channel(cap);
     let _ = out

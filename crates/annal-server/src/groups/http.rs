@@ -232,12 +232,11 @@ pub(crate) async fn consume(
         )));
     }
     let tx = state.groups.sender(&name)?;
-    let (member, rx) = ask(&tx, |reply| Cmd::Join {
+    let (member, rx, settings) = ask(&tx, |reply| Cmd::Join {
         name: member_name,
         reply,
     })
     .await?;
-    let settings = state.groups.status(&name).await?.def.settings;
     let joined = serde_json::json!({
         "member": member,
         "member_timeout_ms": settings.member_timeout.as_millis() as u64,

@@ -106,6 +106,27 @@ impl Kept {
         }
     }
 
+    /// The records that say all of it, for group `id`.
+    fn records(&self, id: u32) -> impl Iterator<Item = Rec> + '_ {
+        let define = Rec::Define {
+            id,
+            floor: self.floor,
+            def: self.def.clone(),
+        };
+        let acked = self.acked.iter().map(move |p| Change::Acked(*p));
+        let attempts = self
+            .attempts
+            .iter()
+            .map(|(&position, &attempts)| Change::Attempts { position, attempts });
+        let dead = self.dead.values().map(|d| Change::Parked(d.clone()));
+        std::iter::once(define).chain(
+            acked
+                .chain(attempts)
+                .chain(dead)
+                .map(move |c| Rec::Change(id, c)),
+        )
+    }
+
     fn set_floor(&mut self, floor: u64) {
         if floor > self.floor {
             self.floor = floor;
@@ -424,34 +445,27 @@ impl Journal {
             file = Some(f);
         }
         let run = run + 1;
-        // This run's number is durable before any delivery is made under it: a run that
-        // writes nothing else must still count, or the next one would reuse its epochs.
-        let mut announced = false;
-        if let Some(f) = &file {
-            let mut out = Vec::new();
-            let g = start_group(&mut out, sequence + 1);
-            encode_generation(&mut out, run);
-            end_group(&mut out, g, end);
-            f.write_all_at(&out, end)
-                .and_then(|()| f.sync_data())
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            end += out.len() as u64;
-            sequence += 1;
-            announced = true;
-        }
-        let writer = Writer {
+        let has_file = file.is_some();
+        let mut writer = Writer {
             fs,
             data: data.to_path_buf(),
             file,
             end,
             sequence,
             run,
-            announced,
+            announced: false,
             mirror: groups.clone(),
             measured_at: end,
             compact_after,
             failed: None,
         };
+        // This run's number is durable before any delivery is made under it: a run that
+        // writes nothing else must still count, or the next one would reuse its epochs.
+        // (A new journal gets it with its first group.)
+        if has_file {
+            writer.append(&[])?;
+            writer.measured_at = writer.end;
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("annal-groups".into())
@@ -623,43 +637,13 @@ impl Writer {
         let mut sequence = 1;
         let mut g = start_group(&mut out, sequence);
         encode_generation(&mut out, self.run);
-        for (id, kept) in &self.mirror {
+        for rec in self.mirror.iter().flat_map(|(id, kept)| kept.records(*id)) {
             if out.len() - g > COMPACT_GROUP {
                 end_group(&mut out, g, 0);
                 sequence += 1;
                 g = start_group(&mut out, sequence);
             }
-            encode(
-                &mut out,
-                &Rec::Define {
-                    id: *id,
-                    floor: kept.floor,
-                    def: kept.def.clone(),
-                },
-            );
-            for p in &kept.acked {
-                encode(&mut out, &Rec::Change(*id, Change::Acked(*p)));
-            }
-            for (position, attempts) in &kept.attempts {
-                encode(
-                    &mut out,
-                    &Rec::Change(
-                        *id,
-                        Change::Attempts {
-                            position: *position,
-                            attempts: *attempts,
-                        },
-                    ),
-                );
-            }
-            for d in kept.dead.values() {
-                if out.len() - g > COMPACT_GROUP {
-                    end_group(&mut out, g, 0);
-                    sequence += 1;
-                    g = start_group(&mut out, sequence);
-                }
-                encode(&mut out, &Rec::Change(*id, Change::Parked(d.clone())));
-            }
+            encode(&mut out, &rec);
         }
         end_group(&mut out, g, 0);
         let f = self.fs.create(&tmp).map_err(|e| io("creating", e))?;

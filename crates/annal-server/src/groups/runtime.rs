@@ -13,7 +13,7 @@ use annal_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::def::{GroupDef, KeyBy};
+use super::def::{GroupDef, GroupSettings, KeyBy};
 use super::journal::{Journal, Kept, Rec};
 use super::machine::{Counters, DeadLetter, Gauges, Machine, MemberId, Nack, Now};
 use crate::backend::Served;
@@ -42,7 +42,8 @@ pub(crate) type Waiter = Box<dyn FnOnce(Result<(), Error>) + Send>;
 pub enum Cmd {
     Join {
         name: String,
-        reply: Reply<(MemberId, mpsc::Receiver<Out>)>,
+        /// The member's id, its deliveries, and the settings it is held to.
+        reply: Reply<(MemberId, mpsc::Receiver<Out>, GroupSettings)>,
     },
     Leave(MemberId),
     /// A member is alive; with a reply, it learns whether the group still knows it.
@@ -570,7 +571,7 @@ impl Runtime {
                         let (tx, rx) = mpsc::channel(cap);
                         self.members.insert(id, tx);
                         tracing::info!(group = %self.def.name, member = id, %name, "a member joined");
-                        let _ = reply.send(Ok((id, rx)));
+                        let _ = reply.send(Ok((id, rx, self.def.settings.clone())));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
