@@ -12,6 +12,8 @@
 //! - [`Snapshotting`]: when the store keeps an aggregate's snapshot, and how its state is
 //!   encoded; loads start from the latest usable one.
 //! - [`load_as_of`]: time travel, an aggregate as of a revision, a position or an instant.
+//! - [`projection`]: read models in SQLite or PostgreSQL, kept up to date from the log,
+//!   rebuilt blue/green, reconciled against a replay.
 //! - [`render_history`]: an aggregate's history, or any read's, as lines for people.
 
 mod context;
@@ -22,6 +24,8 @@ mod event;
 mod handler;
 mod history;
 mod load;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub mod projection;
 mod retry;
 mod snapshot;
 mod upcast;

@@ -1,0 +1,260 @@
+//! The PostgreSQL sink: one connection per sink, its search path set to the sink's schema.
+//! A batch's statements are pipelined: sent together inside the transaction, then their
+//! answers read, so a batch costs about one round trip rather than one per event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{BoxFuture, Conn, SinkError, Stmt};
+use crate::projection::model::Value;
+
+const SINK: &str = "PostgreSQL";
+
+pub(crate) struct Postgres {
+    url: String,
+    pub(crate) schema: String,
+    conn: tokio::sync::Mutex<Option<PgConn>>,
+}
+
+pub(crate) struct PgConn {
+    client: Client,
+    prepared: HashMap<Arc<str>, Statement>,
+    /// A call was dropped halfway through a transaction: the connection is not reused.
+    in_transaction: bool,
+}
+
+impl Postgres {
+    pub(crate) async fn connect(url: &str, schema: &str) -> Result<Postgres, SinkError> {
+        let p = Postgres {
+            url: url.to_string(),
+            schema: schema.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+        };
+        *p.conn.lock().await = Some(p.open().await?);
+        Ok(p)
+    }
+
+    async fn open(&self) -> Result<PgConn, SinkError> {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url, NoTls)
+                .await
+                .map_err(|e| SinkError::Unavailable {
+                    sink: SINK,
+                    message: format!("cannot connect: {e}"),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "read-model connection ended");
+            }
+        });
+        let s = &self.schema;
+        match client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
+            .await
+        {
+            // Another connection created it at the same moment.
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+            r => r.map_err(error)?,
+        }
+        client
+            .batch_execute(&format!("SET search_path TO {s}"))
+            .await
+            .map_err(error)?;
+        Ok(PgConn {
+            client,
+            prepared: HashMap::new(),
+            in_transaction: false,
+        })
+    }
+
+    pub(crate) async fn exec<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(Conn<'c>) -> BoxFuture<'c, Result<T, SinkError>> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let mut slot = self.conn.lock().await;
+        let usable = slot
+            .as_ref()
+            .is_some_and(|c| !c.client.is_closed() && !c.in_transaction);
+        if !usable {
+            *slot = None;
+            *slot = Some(self.open().await?);
+        }
+        let conn = slot.as_mut().expect("connected above");
+        let r = f(Conn::Postgres(conn)).await;
+        if matches!(r, Err(SinkError::Unavailable { .. })) || conn.client.is_closed() {
+            *slot = None;
+        }
+        r
+    }
+}
+
+fn error(e: tokio_postgres::Error) -> SinkError {
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    let transient = e.is_closed()
+        || io
+        || e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::DISK_FULL,
+            ]
+            .contains(c)
+        });
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    if transient {
+        SinkError::Unavailable {
+            sink: SINK,
+            message,
+        }
+    } else {
+        SinkError::Statement {
+            sink: SINK,
+            message,
+        }
+    }
+}
+
+fn params(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+impl PgConn {
+    pub(crate) async fn batch(&mut self, sql: &str) -> Result<(), SinkError> {
+        match sql {
+            "BEGIN" => self.in_transaction = true,
+            "COMMIT" | "ROLLBACK" => {
+                let r = self.client.batch_execute(sql).await.map_err(error);
+                self.in_transaction = r.is_err();
+                return r;
+            }
+            _ => {}
+        }
+        self.client.batch_execute(sql).await.map_err(error)
+    }
+
+    async fn prepare(&mut self, sql: &str) -> Result<Statement, SinkError> {
+        if let Some(s) = self.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql).await.map_err(error)?;
+        // Statements are few (a projection's own, the runner's); a bound still keeps a
+        // projection that builds its SQL on the fly from growing the map for ever.
+        if self.prepared.len() >= 1024 {
+            self.prepared.clear();
+        }
+        self.prepared.insert(Arc::from(sql), s.clone());
+        Ok(s)
+    }
+
+    pub(crate) async fn execute(&mut self, sql: &str, values: &[Value]) -> Result<u64, SinkError> {
+        let stmt = self.prepare(sql).await?;
+        self.client
+            .execute(&stmt, &params(values))
+            .await
+            .map_err(error)
+    }
+
+    pub(crate) async fn execute_all(&mut self, stmts: &[Stmt]) -> Result<(), SinkError> {
+        let mut prepared = Vec::with_capacity(stmts.len());
+        for (sql, _) in stmts {
+            prepared.push(self.prepare(sql).await?);
+        }
+        let client = &self.client;
+        let calls = prepared
+            .iter()
+            .zip(stmts)
+            .map(|(stmt, (_, values))| async move { client.execute(stmt, &params(values)).await });
+        futures_util::future::try_join_all(calls)
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    pub(crate) async fn query(
+        &mut self,
+        sql: &str,
+        values: &[Value],
+    ) -> Result<Vec<Vec<Value>>, SinkError> {
+        let stmt = self.prepare(sql).await?;
+        let rows = self
+            .client
+            .query(&stmt, &params(values))
+            .await
+            .map_err(error)?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| row.try_get::<_, Value>(i).map_err(error))
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Sync + Send>;
+
+/// A value goes to whichever column type the statement has for it, where that type can
+/// hold it: an integer to any integer, floating or boolean column, text to any text type.
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*i as f32).to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                _ => Err(format!("an integer cannot be sent as {ty}").into()),
+            },
+            Value::Real(r) => match *ty {
+                Type::FLOAT4 => (*r as f32).to_sql(ty, out),
+                _ => r.to_sql(ty, out),
+            },
+            Value::Text(t) => t.as_str().to_sql(ty, out),
+            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(match *ty {
+            Type::INT8 => Value::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
+            Type::BOOL => Value::Int(bool::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => Value::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => Value::Real(f32::from_sql(ty, raw)?.into()),
+            Type::BYTEA => Value::Blob(Vec::<u8>::from_sql(ty, raw)?),
+            _ if <&str as FromSql>::accepts(ty) => Value::Text(String::from_sql(ty, raw)?),
+            _ => return Err(format!("a column of type {ty} is not read into a Value").into()),
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
