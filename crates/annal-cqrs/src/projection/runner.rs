@@ -186,6 +186,8 @@ pub struct Runner<S, P> {
     pub(super) status: watch::Sender<Status>,
     rendered: HashMap<(Target, RenderKey), Arc<str>>,
     last_head: Option<Instant>,
+    /// When the last event applied was recorded, for the lag in seconds.
+    last_applied_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -264,6 +266,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             status,
             rendered: HashMap::new(),
             last_head: None,
+            last_applied_at: None,
         }
     }
 
@@ -624,6 +627,15 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         });
         let lag = self.status.borrow().lag();
         let name = self.name().to_string();
+        // How old the last event applied is, while events wait behind it.
+        let lag_seconds = match self.last_applied_at {
+            Some(at) if lag > 0 => {
+                (Timestamp::now().as_micros() - at.as_micros()).max(0) as f64 / 1e6
+            }
+            _ => 0.0,
+        };
+        metrics::gauge!("annal_projection_lag_seconds", "projection" => name.clone())
+            .set(lag_seconds);
         metrics::gauge!("annal_projection_lag_events", "projection" => name.clone())
             .set(lag as f64);
         metrics::gauge!("annal_projection_position", "projection" => name)
@@ -832,13 +844,9 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             metrics::counter!("annal_projection_events_total", "projection" => name.clone(), "type" => t)
                 .increment(n);
         }
-        let lag_seconds = match pending.last_recorded {
-            Some(at) if self.status.borrow().lag() > 0 => {
-                (Timestamp::now().as_micros() - at.as_micros()).max(0) as f64 / 1e6
-            }
-            _ => 0.0,
-        };
-        metrics::gauge!("annal_projection_lag_seconds", "projection" => name).set(lag_seconds);
+        if pending.last_recorded.is_some() {
+            self.last_applied_at = pending.last_recorded;
+        }
         self.status.send_modify(|s| s.applied += applied);
         Ok(Some(batch.to))
     }

@@ -82,6 +82,13 @@ impl Drop for Served {
     }
 }
 
+impl Served {
+    /// The server's address, for another process to connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.as_ref().unwrap().local_addr())
+    }
+}
+
 pub async fn served() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
