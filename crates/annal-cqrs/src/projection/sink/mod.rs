@@ -183,6 +183,14 @@ impl Sink {
         }
     }
 
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
     /// `sqlite:PATH` or `postgres:SCHEMA`.
     pub fn describe(&self) -> String {
         match &*self.inner {
