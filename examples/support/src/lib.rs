@@ -42,12 +42,35 @@ pub struct Place {
     pub sink: Sink,
     /// `embedded` or the server's URL.
     pub store_name: String,
+    /// The server started in this process, if any.
+    pub server: Option<annal_server::Server>,
     _temporary: Option<tempfile::TempDir>,
+}
+
+impl Place {
+    /// Stops the server started in this process, if any.
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await?;
+        }
+        Ok(())
+    }
 }
 
 impl Where {
     /// Opens the store and the sink; `example` names the default schema.
     pub async fn open(&self, example: &str) -> anyhow::Result<Place> {
+        self.open_as(example, false).await
+    }
+
+    /// As [`Where::open`], but without `--server` the embedded store is served in this
+    /// process on a loopback port, for what only a server does (consumer groups); the
+    /// store is then a client of it.
+    pub async fn open_served(&self, example: &str) -> anyhow::Result<Place> {
+        self.open_as(example, true).await
+    }
+
+    async fn open_as(&self, example: &str, serve: bool) -> anyhow::Result<Place> {
         let temporary = match &self.data {
             Some(_) => None,
             None => Some(tempfile::tempdir()?),
@@ -57,7 +80,17 @@ impl Where {
             .clone()
             .unwrap_or_else(|| temporary.as_ref().unwrap().path().to_path_buf());
         std::fs::create_dir_all(&dir)?;
+        let mut server = None;
         let (store, store_name) = match &self.server {
+            None if serve => {
+                let config = annal_server::Config::new(dir.join("events"), "127.0.0.1:0".parse()?);
+                let s = annal_server::Server::start(config).await?;
+                let client = Client::builder(format!("http://{}", s.local_addr()))
+                    .connect()
+                    .await?;
+                server = Some(s);
+                (AnyStore::Remote(client), "embedded".to_string())
+            }
             Some(url) => {
                 let client = Client::builder(url.as_str())
                     .connect()
@@ -87,6 +120,7 @@ impl Where {
             store,
             sink,
             store_name,
+            server,
             _temporary: temporary,
         })
     }
