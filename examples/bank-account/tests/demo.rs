@@ -1,27 +1,14 @@
 //! The example as a user runs it: the story on an embedded store into SQLite, the story
 //! against a server into PostgreSQL, and the subcommands on a folder of its own.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use annal_server::{Config, Server};
+use example_support::testing::{run, stdout, twice_against_a_server};
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+const BIN: &str = env!("CARGO_BIN_EXE_bank-account");
 
 fn bank(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bank-account"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
+    run(BIN, args)
 }
 
 /// The lines of the story that do not change from run to run.
@@ -54,36 +41,14 @@ fn the_story_on_an_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_story_against_a_server_into_postgres() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(Config::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let schema = format!("bank_example_{}", std::process::id());
-    let args = ["--server", &url, "--postgres", PG, "--schema", &schema];
-    // Twice on one server: the second story has accounts of its own.
-    for _ in 0..2 {
-        let out = tokio::task::spawn_blocking({
-            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            move || bank(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
-        let out = stdout(&out);
+    // Twice on one server: each story has ids of its own.
+    let (url, outs) = twice_against_a_server(BIN).await;
+    for out in outs {
         assert!(out.starts_with(&format!(
             "Bank accounts on Annal ({url} store, read models in postgres)"
         )));
         assert_story(&out);
     }
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
-    server.shutdown().await.unwrap();
 }
 
 #[test]

@@ -279,3 +279,63 @@ pub fn render_failures(projection: &str, failures: &[Failure]) -> String {
 
 /// How long the examples wait for a read model to catch up with a write.
 pub const READ_YOUR_WRITES: Duration = Duration::from_secs(30);
+
+/// What the examples' tests share: running the example's binary and reading its output.
+pub mod testing {
+    use std::process::{Command, Output};
+
+    /// PostgreSQL on this machine, for the tests' read models.
+    pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+    /// Runs the example binary at `bin` with `args`.
+    pub fn run(bin: &str, args: &[&str]) -> Output {
+        Command::new(bin).args(args).output().unwrap()
+    }
+
+    /// What a run printed, once it is known to have succeeded.
+    pub fn stdout(o: &Output) -> String {
+        assert!(
+            o.status.success(),
+            "failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout.clone()).unwrap()
+    }
+
+    /// Runs the example's story twice against a server of its own, into a PostgreSQL
+    /// schema of its own (dropped after); returns the server's URL and both outputs.
+    pub async fn twice_against_a_server(bin: &'static str) -> (String, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = annal_server::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let server = annal_server::Server::start(config).await.unwrap();
+        let url = format!("http://{}", server.local_addr());
+        let schema = format!("example_{}_{}", std::process::id(), fastrand_u16());
+        let args: Vec<String> = ["--server", &url, "--postgres", PG, "--schema", &schema]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let mut outs = Vec::new();
+        for _ in 0..2 {
+            let args = args.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                run(bin, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap();
+            outs.push(stdout(&out));
+        }
+        let sink = annal_cqrs::projection::Sink::postgres(PG, &schema)
+            .await
+            .unwrap();
+        sink.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+            .await
+            .unwrap();
+        server.shutdown().await.unwrap();
+        (url, outs)
+    }
+
+    fn fastrand_u16() -> u16 {
+        annal_core::Timestamp::now().as_micros() as u16
+    }
+}

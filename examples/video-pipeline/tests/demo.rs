@@ -2,27 +2,14 @@
 //! the consumer group) into SQLite, the story against a server into PostgreSQL, and the
 //! subcommands on a folder.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use annal_server::{Config, Server};
+use example_support::testing::{run, stdout, twice_against_a_server};
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+const BIN: &str = env!("CARGO_BIN_EXE_video-pipeline");
 
 fn pipeline(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_video-pipeline"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
+    run(BIN, args)
 }
 
 fn assert_story(out: &str) {
@@ -60,38 +47,14 @@ fn the_story_on_an_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_story_against_a_server_into_postgres() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(Config::new(dir.path(), "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let schema = format!("video_example_{}", std::process::id());
-    let args: Vec<String> = ["--server", &url, "--postgres", PG, "--schema", &schema]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    for _ in 0..2 {
-        let args = args.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            pipeline(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
-        let out = stdout(&out);
+    // Twice on one server: each story has ids of its own.
+    let (url, outs) = twice_against_a_server(BIN).await;
+    for out in outs {
         assert!(out.starts_with(&format!(
             "Video processing on Annal ({url} store, read models in postgres)"
         )));
         assert_story(&out);
     }
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .unwrap();
-    server.shutdown().await.unwrap();
 }
 
 #[test]

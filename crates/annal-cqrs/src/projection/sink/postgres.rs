@@ -108,9 +108,10 @@ fn error(e: tokio_postgres::Error) -> SinkError {
             ]
             .contains(c)
         });
-    let message = match e.as_db_error() {
-        Some(db) => db.message().to_string(),
-        None => e.to_string(),
+    let message = match (e.as_db_error(), std::error::Error::source(&e)) {
+        (Some(db), _) => db.message().to_string(),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
     };
     if transient {
         SinkError::Unavailable {
@@ -246,7 +247,13 @@ impl<'a> FromSql<'a> for Value {
             Type::FLOAT4 => Value::Real(f32::from_sql(ty, raw)?.into()),
             Type::BYTEA => Value::Blob(Vec::<u8>::from_sql(ty, raw)?),
             _ if <&str as FromSql>::accepts(ty) => Value::Text(String::from_sql(ty, raw)?),
-            _ => return Err(format!("a column of type {ty} is not read into a Value").into()),
+            _ => {
+                return Err(format!(
+                    "a column of type {ty} is not read into a Value: cast it to BIGINT, \
+                     DOUBLE PRECISION or TEXT"
+                )
+                .into())
+            }
         })
     }
 
