@@ -17,7 +17,7 @@ const COMMANDS_PER_ACCOUNT: u64 = 20;
 
 /// The bank account of the toolkit's guide (docs/guide.md).
 #[allow(dead_code)] // the bench opens and deposits; the guide's other commands go unused
-mod account {
+pub(crate) mod account {
     include!("../../annal-cqrs/guide/account.rs");
 }
 use account::{Account, AccountEvent, BankAccount, Command};

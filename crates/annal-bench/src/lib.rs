@@ -13,12 +13,14 @@
 //! | W6       | latency from append to delivery to a live subscriber, beside the raw fsync latency of the same disk |
 //! | W8       | commands (load, decide, append) of a bank account from 1 and 16 handlers on accounts of their own, embedded and through the server |
 //! | W9       | loading one bank account of 100,000 events (10,000 in quick), replayed whole and from a snapshot at its last event, embedded and through the server |
+//! | W11      | a projection rebuilt into SQLite and PostgreSQL (1 million events; 100,000 in quick) beside a naive projector committing each event alone, and a live projection's lag from append to row under W1's 16 writers |
 //! | W10      | consumer groups through the network beside NATS JetStream and RabbitMQ (`run_groups`, see `groups.rs`) |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use annal_cqrs::projection::Sink;
 use annal_engine::Store;
 use serde_json::json;
 
@@ -28,6 +30,7 @@ mod engine;
 mod groups;
 pub mod net;
 mod pg;
+mod projections;
 pub mod stats;
 
 pub use engine::{reopen_probe, Reopened};
@@ -61,6 +64,8 @@ struct Sizes {
     w4_events: u64,
     w4_streams: u64,
     w6_events: usize,
+    w11_events: u64,
+    w11_naive_secs: f64,
 }
 
 impl Sizes {
@@ -73,6 +78,8 @@ impl Sizes {
                 w4_events: 200_000,
                 w4_streams: 2_000,
                 w6_events: 300,
+                w11_events: 100_000,
+                w11_naive_secs: 1.5,
             }
         } else {
             Sizes {
@@ -82,6 +89,8 @@ impl Sizes {
                 w4_events: 10_000_000,
                 w4_streams: 100_000,
                 w6_events: 2_000,
+                w11_events: 1_000_000,
+                w11_naive_secs: 5.0,
             }
         }
     }
@@ -116,6 +125,9 @@ impl Progress {
     }
     pub fn inc(&self, n: u64) {
         self.0.inc(n);
+    }
+    pub fn set(&self, n: u64) {
+        self.0.set_position(n);
     }
     fn done(&self) {
         self.0.finish_and_clear();
@@ -430,6 +442,9 @@ async fn run_workloads(
         toolkit_workloads(opts, sizes, dir, &own, pg, report).await?;
     }
     drop(small);
+    if wants(opts, "W11") {
+        projection_workloads(opts, sizes, dir, pg.is_some(), report).await?;
+    }
     if wants(opts, "W3") {
         let store = Store::open(dir.join("w3"))?;
         engine::fill_w3(&store).await?;
@@ -700,6 +715,92 @@ async fn toolkit_workloads(
         }
     }
     drop(server);
+    Ok(())
+}
+
+/// W11: a projection rebuilt into SQLite and PostgreSQL beside the naive projector, and a
+/// live projection's lag under load.
+async fn projection_workloads(
+    opts: &Options,
+    sizes: &Sizes,
+    dir: &Path,
+    with_pg: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open(dir.join("projections"))?);
+    let n = sizes.w11_events;
+    let p = Progress::new("W11 filling", n);
+    let n = projections::fill(store.clone(), n, &p).await?;
+    p.done();
+    let naive_for = Duration::from_secs_f64(sizes.w11_naive_secs);
+    let mut schemas = Vec::new();
+    for kind in ["SQLite", "PostgreSQL"] {
+        if kind == "PostgreSQL" && !with_pg {
+            continue;
+        }
+        let mut fresh = |what: &str| {
+            let name = format!("annal_bench_w11_{what}_{}", std::process::id());
+            schemas.push(name.clone());
+            name
+        };
+        let (batched, one_by_one, lag) = match kind {
+            "SQLite" => (
+                Sink::sqlite(dir.join("w11-rebuild.db"))?,
+                Sink::sqlite(dir.join("w11-naive.db"))?,
+                Sink::sqlite(dir.join("w11-lag.db"))?,
+            ),
+            _ => (
+                Sink::postgres(&opts.pg_url, &fresh("rebuild")).await?,
+                Sink::postgres(&opts.pg_url, &fresh("naive")).await?,
+                Sink::postgres(&opts.pg_url, &fresh("lag")).await?,
+            ),
+        };
+        let p = Progress::new(&format!("W11 rebuild into {kind}"), n);
+        let rebuilt = projections::rebuild(store.clone(), batched, n, &p).await?;
+        p.done();
+        let p = Progress::new(&format!("W11 naive into {kind}"), n);
+        let naive = projections::naive(store.clone(), one_by_one, naive_for, &p).await?;
+        p.done();
+        report.rows.push(row(
+            &format!("W11 rebuild a projection into {kind}"),
+            "events/s",
+            Some(rebuilt),
+            None,
+            true,
+        ));
+        report.rows.push(row(
+            &format!("    naive: a transaction per event, into {kind}"),
+            "events/s",
+            Some(naive),
+            None,
+            true,
+        ));
+        let p = Progress::spinner(&format!("W11 live lag, {kind}"));
+        let (p50, p99) = projections::live_lag(
+            store.clone(),
+            lag,
+            16,
+            Duration::from_secs_f64(sizes.append_secs),
+            &p,
+        )
+        .await?;
+        p.done();
+        for (q, v) in [("p50", p50), ("p99", p99)] {
+            report.rows.push(row(
+                &format!("W11 append to row visible in {kind} {q}, 16 writers"),
+                "ms",
+                Some(ms(v)),
+                None,
+                false,
+            ));
+        }
+    }
+    for s in schemas {
+        let sink = Sink::postgres(&opts.pg_url, &s).await?;
+        if let Err(e) = sink.execute(&format!("DROP SCHEMA {s} CASCADE"), &[]).await {
+            eprintln!("could not drop schema {s}: {e}");
+        }
+    }
     Ok(())
 }
 

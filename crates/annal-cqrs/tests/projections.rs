@@ -309,7 +309,30 @@ every_way!(
     retries_get_past_a_passing_failure,
     reconciliation_finds_missing_extra_and_different_rows_and_repairs_them,
     read_your_writes_waits_for_the_position,
+    a_stop_is_heard_while_history_is_still_coming,
 );
+
+async fn a_stop_is_heard_while_history_is_still_coming<S>(store: S, t: &TestSink)
+where
+    S: EventStore + Clone + 'static,
+{
+    let head = activity(&store, 0, 100, 20).await;
+    let running = Runner::new(store.clone(), t.sink.clone(), Balances::new("halted"))
+        .with_settings(Settings {
+            batch: 1,
+            ..Settings::default()
+        })
+        .spawn();
+    let mut status = running.watch();
+    status.wait_for(|s| s.applied >= 10).await.unwrap();
+    running.stop().await.unwrap();
+    let cp = t.sink.checkpoint("halted").await.unwrap().unwrap();
+    assert!(
+        cp.next_position > 0 && cp.next_position < head,
+        "stopped mid-history, not at {} of {head}",
+        cp.next_position
+    );
+}
 
 async fn history_then_live_then_a_restart_apply_each_event_once<S>(store: S, t: &TestSink)
 where

@@ -162,7 +162,8 @@ fn start_child(store: &str, sink: &str, head: u64) -> Child {
 /// mark, then lets a fourth run finish.
 async fn kill_and_restart(store: &str, sink: &str, watch: &Sink, head: u64) {
     let total = head + 1;
-    for mark in [total / 5, total / 2, total * 4 / 5] {
+    // Marks well before the end, so that each kill lands mid-stream.
+    for mark in [total / 10, total / 4, total * 2 / 5] {
         let mut child = start_child(store, sink, head);
         watch
             .wait_for("ledger", mark, Duration::from_secs(120))

@@ -1,6 +1,7 @@
 //! The runner: follows a subscription and applies a projection's events to its sink in
 //! batches, each batch with its checkpoint in one transaction.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,17 +185,13 @@ pub struct Runner<S, P> {
     pub(super) settings: Settings,
     pub(super) tables: Arc<Vec<Table>>,
     pub(super) status: watch::Sender<Status>,
-    rendered: HashMap<(Target, RenderKey), Arc<str>>,
+    /// Statements rendered for this sink, per copy: upserts and deletes by table, a
+    /// projection's own statements by template (looked up without copying it).
+    rendered: HashMap<(Target, usize, bool), Arc<str>>,
+    templates: HashMap<Cow<'static, str>, [Option<Arc<str>>; 3]>,
     last_head: Option<Instant>,
     /// When the last event applied was recorded, for the lag in seconds.
     last_applied_at: Option<Timestamp>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum RenderKey {
-    Upsert(usize),
-    Delete(usize),
-    Sql(String),
 }
 
 /// How following the log ended, short of an error.
@@ -221,6 +218,16 @@ struct Part {
     revision: u64,
     event_type: String,
     stmts: std::ops::Range<usize>,
+}
+
+/// A batch being committed.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<bool, SinkError>>,
+    batch: Arc<Batch>,
+    parts: Vec<Part>,
+    by_type: HashMap<String, u64>,
+    last_recorded: Option<Timestamp>,
+    started: Instant,
 }
 
 /// A batch being gathered.
@@ -265,6 +272,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             tables,
             status,
             rendered: HashMap::new(),
+            templates: HashMap::new(),
             last_head: None,
             last_applied_at: None,
         }
@@ -516,11 +524,48 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
     ) -> Result<Ended, ProjectionError> {
         let mut sub = self.subscribe(cur.next).await?;
         let mut caught_up = false;
+        // The batch being committed while the next one is gathered, and where the next
+        // one starts.
+        let mut inflight: Option<InFlight> = None;
+        let mut planned = cur.next;
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = stopped.wait_for(|s| *s) => return Ok(Ended::Stopped),
-                item = next_item(&mut sub) => item,
+            // Asked to stop: after the batch in flight, even while history keeps coming.
+            if *stopped.borrow() {
+                if let Some(sent) = inflight.take() {
+                    if let Some(to) = self.settle(sent, &cur).await? {
+                        cur.next = to;
+                        self.report(&cur, caught_up).await;
+                    }
+                }
+                return Ok(Ended::Stopped);
+            }
+            let ready = match inflight {
+                Some(_) => next_item(&mut sub).now_or_never(),
+                None => None,
+            };
+            let first = match ready {
+                Some(item) => item,
+                None => {
+                    // Nothing more is ready: finish the batch in flight before waiting.
+                    if let Some(sent) = inflight.take() {
+                        match self.settle(sent, &cur).await? {
+                            Some(to) => cur.next = to,
+                            None => return Ok(Ended::Moved),
+                        }
+                        if let Some(end) =
+                            self.swap_if_done(&mut cur, caught_up, rebuild_only).await?
+                        {
+                            return Ok(end);
+                        }
+                        self.report(&cur, caught_up).await;
+                        continue;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = stopped.wait_for(|s| *s) => return Ok(Ended::Stopped),
+                        item = next_item(&mut sub) => item,
+                    }
+                }
             };
             let Some(first) = first else {
                 return Err(self.store_error(annal_core::Error::Unavailable(
@@ -534,7 +579,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                     _ => break,
                 }
             }
-            let mut pending = Pending::new(cur.next);
+            let mut pending = Pending::new(planned);
             let mut failed = None;
             for item in items {
                 match item {
@@ -563,41 +608,72 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                     }
                 }
             }
-            if !pending.is_empty() {
-                match self.commit(pending, &cur).await? {
+            // Batches commit in order: the one before first.
+            if let Some(sent) = inflight.take() {
+                match self.settle(sent, &cur).await? {
                     Some(to) => cur.next = to,
                     None => return Ok(Ended::Moved),
+                }
+            }
+            if !pending.is_empty() {
+                planned = pending.to;
+                if failed.is_some() || (caught_up && cur.target == Target::Shadow) {
+                    match self.commit(pending, &cur).await? {
+                        Some(to) => cur.next = to,
+                        None => return Ok(Ended::Moved),
+                    }
+                } else {
+                    inflight = Some(self.send(pending, &cur));
                 }
             }
             if let Some(e) = failed {
                 return Err(e);
             }
-            if caught_up && cur.target == Target::Shadow {
-                let version = cur.guard as u32;
-                let swapped = self
-                    .sink
-                    .swap(self.name(), version, cur.next, self.tables.clone())
-                    .await
-                    .map_err(|e| self.sink_error(e))?;
-                let Some(cp) = swapped else {
-                    return Ok(Ended::Moved);
-                };
-                tracing::info!(projection = self.name(), version, position = ?cp.position(), "rebuilt copy swapped in");
-                if rebuild_only {
-                    self.status.send_modify(|s| {
-                        s.checkpoint = cp.next_position;
-                        s.rebuilding = None;
-                    });
-                    return Ok(Ended::Swapped(cp));
+            if inflight.is_none() {
+                if let Some(end) = self.swap_if_done(&mut cur, caught_up, rebuild_only).await? {
+                    return Ok(end);
                 }
-                cur = Cursor {
-                    target: Target::Live,
-                    guard: cp.generation,
-                    next: cp.next_position,
-                };
+                planned = cur.next;
             }
             self.report(&cur, caught_up).await;
         }
+    }
+
+    /// Once a rebuild's copy has caught up (and nothing is in flight): swaps it in, and
+    /// goes on with the live tables unless only the rebuild was asked for. `Some` when
+    /// following ends here.
+    async fn swap_if_done(
+        &mut self,
+        cur: &mut Cursor,
+        caught_up: bool,
+        rebuild_only: bool,
+    ) -> Result<Option<Ended>, ProjectionError> {
+        if !caught_up || cur.target != Target::Shadow {
+            return Ok(None);
+        }
+        let version = cur.guard as u32;
+        let swapped = self
+            .sink
+            .swap(self.name(), version, cur.next, self.tables.clone())
+            .await
+            .map_err(|e| self.sink_error(e))?;
+        let Some(cp) = swapped else {
+            return Ok(Some(Ended::Moved));
+        };
+        tracing::info!(projection = self.name(), version, position = ?cp.position(), "rebuilt copy swapped in");
+        if rebuild_only {
+            self.status.send_modify(|s| {
+                s.checkpoint = cp.next_position;
+                s.rebuilding = None;
+            });
+            return Ok(Some(Ended::Swapped(cp)));
+        }
+        *cur = Cursor {
+            target: Target::Live,
+            guard: cp.generation,
+            next: cp.next_position,
+        };
+        Ok(None)
     }
 
     /// Publishes the status and the lag metrics after a batch.
@@ -704,33 +780,45 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             .list
             .into_iter()
             .map(|c| {
-                let (key, params) = match c {
-                    Change::Upsert { table, row } => (RenderKey::Upsert(table), row),
-                    Change::Delete { table, key } => (RenderKey::Delete(table), key),
-                    Change::Sql { template, params } => {
-                        (RenderKey::Sql(template.into_owned()), params)
-                    }
-                };
-                Ok((self.render(target, key)?, params))
+                Ok(match c {
+                    Change::Upsert { table, row } => (self.rendered(target, table, false), row),
+                    Change::Delete { table, key } => (self.rendered(target, table, true), key),
+                    Change::Sql { template, params } => (self.template(target, template)?, params),
+                })
             })
             .collect()
     }
 
-    fn render(&mut self, target: Target, key: RenderKey) -> Result<Arc<str>, String> {
-        let key = (target, key);
-        if let Some(s) = self.rendered.get(&key) {
+    /// The upsert (or delete) of a declared table, for one copy.
+    fn rendered(&mut self, target: Target, table: usize, delete: bool) -> Arc<str> {
+        let d = self.sink.dialect();
+        let t = &self.tables[table];
+        self.rendered
+            .entry((target, table, delete))
+            .or_insert_with(|| match delete {
+                false => sql::upsert(t, target, d).into(),
+                true => sql::delete(t, target, d).into(),
+            })
+            .clone()
+    }
+
+    /// A projection's own statement, for one copy.
+    fn template(
+        &mut self,
+        target: Target,
+        template: Cow<'static, str>,
+    ) -> Result<Arc<str>, String> {
+        let i = target as usize;
+        if let Some(Some(s)) = self.templates.get(template.as_ref()).map(|r| &r[i]) {
             return Ok(s.clone());
         }
-        let d = self.sink.dialect();
-        let sql: Arc<str> = match &key.1 {
-            RenderKey::Upsert(t) => sql::upsert(&self.tables[*t], target, d).into(),
-            RenderKey::Delete(t) => sql::delete(&self.tables[*t], target, d).into(),
-            RenderKey::Sql(template) => sql::render(template, &self.tables, target, d)?.into(),
-        };
-        if self.rendered.len() >= 4096 {
-            self.rendered.clear();
+        let sql: Arc<str> =
+            sql::render(&template, &self.tables, target, self.sink.dialect())?.into();
+        // A projection that builds its statements on the fly must not grow this for ever.
+        if self.templates.len() >= 4096 {
+            self.templates.clear();
         }
-        self.rendered.insert(key, sql.clone());
+        self.templates.entry(template).or_default()[i] = Some(sql.clone());
         Ok(sql)
     }
 
@@ -797,7 +885,14 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         pending: Pending,
         cur: &Cursor,
     ) -> Result<Option<u64>, ProjectionError> {
-        let started = Instant::now();
+        let sent = self.send(pending, cur);
+        self.settle(sent, cur).await
+    }
+
+    /// Starts committing a batch on a task of its own, so that the next batch can be
+    /// gathered and decoded meanwhile. Passing failures (the sink busy) are retried there
+    /// for up to about 2 s.
+    fn send(&self, pending: Pending, cur: &Cursor) -> InFlight {
         let batch = Arc::new(Batch {
             projection: self.name().to_string(),
             target: cur.target,
@@ -807,18 +902,44 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             stmts: pending.stmts,
             failures: pending.failures,
         });
-        let mut pause = Duration::from_millis(50);
-        let outcome = loop {
-            match self.sink.commit(batch.clone()).await {
-                Err(e) if e.is_transient() && pause < Duration::from_secs(2) => {
-                    tracing::warn!(projection = self.name(), error = %e, "read-model sink busy; trying the batch again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+        let (sink, sent) = (self.sink.clone(), batch.clone());
+        let task = tokio::spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            loop {
+                match sink.commit(sent.clone()).await {
+                    Err(e) if e.is_transient() && pause < Duration::from_secs(2) => {
+                        tracing::warn!(projection = sent.projection, error = %e, "read-model sink busy; trying the batch again");
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                    r => break r,
                 }
-                r => break r,
             }
+        });
+        InFlight {
+            task,
+            batch,
+            parts: pending.parts,
+            by_type: pending.by_type,
+            last_recorded: pending.last_recorded,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for a batch sent with [`Runner::send`] and accounts for it.
+    async fn settle(
+        &mut self,
+        sent: InFlight,
+        cur: &Cursor,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let outcome = match sent.task.await {
+            Ok(r) => r,
+            Err(e) => Err(SinkError::Unavailable {
+                sink: "read-model sink",
+                message: format!("the commit's task ended abnormally: {e}"),
+            }),
         };
-        let batch = Arc::try_unwrap(batch).unwrap_or_else(|b| Batch {
+        let batch = Arc::try_unwrap(sent.batch).unwrap_or_else(|b| Batch {
             projection: b.projection.clone(),
             target: b.target,
             guard: b.guard,
@@ -832,20 +953,20 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             Ok(false) => return Ok(None),
             Err(e) if e.is_transient() || batch.stmts.is_empty() => return Err(self.sink_error(e)),
             Err(e) => {
-                return self.commit_one_by_one(batch, pending.parts, cur, e).await;
+                return self.commit_one_by_one(batch, sent.parts, cur, e).await;
             }
         }
         let name = self.name().to_string();
         metrics::histogram!("annal_projection_batch_seconds", "projection" => name.clone())
-            .record(started.elapsed().as_secs_f64());
+            .record(sent.started.elapsed().as_secs_f64());
         let mut applied = 0;
-        for (t, n) in pending.by_type {
+        for (t, n) in sent.by_type {
             applied += n;
             metrics::counter!("annal_projection_events_total", "projection" => name.clone(), "type" => t)
                 .increment(n);
         }
-        if pending.last_recorded.is_some() {
-            self.last_applied_at = pending.last_recorded;
+        if sent.last_recorded.is_some() {
+            self.last_applied_at = sent.last_recorded;
         }
         self.status.send_modify(|s| s.applied += applied);
         Ok(Some(batch.to))
