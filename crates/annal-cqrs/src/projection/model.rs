@@ -251,6 +251,14 @@ impl Table {
             if let Some(p) = name_problem(&i.name) {
                 return Some(format!("index '{}' of table '{t}': {p}", i.name));
             }
+            if t.len() + i.name.len() > MAX_NAME + 10 {
+                return Some(format!(
+                    "index '{}' of table '{t}': the table's and the index's names together may \
+                     have at most {} characters",
+                    i.name,
+                    MAX_NAME + 10
+                ));
+            }
             if i.columns.is_empty() {
                 return Some(format!("index '{}' of table '{t}' has no column", i.name));
             }

@@ -91,13 +91,20 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             s.rebuilding = Some(0);
         });
         let mut sub = self.subscribe(0).await?;
+        // An event read past `until`, kept for when `until` moves past it.
+        let mut carry = None;
+        // Every position below this is delivered (the subscription's markers).
+        let mut known = 0;
         for _ in 0..100 {
             while cur.next < until {
                 let mut pending = Pending::new(cur.next);
+                pending.to = pending.to.max(known.min(until));
                 let mut failed = None;
                 let mut items = 0;
                 while items < self.settings.batch && pending.to < until {
-                    let item = if items == 0 {
+                    let item = if let Some(e) = carry.take() {
+                        Some(Ok(SubscriptionItem::Event(e)))
+                    } else if items == 0 {
                         next_item(&mut sub).await
                     } else {
                         match futures_util::FutureExt::now_or_never(next_item(&mut sub)) {
@@ -113,6 +120,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                             }
                             if e.position >= until {
                                 pending.to = until;
+                                carry = Some(e);
                                 break;
                             }
                             if let Err(stop) = self.take(&mut pending, &cur, &e).await? {
@@ -121,11 +129,12 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                             }
                         }
                         Some(Ok(SubscriptionItem::CaughtUp { position })) => {
-                            let p = position.map_or(0, |p| p + 1);
-                            pending.to = pending.to.max(p.min(until));
+                            known = known.max(position.map_or(0, |p| p + 1));
+                            pending.to = pending.to.max(known.min(until));
                         }
                         Some(Ok(SubscriptionItem::Checkpoint { position })) => {
-                            pending.to = pending.to.max((position + 1).min(until));
+                            known = known.max(position + 1);
+                            pending.to = pending.to.max(known.min(until));
                         }
                         Some(Err(e)) => return Err(self.store_error(e)),
                         None => {

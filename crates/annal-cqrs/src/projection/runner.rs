@@ -499,7 +499,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             _ = stopped.wait_for(|s| *s) => {}
         }
         *pause = (*pause * 2).min(Duration::from_secs(5));
-        if *stopped.borrow() {
+        if stop_asked(stopped) {
             return Err(self.invalid(format!("stopped while waiting out: {what}")));
         }
         Ok(())
@@ -529,8 +529,9 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         let mut inflight: Option<InFlight> = None;
         let mut planned = cur.next;
         loop {
-            // Asked to stop: after the batch in flight, even while history keeps coming.
-            if *stopped.borrow() {
+            // Asked to stop (or the `Running` dropped): after the batch in flight, even
+            // while history keeps coming.
+            if stop_asked(stopped) {
                 if let Some(sent) = inflight.take() {
                     if let Some(to) = self.settle(sent, &cur).await? {
                         cur.next = to;
@@ -568,6 +569,9 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                 }
             };
             let Some(first) = first else {
+                if let Some(sent) = inflight.take() {
+                    self.settle(sent, &cur).await?;
+                }
                 return Err(self.store_error(annal_core::Error::Unavailable(
                     "the subscription ended".into(),
                 )));
@@ -1077,6 +1081,12 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         }
         Ok(Some(batch.to))
     }
+}
+
+/// True once a stop was asked for, or once nothing can ask any more (the `Running` was
+/// dropped).
+fn stop_asked(stopped: &watch::Receiver<bool>) -> bool {
+    *stopped.borrow() || stopped.has_changed().is_err()
 }
 
 fn backoff_for(first: Duration, attempt: u32) -> Duration {

@@ -216,11 +216,11 @@ mod tests {
             "DELETE FROM accounts WHERE id = $1"
         );
         assert_eq!(
-            create_table(&t, Target::Shadow, "g2", Dialect::Postgres),
+            create_table(&t, Target::Shadow, "b", Dialect::Postgres),
             [
                 "CREATE TABLE accounts__rebuild (id TEXT NOT NULL, balance BIGINT, \
-                 CONSTRAINT accounts__pk__g2 PRIMARY KEY (id))",
-                "CREATE INDEX accounts__by_balance__g2 ON accounts__rebuild (balance)"
+                 CONSTRAINT accounts__pk__b PRIMARY KEY (id))",
+                "CREATE INDEX accounts__by_balance__b ON accounts__rebuild (balance)"
             ]
         );
         let keys_only = Table::new("seen").key("id", Text);

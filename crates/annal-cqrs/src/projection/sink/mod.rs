@@ -528,6 +528,16 @@ fn failure_of(r: &[Value]) -> Result<Failure, SinkError> {
     })
 }
 
+/// What tells a generation's key and index names from the next one's: the live copy and
+/// a rebuild's shadow are always one generation apart.
+fn generation_tag(generation: u64) -> &'static str {
+    if generation.is_multiple_of(2) {
+        "a"
+    } else {
+        "b"
+    }
+}
+
 /// A key as something to look rows up by.
 fn key_of(row: &[Value], width: usize) -> String {
     format!("{:?}", &row[..width])
@@ -674,7 +684,8 @@ impl Conn<'_> {
         if let Some(cp) = self.load(name, true).await? {
             return Ok(cp);
         }
-        self.create_copy(tables, Target::Live, "g0").await?;
+        self.create_copy(tables, Target::Live, generation_tag(0))
+            .await?;
         self.execute(
             "INSERT INTO annal_projections (name, version, generation, next_position, \
              updated_at) VALUES ($1, $2, 0, 0, $3)",
@@ -721,7 +732,13 @@ impl Conn<'_> {
             return Ok(false);
         }
         self.execute_all(&b.stmts).await?;
-        for f in &b.failures {
+        // A reconciliation's replay leaves the projection's failure log as it is.
+        let failures = if b.target == Target::Check {
+            &[][..]
+        } else {
+            &b.failures[..]
+        };
+        for f in failures {
             self.execute(
                 "INSERT INTO annal_projection_failures (name, position, stream_id, revision, \
                  event_type, error, attempts, action, failed_at) \
@@ -766,7 +783,7 @@ impl Conn<'_> {
             self.create_copy(tables, target, "check").await?;
             return Ok(Some(cp));
         }
-        self.create_copy(tables, target, &format!("g{}", generation + 1))
+        self.create_copy(tables, target, generation_tag(generation + 1))
             .await?;
         self.execute(
             "UPDATE annal_projections SET rebuild_version = $1, rebuild_next = 0, \

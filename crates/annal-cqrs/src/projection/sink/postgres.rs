@@ -224,6 +224,11 @@ impl PgConn {
                 true => self.run_function(sql).await?,
                 false => None,
             };
+            // Every statement of the run must give the call all its parameters.
+            let function = function.filter(|call| {
+                run.iter()
+                    .all(|(_, values)| values.len() == call.params().len())
+            });
             match function {
                 Some(call) => {
                     let width = run[0].1.len();
@@ -296,6 +301,9 @@ impl PgConn {
         } else {
             None
         };
+        if self.runs.len() >= 256 {
+            self.runs.clear();
+        }
         self.runs.insert(sql.clone(), function.clone());
         Ok(function)
     }
@@ -339,11 +347,14 @@ impl ToSql for Value {
                 _ => Err(format!("an integer cannot be sent as {ty}").into()),
             },
             Value::Real(r) => match *ty {
+                Type::FLOAT8 => r.to_sql(ty, out),
                 Type::FLOAT4 => (*r as f32).to_sql(ty, out),
-                _ => r.to_sql(ty, out),
+                _ => Err(format!("a real number cannot be sent as {ty}").into()),
             },
-            Value::Text(t) => t.as_str().to_sql(ty, out),
-            Value::Blob(b) => b.as_slice().to_sql(ty, out),
+            Value::Text(t) if <&str as ToSql>::accepts(ty) => t.as_str().to_sql(ty, out),
+            Value::Text(_) => Err(format!("text cannot be sent as {ty}").into()),
+            Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
+            Value::Blob(_) => Err(format!("bytes cannot be sent as {ty}").into()),
         }
     }
 
@@ -386,6 +397,40 @@ impl<'a> FromSql<'a> for Value {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+    use tokio_postgres::types::{ToSql, Type};
+
+    use crate::projection::Value;
+
+    #[test]
+    fn a_value_goes_only_to_a_column_type_that_holds_it() {
+        let mut out = BytesMut::new();
+        let sent = |v: Value, ty: Type, out: &mut BytesMut| v.to_sql(&ty, out).map(|_| ());
+        assert!(sent(Value::Int(7), Type::INT4, &mut out).is_ok());
+        assert!(sent(Value::Int(1 << 40), Type::INT4, &mut out).is_err());
+        assert!(sent(Value::Real(1.5), Type::FLOAT8, &mut out).is_ok());
+        for (v, ty, says) in [
+            (
+                Value::Real(12.5),
+                Type::INT8,
+                "a real number cannot be sent as int8",
+            ),
+            (
+                Value::Text("12345678".into()),
+                Type::INT8,
+                "text cannot be sent as int8",
+            ),
+            (
+                Value::Blob(vec![1; 8]),
+                Type::FLOAT8,
+                "bytes cannot be sent as float8",
+            ),
+        ] {
+            let e = sent(v, ty, &mut out).unwrap_err();
+            assert_eq!(e.to_string(), says);
+        }
+    }
+
     #[test]
     fn parameters_become_array_elements_outside_strings() {
         assert_eq!(
