@@ -15,11 +15,14 @@ use crate::projection::model::Value;
 
 const SINK: &str = "PostgreSQL";
 
-/// The shortest run of one statement sent as one call of a function.
+/// The fewest statements sent as one call of a function.
 const RUN_AT_LEAST: usize = 4;
 
-/// `$n` outside quoted strings becomes `annal_pn[annal_i]`.
-fn parameters_to_elements(sql: &str) -> String {
+/// PostgreSQL's limit on a function's arguments.
+const MAX_ARGS: usize = 100;
+
+/// `$n` outside quoted strings becomes `{prefix}{n}[{index}]`.
+fn parameters_to_elements(sql: &str, prefix: &str, index: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 32);
     let mut quoted = false;
     let mut chars = sql.chars().peekable();
@@ -32,7 +35,7 @@ fn parameters_to_elements(sql: &str) -> String {
             while let Some(d) = chars.next_if(char::is_ascii_digit) {
                 n.push(d);
             }
-            out.push_str(&format!("annal_p{n}[annal_i]"));
+            out.push_str(&format!("{prefix}{n}[{index}]"));
             continue;
         }
         out.push(c);
@@ -49,8 +52,11 @@ pub(crate) struct Postgres {
 pub(crate) struct PgConn {
     client: Client,
     prepared: HashMap<Arc<str>, Statement>,
-    /// Per statement, the call of its function over arrays ([`PgConn::run_function`]).
-    runs: HashMap<Arc<str>, Option<Statement>>,
+    /// Per statement, its parameters' types if it can run inside a function.
+    plain: HashMap<Arc<str>, Option<Vec<Type>>>,
+    /// Per set of statements, the call of their function over arrays
+    /// ([`PgConn::run_function`]).
+    runs: HashMap<String, Statement>,
     /// Numbers the functions, so that one made again after a rollback has a new name.
     next_run: u64,
     /// A call was dropped halfway through a transaction: the connection is not reused.
@@ -97,6 +103,7 @@ impl Postgres {
         Ok(PgConn {
             client,
             prepared: HashMap::new(),
+            plain: HashMap::new(),
             runs: HashMap::new(),
             next_run: 0,
             in_transaction: false,
@@ -201,58 +208,79 @@ impl PgConn {
             .map_err(error)
     }
 
-    /// A batch's statements, in order. A run of consecutive statements with the same SQL
-    /// goes to the server as one call of a function that loops over arrays of their
-    /// parameters (see [`PgConn::run_function`]): PostgreSQL's cost per statement
-    /// received is several times its cost per statement run inside a function. Every call
-    /// is pipelined.
+    /// A batch's statements, in order. A run of consecutive statements that can run inside
+    /// a function (see [`PgConn::plain`]) goes to the server as one call of a function that
+    /// loops over arrays of their parameters (see [`PgConn::run_function`]): PostgreSQL's
+    /// cost per statement received is several times its cost per statement run inside a
+    /// function. Every call is pipelined.
     pub(crate) async fn execute_all(&mut self, stmts: &[Stmt]) -> Result<(), SinkError> {
         enum Call<'a> {
             One(Statement, &'a [Value]),
-            Run(Statement, Vec<Vec<Value>>),
+            Run(Statement, Vec<i32>, Vec<Vec<Value>>),
         }
+        let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b) || a == b;
         let mut calls = Vec::new();
-        let mut rest = stmts;
-        while let Some((sql, _)) = rest.first() {
-            let n = rest
-                .iter()
-                .take_while(|(s, _)| Arc::ptr_eq(s, sql) || s == sql)
-                .count();
-            let (run, after) = rest.split_at(n);
-            rest = after;
-            let function = match n >= RUN_AT_LEAST {
-                true => self.run_function(sql).await?,
-                false => None,
-            };
-            // Every statement of the run must give the call all its parameters.
-            let function = function.filter(|call| {
-                run.iter()
-                    .all(|(_, values)| values.len() == call.params().len())
-            });
-            match function {
-                Some(call) => {
-                    let width = run[0].1.len();
-                    let mut columns = vec![Vec::with_capacity(n); width];
-                    for (_, values) in run {
-                        for (c, v) in columns.iter_mut().zip(values) {
-                            c.push(v.clone());
-                        }
+        let mut i = 0;
+        while i < stmts.len() {
+            // The longest run from `i` whose distinct statements fit one function.
+            let mut kinds: Vec<(Arc<str>, usize)> = Vec::new();
+            let mut args = 1;
+            let mut j = i;
+            while let Some((sql, values)) = stmts.get(j) {
+                if !kinds.iter().any(|(s, _)| same(s, sql)) {
+                    let Some(width) = self.plain(sql).await? else {
+                        break;
+                    };
+                    if args + width > MAX_ARGS {
+                        break;
                     }
-                    calls.push(Call::Run(call, columns));
+                    args += width;
+                    kinds.push((sql.clone(), width));
                 }
-                None => {
-                    let stmt = self.prepare(sql).await?;
-                    calls.extend(run.iter().map(|(_, v)| Call::One(stmt.clone(), v)));
+                let width = kinds.iter().find(|(s, _)| same(s, sql)).map(|k| k.1);
+                if width != Some(values.len()) {
+                    break;
+                }
+                j += 1;
+            }
+            if j - i < RUN_AT_LEAST {
+                let end = j.max(i + 1);
+                for (sql, values) in &stmts[i..end] {
+                    calls.push(Call::One(self.prepare(sql).await?, values));
+                }
+                i = end;
+                continue;
+            }
+            kinds.sort();
+            let call = self.run_function(&kinds).await?;
+            let mut first = Vec::with_capacity(kinds.len());
+            let mut width = 0;
+            for (_, w) in &kinds {
+                first.push(width);
+                width += w;
+            }
+            let mut ops = Vec::with_capacity(j - i);
+            let mut columns = vec![Vec::new(); width];
+            for (sql, values) in &stmts[i..j] {
+                let k = kinds
+                    .iter()
+                    .position(|(s, _)| same(s, sql))
+                    .expect("a kind");
+                ops.push(k as i32 + 1);
+                for (c, v) in values.iter().enumerate() {
+                    columns[first[k] + c].push(v.clone());
                 }
             }
+            calls.push(Call::Run(call, ops, columns));
+            i = j;
         }
         let client = &self.client;
         let sent = calls.iter().map(|c| async move {
             match c {
                 Call::One(stmt, values) => client.execute(stmt, &params(values)).await,
-                Call::Run(stmt, columns) => {
-                    let arrays: Vec<&(dyn ToSql + Sync)> =
-                        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                Call::Run(stmt, ops, columns) => {
+                    let mut arrays: Vec<&(dyn ToSql + Sync)> = vec![ops];
+                    arrays.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
                     client.execute(stmt, &arrays).await
                 }
             }
@@ -263,14 +291,12 @@ impl PgConn {
         Ok(())
     }
 
-    /// The call of a function of this session that runs `sql` once per element of arrays
-    /// of its parameters, in order: for `UPDATE t SET n = n + $2 WHERE id = $1`,
-    /// `FOR i IN 1 .. cardinality(p1) LOOP UPDATE t SET n = n + p2[i] WHERE id = p1[i]`.
-    /// `None` for a statement that cannot be run so (one that returns rows, has no
-    /// parameters, or has a parameter of a type outside `pg_catalog`); it is sent alone.
-    async fn run_function(&mut self, sql: &Arc<str>) -> Result<Option<Statement>, SinkError> {
-        if let Some(f) = self.runs.get(sql) {
-            return Ok(f.clone());
+    /// The number of parameters of `sql` if it can run inside a function over arrays of
+    /// them; `None` for one that returns rows, has no parameters, or has a parameter of a
+    /// type outside `pg_catalog` (it is sent alone).
+    async fn plain(&mut self, sql: &Arc<str>) -> Result<Option<usize>, SinkError> {
+        if let Some(types) = self.plain.get(sql) {
+            return Ok(types.as_ref().map(Vec::len));
         }
         let stmt = self.prepare(sql).await?;
         let types = stmt.params();
@@ -279,33 +305,65 @@ impl PgConn {
             && types.iter().all(|t| {
                 t.schema() == "pg_catalog" && !t.name().starts_with('_') && t.name() != "unknown"
             });
-        let function = if plain {
-            self.next_run += 1;
-            let name = format!("annal_run_{}", self.next_run);
-            let args: Vec<String> = types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| format!("annal_p{} {}[]", i + 1, t.name()))
-                .collect();
-            let body = parameters_to_elements(sql);
-            let create = format!(
-                "CREATE OR REPLACE FUNCTION pg_temp.{name}({}) RETURNS void LANGUAGE plpgsql \
-                 AS $annal$ BEGIN FOR annal_i IN 1 .. coalesce(cardinality(annal_p1), 0) LOOP \
-                 {body}; END LOOP; END $annal$",
-                args.join(", ")
-            );
-            self.client.batch_execute(&create).await.map_err(error)?;
-            let placeholders: Vec<String> = (1..=types.len()).map(|i| format!("${i}")).collect();
-            let call = format!("SELECT FROM pg_temp.{name}({})", placeholders.join(", "));
-            Some(self.client.prepare(&call).await.map_err(error)?)
-        } else {
-            None
-        };
+        if self.plain.len() >= 1024 {
+            self.plain.clear();
+        }
+        let types = plain.then(|| types.to_vec());
+        let width = types.as_ref().map(Vec::len);
+        self.plain.insert(sql.clone(), types);
+        Ok(width)
+    }
+
+    /// The call of a function of this session that runs a sequence of the statements
+    /// `kinds` (sorted, each [`PgConn::plain`]) in the order of an array of their numbers,
+    /// the n-th statement of a kind taking the n-th elements of that kind's arrays of
+    /// parameters. For `UPDATE t SET n = n + $2 WHERE id = $1` alone:
+    /// `FOR .. LOOP CASE annal_ops[annal_n] WHEN 1 THEN annal_i1 := annal_i1 + 1;
+    /// UPDATE t SET n = n + annal_s1_p2[annal_i1] WHERE id = annal_s1_p1[annal_i1]; ..`.
+    async fn run_function(&mut self, kinds: &[(Arc<str>, usize)]) -> Result<Statement, SinkError> {
+        let key = kinds
+            .iter()
+            .map(|(s, _)| &**s)
+            .collect::<Vec<_>>()
+            .join("\0");
+        if let Some(f) = self.runs.get(&key) {
+            return Ok(f.clone());
+        }
+        self.next_run += 1;
+        let name = format!("annal_run_{}", self.next_run);
+        let mut args = vec!["annal_ops int4[]".to_string()];
+        let mut declare = String::new();
+        let mut cases = String::new();
+        for (k, (sql, _)) in kinds.iter().enumerate() {
+            let k = k + 1;
+            let types = self.plain.get(sql).cloned().flatten().unwrap_or_default();
+            for (p, t) in types.iter().enumerate() {
+                args.push(format!("annal_s{k}_p{} {}[]", p + 1, t.name()));
+            }
+            declare.push_str(&format!("annal_i{k} int4 := 0; "));
+            let body = sql.trim().trim_end_matches(';');
+            let body =
+                parameters_to_elements(body, &format!("annal_s{k}_p"), &format!("annal_i{k}"));
+            cases.push_str(&format!(
+                "WHEN {k} THEN annal_i{k} := annal_i{k} + 1; {body}; "
+            ));
+        }
+        let create = format!(
+            "CREATE OR REPLACE FUNCTION pg_temp.{name}({}) RETURNS void LANGUAGE plpgsql \
+             AS $annal$ DECLARE {declare}BEGIN \
+             FOR annal_n IN 1 .. coalesce(cardinality(annal_ops), 0) LOOP \
+             CASE annal_ops[annal_n] {cases}END CASE; END LOOP; END $annal$",
+            args.join(", ")
+        );
+        self.client.batch_execute(&create).await.map_err(error)?;
+        let placeholders: Vec<String> = (1..=args.len()).map(|i| format!("${i}")).collect();
+        let call = format!("SELECT FROM pg_temp.{name}({})", placeholders.join(", "));
+        let call = self.client.prepare(&call).await.map_err(error)?;
         if self.runs.len() >= 256 {
             self.runs.clear();
         }
-        self.runs.insert(sql.clone(), function.clone());
-        Ok(function)
+        self.runs.insert(key, call.clone());
+        Ok(call)
     }
 
     pub(crate) async fn query(
@@ -434,8 +492,12 @@ mod tests {
     #[test]
     fn parameters_become_array_elements_outside_strings() {
         assert_eq!(
-            super::parameters_to_elements("UPDATE t SET n = n + $2, s = '$1' WHERE id = $12"),
-            "UPDATE t SET n = n + annal_p2[annal_i], s = '$1' WHERE id = annal_p12[annal_i]"
+            super::parameters_to_elements(
+                "UPDATE t SET n = n + $2, s = '$1' WHERE id = $12",
+                "annal_s1_p",
+                "annal_i1"
+            ),
+            "UPDATE t SET n = n + annal_s1_p2[annal_i1], s = '$1' WHERE id = annal_s1_p12[annal_i1]"
         );
     }
 }
