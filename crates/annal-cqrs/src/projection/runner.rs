@@ -826,7 +826,19 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         Ok(sql)
     }
 
+    /// An event failed for good: counted in the status and the metrics, logged, and made
+    /// into the record the sink keeps. `action` is `skipped` or `stopped`.
     fn failure(&self, e: &Part, attempts: u32, error: String, action: &str) -> Failure {
+        self.status.send_modify(|s| s.failed += 1);
+        metrics::counter!("annal_projection_failures_total", "projection" => self.name().to_string(), "action" => action.to_string()).increment(1);
+        match action {
+            "skipped" => {
+                tracing::warn!(projection = self.name(), position = e.position, %error, "event skipped")
+            }
+            _ => {
+                tracing::error!(projection = self.name(), position = e.position, %error, "projection stopped on an event")
+            }
+        }
         Failure {
             projection: self.name().to_string(),
             position: e.position,
@@ -855,18 +867,13 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             event_type: e.event_type.to_string(),
             stmts: 0..0,
         };
-        self.status.send_modify(|s| s.failed += 1);
         if self.settings.on_failure == OnFailure::Skip {
-            tracing::warn!(projection = self.name(), position = e.position, %error, "event skipped");
-            metrics::counter!("annal_projection_failures_total", "projection" => self.name().to_string(), "action" => "skipped").increment(1);
             pending
                 .failures
                 .push(self.failure(&part, attempts, error, "skipped"));
             pending.to = e.position + 1;
             return Ok(());
         }
-        metrics::counter!("annal_projection_failures_total", "projection" => self.name().to_string(), "action" => "stopped").increment(1);
-        tracing::error!(projection = self.name(), position = e.position, %error, "projection stopped on an event");
         pending
             .failures
             .push(self.failure(&part, attempts, error.clone(), "stopped"));
@@ -1023,8 +1030,6 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                 let skip = self.settings.on_failure == OnFailure::Skip;
                 let action = if skip { "skipped" } else { "stopped" };
                 failures.push(self.failure(&part, attempts, error.to_string(), action));
-                self.status.send_modify(|s| s.failed += 1);
-                metrics::counter!("annal_projection_failures_total", "projection" => self.name().to_string(), "action" => action).increment(1);
                 let to = if skip { part.position + 1 } else { next };
                 let record = Arc::new(Batch {
                     projection: batch.projection.clone(),
