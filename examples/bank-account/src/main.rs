@@ -9,7 +9,7 @@ use annal_core::{ReadRequest, RecordedEvent, Source, Timestamp};
 use annal_cqrs::projection::{Changes, ColumnType::*, Projection, Runner, Sink, Table, Value};
 use annal_cqrs::{At, CommandError, CommandHandler, Context, Decider, Event};
 use clap::{Parser, Subcommand};
-use example_support::{render_failures, render_reconciled, AnyStore, Where, READ_YOUR_WRITES};
+use example_support::{maintain, AnyStore, Maintain, Where, READ_YOUR_WRITES};
 use serde::{Deserialize, Serialize};
 
 // ---- The domain -----------------------------------------------------------------------
@@ -182,15 +182,8 @@ enum Do {
     },
     /// Every movement of an account: what, when, who.
     History { account: String },
-    /// Replay the log into a fresh copy of the read model and swap it in.
-    Rebuild,
-    /// Compare the read model with a replay of the log; `--repair` fixes what differs.
-    Reconcile {
-        #[arg(long)]
-        repair: bool,
-    },
-    /// Events the read model could not apply.
-    Failures,
+    #[command(flatten)]
+    Maintain(Maintain),
 }
 
 #[tokio::main]
@@ -233,29 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             None => bank.print_balance(&account).await?,
         },
         Do::History { account } => print!("{}", bank.history(&account).await?),
-        Do::Rebuild => {
-            let cp = example_support::rebuild_with_progress(Runner::new(
-                bank.store.clone(),
-                bank.sink.clone(),
-                Balances,
-            ))
-            .await?;
-            println!(
-                "balances rebuilt: version {}, through position {}",
-                cp.version,
-                cp.position().map_or("none".into(), |p| p.to_string())
-            );
+        Do::Maintain(what) => {
+            maintain(what, bank.store.clone(), bank.sink.clone(), Balances).await?
         }
-        Do::Reconcile { repair } => {
-            let r = Runner::new(bank.store.clone(), bank.sink.clone(), Balances)
-                .reconcile(repair)
-                .await?;
-            print!("{}", render_reconciled(&r));
-        }
-        Do::Failures => print!(
-            "{}",
-            render_failures("balances", &bank.sink.failures("balances").await?)
-        ),
     }
     Ok(())
 }

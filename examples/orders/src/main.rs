@@ -11,7 +11,7 @@ use annal_cqrs::projection::{
 };
 use annal_cqrs::{CommandError, CommandHandler, Context, Decider, Event};
 use clap::{Parser, Subcommand, ValueEnum};
-use example_support::{render_failures, render_reconciled, AnyStore, Where, READ_YOUR_WRITES};
+use example_support::{maintain, AnyStore, Maintain, Where, READ_YOUR_WRITES};
 use serde::{Deserialize, Serialize};
 
 // ---- The domain -----------------------------------------------------------------------
@@ -466,20 +466,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Do::Rebuild { model } => with_model!(model, p => {
-            let name = p.name().to_string();
-            let cp = example_support::rebuild_with_progress(Runner::new(store, sink, p)).await?;
-            println!(
-                "{name} rebuilt: version {}, through position {}",
-                cp.version,
-                cp.position().map_or("none".into(), |p| p.to_string())
-            );
+            maintain(Maintain::Rebuild, store, sink, p).await?
         }),
         Do::Reconcile { model, repair } => with_model!(model, p => {
-            let r = Runner::new(store, sink, p).reconcile(repair).await?;
-            print!("{}", render_reconciled(&r));
+            maintain(Maintain::Reconcile { repair }, store, sink, p).await?
         }),
         Do::Failures { model } => with_model!(model, p => {
-            print!("{}", render_failures(p.name(), &sink.failures(p.name()).await?));
+            maintain(Maintain::Failures, store, sink, p).await?
         }),
     }
     Ok(())

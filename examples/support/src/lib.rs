@@ -215,6 +215,52 @@ where
     Ok(r?)
 }
 
+/// What every example can do to a read model of its own.
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum Maintain {
+    /// Replay the log into a fresh copy of the read model and swap it in.
+    Rebuild,
+    /// Compare the read model with a replay of the log; `--repair` fixes what differs.
+    Reconcile {
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Events the read model could not apply.
+    Failures,
+}
+
+/// Does `what` to the read model of `projection`, and prints what came of it.
+pub async fn maintain<S, P>(
+    what: Maintain,
+    store: S,
+    sink: Sink,
+    projection: P,
+) -> anyhow::Result<()>
+where
+    S: EventStore + 'static,
+    P: Projection,
+{
+    let name = projection.name().to_string();
+    match what {
+        Maintain::Rebuild => {
+            let cp = rebuild_with_progress(Runner::new(store, sink, projection)).await?;
+            println!(
+                "{name} rebuilt: version {}, through position {}",
+                cp.version,
+                cp.position().map_or("none".into(), |p| p.to_string())
+            );
+        }
+        Maintain::Reconcile { repair } => {
+            let r = Runner::new(store, sink, projection)
+                .reconcile(repair)
+                .await?;
+            print!("{}", render_reconciled(&r));
+        }
+        Maintain::Failures => print!("{}", render_failures(&name, &sink.failures(&name).await?)),
+    }
+    Ok(())
+}
+
 fn row(values: &[Value]) -> String {
     let v: Vec<String> = values.iter().map(Value::to_string).collect();
     format!("({})", v.join(", "))

@@ -14,7 +14,7 @@ use annal_core::{AppendRequest, EventStore, ExpectedRevision, RecordedEvent, Sou
 use annal_cqrs::projection::{Changes, ColumnType::*, Projection, Runner, Sink, Table, Value};
 use annal_cqrs::{decode_recorded, to_new, Context, Event, Upcasters};
 use clap::{Parser, Subcommand};
-use example_support::{render_failures, render_reconciled, AnyStore, Where, READ_YOUR_WRITES};
+use example_support::{maintain, AnyStore, Maintain, Where, READ_YOUR_WRITES};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,15 +128,8 @@ enum Do {
         #[arg(long, default_value = "10m")]
         after: humantime::Duration,
     },
-    /// Replay the log into a fresh copy of the read model and swap it in.
-    Rebuild,
-    /// Compare the read model with a replay of the log; `--repair` fixes what differs.
-    Reconcile {
-        #[arg(long)]
-        repair: bool,
-    },
-    /// Events the read model could not apply.
-    Failures,
+    #[command(flatten)]
+    Maintain(Maintain),
 }
 
 #[tokio::main]
@@ -169,23 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {s}");
             }
         }
-        Do::Rebuild => {
-            let cp =
-                example_support::rebuild_with_progress(Runner::new(store, sink, Videos)).await?;
-            println!(
-                "videos rebuilt: version {}, through position {}",
-                cp.version,
-                cp.position().map_or("none".into(), |p| p.to_string())
-            );
-        }
-        Do::Reconcile { repair } => {
-            let r = Runner::new(store, sink, Videos).reconcile(repair).await?;
-            print!("{}", render_reconciled(&r));
-        }
-        Do::Failures => print!(
-            "{}",
-            render_failures("videos", &sink.failures("videos").await?)
-        ),
+        Do::Maintain(what) => maintain(what, store, sink, Videos).await?,
     }
     place.close().await
 }
