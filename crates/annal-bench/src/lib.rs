@@ -14,6 +14,7 @@
 //! | W8       | commands (load, decide, append) of a bank account from 1 and 16 handlers on accounts of their own, embedded and through the server |
 //! | W9       | loading one bank account of 100,000 events (10,000 in quick), replayed whole and from a snapshot at its last event, embedded and through the server |
 //! | W11      | a projection rebuilt into SQLite and PostgreSQL (1 million events; 100,000 in quick) beside a naive projector committing each event alone, and a live projection's lag from append to row under W1's 16 writers |
+//! | W12      | scale: a store of many single-event streams reopened in a fresh process: time, memory, reads, an incremental checkpoint, the stop (`run_scale`, see `scale.rs`) |
 //! | W10      | consumer groups through the network beside NATS JetStream and RabbitMQ (`run_groups`, see `groups.rs`) |
 
 use std::path::{Path, PathBuf};
@@ -31,9 +32,11 @@ mod groups;
 pub mod net;
 mod pg;
 mod projections;
+mod scale;
 pub mod stats;
 
 pub use engine::{reopen_probe, Reopened};
+pub use scale::{probe as scale_probe, Scaled};
 
 /// How a benchmark run is set up.
 #[derive(Debug, Clone)]
@@ -253,6 +256,112 @@ pub async fn run_network(opts: &Options) -> anyhow::Result<Report> {
         ..Report::default()
     };
     net::run(opts, &umadb, &dir, &mut report).await?;
+    Ok(report)
+}
+
+/// Runs W12: fills a store with `streams` single-event streams through the engine, then
+/// measures it from a fresh process (`annal bench-scale-probe`, see [`scale`]).
+pub async fn run_scale(opts: &Options, streams: u64) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        streams >= 1_000,
+        "W12 needs at least 1,000 streams, not {streams}"
+    );
+    let (dir, _guard) = work_dir(opts)?;
+    let mut report = Report {
+        machine: machine(),
+        peer_name: "peer".into(),
+        peer: Some("none: W12 measures Annal alone".into()),
+        quick: opts.quick,
+        ..Report::default()
+    };
+    let store_dir = dir.join("scale");
+    let size = |path: &Path| -> u64 {
+        fn walk(p: &Path) -> u64 {
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                    .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
+                    .unwrap_or(0),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            }
+        }
+        walk(path)
+    };
+    {
+        let store = Arc::new(Store::open(&store_dir)?);
+        let p = Progress::new("W12 filling", streams);
+        let start = std::time::Instant::now();
+        scale::fill(store.clone(), streams, &p).await?;
+        let secs = start.elapsed().as_secs_f64();
+        p.done();
+        let p = Progress::spinner("W12 closing the filled store");
+        Arc::try_unwrap(store)
+            .map_err(|_| anyhow::anyhow!("store still shared"))?
+            .close()?;
+        p.done();
+        report.rows.push(row(
+            &format!("W12 fill {streams} single-event streams, 500 a request"),
+            "events/s",
+            Some(streams as f64 / secs),
+            None,
+            true,
+        ));
+    }
+    let on_disk = size(&store_dir);
+    let p = Progress::spinner("W12 reopening in a fresh process");
+    let out = std::process::Command::new(&opts.probe_exe)
+        .arg("bench-scale-probe")
+        .arg(&store_dir)
+        .arg(streams.to_string())
+        .output()?;
+    p.done();
+    anyhow::ensure!(
+        out.status.success(),
+        "the scale probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Scaled = serde_json::from_slice(&out.stdout)?;
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut add = |name: &str, unit: &str, v: f64| {
+        report.rows.push(row(name, unit, Some(v), None, false));
+    };
+    add("W12 store size on disk", "MiB", mib(on_disk));
+    add(
+        &format!("W12 reopen {streams} streams"),
+        "ms",
+        s.open_secs * 1000.0,
+    );
+    add("W12 resident memory after reopen", "MiB", mib(s.rss_open));
+    add(
+        "W12 resident memory after a checkpoint",
+        "MiB",
+        mib(s.rss_checkpointed),
+    );
+    add(
+        "    of which the process before opening",
+        "MiB",
+        mib(s.rss_before),
+    );
+    for (when, (p50, p99)) in [("right after reopen", s.read_first), ("warm", s.read_warm)] {
+        for (q, v) in [("p50", p50), ("p99", p99)] {
+            add(
+                &format!("W12 read a 10-event stream {when}, {q}"),
+                "ms",
+                v * 1000.0,
+            );
+        }
+    }
+    add(
+        "W12 checkpoint after 1,000 appends to old streams, written",
+        "MiB",
+        mib(s.checkpoint_bytes),
+    );
+    add(
+        "W12 checkpoint after 1,000 appends to old streams",
+        "ms",
+        s.checkpoint_secs * 1000.0,
+    );
+    add("W12 stop", "ms", s.stop_secs * 1000.0);
     Ok(report)
 }
 

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// NATS JetStream and RabbitMQ servers.
     #[arg(long, conflicts_with = "network")]
     groups: bool,
+    /// Run W12 instead: a store of this many single-event streams, built through the
+    /// engine and reopened in a fresh process.
+    #[arg(long, value_name = "STREAMS", conflicts_with_all = ["network", "groups"])]
+    scale: Option<u64>,
     /// The NATS server (with JetStream) W10 compares with.
     #[arg(
         long,
@@ -75,7 +79,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         amqp_url: args.amqp,
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let report = if args.groups {
+    let report = if let Some(streams) = args.scale {
+        rt.block_on(annal_bench::run_scale(&opts, streams))?
+    } else if args.groups {
         rt.block_on(annal_bench::run_groups(&opts))?
     } else if args.network {
         rt.block_on(annal_bench::run_network(&opts))?
@@ -105,5 +111,13 @@ pub fn reopen_probe(dir: &Path) -> anyhow::Result<ExitCode> {
             "rss_before": r.rss_before,
         })
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reopens the W12 store of `streams` streams in `dir` in this fresh process and prints
+/// what W12 measures, as JSON.
+pub fn scale_probe(dir: &Path, streams: u64) -> anyhow::Result<ExitCode> {
+    let r = annal_bench::scale_probe(dir, streams)?;
+    println!("{}", serde_json::to_string(&r)?);
     Ok(ExitCode::SUCCESS)
 }

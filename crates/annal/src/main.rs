@@ -108,6 +108,10 @@ enum Cmd {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchReopenProbe { dir: PathBuf },
+    /// (internal) Reopens a store in a fresh process for the W12 benchmark.
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchScaleProbe { dir: PathBuf, streams: u64 },
     /// Print a store's events, oldest first, reading the folder directly.
     Dump {
         /// The store folder.
@@ -231,6 +235,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bench(args) => bench::run(args),
         #[cfg(feature = "bench")]
         Cmd::BenchReopenProbe { dir } => bench::reopen_probe(&dir),
+        #[cfg(feature = "bench")]
+        Cmd::BenchScaleProbe { dir, streams } => bench::scale_probe(&dir, streams),
         Cmd::Dump {
             dir,
             from,
