@@ -456,8 +456,19 @@ fn check_checkpoint(
             }
         }
     }
-    match load_heads(fs, &heads_path(dir, m.heads_id)) {
-        Ok(stored) => {
+    let mut stored = Heads::default();
+    let mut loaded = Ok(());
+    for id in &m.heads {
+        match load_heads(fs, &heads_path(dir, *id)) {
+            Ok(heads) => stored.streams.extend(heads),
+            Err(e) => {
+                loaded = Err(e);
+                break;
+            }
+        }
+    }
+    match loaded {
+        Ok(()) => {
             if let Some(want) = heads_at_checkpoint {
                 if stored.streams != want.streams {
                     let differing = want
@@ -474,12 +485,12 @@ fn check_checkpoint(
                         })
                         .unwrap_or_default();
                     report.problems.push(format!(
-                        "the stream heads snapshot disagrees with the log (first difference: stream '{differing}')"
+                        "the stream heads files disagree with the log (first difference: stream '{differing}')"
                     ));
                 }
             }
         }
-        Err(e) => report.problems.push(format!("stream heads snapshot: {e}")),
+        Err(e) => report.problems.push(format!("stream heads: {e}")),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Stream heads: what the store keeps in memory for every stream (and category). Memory
 //! grows with the number of streams, never with the number of events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use annal_core::{category_of, CategoryInfo, StreamInfo, Timestamp};
 
@@ -22,11 +22,64 @@ pub struct CategoryCount {
     pub events: u64,
 }
 
-/// Every stream's head and every category's counts.
+/// Every stream's head and every category's counts, and what the checkpoint files of the
+/// heads hold (see [`Heads::take_checkpoint`]).
 #[derive(Debug, Default, Clone)]
 pub struct Heads {
     pub streams: BTreeMap<String, Head>,
     pub categories: BTreeMap<String, CategoryCount>,
+    /// Streams changed since the last checkpoint.
+    pub dirty: BTreeSet<String>,
+    /// The checkpoint's heads files: whether a base (every stream) exists, and how many
+    /// streams each delta file after it holds at most, oldest first.
+    pub based: bool,
+    pub deltas: Vec<u64>,
+}
+
+/// The stream id of a head in a list of them, the key they are sorted by.
+pub fn stream_of(e: &(String, Head)) -> &str {
+    &e.0
+}
+
+/// Merges two lists sorted by `key` into one; where both hold a key, `newer`'s item wins.
+pub fn merge_sorted<T>(older: Vec<T>, newer: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let mut a = older.into_iter().peekable();
+    let mut b = newer.into_iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => key(x).cmp(key(y)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return out,
+        };
+        match order {
+            std::cmp::Ordering::Less => out.extend(a.next()),
+            std::cmp::Ordering::Greater => out.extend(b.next()),
+            std::cmp::Ordering::Equal => {
+                a.next();
+                out.extend(b.next());
+            }
+        }
+    }
+}
+
+/// At most this many delta files follow a base.
+pub const MAX_DELTAS: usize = 16;
+
+/// What a checkpoint writes of the heads: the heads changed since the last checkpoint (in
+/// id order), and which heads files the checkpoint thread merges them with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadsWrite {
+    /// Nothing changed: the files in force stay.
+    Unchanged,
+    /// Merged with every heads file into a new base that replaces them all.
+    Base(Vec<(String, Head)>),
+    /// Merged with the newest `replaces` deltas into one delta that replaces them.
+    Delta {
+        replaces: usize,
+        changed: Vec<(String, Head)>,
+    },
 }
 
 impl Heads {
@@ -47,6 +100,9 @@ impl Heads {
             .entry(category_of(stream).to_string())
             .or_default();
         cat.events += count;
+        if !self.dirty.contains(stream) {
+            self.dirty.insert(stream.to_string());
+        }
         match self.streams.get_mut(stream) {
             Some(h) => {
                 h.revision = revision;
@@ -84,6 +140,45 @@ impl Heads {
         );
     }
 
+    /// What the next checkpoint writes of the heads, taken where it freezes the memtable so
+    /// that the two agree: only the heads changed since the checkpoint before. The
+    /// checkpoint thread writes them as a delta after the base, merged (from the files) with
+    /// the newest deltas while the newest is at most twice its size or while there are
+    /// [`MAX_DELTAS`], so each head is rewritten a logarithmic number of times. Once the
+    /// deltas would name more than half as many streams as there are (or there is no base
+    /// yet), it merges them all with the base into a new base.
+    pub fn take_checkpoint(&mut self) -> HeadsWrite {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.is_empty() && self.based {
+            return HeadsWrite::Unchanged;
+        }
+        let changed: Vec<(String, Head)> = dirty
+            .into_iter()
+            .filter_map(|id| {
+                let h = *self.streams.get(&id)?;
+                Some((id, h))
+            })
+            .collect();
+        let mut size = changed.len() as u64;
+        let named = self.deltas.iter().sum::<u64>() + size;
+        if !self.based || named > self.streams.len() as u64 / 2 {
+            self.based = true;
+            self.deltas.clear();
+            return HeadsWrite::Base(changed);
+        }
+        let mut replaces = 0;
+        while let Some(&newest) = self.deltas.last() {
+            if newest > 2 * size && self.deltas.len() < MAX_DELTAS {
+                break;
+            }
+            self.deltas.pop();
+            size += newest;
+            replaces += 1;
+        }
+        self.deltas.push(size);
+        HeadsWrite::Delta { replaces, changed }
+    }
+
     /// Rebuilds the category counts from the streams.
     pub fn rebuild_categories(&mut self) {
         self.categories.clear();
@@ -119,5 +214,81 @@ pub fn to_info(stream: &str, h: &Head) -> StreamInfo {
         count: h.revision.saturating_add(1),
         created_at: Timestamp(h.created_at),
         last_written_at: Timestamp(h.last_written_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The heads files a manifest would name after `write`, merged as the checkpoint
+    /// thread merges them: the base first, then the deltas.
+    fn written(files: &mut Vec<Vec<(String, Head)>>, write: HeadsWrite) {
+        let (keep, changed) = match write {
+            HeadsWrite::Unchanged => return,
+            HeadsWrite::Base(changed) => (0, changed),
+            HeadsWrite::Delta { replaces, changed } => {
+                (files.len().saturating_sub(replaces).max(1), changed)
+            }
+        };
+        let merged = files
+            .drain(keep..)
+            .chain([changed])
+            .reduce(|older, newer| merge_sorted(older, newer, stream_of))
+            .unwrap_or_default();
+        files.push(merged);
+    }
+
+    proptest! {
+        /// Whatever the appends between checkpoints, the base and its deltas (the newest
+        /// file that has a stream wins) are every stream's head at the last checkpoint,
+        /// deltas never pass their bound, and a checkpoint after appends to a few old
+        /// streams of many writes only a delta.
+        #[test]
+        fn base_and_deltas_always_give_every_head(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((0u32..400, 1u64..4), 0..60),
+                1..40,
+            )
+        ) {
+            let mut heads = Heads::default();
+            let mut files = Vec::new();
+            let mut position = 0;
+            for appends in rounds {
+                for (stream, count) in appends {
+                    let id = format!("s-{stream}");
+                    let revision = heads.streams.get(&id).map_or(0, |h| h.revision + 1);
+                    heads.apply(&id, revision, count, position, position + count - 1, Timestamp(1));
+                    position += count;
+                }
+                written(&mut files, heads.take_checkpoint());
+                let mut merged = BTreeMap::new();
+                for f in &files {
+                    merged.extend(f.iter().map(|(k, v)| (k.clone(), *v)));
+                }
+                prop_assert_eq!(&merged, &heads.streams);
+                prop_assert!(files.len() <= 1 + MAX_DELTAS);
+                prop_assert_eq!(files.len(), 1 + heads.deltas.len());
+            }
+            // A few appends to old streams of a store that has many.
+            for s in 0..1000 {
+                heads.apply(&format!("old-{s}"), 0, 1, position, position, Timestamp(2));
+                position += 1;
+            }
+            written(&mut files, heads.take_checkpoint());
+            for s in 0..10 {
+                let id = format!("old-{s}");
+                heads.apply(&id, 1, 1, position, position, Timestamp(3));
+                position += 1;
+            }
+            match heads.take_checkpoint() {
+                HeadsWrite::Delta { changed, .. } => prop_assert_eq!(changed.len(), 10),
+                other => prop_assert!(false, "expected a delta, got {:?}", other),
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 //!   LOCK                         an exclusive lock: one process at a time
 //!   manifest                     names the checkpoint in force (checkpoint/manifest.rs)
 //!   manifest.tmp                 a manifest being written, renamed over `manifest`
-//!   heads-<id, 16 hex>.snap      the stream heads at the checkpoint (checkpoint/heads.rs)
+//!   heads-<id, 16 hex>.snap      stream heads: a base and its deltas (checkpoint/heads.rs)
 //!   segments/<position, 20 digits>.seg
 //!                                the log, one file per segment, named by its first
 //!                                position (log/format.rs)
@@ -16,7 +16,7 @@
 //!   snapshots/<id>.snapshots.tmp a snapshot file being written, renamed into place
 //! ```
 //!
-//! Runs and heads snapshots share one sequence of ids (the manifest's next file id), so a
+//! Runs and heads files share one sequence of ids (the manifest's next file id), so a
 //! new checkpoint file never takes the name of one a crash left behind.
 
 use std::path::{Path, PathBuf};
@@ -130,7 +130,7 @@ pub fn parse_run_name(name: &str) -> Option<u64> {
     parse_id(name, "run-", ".idx")
 }
 
-/// The id of a heads snapshot's name; `None` for any other name.
+/// The id of a heads file's name; `None` for any other name.
 pub fn parse_heads_name(name: &str) -> Option<u64> {
     parse_id(name, "heads-", ".snap")
 }

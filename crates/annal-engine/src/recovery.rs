@@ -94,55 +94,67 @@ fn open_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Arc<Segment>>> {
 /// A loaded checkpoint: the manifest, the stream heads and the runs it names.
 type Checkpoint = (Manifest, Heads, Vec<Arc<Run>>);
 
+/// A part of the checkpoint as read: `None` (after saying why) when it cannot be used, so
+/// that the store rebuilds the checkpoint from the log. A part of an older version is
+/// derived data to rebuild, not to read; one of a newer version stops the open.
+fn usable<T>(part: &str, read: Result<T>) -> Result<Option<T>> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(Error::UnsupportedFormat {
+            path,
+            found,
+            supported,
+        }) if found < supported => {
+            info!(
+                file = %path,
+                version = found,
+                current = supported,
+                "{part} is of an older version; rebuilding the checkpoint from the log"
+            );
+            Ok(None)
+        }
+        Err(e @ Error::UnsupportedFormat { .. }) => Err(e),
+        Err(e) => {
+            warn!(error = %e, "{part} is unreadable; rebuilding the checkpoint from the log");
+            Ok(None)
+        }
+    }
+}
+
 /// Loads the checkpoint named by the manifest; `None` (after a warning) when any part of it
 /// is unusable, so that the store rebuilds it from the log.
 fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
-    let manifest = match Manifest::load(fs, dir) {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(None),
-        Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
-        Err(e) => {
-            warn!(error = %e, "the checkpoint manifest is unreadable; rebuilding indexes from the log");
-            return Ok(None);
-        }
+    let Some(Some(manifest)) = usable("the checkpoint manifest", Manifest::load(fs, dir))? else {
+        return Ok(None);
     };
-    let heads = match load_heads(fs, &heads_path(dir, manifest.heads_id)) {
-        Ok(h) => h,
-        Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
-        Err(e) => {
-            warn!(error = %e, "the stream heads snapshot is unreadable; rebuilding indexes from the log");
+    let mut heads = Heads::default();
+    // The base builds the map whole from its sorted entries; each delta then replaces the
+    // heads it holds.
+    for (i, id) in manifest.heads.iter().enumerate() {
+        let Some(file) = usable("a stream heads file", load_heads(fs, &heads_path(dir, *id)))?
+        else {
             return Ok(None);
+        };
+        if i == 0 {
+            heads.streams = file.into_iter().collect();
+            heads.based = true;
+        } else {
+            heads.deltas.push(file.len() as u64);
+            heads.streams.extend(file);
         }
-    };
+    }
+    heads.rebuild_categories();
     let mut runs = Vec::new();
     for id in &manifest.runs {
-        match Run::open(fs, &run_path(dir, *id), *id) {
-            Ok(r) => runs.push(Arc::new(r)),
-            Err(Error::UnsupportedFormat {
-                path,
-                found,
-                supported,
-            }) if found < supported => {
-                // Runs are derived data: an older version is rebuilt, not read.
-                info!(
-                    run = %path,
-                    version = found,
-                    current = supported,
-                    "an index run is of an older version; rebuilding the indexes from the log"
-                );
-                return Ok(None);
-            }
-            Err(e @ Error::UnsupportedFormat { .. }) => return Err(e),
-            Err(e) => {
-                warn!(error = %e, "an index run is unreadable; rebuilding indexes from the log");
-                return Ok(None);
-            }
-        }
+        let Some(run) = usable("an index run", Run::open(fs, &run_path(dir, *id), *id))? else {
+            return Ok(None);
+        };
+        runs.push(Arc::new(run));
     }
     Ok(Some((manifest, heads, runs)))
 }
 
-/// One more than the highest id of any run or heads snapshot file present.
+/// One more than the highest id of any run or heads file present.
 fn next_free_file_id(fs: &dyn Fs, dir: &Path) -> u64 {
     let top = fs.list(dir).unwrap_or_default();
     let runs = fs.list(&index_dir(dir)).unwrap_or_default();
@@ -155,9 +167,11 @@ fn next_free_file_id(fs: &dyn Fs, dir: &Path) -> u64 {
 
 /// Removes files that no checkpoint names (left by a crash during a checkpoint or merge).
 fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
-    let keep_heads = heads_name(manifest.heads_id);
+    let keep_heads: Vec<String> = manifest.heads.iter().map(|&id| heads_name(id)).collect();
     for name in fs.list(dir).unwrap_or_default() {
-        if (parse_heads_name(&name).is_some() && name != keep_heads) || is_manifest_tmp(&name) {
+        if (parse_heads_name(&name).is_some() && !keep_heads.contains(&name))
+            || is_manifest_tmp(&name)
+        {
             let _ = fs.remove(&dir.join(&name));
         }
     }

@@ -136,6 +136,61 @@ async fn indexes_are_rebuilt_from_the_log_when_the_checkpoint_is_gone() {
     check_filled(&store).await;
 }
 
+/// A store (checkpoints every 50 entries) filled by `fill` and closed: its folder, its
+/// configuration and every event.
+async fn filled_store() -> (
+    tempfile::TempDir,
+    annal_engine::Config,
+    Vec<annal_core::RecordedEvent>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = annal_engine::Config::default().checkpoint_entries(50);
+    let store = Store::open_with(dir.path(), config.clone()).unwrap();
+    fill(&store).await;
+    let events = store.read_to_vec(ReadRequest::all()).await.unwrap();
+    store.close().unwrap();
+    (dir, config, events)
+}
+
+/// Opening the store fails: a file of version `found` where this build reads `supported`.
+fn assert_refused(dir: &std::path::Path, config: annal_engine::Config, found: u32, supported: u32) {
+    let err = Store::open_with(dir, config).err().expect("refused");
+    let refused = matches!(
+        err,
+        annal_core::Error::UnsupportedFormat { found: f, supported: s, .. } if f == found && s == supported
+    );
+    assert!(refused, "{err:?}");
+}
+
+/// Sets the version field of the store's manifest (and its checksum).
+fn set_manifest_version(dir: &std::path::Path, version: u32) {
+    let path = dir.join("manifest");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    let end = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..end]);
+    bytes[end..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// Version 1 named a single heads file; a checkpoint of an older version is rebuilt from
+/// the log and one of a newer version is refused.
+#[tokio::test]
+async fn a_checkpoint_of_an_older_version_is_rebuilt_and_a_newer_one_refused() {
+    let (dir, config, before) = filled_store().await;
+    set_manifest_version(dir.path(), 1);
+    let store = Store::open_with(dir.path(), config.clone()).unwrap();
+    assert_eq!(store.read_to_vec(ReadRequest::all()).await.unwrap(), before);
+    check_filled(&store).await;
+    store.close().unwrap();
+    let bytes = std::fs::read(dir.path().join("manifest")).unwrap();
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    assert_eq!(version, 2, "the rebuilt checkpoint is current");
+
+    set_manifest_version(dir.path(), 3);
+    assert_refused(dir.path(), config, 3, 2);
+}
+
 /// Sets the version field of every index run in the store and returns their count.
 fn set_run_versions(dir: &std::path::Path, version: u32) -> usize {
     let mut n = 0;
@@ -164,12 +219,7 @@ fn run_versions(dir: &std::path::Path) -> Vec<u32> {
 
 #[tokio::test]
 async fn index_runs_of_an_older_version_are_rebuilt_from_the_log_and_a_newer_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = annal_engine::Config::default().checkpoint_entries(50);
-    let store = Store::open_with(dir.path(), config.clone()).unwrap();
-    fill(&store).await;
-    let before = store.read_to_vec(ReadRequest::all()).await.unwrap();
-    store.close().unwrap();
+    let (dir, config, before) = filled_store().await;
     // Version 2 runs had no correlation or actor entries.
     assert!(set_run_versions(dir.path(), 2) > 0);
 
@@ -198,18 +248,7 @@ async fn index_runs_of_an_older_version_are_rebuilt_from_the_log_and_a_newer_one
     );
 
     assert!(set_run_versions(dir.path(), 4) > 0);
-    let err = Store::open_with(dir.path(), config).err().expect("refused");
-    assert!(
-        matches!(
-            err,
-            annal_core::Error::UnsupportedFormat {
-                found: 4,
-                supported: 3,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_refused(dir.path(), config, 4, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

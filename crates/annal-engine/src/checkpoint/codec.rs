@@ -1,4 +1,4 @@
-//! What the manifest and the heads snapshot share: whole files written durably, read back
+//! What the manifest and the heads files share: whole files written durably, read back
 //! and checked (magic, format version, trailing CRC32C), and a reader of their fields.
 
 use std::path::Path;
@@ -6,7 +6,6 @@ use std::path::Path;
 use annal_core::{Error, Result};
 
 use crate::io::Fs;
-use crate::log::format::FORMAT_VERSION;
 
 pub fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
     Error::Corruption {
@@ -40,9 +39,14 @@ pub fn write_all(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
 }
 
-/// Checks the magic, the trailing CRC32C and the format version of a whole file, and
-/// returns a reader of the fields after the version.
-pub fn checked<'a>(path: &'a Path, bytes: &'a [u8], magic: &[u8; 8]) -> Result<Reader<'a>> {
+/// Checks the magic, the trailing CRC32C and the format version (`supported`) of a whole
+/// file, and returns a reader of the fields after the version.
+pub fn checked<'a>(
+    path: &'a Path,
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    supported: u32,
+) -> Result<Reader<'a>> {
     if bytes.len() < 16 {
         return Err(corrupt(
             path,
@@ -65,11 +69,11 @@ pub fn checked<'a>(path: &'a Path, bytes: &'a [u8], magic: &[u8; 8]) -> Result<R
     let mut v = [0u8; 4];
     v.copy_from_slice(&body[8..12]);
     let version = u32::from_le_bytes(v);
-    if version != FORMAT_VERSION {
+    if version != supported {
         return Err(Error::UnsupportedFormat {
             path: path.display().to_string(),
             found: version,
-            supported: FORMAT_VERSION,
+            supported,
         });
     }
     Ok(Reader {

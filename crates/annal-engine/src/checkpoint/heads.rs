@@ -1,5 +1,7 @@
-//! The heads snapshot (`heads-<id>.snap`): every stream's head at a checkpoint, so that
-//! reopening reads one file instead of the log.
+//! A heads file (`heads-<id>.snap`): stream heads at a checkpoint, so that reopening reads
+//! files instead of the log. The manifest names a base, which holds every stream, and the
+//! deltas after it, each holding the streams changed since the file before it (see
+//! `Heads::take_checkpoint`); a stream's head is the one in the newest file that has it.
 //!
 //! Magic `ANNALHDS`, u32 format version, u64 count, then per stream (in id order) str16
 //! stream id, u64 revision, u64 first position, u64 last position, i64 created at, i64 last
@@ -10,19 +12,21 @@ use std::path::Path;
 use annal_core::Result;
 
 use super::codec::{checked, corrupt, read_all};
-use crate::heads::{Head, Heads};
+use crate::heads::Head;
 use crate::io::Fs;
-use crate::log::format::FORMAT_VERSION;
 
 const HEADS_MAGIC: &[u8; 8] = b"ANNALHDS";
 
-/// Encodes every stream head.
-pub fn encode_heads(heads: &Heads) -> Vec<u8> {
-    let mut b = Vec::with_capacity(32 + heads.streams.len() * 64);
+/// The version of heads files this build writes and reads.
+pub const HEADS_VERSION: u32 = 1;
+
+/// Encodes stream heads, given in id order.
+pub fn encode_heads(heads: &[(String, Head)]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(32 + heads.len() * 64);
     b.extend_from_slice(HEADS_MAGIC);
-    b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    b.extend_from_slice(&(heads.streams.len() as u64).to_le_bytes());
-    for (id, h) in &heads.streams {
+    b.extend_from_slice(&HEADS_VERSION.to_le_bytes());
+    b.extend_from_slice(&(heads.len() as u64).to_le_bytes());
+    for (id, h) in heads {
         b.extend_from_slice(&(id.len() as u16).to_le_bytes());
         b.extend_from_slice(id.as_bytes());
         b.extend_from_slice(&h.revision.to_le_bytes());
@@ -36,12 +40,12 @@ pub fn encode_heads(heads: &Heads) -> Vec<u8> {
     b
 }
 
-/// Reads a heads snapshot.
-pub fn load_heads(fs: &dyn Fs, path: &Path) -> Result<Heads> {
+/// Reads a heads file: its streams' heads, in id order.
+pub fn load_heads(fs: &dyn Fs, path: &Path) -> Result<Vec<(String, Head)>> {
     let bytes = read_all(fs, path)?;
-    let mut r = checked(path, &bytes, HEADS_MAGIC)?;
+    let mut r = checked(path, &bytes, HEADS_MAGIC, HEADS_VERSION)?;
     let n = r.u64()?;
-    let mut heads = Heads::default();
+    let mut heads = Vec::with_capacity(n.min(1 << 20) as usize);
     for _ in 0..n {
         let len = r.u16()? as usize;
         let at = r.offset();
@@ -54,9 +58,8 @@ pub fn load_heads(fs: &dyn Fs, path: &Path) -> Result<Heads> {
             created_at: r.u64()? as i64,
             last_written_at: r.u64()? as i64,
         };
-        heads.streams.insert(id, h);
+        heads.push((id, h));
     }
-    heads.rebuild_categories();
     Ok(heads)
 }
 
@@ -64,6 +67,7 @@ pub fn load_heads(fs: &dyn Fs, path: &Path) -> Result<Heads> {
 mod tests {
     use super::*;
     use crate::checkpoint::codec::write_all;
+    use crate::heads::Heads;
     use crate::io::sim::SimFs;
     use annal_core::{Error, Timestamp};
 
@@ -74,10 +78,9 @@ mod tests {
         heads.apply("account-1", 0, 3, 0, 2, Timestamp(7));
         heads.apply("account-2", 0, 1, 3, 3, Timestamp(8));
         let p = Path::new("/s/heads.snap");
-        write_all(&fs, p, &encode_heads(&heads)).unwrap();
-        let back = load_heads(&fs, p).unwrap();
-        assert_eq!(back.streams, heads.streams);
-        assert_eq!(back.categories, heads.categories);
+        let all: Vec<_> = heads.streams.into_iter().collect();
+        write_all(&fs, p, &encode_heads(&all)).unwrap();
+        assert_eq!(load_heads(&fs, p).unwrap(), all);
         let mut bytes = fs.read_file(p).unwrap();
         bytes[20] ^= 1;
         fs.write_file(p, bytes);

@@ -1,12 +1,12 @@
 //! Checkpoints: what lets a large store reopen without replaying its whole log.
 //!
-//! A checkpoint is the index runs, a snapshot of every stream head (`heads.rs`), and the
-//! manifest that names them together with the log position and offset they cover
-//! (`manifest.rs`). Everything a checkpoint holds is derived from the log: when one is
+//! A checkpoint is the index runs, the stream heads (`heads.rs`: a base of every stream and
+//! deltas of what changed after it), and the manifest that names them together with the log
+//! position and offset they cover (`manifest.rs`). Everything a checkpoint holds is derived from the log: when one is
 //! missing, damaged or of an older version, the store rebuilds it from the log.
 //!
-//! The checkpoint thread (here) writes each frozen memtable out as a run, the heads
-//! snapshot taken with it and a new manifest, merges runs, and builds the id filter, so
+//! The checkpoint thread (here) writes each frozen memtable out as a run, the heads taken
+//! with it and a new manifest, merges runs, and builds the id filter, so
 //! that none of that slows the write path.
 
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -15,7 +15,7 @@ use annal_core::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::heads::Heads;
+use crate::heads::{merge_sorted, stream_of, Head, HeadsWrite};
 use crate::index::{merge, IdFilter, MemTable, Run};
 use crate::layout::{heads_path, index_dir, run_path};
 use crate::shared::Shared;
@@ -31,7 +31,7 @@ pub use manifest::Manifest;
 pub(crate) struct Job {
     /// `None`: a barrier that writes nothing.
     pub frozen: Option<Arc<MemTable>>,
-    pub heads: Heads,
+    pub heads: HeadsWrite,
     pub next_position: u64,
     pub log_end: u64,
     pub last_ts: i64,
@@ -81,8 +81,8 @@ impl Checkpointer {
         }
     }
 
-    /// Writes a frozen memtable out as a run, writes the heads snapshot taken with it, and
-    /// replaces the manifest.
+    /// Writes a frozen memtable out as a run, writes the heads taken with it (a base or a
+    /// delta), and replaces the manifest; then removes the heads files it no longer names.
     fn checkpoint(&mut self, job: &Job, frozen: &MemTable) -> Result<()> {
         let fs = self.shared.fs.clone();
         let dir = self.shared.dir.clone();
@@ -100,14 +100,31 @@ impl Checkpointer {
             )?;
             fs.sync_dir(&index_dir(&dir))
                 .map_err(|e| Error::io("syncing the index folder", e))?;
-            let snapshot = encode_heads(&job.heads);
-            codec::write_all(fs.as_ref(), &heads_path(&dir, heads_id), &snapshot)?;
+            let mut heads = self.manifest.heads.clone();
+            let merge = match &job.heads {
+                HeadsWrite::Unchanged => None,
+                HeadsWrite::Base(changed) => Some((0, changed)),
+                // The base stays: a delta never replaces it.
+                HeadsWrite::Delta { replaces, changed } => {
+                    Some((heads.len().saturating_sub(*replaces).max(1), changed))
+                }
+            };
+            if let Some((keep, changed)) = merge {
+                let merged = self.merged_heads(&heads[keep.min(heads.len())..], changed)?;
+                codec::write_all(
+                    fs.as_ref(),
+                    &heads_path(&dir, heads_id),
+                    &encode_heads(&merged),
+                )?;
+                heads.truncate(keep);
+                heads.push(heads_id);
+            }
             let mut manifest = Manifest {
                 next_position: job.next_position,
                 log_offset: job.log_end,
                 last_recorded_at: job.last_ts,
-                heads_id,
                 next_file_id: heads_id + 1,
+                heads,
                 runs: self.manifest.runs.clone(),
             };
             manifest.runs.push(run_id);
@@ -116,11 +133,28 @@ impl Checkpointer {
         })();
         let (run, manifest) = written?;
         self.shared.index.install(Arc::new(run), ids.is_some());
-        if self.manifest.heads_id != heads_id {
-            let _ = fs.remove(&heads_path(&dir, self.manifest.heads_id));
+        for old in &self.manifest.heads {
+            if !manifest.heads.contains(old) {
+                let _ = fs.remove(&heads_path(&dir, *old));
+            }
         }
         self.manifest = manifest;
         Ok(())
+    }
+
+    /// The heads of the files `files` (oldest first) and then `changed`, merged: the newest
+    /// head of each stream, in id order.
+    fn merged_heads(
+        &self,
+        files: &[u64],
+        changed: &[(String, Head)],
+    ) -> Result<Vec<(String, Head)>> {
+        let mut merged = Vec::new();
+        for id in files {
+            let file = load_heads(self.shared.fs.as_ref(), &heads_path(&self.shared.dir, *id))?;
+            merged = merge_sorted(merged, file, stream_of);
+        }
+        Ok(merge_sorted(merged, changed.to_vec(), stream_of))
     }
 
     /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Written};
 use crate::checkpoint::Job;
-use crate::heads::Heads;
+use crate::heads::HeadsWrite;
 use crate::log::Segment;
 use crate::shared::Shared;
 
@@ -94,13 +94,13 @@ impl Syncer {
         let job = Job {
             frozen: (!nothing_new).then(|| self.shared.index.freeze()),
             heads: if nothing_new {
-                Heads::default()
+                HeadsWrite::Unchanged
             } else {
                 self.shared
                     .heads
-                    .read()
+                    .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .clone()
+                    .take_checkpoint()
             },
             next_position: self.next_position,
             log_end: self.log_end,
