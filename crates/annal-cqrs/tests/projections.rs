@@ -310,7 +310,53 @@ every_way!(
     reconciliation_finds_missing_extra_and_different_rows_and_repairs_them,
     read_your_writes_waits_for_the_position,
     a_stop_is_heard_while_history_is_still_coming,
+    a_stop_is_heard_while_a_retry_waits,
 );
+
+/// A retry that would wait an hour does not hold a stop: neither an event the projection
+/// refuses nor one the sink refuses. The event stays unapplied and unrecorded.
+async fn a_stop_is_heard_while_a_retry_waits<S>(store: S, t: &TestSink)
+where
+    S: EventStore + Clone + 'static,
+{
+    activity(&store, 0, 3, 5).await;
+    for (name, in_the_sink) in [("waiting", false), ("waiting_sink", true)] {
+        let mut p = Balances::new(name);
+        let refusals = Arc::new(AtomicU32::new(u32::MAX));
+        match in_the_sink {
+            true => p.bad_sql = Some(3),
+            false => p.refuse = Some((3, refusals.clone())),
+        }
+        let running = Runner::new(store.clone(), t.sink.clone(), p)
+            .with_settings(Settings {
+                on_failure: OnFailure::Retry {
+                    attempts: 5,
+                    backoff: Duration::from_secs(3600),
+                },
+                ..Settings::default()
+            })
+            .spawn();
+        // The event at fault (the deposit of 3, position 3) has been tried once.
+        let mut status = running.watch();
+        match in_the_sink {
+            true => {
+                status.wait_for(|s| s.applied >= 3).await.unwrap();
+            }
+            false => {
+                while refusals.load(Ordering::SeqCst) == u32::MAX {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        tokio::time::timeout(WAIT, running.stop())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the stop waited for the retry"))
+            .unwrap();
+        let cp = t.sink.checkpoint(name).await.unwrap().unwrap();
+        assert!(cp.next_position <= 3, "{name}: at {}", cp.next_position);
+        assert!(t.sink.failures(name).await.unwrap().is_empty());
+    }
+}
 
 async fn a_stop_is_heard_while_history_is_still_coming<S>(store: S, t: &TestSink)
 where

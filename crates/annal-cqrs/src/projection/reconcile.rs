@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use annal_core::{next_item, EventStore, SubscriptionItem};
 
-use super::runner::{Cursor, Pending, Phase, Runner};
+use super::runner::{Cursor, Halt, Pending, Phase, Runner};
 use super::sink::Difference;
 use super::sql::Target;
 use super::{Projection, ProjectionError};
@@ -123,8 +123,11 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                                 carry = Some(e);
                                 break;
                             }
-                            if let Err(stop) = self.take(&mut pending, &cur, &e).await? {
-                                failed = Some(stop);
+                            if let Err(halt) = self.take(&mut pending, &cur, &e).await? {
+                                failed = Some(match halt {
+                                    Halt::Failed(e) => e,
+                                    Halt::Stopped => self.invalid("stopped".into()),
+                                });
                                 break;
                             }
                         }

@@ -28,7 +28,8 @@ pub enum OnFailure {
     #[default]
     Stop,
     /// Try it again, `attempts` times in all, waiting `backoff`, then twice that, and so on
-    /// (at most 30 s); then record it and stop.
+    /// (at most 30 s); then record it and stop. A stop asked for while it waits ends the
+    /// runner at once, the event neither applied nor recorded.
     Retry { attempts: u32, backoff: Duration },
     /// Record it (position, error) and go on without it.
     Skip,
@@ -192,6 +193,16 @@ pub struct Runner<S, P> {
     last_head: Option<Instant>,
     /// When the last event applied was recorded, for the lag in seconds.
     last_applied_at: Option<Timestamp>,
+    /// Says when a stop is asked for, while the runner runs.
+    stopped: Option<watch::Receiver<bool>>,
+}
+
+/// Why an event ends the batch being gathered.
+pub(super) enum Halt {
+    /// It failed for good and the policy stops on it.
+    Failed(ProjectionError),
+    /// A stop was asked for while its retry waited: it stays unapplied and unrecorded.
+    Stopped,
 }
 
 /// How following the log ended, short of an error.
@@ -275,6 +286,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
             templates: HashMap::new(),
             last_head: None,
             last_applied_at: None,
+            stopped: None,
         }
     }
 
@@ -379,6 +391,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         rebuild_only: bool,
         mut stopped: watch::Receiver<bool>,
     ) -> Result<Option<Checkpoint>, ProjectionError> {
+        self.stopped = Some(stopped.clone());
         let r = self.go_inner(rebuild_only, &mut stopped).await;
         self.status.send_modify(|s| {
             s.phase = match &r {
@@ -486,6 +499,23 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
         }
     }
 
+    /// Waits `pause` before an event's next attempt: false, at once, when a stop is asked
+    /// for before or meanwhile.
+    async fn back_off(&mut self, pause: Duration) -> bool {
+        let Some(stopped) = self.stopped.as_mut() else {
+            tokio::time::sleep(pause).await;
+            return true;
+        };
+        if stop_asked(stopped) {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stopped.changed() => {}
+        }
+        !stop_asked(stopped)
+    }
+
     /// Waits before trying again after a passing failure; fails if stopped meanwhile.
     async fn wait_out(
         &self,
@@ -591,8 +621,8 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                         if e.position < pending.to {
                             continue;
                         }
-                        if let Err(stop) = self.take(&mut pending, &cur, &e).await? {
-                            failed = Some(stop);
+                        if let Err(halt) = self.take(&mut pending, &cur, &e).await? {
+                            failed = Some(halt);
                             break;
                         }
                     }
@@ -607,7 +637,7 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                         pending.to = pending.to.max(position + 1);
                     }
                     Err(e) => {
-                        failed = Some(self.store_error(e));
+                        failed = Some(Halt::Failed(self.store_error(e)));
                         break;
                     }
                 }
@@ -630,8 +660,10 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                     inflight = Some(self.send(pending, &cur));
                 }
             }
-            if let Some(e) = failed {
-                return Err(e);
+            match failed {
+                Some(Halt::Failed(e)) => return Err(e),
+                Some(Halt::Stopped) => return Ok(Ended::Stopped),
+                None => {}
             }
             if inflight.is_none() {
                 if let Some(end) = self.swap_if_done(&mut cur, caught_up, rebuild_only).await? {
@@ -723,13 +755,14 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
     }
 
     /// Adds an event's changes to the batch; an event that fails is handled by the
-    /// failure policy: `Ok(Err(_))` when the runner must stop on it.
+    /// failure policy: `Ok(Err(_))` when the runner must stop on it, or was asked to stop
+    /// while the event's retry waited.
     pub(super) async fn take(
         &mut self,
         pending: &mut Pending,
         cur: &Cursor,
         e: &RecordedEvent,
-    ) -> Result<Result<(), ProjectionError>, ProjectionError> {
+    ) -> Result<Result<(), Halt>, ProjectionError> {
         let mut attempts = 0;
         let error = loop {
             attempts += 1;
@@ -754,13 +787,18 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                         attempts: most,
                         backoff,
                     } if attempts < most => {
-                        tokio::time::sleep(backoff_for(backoff, attempts)).await;
+                        if !self.back_off(backoff_for(backoff, attempts)).await {
+                            return Ok(Err(Halt::Stopped));
+                        }
                     }
                     _ => break error,
                 },
             }
         };
-        Ok(self.failed(pending, e, attempts, error).await)
+        Ok(self
+            .failed(pending, e, attempts, error)
+            .await
+            .map_err(Halt::Failed))
     }
 
     /// The statements an event turns into, for one copy.
@@ -1023,7 +1061,10 @@ impl<S: EventStore + 'static, P: Projection> Runner<S, P> {
                 } = self.settings.on_failure
                 {
                     if attempts < most {
-                        tokio::time::sleep(backoff_for(backoff, attempts)).await;
+                        if !self.back_off(backoff_for(backoff, attempts)).await {
+                            // Asked to stop: what came before the event is committed.
+                            return Ok(Some(next));
+                        }
                         continue;
                     }
                 }
