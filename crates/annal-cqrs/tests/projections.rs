@@ -207,7 +207,7 @@ async fn activity<S: EventStore>(store: &S, first: usize, n: usize, deposits: u6
 /// is dropped at the end.
 pub struct TestSink {
     pub sink: Sink,
-    schema: Option<String>,
+    schema: Option<common::Schema>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -231,7 +231,7 @@ impl TestSink {
         );
         TestSink {
             sink: Sink::postgres(PG, &schema).await.unwrap(),
-            schema: Some(schema),
+            schema: Some(common::Schema::new(schema)),
             _dir: None,
         }
     }
@@ -239,23 +239,20 @@ impl TestSink {
     /// Another handle on the same read models (another process would open one).
     async fn reopen(&self) -> Sink {
         match (&self.schema, &self._dir) {
-            (Some(s), _) => Sink::postgres(PG, s).await.unwrap(),
+            (Some(s), _) => Sink::postgres(PG, s.name()).await.unwrap(),
             (None, Some(d)) => Sink::sqlite(d.path().join("read.db")).unwrap(),
             _ => unreachable!(),
         }
     }
 
     async fn cleanup(self) {
-        if let Some(s) = &self.schema {
-            self.sink
-                .execute(&format!("DROP SCHEMA {s} CASCADE"), &[])
-                .await
-                .unwrap();
+        if let Some(s) = self.schema {
+            s.drop_now().await;
         }
     }
 }
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+use common::PG;
 
 /// Emits each check `async fn name<S>(store: S, sink: &TestSink)` four ways: the embedded
 /// engine or a server, into SQLite or PostgreSQL.

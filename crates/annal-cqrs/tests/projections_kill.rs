@@ -16,7 +16,7 @@ use annal_cqrs::{to_new, Context};
 use annal_engine::Store;
 use common::AccountEvent;
 
-const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+use common::PG;
 const ACCOUNTS: usize = 400;
 const DEPOSITS: u64 = 40;
 
@@ -203,7 +203,7 @@ async fn equal_to_a_replay<S: EventStore + Clone + 'static>(store: S, sink: &Sin
 struct Sinks {
     spec: String,
     sink: Sink,
-    schema: Option<String>,
+    schema: Option<common::Schema>,
     _dir: tempfile::TempDir,
 }
 
@@ -222,18 +222,15 @@ async fn sink_of(kind: &str) -> Sinks {
     Sinks {
         spec: format!("postgres:{schema}"),
         sink: Sink::postgres(PG, &schema).await.unwrap(),
-        schema: Some(schema),
+        schema: Some(common::Schema::new(schema)),
         _dir: dir,
     }
 }
 
 impl Sinks {
     async fn cleanup(self) {
-        if let Some(s) = &self.schema {
-            self.sink
-                .execute(&format!("DROP SCHEMA {s} CASCADE"), &[])
-                .await
-                .unwrap();
+        if let Some(s) = self.schema {
+            s.drop_now().await;
         }
     }
 }

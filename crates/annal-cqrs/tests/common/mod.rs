@@ -251,3 +251,50 @@ macro_rules! forwarding_store {
 
 forwarding_store!(Racing);
 forwarding_store!(Dropping);
+
+/// PostgreSQL on this machine, for the read models of the tests.
+pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+
+/// A PostgreSQL schema of a test's own, dropped when the guard is: by `drop_now` at the end
+/// of a test that passed, or by `Drop` when the test panicked first, so that no failed run
+/// leaves its tables in the shared server.
+pub struct Schema(Option<String>);
+
+impl Schema {
+    pub fn new(name: String) -> Schema {
+        Schema(Some(name))
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.as_deref().expect("not dropped yet")
+    }
+
+    /// Drops the schema now, failing the test if PostgreSQL refuses.
+    pub async fn drop_now(mut self) {
+        let name = self.0.take().expect("not dropped yet");
+        drop_schema(&name).await.unwrap();
+    }
+}
+
+async fn drop_schema(name: &str) -> Result<(), annal_cqrs::projection::SinkError> {
+    let sink = annal_cqrs::projection::Sink::postgres(PG, name).await?;
+    sink.execute(&format!("DROP SCHEMA {name} CASCADE"), &[])
+        .await
+        .map(drop)
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            // This thread may be inside the test's runtime: drop it from a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(drop_schema(&name)).ok()
+            })
+            .join();
+        }
+    }
+}
