@@ -36,6 +36,18 @@ pub struct Heads {
     pub deltas: Vec<u64>,
 }
 
+/// The counts of a category, made on first use: its name is copied only then, not on
+/// every append to it.
+fn category<'a>(
+    categories: &'a mut BTreeMap<String, CategoryCount>,
+    name: &str,
+) -> &'a mut CategoryCount {
+    if !categories.contains_key(name) {
+        categories.insert(name.to_string(), CategoryCount::default());
+    }
+    categories.get_mut(name).expect("inserted above")
+}
+
 /// The stream id of a head in a list of them, the key they are sorted by.
 pub fn stream_of(e: &(String, Head)) -> &str {
     &e.0
@@ -95,10 +107,7 @@ impl Heads {
         at: Timestamp,
     ) {
         let revision = first_revision + count - 1;
-        let cat = self
-            .categories
-            .entry(category_of(stream).to_string())
-            .or_default();
+        let cat = category(&mut self.categories, category_of(stream));
         cat.events += count;
         if !self.dirty.contains(stream) {
             self.dirty.insert(stream.to_string());
@@ -183,10 +192,7 @@ impl Heads {
     pub fn rebuild_categories(&mut self) {
         self.categories.clear();
         for (id, h) in &self.streams {
-            let c = self
-                .categories
-                .entry(category_of(id).to_string())
-                .or_default();
+            let c = category(&mut self.categories, category_of(id));
             c.streams += 1;
             c.events += h.revision + 1;
         }
