@@ -1,7 +1,7 @@
 //! Stream heads: what the store keeps in memory for every stream (and category). Memory
 //! grows with the number of streams, never with the number of events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use annal_core::{category_of, CategoryInfo, StreamInfo, Timestamp};
 
@@ -28,8 +28,9 @@ pub struct CategoryCount {
 pub struct Heads {
     pub streams: BTreeMap<String, Head>,
     pub categories: BTreeMap<String, CategoryCount>,
-    /// Streams changed since the last checkpoint.
-    pub dirty: BTreeSet<String>,
+    /// Streams changed since the last checkpoint (hashed: marking one is on the commit
+    /// path; the checkpoint thread sorts them).
+    pub dirty: HashSet<String, foldhash::fast::RandomState>,
     /// The checkpoint's heads files: whether a base (every stream) exists, and how many
     /// streams each delta file after it holds at most, oldest first.
     pub based: bool,
@@ -46,6 +47,20 @@ fn category<'a>(
         categories.insert(name.to_string(), CategoryCount::default());
     }
     categories.get_mut(name).expect("inserted above")
+}
+
+/// Heads files (each in id order, oldest first) and the heads changed after them (in any
+/// order) merged into one list in id order, the newest head of each stream winning.
+pub fn merge_heads(
+    files: impl IntoIterator<Item = Vec<(String, Head)>>,
+    mut changed: Vec<(String, Head)>,
+) -> Vec<(String, Head)> {
+    changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    files
+        .into_iter()
+        .chain([changed])
+        .reduce(|older, newer| merge_sorted(older, newer, stream_of))
+        .unwrap_or_default()
 }
 
 /// The stream id of a head in a list of them, the key they are sorted by.
@@ -80,7 +95,7 @@ pub fn merge_sorted<T>(older: Vec<T>, newer: Vec<T>, key: impl Fn(&T) -> &str) -
 pub const MAX_DELTAS: usize = 16;
 
 /// What a checkpoint writes of the heads: the heads changed since the last checkpoint (in
-/// id order), and which heads files the checkpoint thread merges them with.
+/// no order: the checkpoint thread sorts them), and which heads files it merges them with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadsWrite {
     /// Nothing changed: the files in force stay.
@@ -241,11 +256,7 @@ mod tests {
                 (files.len().saturating_sub(replaces).max(1), changed)
             }
         };
-        let merged = files
-            .drain(keep..)
-            .chain([changed])
-            .reduce(|older, newer| merge_sorted(older, newer, stream_of))
-            .unwrap_or_default();
+        let merged = merge_heads(files.drain(keep..).collect::<Vec<_>>(), changed);
         files.push(merged);
     }
 

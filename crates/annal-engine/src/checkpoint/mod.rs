@@ -15,7 +15,7 @@ use annal_core::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::heads::{merge_sorted, stream_of, Head, HeadsWrite};
+use crate::heads::{merge_heads, Head, HeadsWrite};
 use crate::index::{merge, IdFilter, MemTable, Run};
 use crate::layout::{heads_path, index_dir, run_path};
 use crate::shared::Shared;
@@ -142,19 +142,18 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// The heads of the files `files` (oldest first) and then `changed`, merged: the newest
-    /// head of each stream, in id order.
+    /// The heads of the files `files` (oldest first) and then `changed` (in any order),
+    /// merged: the newest head of each stream, in id order.
     fn merged_heads(
         &self,
         files: &[u64],
         changed: &[(String, Head)],
     ) -> Result<Vec<(String, Head)>> {
-        let mut merged = Vec::new();
-        for id in files {
-            let file = load_heads(self.shared.fs.as_ref(), &heads_path(&self.shared.dir, *id))?;
-            merged = merge_sorted(merged, file, stream_of);
-        }
-        Ok(merge_sorted(merged, changed.to_vec(), stream_of))
+        let loaded = files
+            .iter()
+            .map(|id| load_heads(self.shared.fs.as_ref(), &heads_path(&self.shared.dir, *id)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(merge_heads(loaded, changed.to_vec()))
     }
 
     /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),
