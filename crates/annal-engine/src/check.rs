@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use annal_core::{Error, RecordedEvent, Result};
 
-use crate::checkpoint::{load_heads, Manifest};
+use crate::checkpoint::{load_chain, Manifest};
 use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
-use crate::layout::{heads_path, run_path, segments_dir, snapshot_file_path, snapshots_dir};
+use crate::layout::{run_path, segments_dir, snapshot_file_path, snapshots_dir};
 use crate::log::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::log::{
     header_mismatches, intact_record_after, read_header, segment_files, tail_after, Next, Segment,
@@ -467,29 +467,17 @@ fn check_checkpoint(
             }
         }
     }
-    let mut stored = Heads::default();
-    let mut loaded = Ok(());
-    for id in &m.heads {
-        match load_heads(fs, &heads_path(dir, *id)) {
-            Ok(heads) => stored.streams.extend(heads),
-            Err(e) => {
-                loaded = Err(e);
-                break;
-            }
-        }
-    }
-    match loaded {
-        Ok(()) => {
+    match load_chain(fs, dir, &m.heads) {
+        Ok((stored, _)) => {
             if let Some(want) = heads_at_checkpoint {
-                if stored.streams != want.streams {
+                if stored != want.streams {
                     let differing = want
                         .streams
                         .iter()
-                        .find(|(id, h)| stored.streams.get(*id) != Some(h))
+                        .find(|(id, h)| stored.get(*id) != Some(h))
                         .map(|(id, _)| id.clone())
                         .or_else(|| {
                             stored
-                                .streams
                                 .keys()
                                 .find(|id| !want.streams.contains_key(*id))
                                 .cloned()

@@ -59,23 +59,19 @@ pub fn merge_heads(
     files
         .into_iter()
         .chain([changed])
-        .reduce(|older, newer| merge_sorted(older, newer, stream_of))
+        .reduce(merge_sorted)
         .unwrap_or_default()
 }
 
-/// The stream id of a head in a list of them, the key they are sorted by.
-pub fn stream_of(e: &(String, Head)) -> &str {
-    &e.0
-}
-
-/// Merges two lists sorted by `key` into one; where both hold a key, `newer`'s item wins.
-pub fn merge_sorted<T>(older: Vec<T>, newer: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
+/// Merges two lists of heads in id order into one; where both hold a stream, `newer`'s
+/// head wins.
+fn merge_sorted(older: Vec<(String, Head)>, newer: Vec<(String, Head)>) -> Vec<(String, Head)> {
     let mut out = Vec::with_capacity(older.len() + newer.len());
     let mut a = older.into_iter().peekable();
     let mut b = newer.into_iter().peekable();
     loop {
         let order = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) => key(x).cmp(key(y)),
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => return out,

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use annal_core::{Error, Result};
 use tracing::{info, warn};
 
-use crate::checkpoint::{load_heads, Manifest};
+use crate::checkpoint::{load_chain, Manifest};
 use crate::heads::Heads;
 use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
 use crate::layout::{
-    heads_name, heads_path, index_dir, is_manifest_tmp, parse_heads_name, parse_run_name, run_name,
-    run_path, segments_dir,
+    heads_name, index_dir, is_manifest_tmp, parse_heads_name, parse_run_name, run_name, run_path,
+    segments_dir,
 };
 use crate::log::format::{decode_batch, SEGMENT_HEADER_LEN};
 use crate::log::{
@@ -127,22 +127,17 @@ fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
     let Some(Some(manifest)) = usable("the checkpoint manifest", Manifest::load(fs, dir))? else {
         return Ok(None);
     };
-    let mut heads = Heads::default();
-    // The base builds the map whole from its sorted entries; each delta then replaces the
-    // heads it holds.
-    for (i, id) in manifest.heads.iter().enumerate() {
-        let Some(file) = usable("a stream heads file", load_heads(fs, &heads_path(dir, *id)))?
-        else {
-            return Ok(None);
-        };
-        if i == 0 {
-            heads.streams = file.into_iter().collect();
-            heads.based = true;
-        } else {
-            heads.deltas.push(file.len() as u64);
-            heads.streams.extend(file);
-        }
-    }
+    let Some((streams, deltas)) =
+        usable("a stream heads file", load_chain(fs, dir, &manifest.heads))?
+    else {
+        return Ok(None);
+    };
+    let mut heads = Heads {
+        streams,
+        based: !manifest.heads.is_empty(),
+        deltas,
+        ..Heads::default()
+    };
     heads.rebuild_categories();
     let mut runs = Vec::new();
     for id in &manifest.runs {

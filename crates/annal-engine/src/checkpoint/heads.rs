@@ -7,6 +7,7 @@
 //! stream id, u64 revision, u64 first position, u64 last position, i64 created at, i64 last
 //! written at; then a CRC32C of everything before.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use annal_core::Result;
@@ -14,6 +15,7 @@ use annal_core::Result;
 use super::codec::{checked, corrupt, read_all};
 use crate::heads::Head;
 use crate::io::Fs;
+use crate::layout::heads_path;
 
 const HEADS_MAGIC: &[u8; 8] = b"ANNALHDS";
 
@@ -38,6 +40,28 @@ pub fn encode_heads(heads: &[(String, Head)]) -> Vec<u8> {
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
+}
+
+/// The heads files `ids` of the store in `dir` (a base, then its deltas) laid over each
+/// other: every stream's newest head, and how many heads each delta holds.
+pub fn load_chain(
+    fs: &dyn Fs,
+    dir: &Path,
+    ids: &[u64],
+) -> Result<(BTreeMap<String, Head>, Vec<u64>)> {
+    let mut streams = BTreeMap::new();
+    let mut deltas = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let file = load_heads(fs, &heads_path(dir, *id))?;
+        if i == 0 {
+            // Built whole from its sorted entries, not one insertion at a time.
+            streams = file.into_iter().collect();
+        } else {
+            deltas.push(file.len() as u64);
+            streams.extend(file);
+        }
+    }
+    Ok((streams, deltas))
 }
 
 /// Reads a heads file: its streams' heads, in id order.

@@ -24,7 +24,7 @@ mod codec;
 pub mod heads;
 pub mod manifest;
 
-pub use heads::{encode_heads, load_heads};
+pub use heads::{encode_heads, load_chain, load_heads};
 pub use manifest::Manifest;
 
 /// A checkpoint to write: a frozen memtable and the stream heads at the same point.
