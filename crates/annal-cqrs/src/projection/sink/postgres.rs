@@ -52,8 +52,6 @@ pub(crate) struct Postgres {
 pub(crate) struct PgConn {
     client: Client,
     prepared: HashMap<Arc<str>, Statement>,
-    /// Per statement, its parameters' types if it can run inside a function.
-    plain: HashMap<Arc<str>, Option<Vec<Type>>>,
     /// Per set of statements, the call of their function over arrays
     /// ([`PgConn::run_function`]).
     runs: HashMap<String, Statement>,
@@ -103,7 +101,6 @@ impl Postgres {
         Ok(PgConn {
             client,
             prepared: HashMap::new(),
-            plain: HashMap::new(),
             runs: HashMap::new(),
             next_run: 0,
             in_transaction: false,
@@ -223,21 +220,21 @@ impl PgConn {
         let mut i = 0;
         while i < stmts.len() {
             // The longest run from `i` whose distinct statements fit one function.
-            let mut kinds: Vec<(Arc<str>, usize)> = Vec::new();
+            let mut kinds: Vec<(Arc<str>, Vec<Type>)> = Vec::new();
             let mut args = 1;
             let mut j = i;
             while let Some((sql, values)) = stmts.get(j) {
                 if !kinds.iter().any(|(s, _)| same(s, sql)) {
-                    let Some(width) = self.plain(sql).await? else {
+                    let Some(types) = self.plain(sql).await? else {
                         break;
                     };
-                    if args + width > MAX_ARGS {
+                    if args + types.len() > MAX_ARGS {
                         break;
                     }
-                    args += width;
-                    kinds.push((sql.clone(), width));
+                    args += types.len();
+                    kinds.push((sql.clone(), types));
                 }
-                let width = kinds.iter().find(|(s, _)| same(s, sql)).map(|k| k.1);
+                let width = kinds.iter().find(|(s, _)| same(s, sql)).map(|k| k.1.len());
                 if width != Some(values.len()) {
                     break;
                 }
@@ -251,13 +248,13 @@ impl PgConn {
                 i = end;
                 continue;
             }
-            kinds.sort();
+            kinds.sort_by(|a, b| a.0.cmp(&b.0));
             let call = self.run_function(&kinds).await?;
             let mut first = Vec::with_capacity(kinds.len());
             let mut width = 0;
-            for (_, w) in &kinds {
+            for (_, types) in &kinds {
                 first.push(width);
-                width += w;
+                width += types.len();
             }
             let mut ops = Vec::with_capacity(j - i);
             let mut columns = vec![Vec::new(); width];
@@ -291,13 +288,10 @@ impl PgConn {
         Ok(())
     }
 
-    /// The number of parameters of `sql` if it can run inside a function over arrays of
+    /// The types of the parameters of `sql` if it can run inside a function over arrays of
     /// them; `None` for one that returns rows, has no parameters, or has a parameter of a
     /// type outside `pg_catalog` (it is sent alone).
-    async fn plain(&mut self, sql: &Arc<str>) -> Result<Option<usize>, SinkError> {
-        if let Some(types) = self.plain.get(sql) {
-            return Ok(types.as_ref().map(Vec::len));
-        }
+    async fn plain(&mut self, sql: &str) -> Result<Option<Vec<Type>>, SinkError> {
         let stmt = self.prepare(sql).await?;
         let types = stmt.params();
         let plain = !types.is_empty()
@@ -305,22 +299,19 @@ impl PgConn {
             && types.iter().all(|t| {
                 t.schema() == "pg_catalog" && !t.name().starts_with('_') && t.name() != "unknown"
             });
-        if self.plain.len() >= 1024 {
-            self.plain.clear();
-        }
-        let types = plain.then(|| types.to_vec());
-        let width = types.as_ref().map(Vec::len);
-        self.plain.insert(sql.clone(), types);
-        Ok(width)
+        Ok(plain.then(|| types.to_vec()))
     }
 
     /// The call of a function of this session that runs a sequence of the statements
-    /// `kinds` (sorted, each [`PgConn::plain`]) in the order of an array of their numbers,
-    /// the n-th statement of a kind taking the n-th elements of that kind's arrays of
-    /// parameters. For `UPDATE t SET n = n + $2 WHERE id = $1` alone:
+    /// `kinds` (sorted, each [`PgConn::plain`], with its parameters' types) in the order of
+    /// an array of their numbers, the n-th statement of a kind taking the n-th elements of
+    /// that kind's arrays of parameters. For `UPDATE t SET n = n + $2 WHERE id = $1` alone:
     /// `FOR .. LOOP CASE annal_ops[annal_n] WHEN 1 THEN annal_i1 := annal_i1 + 1;
     /// UPDATE t SET n = n + annal_s1_p2[annal_i1] WHERE id = annal_s1_p1[annal_i1]; ..`.
-    async fn run_function(&mut self, kinds: &[(Arc<str>, usize)]) -> Result<Statement, SinkError> {
+    async fn run_function(
+        &mut self,
+        kinds: &[(Arc<str>, Vec<Type>)],
+    ) -> Result<Statement, SinkError> {
         let key = kinds
             .iter()
             .map(|(s, _)| &**s)
@@ -334,9 +325,8 @@ impl PgConn {
         let mut args = vec!["annal_ops int4[]".to_string()];
         let mut declare = String::new();
         let mut cases = String::new();
-        for (k, (sql, _)) in kinds.iter().enumerate() {
+        for (k, (sql, types)) in kinds.iter().enumerate() {
             let k = k + 1;
-            let types = self.plain.get(sql).cloned().flatten().unwrap_or_default();
             for (p, t) in types.iter().enumerate() {
                 args.push(format!("annal_s{k}_p{} {}[]", p + 1, t.name()));
             }
