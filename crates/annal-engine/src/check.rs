@@ -1,14 +1,14 @@
 //! Offline verification of a store folder, and offline iteration of its events. Neither
 //! changes anything on disk, so both are safe on a store that another process has open.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use annal_core::{Error, RecordedEvent, Result};
 
-use crate::checkpoint::{load_chain, Manifest};
-use crate::heads::Heads;
+use crate::checkpoint::Manifest;
+use crate::heads::{categories_of, next_head, open_chain, read_chain, Head};
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
 use crate::layout::{run_path, segments_dir, snapshot_file_path, snapshots_dir};
@@ -136,13 +136,11 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     let manifest = match Manifest::load(&fs, dir) {
         Ok(m) => m,
         // Derived data: the next open rebuilds a checkpoint of an older version.
-        Err(Error::UnsupportedFormat {
-            path,
-            found,
-            supported,
-        }) if found < supported => {
-            report.notes.push(format!(
-                "{path}: checkpoint version {found}, older than this build's {supported}; the next open rebuilds it from the log"
+        Err(e) if older(&e).is_some() => {
+            report.notes.push(older_note(
+                &e,
+                "checkpoint version",
+                "rebuilds it from the log",
             ));
             None
         }
@@ -152,8 +150,8 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
         }
     };
     let mut expected: HashMap<u8, Digest> = HashMap::new();
-    let mut heads_at_checkpoint: Option<Heads> = None;
-    let mut heads = Heads::default();
+    let mut heads_at_checkpoint: Option<BTreeMap<String, Head>> = None;
+    let mut heads: BTreeMap<String, Head> = BTreeMap::new();
     let mut revisions: HashMap<String, u64> = HashMap::new();
     let mut next_position = 0u64;
     let mut last_time = i64::MIN;
@@ -162,7 +160,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     let mut reader = SeqReader::new(segs.clone(), 0);
     let checkpoint_at = manifest.as_ref().map_or(0, |m| m.next_position);
     if checkpoint_at == 0 {
-        heads_at_checkpoint = Some(Heads::default());
+        heads_at_checkpoint = Some(BTreeMap::new());
     }
     let mut done_bytes = 0u64;
     loop {
@@ -276,7 +274,10 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                     } else {
                         revisions.insert(e.stream_id.to_string(), e.revision + 1);
                     }
-                    heads.apply_event(e);
+                    if !e.stream_id.is_empty() {
+                        let prior = heads.get(&*e.stream_id).copied();
+                        heads.insert(e.stream_id.to_string(), next_head(prior, e));
+                    }
                 }
                 if last < checkpoint_at {
                     for en in &entries {
@@ -401,13 +402,33 @@ fn check_snapshots(
     Ok(())
 }
 
+/// The file, version found and version read of a derived file older than this build reads.
+fn older(e: &Error) -> Option<(&str, u32, u32)> {
+    match e {
+        Error::UnsupportedFormat {
+            path,
+            found,
+            supported,
+        } if found < supported => Some((path, *found, *supported)),
+        _ => None,
+    }
+}
+
+/// The note for a derived file of an older version: `what` it is, what the next open does.
+fn older_note(e: &Error, what: &str, next_open: &str) -> String {
+    let (path, found, supported) = older(e).unwrap_or_default();
+    format!(
+        "{path}: {what} {found}, older than this build's {supported}; the next open {next_open}"
+    )
+}
+
 fn check_checkpoint(
     fs: &dyn Fs,
     dir: &Path,
     m: &Manifest,
     log_end_position: u64,
     expected: &HashMap<u8, Digest>,
-    heads_at_checkpoint: Option<Heads>,
+    heads_at_checkpoint: Option<BTreeMap<String, Head>>,
     report: &mut CheckReport,
 ) {
     if m.next_position > log_end_position {
@@ -421,12 +442,10 @@ fn check_checkpoint(
     for id in &m.runs {
         match Run::open(fs, &run_path(dir, *id), *id) {
             Ok(r) => runs.push(Arc::new(r)),
-            Err(Error::UnsupportedFormat {
-                path,
-                found,
-                supported,
-            }) if found < supported => report.notes.push(format!(
-                "{path}: index run of version {found}, older than this build's {supported}; the next open rebuilds the indexes from the log"
+            Err(e) if older(&e).is_some() => report.notes.push(older_note(
+                &e,
+                "index run of version",
+                "rebuilds the indexes from the log",
             )),
             Err(e) => report.problems.push(format!("index run {id}: {e}")),
         }
@@ -467,26 +486,45 @@ fn check_checkpoint(
             }
         }
     }
-    match load_chain(fs, dir, &m.heads) {
-        Ok((stored, _)) => {
-            if let Some(want) = heads_at_checkpoint {
-                if stored != want.streams {
-                    let differing = want
-                        .streams
-                        .iter()
-                        .find(|(id, h)| stored.get(*id) != Some(h))
-                        .map(|(id, _)| id.clone())
-                        .or_else(|| {
-                            stored
-                                .keys()
-                                .find(|id| !want.streams.contains_key(*id))
-                                .cloned()
-                        })
-                        .unwrap_or_default();
-                    report.problems.push(format!(
-                        "the stream heads files disagree with the log (first difference: stream '{differing}')"
-                    ));
-                }
+    let files = match open_chain(fs, dir, &m.heads) {
+        Ok(files) => files,
+        Err(e) if older(&e).is_some() => {
+            report.notes.push(older_note(
+                &e,
+                "stream heads file of version",
+                "rebuilds the checkpoint from the log",
+            ));
+            return;
+        }
+        Err(e) => {
+            report.problems.push(format!("stream heads: {e}"));
+            return;
+        }
+    };
+    match read_chain(&files) {
+        Ok(stored) => {
+            let Some(want) = heads_at_checkpoint else {
+                return;
+            };
+            if stored != want {
+                let differing = want
+                    .iter()
+                    .find(|(id, h)| stored.get(*id) != Some(h))
+                    .map(|(id, _)| id.clone())
+                    .or_else(|| stored.keys().find(|id| !want.contains_key(*id)).cloned())
+                    .unwrap_or_default();
+                report.problems.push(format!(
+                    "the stream heads files disagree with the log (first difference: stream '{differing}')"
+                ));
+            }
+            let categories: BTreeMap<_, _> = files
+                .last()
+                .map(|f| f.categories.iter().cloned().collect())
+                .unwrap_or_default();
+            if categories != categories_of(&want) {
+                report.problems.push(
+                    "the category counts of the stream heads files disagree with the log".into(),
+                );
             }
         }
         Err(e) => report.problems.push(format!("stream heads: {e}")),

@@ -31,6 +31,9 @@ pub struct Config {
     /// snapshots no longer kept (replaced, dropped or deleted) pass this many bytes and
     /// are at least the kept ones.
     pub snapshot_compact_after: u64,
+    /// Bytes of stream heads blocks read from the heads files kept in memory. Heads changed
+    /// since the last checkpoint are in memory besides, whatever this says.
+    pub head_cache_bytes: usize,
     /// The file system (the real one unless a test supplies another).
     pub fs: Arc<dyn Fs>,
 }
@@ -45,6 +48,7 @@ impl Default for Config {
             queue_depth: 4096,
             preallocate: 8 << 20,
             snapshot_compact_after: 16 << 20,
+            head_cache_bytes: 64 << 20,
             fs: Arc::new(StdFs),
         }
     }
@@ -81,6 +85,11 @@ impl Config {
     /// Dead snapshot bytes that make the snapshot file due for compaction.
     pub fn snapshot_compact_after(mut self, bytes: u64) -> Self {
         self.snapshot_compact_after = bytes;
+        self
+    }
+    /// Bytes of heads blocks cached (see [`Config::head_cache_bytes`]).
+    pub fn head_cache_bytes(mut self, bytes: usize) -> Self {
+        self.head_cache_bytes = bytes;
         self
     }
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {

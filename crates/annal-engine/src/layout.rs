@@ -5,7 +5,7 @@
 //!   LOCK                         an exclusive lock: one process at a time
 //!   manifest                     names the checkpoint in force (checkpoint/manifest.rs)
 //!   manifest.tmp                 a manifest being written, renamed over `manifest`
-//!   heads-<id, 16 hex>.snap      stream heads: a base and its deltas (checkpoint/heads.rs)
+//!   heads-<id, 16 hex>.snap      stream heads: a base and its deltas (heads/file.rs)
 //!   segments/<position, 20 digits>.seg
 //!                                the log, one file per segment, named by its first
 //!                                position (log/format.rs)

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use annal_core::{Error, Result};
 use tracing::{info, warn};
 
-use crate::checkpoint::{load_chain, Manifest};
-use crate::heads::Heads;
+use crate::checkpoint::Manifest;
+use crate::heads::{open_chain, Heads};
 use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
 use crate::layout::{
@@ -123,22 +123,14 @@ fn usable<T>(part: &str, read: Result<T>) -> Result<Option<T>> {
 
 /// Loads the checkpoint named by the manifest; `None` (after a warning) when any part of it
 /// is unusable, so that the store rebuilds it from the log.
-fn load_checkpoint(fs: &dyn Fs, dir: &Path) -> Result<Option<Checkpoint>> {
+fn load_checkpoint(fs: &dyn Fs, dir: &Path, cache_bytes: usize) -> Result<Option<Checkpoint>> {
     let Some(Some(manifest)) = usable("the checkpoint manifest", Manifest::load(fs, dir))? else {
         return Ok(None);
     };
-    let Some((streams, deltas)) =
-        usable("a stream heads file", load_chain(fs, dir, &manifest.heads))?
-    else {
+    let Some(files) = usable("a stream heads file", open_chain(fs, dir, &manifest.heads))? else {
         return Ok(None);
     };
-    let mut heads = Heads {
-        streams,
-        based: !manifest.heads.is_empty(),
-        deltas,
-        ..Heads::default()
-    };
-    heads.rebuild_categories();
+    let heads = Heads::open(files, cache_bytes);
     let mut runs = Vec::new();
     for id in &manifest.runs {
         let Some(run) = usable("an index run", Run::open(fs, &run_path(dir, *id), *id))? else {
@@ -178,14 +170,18 @@ fn remove_orphans(fs: &dyn Fs, dir: &Path, manifest: &Manifest) {
     }
 }
 
-/// Opens what is on disk (creating an empty store where there is none).
-pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
+/// Opens what is on disk (creating an empty store where there is none), with a heads cache
+/// of `cache_bytes`.
+pub(crate) fn recover(fs: &dyn Fs, dir: &Path, cache_bytes: usize) -> Result<Recovered> {
     for d in [dir.to_path_buf(), segments_dir(dir), index_dir(dir)] {
         fs.create_dir_all(&d)
             .map_err(|e| io_err("creating", &d, e))?;
     }
     let mut segments = open_segments(fs, dir)?;
-    let (mut manifest, mut heads, runs) = load_checkpoint(fs, dir)?.unwrap_or_default();
+    let (mut manifest, mut heads, runs) = match load_checkpoint(fs, dir, cache_bytes)? {
+        Some(c) => c,
+        None => (Manifest::default(), Heads::new(cache_bytes), Vec::new()),
+    };
     // New checkpoint files never reuse the name of one already on disk, whichever manifest
     // a crash leaves in force.
     manifest.next_file_id = manifest.next_file_id.max(next_free_file_id(fs, dir));
@@ -245,7 +241,7 @@ pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered> {
                 let at = first.recorded_at;
                 decoded_batch_entries(&mut entries, &events, offset);
                 for e in &events {
-                    heads.apply_event(e);
+                    heads.apply_event(e)?;
                 }
                 next_position = last + 1;
                 last_recorded_at = at.0;

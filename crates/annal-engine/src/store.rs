@@ -12,7 +12,7 @@ use annal_core::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::heads::{to_info, Heads};
+use crate::heads::{list, lookup, to_info, Heads};
 use crate::index::{key, Index, KIND_STREAM};
 use crate::io::Fs;
 use crate::layout::lock_path;
@@ -95,7 +95,7 @@ impl Store {
         fs.create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let lock = lock(fs.as_ref(), &dir)?;
-        let rec = recover(fs.as_ref(), &dir)?;
+        let rec = recover(fs.as_ref(), &dir, config.head_cache_bytes)?;
         let snapshots = crate::snapshots::open(fs.as_ref(), &dir)?;
         let index = Index::default();
         {
@@ -188,13 +188,7 @@ impl Store {
     /// heads hold only what is durable, so that stays true).
     fn check_snapshot(&self, snapshot: &NewSnapshot) -> Result<()> {
         validate::snapshot(snapshot, self.shared.config.max_event_size)?;
-        let last = self
-            .shared
-            .heads
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .info(&snapshot.stream_id)
-            .map(|i| i.revision);
+        let last = lookup(&self.shared.heads, &snapshot.stream_id)?.map(|h| h.revision);
         validate::snapshot_revision(snapshot, last)?;
         self.shared.check_poison()
     }
@@ -363,13 +357,7 @@ impl Store {
 
     /// The stream's first revision whose position is after `position`.
     fn stream_revision_after(&self, stream: &str, position: u64) -> Result<u64> {
-        let Some(h) = self
-            .shared
-            .heads
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .info(stream)
-        else {
+        let Some(h) = lookup(&self.shared.heads, stream)? else {
             return Ok(0);
         };
         if h.last_position <= position {
@@ -480,35 +468,24 @@ impl EventStore for Store {
 
     async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
         validate::stream_id(stream_id)?;
-        Ok(self
-            .shared
-            .heads
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .info(stream_id))
+        Ok(lookup(&self.shared.heads, stream_id)?.map(|h| to_info(stream_id, &h)))
     }
 
     async fn list_streams(&self, request: ListStreams) -> Result<Vec<StreamInfo>> {
-        let heads = self.shared.heads.read().unwrap_or_else(|e| e.into_inner());
         let limit = if request.limit == 0 {
             usize::MAX
         } else {
             request.limit
         };
         let start = match (&request.after, &request.prefix) {
-            (Some(a), Some(p)) if a < p => std::ops::Bound::Included(p.clone()),
-            (Some(a), _) => std::ops::Bound::Excluded(a.clone()),
-            (None, Some(p)) => std::ops::Bound::Included(p.clone()),
+            (Some(a), Some(p)) if a < p => std::ops::Bound::Included(p.as_str()),
+            (Some(a), _) => std::ops::Bound::Excluded(a.as_str()),
+            (None, Some(p)) => std::ops::Bound::Included(p.as_str()),
             (None, None) => std::ops::Bound::Unbounded,
         };
-        let prefix = request.prefix.unwrap_or_default();
-        Ok(heads
-            .streams
-            .range((start, std::ops::Bound::Unbounded))
-            .take_while(|(id, _)| id.starts_with(&prefix))
-            .take(limit)
-            .map(|(id, h)| to_info(id, h))
-            .collect())
+        let prefix = request.prefix.as_deref().unwrap_or_default();
+        let listed = list(&self.shared.heads, start, prefix, limit)?;
+        Ok(listed.iter().map(|(id, h)| to_info(id, h)).collect())
     }
 
     async fn list_categories(&self, request: ListCategories) -> Result<Vec<CategoryInfo>> {

@@ -369,9 +369,11 @@ fn step_strategy(extras: Extras) -> impl Strategy<Value = Step> {
 type Check = Result<(), String>;
 
 fn config() -> Config {
+    // A heads cache of a few blocks: most heads of checkpointed streams are read from disk.
     Config::default()
         .segment_size(SEGMENT_SIZE)
         .checkpoint_entries(CHECKPOINT_ENTRIES)
+        .head_cache_bytes(4096)
 }
 
 /// Where the engine keeps its files.

@@ -162,6 +162,17 @@ fn assert_refused(dir: &std::path::Path, config: annal_engine::Config, found: u3
     assert!(refused, "{err:?}");
 }
 
+/// `annal check` finds no problem in the store and a note that says `note`.
+fn assert_noted(dir: &std::path::Path, note: &str) {
+    let report = annal_engine::check::check(dir, &mut |_, _| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        report.notes.iter().any(|n| n.contains(note)),
+        "{:?}",
+        report.notes
+    );
+}
+
 /// Sets the version field of the store's manifest (and its checksum).
 fn set_manifest_version(dir: &std::path::Path, version: u32) {
     let path = dir.join("manifest");
@@ -180,16 +191,7 @@ async fn a_checkpoint_of_an_older_version_is_rebuilt_and_a_newer_one_refused() {
     let (dir, config, before) = filled_store().await;
     set_manifest_version(dir.path(), 1);
     // `annal check` says so, and finds nothing wrong.
-    let report = annal_engine::check::check(dir.path(), &mut |_, _| {}).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("checkpoint version 1")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(dir.path(), "checkpoint version 1");
     let store = Store::open_with(dir.path(), config.clone()).unwrap();
     assert_eq!(store.read_to_vec(ReadRequest::all()).await.unwrap(), before);
     check_filled(&store).await;
@@ -260,6 +262,48 @@ async fn index_runs_of_an_older_version_are_rebuilt_from_the_log_and_a_newer_one
 
     assert!(set_run_versions(dir.path(), 4) > 0);
     assert_refused(dir.path(), config, 4, 3);
+}
+
+/// Sets the version field of every stream heads file in the store and returns their count.
+fn set_heads_versions(dir: &std::path::Path, version: u32) -> usize {
+    let mut n = 0;
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("heads-")
+        {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Version 1 heads files were one list read whole: `annal check` notes them, the store
+/// rebuilds them from the log, and heads files of a newer version are refused.
+#[tokio::test]
+async fn heads_files_of_an_older_version_are_rebuilt_and_a_newer_one_refused() {
+    let (dir, config, before) = filled_store().await;
+    assert!(set_heads_versions(dir.path(), 1) > 0);
+    assert_noted(dir.path(), "heads file of version 1");
+    let store = Store::open_with(dir.path(), config.clone()).unwrap();
+    assert_eq!(store.read_to_vec(ReadRequest::all()).await.unwrap(), before);
+    check_filled(&store).await;
+    store.close().unwrap();
+    let report = annal_engine::check::check(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(
+        report.problems.is_empty() && report.notes.is_empty(),
+        "{report:?}"
+    );
+
+    assert!(set_heads_versions(dir.path(), 3) > 0);
+    assert_refused(dir.path(), config, 3, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
-//! What the manifest and the heads files share: whole files written durably, read back
-//! and checked (magic, format version, trailing CRC32C), and a reader of their fields.
+//! The manifest's file handling: a whole file written durably, read back and checked
+//! (magic, format version, trailing CRC32C), and a reader of its fields.
 
 use std::path::Path;
 
@@ -91,10 +91,6 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// The file offset of the next field.
-    pub fn offset(&self) -> u64 {
-        self.at
-    }
     pub fn take(&mut self, n: usize) -> Result<&[u8]> {
         if self.b.len() < n {
             return Err(corrupt(
@@ -117,10 +113,5 @@ impl Reader<'_> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
-    }
-    pub fn u16(&mut self) -> Result<u16> {
-        let mut a = [0u8; 2];
-        a.copy_from_slice(self.take(2)?);
-        Ok(u16::from_le_bytes(a))
     }
 }

@@ -1,7 +1,7 @@
 //! Checkpoints: what lets a large store reopen without replaying its whole log.
 //!
-//! A checkpoint is the index runs, the stream heads (`heads.rs`: a base of every stream and
-//! deltas of what changed after it), and the manifest that names them together with the log
+//! A checkpoint is the index runs, the stream heads (`crate::heads`: a base of every stream
+//! and deltas of what changed after it), and the manifest that names them together with the log
 //! position and offset they cover (`manifest.rs`). Everything a checkpoint holds is derived from the log: when one is
 //! missing, damaged or of an older version, the store rebuilds it from the log.
 //!
@@ -15,16 +15,14 @@ use annal_core::{Error, Result};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::heads::{merge_heads, Head, HeadsWrite};
+use crate::heads::{write_merged, HeadsWrite};
 use crate::index::{merge, IdFilter, MemTable, Run};
 use crate::layout::{heads_path, index_dir, run_path};
 use crate::shared::Shared;
 
 mod codec;
-pub mod heads;
 pub mod manifest;
 
-pub use heads::{encode_heads, load_chain, load_heads};
 pub use manifest::Manifest;
 
 /// A checkpoint to write: a frozen memtable and the stream heads at the same point.
@@ -101,6 +99,7 @@ impl Checkpointer {
             fs.sync_dir(&index_dir(&dir))
                 .map_err(|e| Error::io("syncing the index folder", e))?;
             let mut heads = self.manifest.heads.clone();
+            let mut installed = None;
             let merge = match &job.heads {
                 HeadsWrite::Unchanged => None,
                 HeadsWrite::Base(changed) => Some((0, changed)),
@@ -110,14 +109,14 @@ impl Checkpointer {
                 }
             };
             if let Some((keep, changed)) = merge {
-                let merged = self.merged_heads(&heads[keep.min(heads.len())..], changed)?;
-                codec::write_all(
-                    fs.as_ref(),
-                    &heads_path(&dir, heads_id),
-                    &encode_heads(&merged),
-                )?;
+                let older = {
+                    let h = self.shared.heads.read().unwrap_or_else(|e| e.into_inner());
+                    h.files()[keep.min(h.files().len())..].to_vec()
+                };
+                let file = write_merged(fs.as_ref(), &dir, heads_id, &older, changed)?;
                 heads.truncate(keep);
                 heads.push(heads_id);
+                installed = Some((keep, Arc::new(file)));
             }
             let mut manifest = Manifest {
                 next_position: job.next_position,
@@ -129,10 +128,16 @@ impl Checkpointer {
             };
             manifest.runs.push(run_id);
             manifest.store(fs.as_ref(), &dir)?;
-            Ok::<_, Error>((run, manifest))
+            Ok::<_, Error>((run, manifest, installed))
         })();
-        let (run, manifest) = written?;
+        let (run, manifest, installed) = written?;
         self.shared.index.install(Arc::new(run), ids.is_some());
+        if let Some((keep, file)) = installed {
+            let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
+            heads.install(keep, file);
+            metrics::gauge!("annal_streams").set(heads.stream_count() as f64);
+            metrics::gauge!("annal_stream_heads_memory_bytes").set(heads.memory() as f64);
+        }
         for old in &self.manifest.heads {
             if !manifest.heads.contains(old) {
                 let _ = fs.remove(&heads_path(&dir, *old));
@@ -140,20 +145,6 @@ impl Checkpointer {
         }
         self.manifest = manifest;
         Ok(())
-    }
-
-    /// The heads of the files `files` (oldest first) and then `changed` (in any order),
-    /// merged: the newest head of each stream, in id order.
-    fn merged_heads(
-        &self,
-        files: &[u64],
-        changed: &[(String, Head)],
-    ) -> Result<Vec<(String, Head)>> {
-        let loaded = files
-            .iter()
-            .map(|id| load_heads(self.shared.fs.as_ref(), &heads_path(&self.shared.dir, *id)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(merge_heads(loaded, changed.to_vec()))
     }
 
     /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),

@@ -74,9 +74,12 @@ pub struct RunFilter {
 impl RunFilter {
     /// An empty filter for `ids` ids.
     pub fn with_capacity(ids: u64) -> RunFilter {
-        let blocks = (ids * RUN_BITS_PER_ID)
-            .div_ceil(64 * BLOCK_WORDS as u64)
-            .max(1) as usize;
+        RunFilter::with_bits(ids, RUN_BITS_PER_ID)
+    }
+
+    /// An empty filter for `keys` keys at `bits` bits each.
+    pub fn with_bits(keys: u64, bits: u64) -> RunFilter {
+        let blocks = (keys * bits).div_ceil(64 * BLOCK_WORDS as u64).max(1) as usize;
         RunFilter {
             words: vec![0u64; blocks * BLOCK_WORDS],
             blocks,

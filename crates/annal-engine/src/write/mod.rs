@@ -28,6 +28,7 @@ use std::sync::Arc;
 use annal_core::{AppendRequest, AppendResult, Result, Text};
 use tokio::sync::oneshot;
 
+use crate::heads::Head;
 use crate::index::Entry;
 use crate::log::Segment;
 
@@ -58,14 +59,13 @@ pub(crate) struct Checked {
     pub found: Option<u64>,
 }
 
-/// A stream's events of one accepted request, for the stream heads: stream, first revision,
-/// event count, first and last position.
+/// A stream's events of one accepted request, for the stream heads: the stream's new head,
+/// how many events it gained, and whether it is new.
 pub(crate) struct HeadUpdate {
     pub stream: Text,
-    pub first_revision: u64,
+    pub head: Head,
     pub count: u64,
-    pub first_position: u64,
-    pub last_position: u64,
+    pub new: bool,
 }
 
 /// A group written to the log, waiting for its sync.
@@ -80,7 +80,6 @@ pub(crate) struct Written {
     pub last_ts: i64,
     pub entries: Vec<Entry>,
     pub updates: Vec<HeadUpdate>,
-    pub recorded_at: i64,
     pub replies: Vec<(Reply, Result<AppendResult>)>,
     pub checkpoints: Vec<oneshot::Sender<Result<()>>>,
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc as std_mpsc, Arc};
 
-use annal_core::{Error, Result, Timestamp};
+use annal_core::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Command, Written};
@@ -144,14 +144,7 @@ impl Syncer {
                     .store(g.next_position, Ordering::Release);
                 let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
                 for u in g.updates {
-                    heads.apply(
-                        &u.stream,
-                        u.first_revision,
-                        u.count,
-                        u.first_position,
-                        u.last_position,
-                        Timestamp(g.recorded_at),
-                    );
+                    heads.apply(&u.stream, u.head, u.count, u.new);
                 }
             }
             self.shared.synced_group.store(g.seq, Ordering::Release);

@@ -15,7 +15,7 @@ use tracing::debug;
 use super::pending::Pending;
 use super::prealloc::Filler;
 use super::{Checked, Command, HeadUpdate, Written};
-use crate::heads::Head;
+use crate::heads::{lookup, Head};
 use crate::index::{batch_entries, key, stream_entries, stream_keys, KIND_ID};
 use crate::log::format::{encode_batch, BatchStream, SEGMENT_HEADER_LEN};
 use crate::log::{create_segment, Segment};
@@ -157,7 +157,6 @@ impl Writer {
             last_ts: self.last_ts,
             entries: Vec::new(),
             updates: Vec::new(),
-            recorded_at: ts,
             replies: Vec::with_capacity(appends.len()),
             checkpoints,
         };
@@ -244,16 +243,11 @@ impl Writer {
     }
 
     /// The stream's head, as the writer sees it: pending groups first.
-    fn current(&self, stream: &str) -> Option<Head> {
-        self.pending.head(stream).or_else(|| {
-            self.shared
-                .heads
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .streams
-                .get(stream)
-                .copied()
-        })
+    fn current(&self, stream: &str) -> Result<Option<Head>> {
+        match self.pending.head(stream) {
+            Some(h) => Ok(Some(h)),
+            None => lookup(&self.shared.heads, stream),
+        }
     }
 
     /// Checks a request and, when it passes, encodes it into the buffer.
@@ -270,7 +264,7 @@ impl Writer {
             return Ok(result);
         }
         for s in &req.streams {
-            let actual = self.current(&s.stream_id).map(|h| h.revision);
+            let actual = self.current(&s.stream_id)?.map(|h| h.revision);
             if !s.expected.accepts(actual) {
                 return Err(Error::WrongExpectedRevision {
                     stream: s.stream_id.to_string(),
@@ -297,7 +291,7 @@ impl Writer {
         // check_ids left the keys of this request's event ids in `id_keys`, in event order.
         let mut id_keys = &self.id_keys[..];
         for s in &req.streams {
-            let prev = self.current(&s.stream_id);
+            let prev = self.current(&s.stream_id)?;
             let first_revision = prev.map_or(0, |h| h.revision + 1);
             let count = s.events.len() as u64;
             let (keys, rest) = id_keys.split_at(s.events.len());
@@ -324,10 +318,9 @@ impl Writer {
                 self.pending.set_head(&s.stream_id, head, w.seq);
                 w.updates.push(HeadUpdate {
                     stream: s.stream_id.clone(),
-                    first_revision,
+                    head,
                     count,
-                    first_position: position,
-                    last_position: last,
+                    new: prev.is_none(),
                 });
             }
             results.push(StreamAppendResult {

@@ -1,0 +1,669 @@
+//! A heads file (`heads-<id>.snap`): stream heads at a checkpoint, sorted by stream id in
+//! blocks, so that a head is found by reading one block and the store never holds every
+//! head in memory. The manifest names a base, which holds every stream, and the deltas after
+//! it, each holding the streams changed since the file before it (see
+//! `Heads::take_checkpoint`); a stream's head is the one in the newest file that has it.
+//!
+//! | part    | bytes                                                                   |
+//! |---------|-------------------------------------------------------------------------|
+//! | header  | magic `ANNALHDS`, u32 format version                                    |
+//! | blocks  | per block: u32 count, then per head (in id order) str16 stream id, u64 revision, u64 first position, u64 last position, i64 created at, i64 last written at; then a CRC32C of the block |
+//! | footer  | u64 streams; u32 categories, per category str16 name, u64 streams, u64 events; u32 blocks, per block u64 offset, u32 length, str16 first stream id; u32 filter words, the words |
+//! | trailer | u64 footer offset, u32 CRC32C of the footer                             |
+//!
+//! Opening a file reads only its footer: the fences (each block's first id) and a Bloom
+//! filter over its stream ids ([`BITS_PER_STREAM`] bits each), so that a stream the file
+//! does not hold costs no read. Blocks are read through the [`BlockCache`].
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use annal_core::{Error, Result};
+
+use super::cache::BlockCache;
+use super::{CategoryCount, Head};
+use crate::index::filter::{holds, RunFilter};
+use crate::io::{FileRef, Fs};
+
+const MAGIC: &[u8; 8] = b"ANNALHDS";
+const HEADER_LEN: u64 = 12;
+const TRAILER_LEN: u64 = 12;
+/// A block is closed once it holds this many bytes.
+const BLOCK_BYTES: usize = 4096;
+/// Bytes of a head after its id.
+const HEAD_BYTES: usize = 40;
+/// Bytes written out at once.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// The version of heads files this build writes and reads. Version 1 was one sorted list
+/// read whole.
+pub const HEADS_VERSION: u32 = 2;
+
+/// Filter bits per stream: about one stream in a hundred that a file does not hold reads a
+/// block of it.
+pub const BITS_PER_STREAM: u64 = 10;
+
+/// The filter key of a stream id.
+pub fn stream_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: path.display().to_string(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+fn io(op: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("{op} {}", path.display()), e)
+}
+
+/// One block of heads, decoded: ids laid end to end, where each ends, and the heads.
+#[derive(Debug, Default)]
+pub struct Block {
+    ids: String,
+    ends: Vec<u32>,
+    heads: Vec<Head>,
+}
+
+impl Block {
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn id(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.ids[start..self.ends[i] as usize]
+    }
+
+    pub fn head(&self, i: usize) -> Head {
+        self.heads[i]
+    }
+
+    /// The first entry whose id is at or after `id`.
+    fn lower_bound(&self, id: &str) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.id(mid) < id {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    pub fn find(&self, id: &str) -> Option<Head> {
+        let i = self.lower_bound(id);
+        (i < self.len() && self.id(i) == id).then(|| self.heads[i])
+    }
+
+    /// Memory held, for the cache's bound.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Block>()
+            + self.ids.capacity()
+            + self.ends.capacity() * 4
+            + self.heads.capacity() * std::mem::size_of::<Head>()
+    }
+
+    /// Decodes a block read at `offset` of `path`, checking its CRC.
+    fn decode(path: &Path, offset: u64, b: &[u8]) -> Result<Block> {
+        if b.len() < 8 {
+            return Err(corrupt(path, offset, "a heads block is too short"));
+        }
+        let (body, crc) = b.split_at(b.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(corrupt(path, offset, "heads block checksum mismatch"));
+        }
+        let n = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
+        let mut block = Block {
+            ids: String::new(),
+            ends: Vec::with_capacity(n),
+            heads: Vec::with_capacity(n),
+        };
+        let mut ids = Vec::with_capacity(body.len());
+        let mut at = 4;
+        let short = || corrupt(path, offset, "a heads block ends early");
+        for _ in 0..n {
+            let len = u16::from_le_bytes(
+                body.get(at..at + 2)
+                    .ok_or_else(short)?
+                    .try_into()
+                    .expect("2"),
+            ) as usize;
+            at += 2;
+            ids.extend_from_slice(body.get(at..at + len).ok_or_else(short)?);
+            at += len;
+            let f = body.get(at..at + HEAD_BYTES).ok_or_else(short)?;
+            let word = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().expect("8"));
+            block.heads.push(Head {
+                revision: word(0),
+                first_position: word(1),
+                last_position: word(2),
+                created_at: word(3) as i64,
+                last_written_at: word(4) as i64,
+            });
+            at += HEAD_BYTES;
+            block.ends.push(ids.len() as u32);
+        }
+        block.ids = String::from_utf8(ids)
+            .map_err(|_| corrupt(path, offset, "a stream id is not UTF-8"))?;
+        if (1..block.len()).any(|i| block.id(i - 1) >= block.id(i)) {
+            return Err(corrupt(path, offset, "heads block out of order"));
+        }
+        Ok(block)
+    }
+}
+
+/// An open heads file: its footer in memory, its blocks on disk.
+pub struct HeadsFile {
+    pub id: u64,
+    path: PathBuf,
+    file: FileRef,
+    /// Streams the file holds.
+    pub streams: u64,
+    /// Every category's counts at the checkpoint that wrote the file.
+    pub categories: Vec<(String, CategoryCount)>,
+    /// Each block's first stream id, laid end to end, and where each ends.
+    fence_ids: String,
+    fence_ends: Vec<u32>,
+    /// Each block's offset and length.
+    blocks: Vec<(u64, u32)>,
+    filter: Vec<u64>,
+}
+
+impl std::fmt::Debug for HeadsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadsFile")
+            .field("id", &self.id)
+            .field("streams", &self.streams)
+            .field("blocks", &self.blocks.len())
+            .finish()
+    }
+}
+
+impl HeadsFile {
+    /// Opens a heads file, reading its header and footer.
+    pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<HeadsFile> {
+        let file = fs.open(path).map_err(|e| io("opening", path, e))?;
+        let len = file.len().map_err(|e| io("reading", path, e))?;
+        if len < HEADER_LEN + TRAILER_LEN {
+            return Err(corrupt(
+                path,
+                0,
+                format!("{len} bytes are too few for a heads file"),
+            ));
+        }
+        let mut header = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| io("reading", path, e))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt(path, 0, "bad magic"));
+        }
+        let version = u32::from_le_bytes(header[8..12].try_into().expect("4"));
+        if version != HEADS_VERSION {
+            return Err(Error::UnsupportedFormat {
+                path: path.display().to_string(),
+                found: version,
+                supported: HEADS_VERSION,
+            });
+        }
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        file.read_exact_at(&mut trailer, len - TRAILER_LEN)
+            .map_err(|e| io("reading", path, e))?;
+        let footer_at = u64::from_le_bytes(trailer[..8].try_into().expect("8"));
+        let crc = u32::from_le_bytes(trailer[8..].try_into().expect("4"));
+        if footer_at < HEADER_LEN || footer_at > len - TRAILER_LEN {
+            return Err(corrupt(
+                path,
+                len - TRAILER_LEN,
+                "footer offset out of range",
+            ));
+        }
+        let mut footer = vec![0u8; (len - TRAILER_LEN - footer_at) as usize];
+        file.read_exact_at(&mut footer, footer_at)
+            .map_err(|e| io("reading", path, e))?;
+        if crc32c::crc32c(&footer) != crc {
+            return Err(corrupt(path, footer_at, "heads footer checksum mismatch"));
+        }
+        let mut r = Fields {
+            b: &footer,
+            at: 0,
+            base: footer_at,
+            path,
+        };
+        let streams = r.u64()?;
+        let mut categories = Vec::new();
+        for _ in 0..r.u32()? {
+            let name = r.str16()?;
+            categories.push((
+                name,
+                CategoryCount {
+                    streams: r.u64()?,
+                    events: r.u64()?,
+                },
+            ));
+        }
+        let n = r.u32()? as usize;
+        let mut blocks = Vec::with_capacity(n);
+        let mut fence_ids = String::new();
+        let mut fence_ends = Vec::with_capacity(n);
+        for _ in 0..n {
+            let offset = r.u64()?;
+            let blen = r.u32()?;
+            if offset < HEADER_LEN || offset + u64::from(blen) > footer_at {
+                return Err(corrupt(path, r.offset(), "block out of range"));
+            }
+            blocks.push((offset, blen));
+            fence_ids.push_str(&r.str16()?);
+            fence_ends.push(fence_ids.len() as u32);
+        }
+        let words = r.u32()? as usize;
+        let mut filter = Vec::with_capacity(words);
+        for _ in 0..words {
+            filter.push(r.u64()?);
+        }
+        if words == 0 || !words.is_multiple_of(crate::index::filter::BLOCK_WORDS) {
+            return Err(corrupt(path, r.offset(), "bad filter size"));
+        }
+        Ok(HeadsFile {
+            id,
+            path: path.to_path_buf(),
+            file,
+            streams,
+            categories,
+            fence_ids,
+            fence_ends,
+            blocks,
+            filter,
+        })
+    }
+
+    fn fence(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.fence_ends[i - 1] as usize
+        };
+        &self.fence_ids[start..self.fence_ends[i] as usize]
+    }
+
+    /// The block that would hold `id`: the last whose first id is at or before it.
+    fn block_for(&self, id: &str) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.blocks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.fence(mid) <= id {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+
+    /// Memory held by the footer.
+    pub fn bytes(&self) -> usize {
+        self.fence_ids.capacity()
+            + self.fence_ends.capacity() * 4
+            + self.blocks.capacity() * 16
+            + self.filter.capacity() * 8
+    }
+
+    /// Reads block `i` from disk.
+    fn read_block(&self, i: usize) -> Result<Block> {
+        let (offset, len) = self.blocks[i];
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io("reading", &self.path, e))?;
+        Block::decode(&self.path, offset, &buf)
+    }
+
+    /// The head of `id` (`hash` is its [`stream_hash`]), if this file holds it.
+    pub fn get(&self, id: &str, hash: u64, cache: &BlockCache) -> Result<Option<Head>> {
+        if !holds(&self.filter, hash) {
+            return Ok(None);
+        }
+        let Some(b) = self.block_for(id) else {
+            return Ok(None);
+        };
+        let block = match cache.get(self.id, b) {
+            Some(block) => block,
+            None => cache.insert(self.id, b, Arc::new(self.read_block(b)?)),
+        };
+        Ok(block.find(id))
+    }
+
+    /// The heads from `from` on, in id order, read block by block (past the cache).
+    pub fn scan(self: &Arc<Self>, from: Bound<&str>) -> Scan {
+        let first = match from {
+            Bound::Unbounded => 0,
+            Bound::Included(id) | Bound::Excluded(id) => self.block_for(id).unwrap_or(0),
+        };
+        Scan {
+            file: self.clone(),
+            next_block: first,
+            block: Block::default(),
+            at: 0,
+            from: match from {
+                Bound::Unbounded => Bound::Unbounded,
+                Bound::Included(id) => Bound::Included(id.to_string()),
+                Bound::Excluded(id) => Bound::Excluded(id.to_string()),
+            },
+        }
+    }
+}
+
+/// The heads of a file in id order, from a bound on.
+pub struct Scan {
+    file: Arc<HeadsFile>,
+    next_block: usize,
+    block: Block,
+    at: usize,
+    from: Bound<String>,
+}
+
+impl Iterator for Scan {
+    type Item = Result<(String, Head)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.at >= self.block.len() {
+            if self.next_block >= self.file.blocks.len() {
+                return None;
+            }
+            match self.file.read_block(self.next_block) {
+                Ok(b) => self.block = b,
+                Err(e) => {
+                    self.next_block = self.file.blocks.len();
+                    return Some(Err(e));
+                }
+            }
+            self.next_block += 1;
+            self.at = match &self.from {
+                Bound::Unbounded => 0,
+                Bound::Included(id) => self.block.lower_bound(id),
+                Bound::Excluded(id) => {
+                    let i = self.block.lower_bound(id);
+                    i + usize::from(i < self.block.len() && self.block.id(i) == id)
+                }
+            };
+        }
+        let i = self.at;
+        self.at += 1;
+        Some(Ok((self.block.id(i).to_string(), self.block.head(i))))
+    }
+}
+
+/// Reads the footer's fields, naming the file offset of one that is cut short.
+struct Fields<'a> {
+    b: &'a [u8],
+    at: usize,
+    base: u64,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn offset(&self) -> u64 {
+        self.base + self.at as u64
+    }
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let Some(s) = self.b.get(self.at..self.at + n) else {
+            return Err(corrupt(self.path, self.offset(), "heads footer ends early"));
+        };
+        self.at += n;
+        Ok(s)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn str16(&mut self) -> Result<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
+        let at = self.offset();
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| corrupt(self.path, at, "a name is not UTF-8"))
+    }
+}
+
+fn put_str16(b: &mut Vec<u8>, s: &str) {
+    b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Writes a heads file from heads given in id order.
+pub struct HeadsWriter {
+    path: PathBuf,
+    file: FileRef,
+    /// Bytes not yet written, from file offset `written`.
+    out: Vec<u8>,
+    written: u64,
+    /// The open block: its bytes and count.
+    block: Vec<u8>,
+    in_block: u32,
+    first_of_block: String,
+    last: Option<String>,
+    fences: Vec<(u64, u32, String)>,
+    filter: RunFilter,
+    streams: u64,
+}
+
+impl HeadsWriter {
+    /// Creates the file, with a filter sized for at most `streams` heads.
+    pub fn create(fs: &dyn Fs, path: &Path, streams: u64) -> Result<HeadsWriter> {
+        let file = fs.create(path).map_err(|e| io("creating", path, e))?;
+        let mut out = Vec::with_capacity(WRITE_CHUNK + BLOCK_BYTES * 2);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&HEADS_VERSION.to_le_bytes());
+        Ok(HeadsWriter {
+            path: path.to_path_buf(),
+            file,
+            out,
+            written: 0,
+            block: Vec::with_capacity(BLOCK_BYTES * 2),
+            in_block: 0,
+            first_of_block: String::new(),
+            last: None,
+            fences: Vec::new(),
+            filter: RunFilter::with_bits(streams.max(1), BITS_PER_STREAM),
+            streams: 0,
+        })
+    }
+
+    /// Adds the next head; ids must increase.
+    pub fn push(&mut self, id: &str, h: &Head) -> Result<()> {
+        if self.last.as_deref().is_some_and(|l| l >= id) {
+            return Err(Error::Internal(format!(
+                "heads written out of order: '{id}' after '{}'",
+                self.last.as_deref().unwrap_or_default()
+            )));
+        }
+        if self.in_block == 0 {
+            self.first_of_block.clear();
+            self.first_of_block.push_str(id);
+            self.block.clear();
+            self.block.extend_from_slice(&0u32.to_le_bytes());
+        }
+        put_str16(&mut self.block, id);
+        for w in [
+            h.revision,
+            h.first_position,
+            h.last_position,
+            h.created_at as u64,
+            h.last_written_at as u64,
+        ] {
+            self.block.extend_from_slice(&w.to_le_bytes());
+        }
+        self.in_block += 1;
+        self.filter.add_all(&[stream_hash(id)]);
+        self.streams += 1;
+        match &mut self.last {
+            Some(l) => {
+                l.clear();
+                l.push_str(id);
+            }
+            None => self.last = Some(id.to_string()),
+        }
+        if self.block.len() >= BLOCK_BYTES {
+            self.close_block()?;
+        }
+        Ok(())
+    }
+
+    fn close_block(&mut self) -> Result<()> {
+        if self.in_block == 0 {
+            return Ok(());
+        }
+        self.block[..4].copy_from_slice(&self.in_block.to_le_bytes());
+        let crc = crc32c::crc32c(&self.block);
+        self.block.extend_from_slice(&crc.to_le_bytes());
+        let offset = self.written + self.out.len() as u64;
+        self.fences.push((
+            offset,
+            self.block.len() as u32,
+            std::mem::take(&mut self.first_of_block),
+        ));
+        self.out.extend_from_slice(&self.block);
+        self.in_block = 0;
+        if self.out.len() >= WRITE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&self.out, self.written)
+            .map_err(|e| io("writing", &self.path, e))?;
+        self.written += self.out.len() as u64;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Writes the footer with `categories` and makes the file durable (the caller syncs
+    /// the folder). Returns the number of heads written.
+    pub fn finish(mut self, categories: &BTreeMap<String, CategoryCount>) -> Result<u64> {
+        self.close_block()?;
+        let footer_at = self.written + self.out.len() as u64;
+        let mut f = Vec::with_capacity(64 + self.fences.len() * 32 + self.filter.words.len() * 8);
+        f.extend_from_slice(&self.streams.to_le_bytes());
+        f.extend_from_slice(&(categories.len() as u32).to_le_bytes());
+        for (name, c) in categories {
+            put_str16(&mut f, name);
+            f.extend_from_slice(&c.streams.to_le_bytes());
+            f.extend_from_slice(&c.events.to_le_bytes());
+        }
+        f.extend_from_slice(&(self.fences.len() as u32).to_le_bytes());
+        for (offset, len, first) in &self.fences {
+            f.extend_from_slice(&offset.to_le_bytes());
+            f.extend_from_slice(&len.to_le_bytes());
+            put_str16(&mut f, first);
+        }
+        f.extend_from_slice(&(self.filter.words.len() as u32).to_le_bytes());
+        for w in &self.filter.words {
+            f.extend_from_slice(&w.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&f);
+        self.out.extend_from_slice(&f);
+        self.out.extend_from_slice(&footer_at.to_le_bytes());
+        self.out.extend_from_slice(&crc.to_le_bytes());
+        self.flush()?;
+        self.file
+            .sync_data()
+            .map_err(|e| io("syncing", &self.path, e))?;
+        Ok(self.streams)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::sim::SimFs;
+
+    fn head(i: u64) -> Head {
+        Head {
+            revision: i,
+            first_position: i * 10,
+            last_position: i * 10 + i,
+            created_at: i as i64,
+            last_written_at: i as i64 + 1,
+        }
+    }
+
+    #[test]
+    fn a_file_finds_every_head_it_holds_scans_in_order_and_refuses_damage() {
+        let fs = SimFs::new();
+        let p = Path::new("/s/heads.snap");
+        let ids: Vec<String> = (0..3000).map(|i| format!("account-{i:05}")).collect();
+        let mut w = HeadsWriter::create(&fs, p, ids.len() as u64).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            w.push(id, &head(i as u64)).unwrap();
+        }
+        assert!(
+            w.push("account-0", &head(0)).is_err(),
+            "out of order is refused"
+        );
+        let mut cats = BTreeMap::new();
+        cats.insert(
+            "account".to_string(),
+            CategoryCount {
+                streams: 3000,
+                events: 7,
+            },
+        );
+        assert_eq!(w.finish(&cats).unwrap(), 3000);
+        let f = Arc::new(HeadsFile::open(&fs, p, 1).unwrap());
+        assert!(f.blocks.len() > 10, "{} blocks", f.blocks.len());
+        assert_eq!(f.categories, vec![("account".to_string(), cats["account"])]);
+        let cache = BlockCache::new(1 << 20);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                f.get(id, stream_hash(id), &cache).unwrap(),
+                Some(head(i as u64))
+            );
+        }
+        for absent in ["account-", "account-03000x", "zzz", "", "account-00001a"] {
+            assert_eq!(f.get(absent, stream_hash(absent), &cache).unwrap(), None);
+        }
+        let all: Vec<_> = f.scan(Bound::Unbounded).map(Result::unwrap).collect();
+        assert_eq!(all.len(), 3000);
+        assert!(all.iter().zip(&ids).all(|((a, _), b)| a == b));
+        let after: Vec<_> = f
+            .scan(Bound::Excluded("account-01500"))
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(after.first().map(String::as_str), Some("account-01501"));
+        assert_eq!(after.len(), 1499);
+        let from: Vec<_> = f
+            .scan(Bound::Included("account-015"))
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(from.first().map(String::as_str), Some("account-01500"));
+
+        // A flipped bit in a block is found when the block is read.
+        let mut bytes = fs.read_file(p).unwrap();
+        bytes[40] ^= 1;
+        fs.write_file(p, bytes.clone());
+        let f = HeadsFile::open(&fs, p, 2).unwrap();
+        let err = f
+            .get(&ids[0], stream_hash(&ids[0]), &BlockCache::new(1 << 20))
+            .unwrap_err();
+        assert!(matches!(err, Error::Corruption { .. }), "{err}");
+        // One in the footer stops the open.
+        bytes[40] ^= 1;
+        let n = bytes.len();
+        bytes[n - 20] ^= 1;
+        fs.write_file(p, bytes);
+        assert!(matches!(
+            HeadsFile::open(&fs, p, 3),
+            Err(Error::Corruption { .. })
+        ));
+    }
+}
