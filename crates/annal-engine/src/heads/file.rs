@@ -172,8 +172,8 @@ pub struct HeadsFile {
     /// Each block's first stream id, laid end to end, and where each ends.
     fence_ids: String,
     fence_ends: Vec<u32>,
-    /// Each block's offset and length.
-    blocks: Vec<(u64, u32)>,
+    /// Where each block starts, and where the last one ends (blocks lie end to end).
+    starts: Vec<u64>,
     filter: Vec<u64>,
 }
 
@@ -182,7 +182,7 @@ impl std::fmt::Debug for HeadsFile {
         f.debug_struct("HeadsFile")
             .field("id", &self.id)
             .field("streams", &self.streams)
-            .field("blocks", &self.blocks.len())
+            .field("blocks", &self.blocks())
             .finish()
     }
 }
@@ -250,16 +250,17 @@ impl HeadsFile {
             ));
         }
         let n = r.u32()? as usize;
-        let mut blocks = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n + 1);
+        starts.push(HEADER_LEN);
         let mut fence_ids = String::new();
         let mut fence_ends = Vec::with_capacity(n);
         for _ in 0..n {
             let offset = r.u64()?;
-            let blen = r.u32()?;
-            if offset < HEADER_LEN || offset + u64::from(blen) > footer_at {
-                return Err(corrupt(path, r.offset(), "block out of range"));
+            let end = offset + u64::from(r.u32()?);
+            if starts.last() != Some(&offset) || end > footer_at {
+                return Err(corrupt(path, r.offset(), "block out of place"));
             }
-            blocks.push((offset, blen));
+            starts.push(end);
             fence_ids.push_str(&r.str16()?);
             fence_ends.push(fence_ids.len() as u32);
         }
@@ -279,9 +280,13 @@ impl HeadsFile {
             categories,
             fence_ids,
             fence_ends,
-            blocks,
+            starts,
             filter,
         })
+    }
+
+    fn blocks(&self) -> usize {
+        self.fence_ends.len()
     }
 
     fn fence(&self, i: usize) -> &str {
@@ -295,7 +300,7 @@ impl HeadsFile {
 
     /// The block that would hold `id`: the last whose first id is at or before it.
     fn block_for(&self, id: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.blocks.len());
+        let (mut lo, mut hi) = (0, self.blocks());
         while lo < hi {
             let mid = (lo + hi) / 2;
             if self.fence(mid) <= id {
@@ -311,14 +316,14 @@ impl HeadsFile {
     pub fn bytes(&self) -> usize {
         self.fence_ids.capacity()
             + self.fence_ends.capacity() * 4
-            + self.blocks.capacity() * 16
+            + self.starts.capacity() * 8
             + self.filter.capacity() * 8
     }
 
     /// Reads block `i` from disk.
     fn read_block(&self, i: usize) -> Result<Block> {
-        let (offset, len) = self.blocks[i];
-        let mut buf = vec![0u8; len as usize];
+        let offset = self.starts[i];
+        let mut buf = vec![0u8; (self.starts[i + 1] - offset) as usize];
         self.file
             .read_exact_at(&mut buf, offset)
             .map_err(|e| io("reading", &self.path, e))?;
@@ -374,13 +379,13 @@ impl Iterator for Scan {
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.at >= self.block.len() {
-            if self.next_block >= self.file.blocks.len() {
+            if self.next_block >= self.file.blocks() {
                 return None;
             }
             match self.file.read_block(self.next_block) {
                 Ok(b) => self.block = b,
                 Err(e) => {
-                    self.next_block = self.file.blocks.len();
+                    self.next_block = self.file.blocks();
                     return Some(Err(e));
                 }
             }
@@ -620,7 +625,7 @@ mod tests {
         );
         assert_eq!(w.finish(&cats).unwrap(), 3000);
         let f = Arc::new(HeadsFile::open(&fs, p, 1).unwrap());
-        assert!(f.blocks.len() > 10, "{} blocks", f.blocks.len());
+        assert!(f.blocks() > 10, "{} blocks", f.blocks());
         assert_eq!(f.categories, vec![("account".to_string(), cats["account"])]);
         let cache = BlockCache::new(1 << 20);
         for (i, id) in ids.iter().enumerate() {

@@ -18,8 +18,11 @@
 //! | ...    | 4 f      | CRC32C of each block's bytes                  |
 //! | ...    | 8 w      | id filter: a blocked Bloom filter of the event id keys (`filter.rs`) |
 //!
-//! Only the fences, block starts, block checksums and filter stay in memory; a lookup
-//! binary-searches the fences and reads one block. Runs of an older version are not read:
+//! Only the fences, block starts and block checksums stay in memory, and the filter of a
+//! run whose filter is at most [`FILTER_IN_MEMORY`] bytes; a larger run's filter is read a
+//! 64-byte filter block at a time (through the page cache) when asked, so that memory does
+//! not grow with the events of the merged runs. A lookup binary-searches the fences and
+//! reads one block. Runs of an older version are not read:
 //! the store rebuilds its indexes from the log when it finds one (`recovery.rs`). A newer
 //! version is refused, so that an older build never misreads a newer store.
 
@@ -42,6 +45,24 @@ const FENCE_LEN: usize = 24;
 /// Entries per block: a lookup reads one block per run.
 pub const BLOCK: usize = 256;
 
+/// The largest run filter held in memory, in bytes (that of about 2.4 million event ids).
+pub const FILTER_IN_MEMORY: u64 = 4 << 20;
+
+/// A run's event id filter: in memory, or where it is in the file and its size in words.
+enum Filter {
+    Memory(Vec<u64>),
+    Disk { at: u64, words: u64 },
+}
+
+impl Filter {
+    fn words(&self) -> u64 {
+        match self {
+            Filter::Memory(w) => w.len() as u64,
+            Filter::Disk { words, .. } => *words,
+        }
+    }
+}
+
 /// An immutable sorted run on disk.
 pub struct Run {
     pub id: u64,
@@ -52,7 +73,7 @@ pub struct Run {
     /// Where each block starts, in bytes after the header, and where the last one ends.
     starts: Vec<u64>,
     block_crcs: Vec<u32>,
-    filter: Vec<u64>,
+    filter: Filter,
     /// The lowest and highest seq of the batch key's entries, found on first use.
     batch_range: std::sync::OnceLock<Option<(u64, u64)>>,
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use annal_core::{Direction, Error, Result};
 
-use super::{Run, BLOCK, FENCE_LEN, HEADER_LEN, MAGIC, RUN_VERSION};
+use super::{Filter, Run, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION};
 use crate::index::block::unpack_block;
 use crate::index::filter::{self, BLOCK_WORDS, RUN_BITS_PER_ID};
 use crate::index::idfilter::IdFilter;
@@ -36,9 +36,14 @@ fn le_u64(b: &[u8]) -> u64 {
 }
 
 impl Run {
-    /// Opens a run and loads its fences, block table and id filter. A run of another
-    /// version is refused with `UnsupportedFormat`.
+    /// Opens a run and loads its fences, block table and (when small) id filter. A run of
+    /// another version is refused with `UnsupportedFormat`.
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<Run> {
+        Run::open_keeping(fs, path, id, FILTER_IN_MEMORY)
+    }
+
+    /// `open`, keeping the id filter in memory when it is at most `filter_bytes` bytes.
+    fn open_keeping(fs: &dyn Fs, path: &Path, id: u64, filter_bytes: u64) -> Result<Run> {
         let file = fs
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -101,10 +106,26 @@ impl Run {
                 ),
             ));
         }
-        let mut raw = vec![0u8; tail_len as usize];
-        file.read_exact_at(&mut raw, fence_at)
-            .map_err(|_| corrupt(path, fence_at, "index run is shorter than its header says"))?;
-        if crc32c::crc32c(&raw) != le_u32(&header[32..36]) {
+        // The fences, block starts and checksums are kept; the filter is checked a chunk at
+        // a time and kept only when small.
+        let short = |_| corrupt(path, fence_at, "index run is shorter than its header says");
+        let meta_len = fence_count * per_block;
+        let filter_at = fence_at + meta_len;
+        let keep_filter = words * 8 <= filter_bytes;
+        let mut raw = vec![0u8; (if keep_filter { tail_len } else { meta_len }) as usize];
+        file.read_exact_at(&mut raw, fence_at).map_err(short)?;
+        let mut crc = crc32c::crc32c(&raw);
+        if !keep_filter {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut at = filter_at;
+            while at < file_len {
+                let n = chunk.len().min((file_len - at) as usize);
+                file.read_exact_at(&mut chunk[..n], at).map_err(short)?;
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                at += n as u64;
+            }
+        }
+        if crc != le_u32(&header[32..36]) {
             return Err(corrupt(
                 path,
                 fence_at,
@@ -136,7 +157,14 @@ impl Run {
             fences,
             starts,
             block_crcs: crc_bytes.chunks_exact(4).map(le_u32).collect(),
-            filter: filter_bytes.chunks_exact(8).map(le_u64).collect(),
+            filter: if keep_filter {
+                Filter::Memory(filter_bytes.chunks_exact(8).map(le_u64).collect())
+            } else {
+                Filter::Disk {
+                    at: filter_at,
+                    words,
+                }
+            },
             batch_range: std::sync::OnceLock::new(),
         })
     }
@@ -155,21 +183,42 @@ impl Run {
         Ok(range)
     }
 
-    /// False when the run certainly holds no entry of this event id key.
+    /// False when the run certainly holds no entry of this event id key. A filter block that
+    /// cannot be read answers "may hold": the block read that follows reports the error.
     pub fn may_hold_id(&self, key: u64) -> bool {
-        self.filter.is_empty() || filter::holds(&self.filter, key)
+        match &self.filter {
+            Filter::Memory(words) => words.is_empty() || filter::holds(words, key),
+            Filter::Disk { at, words } => {
+                let blocks = *words as usize / BLOCK_WORDS;
+                let first = filter::first_word(key, blocks);
+                let mut raw = [0u8; BLOCK_WORDS * 8];
+                if self
+                    .file
+                    .read_exact_at(&mut raw, at + first as u64 * 8)
+                    .is_err()
+                {
+                    return true;
+                }
+                filter::bits(key, blocks).all(|(w, m)| {
+                    let i = (w - first) * 8;
+                    le_u64(&raw[i..i + 8]) & m != 0
+                })
+            }
+        }
     }
 
     /// `may_hold_id` for many keys: `out[i]` is set when the run may hold `keys[i]`. Every
-    /// key's filter block is read before any is tested, so their cache misses overlap
-    /// instead of coming one after the other.
+    /// key's filter block in memory is read before any is tested, so their cache misses
+    /// overlap instead of coming one after the other.
     pub fn may_hold_ids(&self, keys: &[u64], out: &mut [bool]) {
-        if !self.filter.is_empty() {
-            let blocks = self.filter.len() / BLOCK_WORDS;
-            let touched = keys.iter().fold(0u64, |acc, &k| {
-                acc ^ self.filter[filter::first_word(k, blocks)]
-            });
-            std::hint::black_box(touched);
+        if let Filter::Memory(words) = &self.filter {
+            if !words.is_empty() {
+                let blocks = words.len() / BLOCK_WORDS;
+                let touched = keys
+                    .iter()
+                    .fold(0u64, |acc, &k| acc ^ words[filter::first_word(k, blocks)]);
+                std::hint::black_box(touched);
+            }
         }
         for (&k, maybe) in keys.iter().zip(out) {
             *maybe = *maybe || self.may_hold_id(k);
@@ -179,7 +228,7 @@ impl Run {
     /// About how many event ids the run holds, from the size of its filter: no fewer than
     /// it holds when its filter was sized for them.
     pub fn estimated_ids(&self) -> u64 {
-        self.filter.len() as u64 * 64 / RUN_BITS_PER_ID
+        self.filter.words() * 64 / RUN_BITS_PER_ID
     }
 
     /// Adds the run's event id keys to `ids`, read `READ_BLOCKS` blocks at a time (they
@@ -441,11 +490,39 @@ mod tests {
         let path = Path::new("/x/run-3.idx");
         Run::write(&fs, path, 3, entries.iter().copied().map(Ok)).unwrap();
         let run = Run::open(&fs, path, 3).unwrap();
+        assert!(matches!(run.filter, Filter::Memory(_)));
         assert!((0..5000u64).all(|i| run.may_hold_id(key(KIND_ID, &i.to_le_bytes()))));
         let false_positives = (5000..25_000u64)
             .filter(|i| run.may_hold_id(key(KIND_ID, &i.to_le_bytes())))
             .count();
         assert!(false_positives < 100, "{false_positives} of 20000");
+        // Read from the file instead, the filter answers every id the same, alone or many
+        // at a time.
+        let on_disk = Run::open_keeping(&fs, path, 3, 0).unwrap();
+        assert!(matches!(on_disk.filter, Filter::Disk { .. }));
+        let keys: Vec<u64> = (0..25_000u64)
+            .map(|i| key(KIND_ID, &i.to_le_bytes()))
+            .collect();
+        let (mut a, mut b) = (vec![false; keys.len()], vec![false; keys.len()]);
+        run.may_hold_ids(&keys, &mut a);
+        on_disk.may_hold_ids(&keys, &mut b);
+        assert_eq!(a, b);
+        assert!(keys
+            .iter()
+            .zip(&a)
+            .all(|(&k, &m)| on_disk.may_hold_id(k) == m));
+        assert_eq!(on_disk.estimated_ids(), run.estimated_ids());
+        // A flipped bit in the filter is found when the run is opened, kept or not.
+        let mut bytes = fs.read_file(path).unwrap();
+        let n = bytes.len();
+        bytes[n - 9] ^= 1;
+        fs.write_file(path, bytes);
+        for keep in [0, u64::MAX] {
+            let err = Run::open_keeping(&fs, path, 3, keep)
+                .err()
+                .expect("refused");
+            assert!(matches!(err, Error::Corruption { .. }), "{err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use annal_core::{Error, Result};
 use tracing::debug;
 
-use super::{Run, BLOCK, FENCE_LEN, HEADER_LEN, MAGIC, RUN_VERSION};
+use super::{Filter, Run, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION};
 use crate::index::block::{pack_entry, PACKED_MAX};
 use crate::index::filter::RunFilter;
 use crate::index::idfilter::IdFilter;
@@ -141,6 +141,7 @@ impl Run {
                 "an index run holds more event ids than its filter was sized for"
             );
         }
+        let filter_at = HEADER_LEN + flushed + buf.len() as u64;
         let filter = filter.words;
         for w in &filter {
             buf.extend_from_slice(&w.to_le_bytes());
@@ -170,7 +171,14 @@ impl Run {
             fences,
             starts,
             block_crcs,
-            filter,
+            filter: if filter.len() as u64 * 8 <= FILTER_IN_MEMORY {
+                Filter::Memory(filter)
+            } else {
+                Filter::Disk {
+                    at: filter_at,
+                    words: filter.len() as u64,
+                }
+            },
             batch_range: std::sync::OnceLock::new(),
         })
     }
