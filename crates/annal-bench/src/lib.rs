@@ -342,6 +342,26 @@ pub async fn run_scale(opts: &Options, streams: u64) -> anyhow::Result<Report> {
         "MiB",
         mib(s.rss_before),
     );
+    for (when, parts) in [
+        ("after reopen", &s.parts_open),
+        ("after a checkpoint", &s.parts_checkpointed),
+    ] {
+        for (part, bytes) in [
+            (
+                "heads files' filters and fences",
+                parts.heads_filters_and_fences,
+            ),
+            (
+                "heads changed and the heads cache",
+                parts.heads_in_memory_and_cache,
+            ),
+            ("index runs' fences", parts.run_fences),
+            ("index runs' filters kept", parts.run_filters),
+            ("the id filter", parts.id_filter),
+        ] {
+            add(&format!("    {when}: {part}"), "MiB", mib(bytes));
+        }
+    }
     for (when, (p50, p99)) in [("right after reopen", s.read_first), ("warm", s.read_warm)] {
         for (q, v) in [("p50", p50), ("p99", p99)] {
             add(

@@ -87,6 +87,28 @@ pub async fn fill(store: Arc<Store>, streams: u64, progress: &Progress) -> anyho
     Ok(())
 }
 
+/// The parts of the engine's memory W12 reports, in bytes (see `annal_engine::Memory`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Parts {
+    pub heads_filters_and_fences: u64,
+    pub heads_in_memory_and_cache: u64,
+    pub run_fences: u64,
+    pub run_filters: u64,
+    pub id_filter: u64,
+}
+
+impl From<annal_engine::Memory> for Parts {
+    fn from(m: annal_engine::Memory) -> Parts {
+        Parts {
+            heads_filters_and_fences: m.heads_footers,
+            heads_in_memory_and_cache: m.heads_changed + m.head_cache,
+            run_fences: m.run_fences,
+            run_filters: m.run_filters,
+            id_filter: m.id_filter,
+        }
+    }
+}
+
 /// What W12 measures in its fresh process.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Scaled {
@@ -95,6 +117,9 @@ pub struct Scaled {
     pub rss_before: u64,
     pub rss_open: u64,
     pub rss_checkpointed: u64,
+    /// What the engine says it holds, by part, after the reopen and after the checkpoint.
+    pub parts_open: Parts,
+    pub parts_checkpointed: Parts,
     /// Reading a random ten-event stream right after the reopen, then the same streams
     /// again: p50 and p99 in seconds.
     pub read_first: (f64, f64),
@@ -150,12 +175,14 @@ pub fn probe(dir: &Path, streams: u64) -> anyhow::Result<Scaled> {
     let store = Store::open(dir)?;
     let open_secs = start.elapsed().as_secs_f64();
     let rss_open = resident_bytes("self").unwrap_or(0);
+    let parts_open = store.memory().into();
     // Warm: the same streams again, their blocks and events now in the page cache.
     let picks: Vec<u64> = (0..READS).map(|_| fastrand::u64(..tens(streams))).collect();
     let read_first = read_tens(&store, &picks)?;
     let read_warm = read_tens(&store, &picks)?;
     store.checkpoint_blocking()?;
     let rss_checkpointed = resident_bytes("self").unwrap_or(0);
+    let parts_checkpointed = store.memory().into();
     for _ in 0..TOUCHED / 100 {
         // A hundred different streams, spread over the whole key space.
         let base = fastrand::u64(..streams);
@@ -187,6 +214,8 @@ pub fn probe(dir: &Path, streams: u64) -> anyhow::Result<Scaled> {
         rss_before,
         rss_open,
         rss_checkpointed,
+        parts_open,
+        parts_checkpointed,
         read_first,
         read_warm,
         checkpoint_bytes,

@@ -26,4 +26,4 @@ mod write;
 pub use config::Config;
 pub use log::format;
 pub use log::format::StoredEvent;
-pub use store::{Store, StoredRead};
+pub use store::{Memory, Store, StoredRead};

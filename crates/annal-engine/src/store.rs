@@ -26,6 +26,28 @@ use crate::threads::{Start, Threads};
 use crate::write::writer::Tail;
 use crate::write::{Checked, Command};
 
+/// What an open store holds in memory, by part, in bytes ([`Store::memory`]). Only the
+/// changed heads and the memtable grow between checkpoints; every other part is bounded by
+/// a setting or grows with what the checkpoint's files hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Heads changed since the last checkpoint, and those of checkpoints not yet on disk
+    /// (estimated per head).
+    pub heads_changed: u64,
+    /// The heads files' fences and filters.
+    pub heads_footers: u64,
+    /// The heads block cache (at most `Config::head_cache_bytes`).
+    pub head_cache: u64,
+    /// The index runs' fences, block starts and block checksums.
+    pub run_fences: u64,
+    /// The filters of runs small enough to keep them.
+    pub run_filters: u64,
+    /// The filter over the event ids of every run.
+    pub id_filter: u64,
+    /// Entries of the memtable and of frozen ones (not bytes).
+    pub memtable_entries: u64,
+}
+
 /// An Annal store opened in this process.
 ///
 /// Appends go to one writer thread that commits whatever has queued with one fsync (group
@@ -135,6 +157,26 @@ impl Store {
             threads: Mutex::new(threads),
             _lock: lock,
         })
+    }
+
+    /// What the engine holds in memory now, by part.
+    pub fn memory(&self) -> Memory {
+        let (heads_changed, heads_footers, head_cache) = self
+            .shared
+            .heads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .memory();
+        let (run_fences, run_filters, id_filter, memtable_entries) = self.shared.index.memory();
+        Memory {
+            heads_changed,
+            heads_footers,
+            head_cache,
+            run_fences,
+            run_filters,
+            id_filter,
+            memtable_entries,
+        }
     }
 
     /// The folder the store lives in.

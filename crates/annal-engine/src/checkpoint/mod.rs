@@ -136,7 +136,9 @@ impl Checkpointer {
             let mut heads = self.shared.heads.write().unwrap_or_else(|e| e.into_inner());
             heads.install(keep, file);
             metrics::gauge!("annal_streams").set(heads.stream_count() as f64);
-            metrics::gauge!("annal_stream_heads_memory_bytes").set(heads.memory() as f64);
+            let (changed, footers, cache) = heads.memory();
+            metrics::gauge!("annal_stream_heads_memory_bytes")
+                .set((changed + footers + cache) as f64);
         }
         for old in &self.manifest.heads {
             if !manifest.heads.contains(old) {

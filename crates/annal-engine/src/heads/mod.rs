@@ -173,13 +173,16 @@ impl Heads {
         &self.files
     }
 
-    /// Bytes held: the heads in memory (roughly), the files' footers and the cache.
-    pub fn memory(&self) -> usize {
-        let per_head = std::mem::size_of::<(String, Head)>() + 48;
+    /// Bytes held: the heads in memory (estimated per head, with a 16-byte id), the files'
+    /// footers, and the block cache.
+    pub fn memory(&self) -> (u64, u64, u64) {
+        let per_head = std::mem::size_of::<(String, Head)>() as u64 + 16 + 32;
         let in_memory = self.recent.len() + self.frozen.iter().map(|f| f.len()).sum::<usize>();
-        in_memory * per_head
-            + self.files.iter().map(|f| f.bytes()).sum::<usize>()
-            + self.cache.bytes()
+        (
+            in_memory as u64 * per_head,
+            self.files.iter().map(|f| f.bytes() as u64).sum(),
+            self.cache.bytes() as u64,
+        )
     }
 
     /// What the next checkpoint writes of the heads, taken where it freezes the memtable so

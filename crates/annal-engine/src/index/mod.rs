@@ -133,6 +133,21 @@ impl Index {
         }
     }
 
+    /// Bytes in memory: the runs' fences and tables, their filters kept in memory, the
+    /// id filter; and the entries of the memtable and frozen ones.
+    pub fn memory(&self) -> (u64, u64, u64, u64) {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let (mut fences, mut filters) = (0, 0);
+        for r in &s.runs {
+            let (f, b) = r.memory();
+            fences += f;
+            filters += b;
+        }
+        let ids = s.ids.as_ref().map_or(0, |i| i.bytes() as u64);
+        let entries = s.mem.len() + s.frozen.iter().map(|f| f.len()).sum::<usize>();
+        (fences, filters, ids, entries as u64)
+    }
+
     /// The id filter, when built.
     pub fn id_filter(&self) -> Option<Arc<IdFilter>> {
         self.state

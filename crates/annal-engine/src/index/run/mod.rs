@@ -54,6 +54,20 @@ enum Filter {
     Disk { at: u64, words: u64 },
 }
 
+impl Run {
+    /// Bytes held in memory: the fences, block starts and checksums, and the filter's.
+    pub fn memory(&self) -> (u64, u64) {
+        let fences = self.fences.capacity() * std::mem::size_of::<Entry>()
+            + self.starts.capacity() * 8
+            + self.block_crcs.capacity() * 4;
+        let filter = match &self.filter {
+            Filter::Memory(w) => w.capacity() * 8,
+            Filter::Disk { .. } => 0,
+        };
+        (fences as u64, filter as u64)
+    }
+}
+
 impl Filter {
     fn words(&self) -> u64 {
         match self {
