@@ -226,6 +226,9 @@ settings! {
     max_event_bytes: u64 = annal_core::validate::DEFAULT_MAX_EVENT_SIZE as u64, flag "max-event-bytes", value "BYTES";
     /// The largest append request, in bytes.
     max_append_bytes: u64 = 64 << 20, flag "max-append-bytes", value "BYTES";
+    /// Bytes of stream heads blocks the store caches from its heads files (the heads
+    /// changed since the last checkpoint are in memory besides).
+    head_cache_bytes: u64 = 64 << 20, flag "head-cache-bytes", value "BYTES";
     /// Events per streamed batch (and at most about 4 MiB).
     read_batch_events: u64 = 2048, flag "read-batch-events", value "N";
     /// Batches queued per subscriber before it is paused.
@@ -311,6 +314,7 @@ pub struct Limits {
     pub max_answer_bytes: usize,
     pub max_event_bytes: usize,
     pub max_append_bytes: usize,
+    pub head_cache_bytes: usize,
     pub read_batch_events: usize,
     pub subscription_buffer: usize,
     pub heartbeat: Duration,
@@ -558,6 +562,12 @@ impl Settings {
             d.max_append_bytes,
             3 << 30,
         );
+        let head_cache_bytes = count(
+            "head_cache_bytes",
+            self.head_cache_bytes,
+            d.head_cache_bytes,
+            1 << 40,
+        );
         let max_inflight_append_bytes = count(
             "max_inflight_append_bytes",
             self.max_inflight_append_bytes,
@@ -620,6 +630,7 @@ impl Settings {
             max_answer_bytes,
             max_event_bytes,
             max_append_bytes,
+            head_cache_bytes,
             read_batch_events,
             subscription_buffer,
             heartbeat: duration("heartbeat", self.heartbeat, d.heartbeat),
@@ -792,6 +803,7 @@ mod tests {
             environment: env(&[
                 ("ANNAL_LISTEN", "127.0.0.1:3"),
                 ("ANNAL_MAX_READS", "9"),
+                ("ANNAL_HEAD_CACHE_BYTES", "1048576"),
                 ("ANNAL_SERVER", "not a setting"),
                 ("HOME", "/elsewhere"),
             ]),
@@ -800,6 +812,7 @@ mod tests {
         let c = sources.load().unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.limits.max_reads, 9);
+        assert_eq!(c.limits.head_cache_bytes, 1 << 20);
         assert_eq!(c.data, PathBuf::from("/from/file"));
         assert_eq!(c.limits.heartbeat, Duration::from_secs(1));
     }

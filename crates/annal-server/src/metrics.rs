@@ -22,6 +22,8 @@
 //! | `annal_snapshot_bytes{kind}` | gauge | bytes of the snapshot file's `live` and `dead` records (recorded by the engine) |
 //! | `annal_snapshot_writes_total{op}` | counter | snapshot `put`s and `delete`s made durable (recorded by the engine) |
 //! | `annal_snapshot_compactions_total` | counter | rewrites of the snapshot file without its dead records (recorded by the engine) |
+//! | `annal_streams` | gauge | streams in the store, set at each checkpoint (recorded by the engine) |
+//! | `annal_stream_heads_memory_bytes` | gauge | memory the stream heads take: those changed since the last checkpoint, the heads files' filters and fences, and the heads cache; set at each checkpoint (recorded by the engine) |
 //! | `annal_group_lag_events{group}` | gauge | positions from a consumer group's floor to the head, set at each scrape |
 //! | `annal_group_lag_seconds{group}` | gauge | how long ago its oldest unsettled event was recorded |
 //! | `annal_group_in_flight{group}` | gauge | events its members hold unacknowledged |
