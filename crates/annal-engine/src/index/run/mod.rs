@@ -18,8 +18,10 @@
 //! | ...    | 4 f      | CRC32C of each block's bytes                  |
 //! | ...    | 8 w      | id filter: a blocked Bloom filter of the event id keys (`filter.rs`) |
 //!
-//! Only the fences, block starts and block checksums stay in memory, and the filter of a
-//! run whose filter is at most [`FILTER_IN_MEMORY`] bytes; a larger run's filter is read a
+//! The block table (fences, block starts and block checksums) stays in memory while it is
+//! at most [`TABLE_IN_MEMORY`] bytes; a larger run keeps every [`SPARSE`]th fence and reads
+//! the part of the table a lookup needs from the file. The filter of a run stays in memory
+//! while it is at most [`FILTER_IN_MEMORY`] bytes; a larger run's filter is read a
 //! 64-byte filter block at a time (through the page cache) when asked, so that memory does
 //! not grow with the events of the merged runs. A lookup binary-searches the fences and
 //! reads one block. Runs of an older version are not read:
@@ -45,6 +47,73 @@ const FENCE_LEN: usize = 24;
 /// Entries per block: a lookup reads one block per run.
 pub const BLOCK: usize = 256;
 
+/// The largest block table (fences, starts, checksums: 36 bytes a block of 256 entries) held
+/// in memory, in bytes: that of about 7.4 million entries.
+pub const TABLE_IN_MEMORY: u64 = 1 << 20;
+
+/// Blocks per fence a larger run keeps in memory.
+pub const SPARSE: usize = 64;
+
+/// A run's block table: each block's fence (its first entry), where it starts and its
+/// checksum.
+enum Table {
+    /// All in memory; `starts` ends with where the last block ends.
+    Memory {
+        fences: Vec<Entry>,
+        starts: Vec<u64>,
+        crcs: Vec<u32>,
+    },
+    /// The fence of every [`SPARSE`]th block in memory; the rest read from the file, whose
+    /// table starts at `at` (fences, then starts, then checksums, `blocks` of each), when
+    /// a lookup needs it.
+    Sparse {
+        every: Vec<Entry>,
+        blocks: usize,
+        at: u64,
+        data_len: u64,
+    },
+}
+
+impl Table {
+    /// The table of a run written with these fences, block starts (ending with where the
+    /// last block ends) and checksums, whose table starts at file offset `at`: whole when
+    /// it takes at most `keep` bytes.
+    fn new(fences: Vec<Entry>, starts: Vec<u64>, crcs: Vec<u32>, at: u64, keep: u64) -> Table {
+        if fences.len() as u64 * (FENCE_LEN as u64 + 12) <= keep {
+            return Table::Memory {
+                fences,
+                starts,
+                crcs,
+            };
+        }
+        Table::Sparse {
+            every: fences.iter().step_by(SPARSE).copied().collect(),
+            blocks: fences.len(),
+            at,
+            data_len: starts.last().copied().unwrap_or(0),
+        }
+    }
+
+    fn blocks(&self) -> usize {
+        match self {
+            Table::Memory { fences, .. } => fences.len(),
+            Table::Sparse { blocks, .. } => *blocks,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        let fence = std::mem::size_of::<Entry>();
+        (match self {
+            Table::Memory {
+                fences,
+                starts,
+                crcs,
+            } => fences.capacity() * fence + starts.capacity() * 8 + crcs.capacity() * 4,
+            Table::Sparse { every, .. } => every.capacity() * fence,
+        }) as u64
+    }
+}
+
 /// The largest run filter held in memory, in bytes (that of about 2.4 million event ids).
 pub const FILTER_IN_MEMORY: u64 = 4 << 20;
 
@@ -57,14 +126,12 @@ enum Filter {
 impl Run {
     /// Bytes held in memory: the fences, block starts and checksums, and the filter's.
     pub fn memory(&self) -> (u64, u64) {
-        let fences = self.fences.capacity() * std::mem::size_of::<Entry>()
-            + self.starts.capacity() * 8
-            + self.block_crcs.capacity() * 4;
+        let fences = self.table.bytes();
         let filter = match &self.filter {
             Filter::Memory(w) => w.capacity() * 8,
             Filter::Disk { .. } => 0,
         };
-        (fences as u64, filter as u64)
+        (fences, filter as u64)
     }
 }
 
@@ -83,10 +150,7 @@ pub struct Run {
     pub count: u64,
     file: FileRef,
     path: PathBuf,
-    fences: Vec<Entry>,
-    /// Where each block starts, in bytes after the header, and where the last one ends.
-    starts: Vec<u64>,
-    block_crcs: Vec<u32>,
+    table: Table,
     filter: Filter,
     /// The lowest and highest seq of the batch key's entries, found on first use.
     batch_range: std::sync::OnceLock<Option<(u64, u64)>>,

@@ -1,11 +1,15 @@
 //! Reading a run: opening it (header, fences, block table and filter, all checked), lookups
 //! by key and seq, the id filter's questions, and iteration in order for merges.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use annal_core::{Direction, Error, Result};
 
-use super::{Filter, Run, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION};
+use super::{
+    Filter, Run, Table, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION, SPARSE,
+    TABLE_IN_MEMORY,
+};
 use crate::index::block::unpack_block;
 use crate::index::filter::{self, BLOCK_WORDS, RUN_BITS_PER_ID};
 use crate::index::idfilter::IdFilter;
@@ -35,15 +39,25 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Where some blocks start (and the last of them ends), and their checksums.
+type BlockTable<'a> = (Cow<'a, [u64]>, Cow<'a, [u32]>);
+
 impl Run {
     /// Opens a run and loads its fences, block table and (when small) id filter. A run of
     /// another version is refused with `UnsupportedFormat`.
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<Run> {
-        Run::open_keeping(fs, path, id, FILTER_IN_MEMORY)
+        Run::open_keeping(fs, path, id, FILTER_IN_MEMORY, TABLE_IN_MEMORY)
     }
 
-    /// `open`, keeping the id filter in memory when it is at most `filter_bytes` bytes.
-    fn open_keeping(fs: &dyn Fs, path: &Path, id: u64, filter_bytes: u64) -> Result<Run> {
+    /// `open`, keeping the id filter in memory when it is at most `filter_bytes` bytes and
+    /// the whole block table when it is at most `table_bytes`.
+    fn open_keeping(
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        filter_bytes: u64,
+        table_bytes: u64,
+    ) -> Result<Run> {
         let file = fs
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -106,25 +120,76 @@ impl Run {
                 ),
             ));
         }
-        // The fences, block starts and checksums are kept; the filter is checked a chunk at
-        // a time and kept only when small.
+        // The tail is read a section at a time, a chunk at a time, for its checksum; what
+        // is kept of it depends on its size.
         let short = |_| corrupt(path, fence_at, "index run is shorter than its header says");
-        let meta_len = fence_count * per_block;
-        let filter_at = fence_at + meta_len;
+        let blocks = fence_count as usize;
+        let keep_table = fence_count * per_block <= table_bytes;
         let keep_filter = words * 8 <= filter_bytes;
-        let mut raw = vec![0u8; (if keep_filter { tail_len } else { meta_len }) as usize];
-        file.read_exact_at(&mut raw, fence_at).map_err(short)?;
-        let mut crc = crc32c::crc32c(&raw);
-        if !keep_filter {
-            let mut chunk = vec![0u8; 1 << 20];
-            let mut at = filter_at;
-            while at < file_len {
-                let n = chunk.len().min((file_len - at) as usize);
-                file.read_exact_at(&mut chunk[..n], at).map_err(short)?;
+        let filter_at = fence_at + fence_count * per_block;
+        let mut crc = 0u32;
+        let mut section = |at: u64, len: u64, elem: usize, f: &mut dyn FnMut(&[u8])| {
+            let mut chunk = vec![0u8; ((1 << 20) / elem * elem).min(len as usize)];
+            let mut done = 0;
+            while done < len {
+                let n = chunk.len().min((len - done) as usize);
+                file.read_exact_at(&mut chunk[..n], at + done)
+                    .map_err(short)?;
                 crc = crc32c::crc32c_append(crc, &chunk[..n]);
-                at += n as u64;
+                chunk[..n].chunks_exact(elem).for_each(&mut *f);
+                done += n as u64;
             }
-        }
+            Ok::<_, Error>(())
+        };
+        let (mut fences, mut every) = (Vec::new(), Vec::new());
+        let mut i = 0usize;
+        section(
+            fence_at,
+            fence_count * FENCE_LEN as u64,
+            FENCE_LEN,
+            &mut |c| {
+                let e = Entry::new(le_u64(&c[0..8]), le_u64(&c[8..16]), le_u64(&c[16..24]));
+                if keep_table {
+                    fences.push(e);
+                } else if i.is_multiple_of(SPARSE) {
+                    every.push(e);
+                }
+                i += 1;
+            },
+        )?;
+        // Each block holds at least one entry, so starts rise strictly from 0.
+        let (mut starts, mut prev, mut rising) = (Vec::new(), None::<u64>, true);
+        section(
+            fence_at + fence_count * FENCE_LEN as u64,
+            fence_count * 8,
+            8,
+            &mut |c| {
+                let s = le_u64(c);
+                rising &= prev.map_or(s == 0, |p| p < s);
+                prev = Some(s);
+                if keep_table {
+                    starts.push(s);
+                }
+            },
+        )?;
+        rising &= prev.is_none_or(|p| p < data_len);
+        let mut crcs = Vec::new();
+        section(
+            fence_at + fence_count * (FENCE_LEN as u64 + 8),
+            fence_count * 4,
+            4,
+            &mut |c| {
+                if keep_table {
+                    crcs.push(le_u32(c));
+                }
+            },
+        )?;
+        let mut filter = Vec::new();
+        section(filter_at, words * 8, 8, &mut |c| {
+            if keep_filter {
+                filter.push(le_u64(c));
+            }
+        })?;
         if crc != le_u32(&header[32..36]) {
             return Err(corrupt(
                 path,
@@ -132,33 +197,35 @@ impl Run {
                 "index run fence, block checksum or filter section checksum mismatch",
             ));
         }
-        let (fence_bytes, rest) = raw.split_at(fence_count as usize * FENCE_LEN);
-        let (start_bytes, rest) = rest.split_at(fence_count as usize * 8);
-        let (crc_bytes, filter_bytes) = rest.split_at(fence_count as usize * 4);
-        let fences = fence_bytes
-            .chunks_exact(FENCE_LEN)
-            .map(|c| Entry::new(le_u64(&c[0..8]), le_u64(&c[8..16]), le_u64(&c[16..24])))
-            .collect();
-        let mut starts: Vec<u64> = start_bytes.chunks_exact(8).map(le_u64).collect();
-        starts.push(data_len);
-        // Each block holds at least one entry, so starts rise strictly from 0.
-        if starts.first().is_some_and(|s| *s != 0) || starts.windows(2).any(|w| w[0] >= w[1]) {
+        if !rising {
             return Err(corrupt(
                 path,
                 fence_at,
                 "index run block table is inconsistent",
             ));
         }
+        starts.push(data_len);
         Ok(Run {
             id,
             count,
             file,
             path: path.to_path_buf(),
-            fences,
-            starts,
-            block_crcs: crc_bytes.chunks_exact(4).map(le_u32).collect(),
+            table: if keep_table {
+                Table::Memory {
+                    fences,
+                    starts,
+                    crcs,
+                }
+            } else {
+                Table::Sparse {
+                    every,
+                    blocks,
+                    at: fence_at,
+                    data_len,
+                }
+            },
             filter: if keep_filter {
-                Filter::Memory(filter_bytes.chunks_exact(8).map(le_u64).collect())
+                Filter::Memory(filter)
             } else {
                 Filter::Disk {
                     at: filter_at,
@@ -168,7 +235,6 @@ impl Run {
             batch_range: std::sync::OnceLock::new(),
         })
     }
-
     /// The lowest and highest seq of the batch key's entries (`None`: the run has none).
     pub fn batch_range(&self) -> Result<Option<(u64, u64)>> {
         if let Some(r) = self.batch_range.get() {
@@ -235,10 +301,7 @@ impl Run {
     /// are contiguous: the id kind is the top byte of their keys).
     pub fn add_ids_to(&self, ids: &IdFilter) -> Result<()> {
         let first_id = Entry::new(u64::from(KIND_ID) << 56, 0, 0);
-        let mut b = self
-            .fences
-            .partition_point(|f| *f < first_id)
-            .saturating_sub(1);
+        let mut b = self.partition(|f| *f < first_id)?.saturating_sub(1);
         let (mut raw, mut buf, mut keys) = (Vec::new(), Vec::new(), Vec::new());
         while b < self.blocks() {
             self.blocks_into(b, READ_BLOCKS, &mut raw, &mut buf)?;
@@ -258,7 +321,77 @@ impl Run {
 
     /// How many blocks the run has.
     pub fn blocks(&self) -> usize {
-        self.fences.len()
+        self.table.blocks()
+    }
+
+    /// Reads `n` little-endian values of `size` bytes at `at`.
+    fn read_table(&self, at: u64, n: usize, size: usize) -> Result<Vec<u8>> {
+        let mut raw = vec![0u8; n * size];
+        self.file
+            .read_exact_at(&mut raw, at)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        Ok(raw)
+    }
+
+    /// The number of leading fences for which `pred` holds (`pred` holds for a prefix).
+    fn partition(&self, pred: impl Fn(&Entry) -> bool) -> Result<usize> {
+        match &self.table {
+            Table::Memory { fences, .. } => Ok(fences.partition_point(pred)),
+            Table::Sparse {
+                every, blocks, at, ..
+            } => {
+                let g = every.partition_point(&pred);
+                if g == 0 {
+                    return Ok(0);
+                }
+                // The answer lies after fence (g - 1) * SPARSE, which holds, and at or
+                // before g * SPARSE, which does not (or is the end).
+                let first = (g - 1) * SPARSE;
+                let n = SPARSE.min(blocks - first);
+                let raw = self.read_table(at + (first * FENCE_LEN) as u64, n, FENCE_LEN)?;
+                let held = raw
+                    .chunks_exact(FENCE_LEN)
+                    .map(|c| Entry::new(le_u64(&c[0..8]), le_u64(&c[8..16]), le_u64(&c[16..24])))
+                    .take_while(|e| pred(e))
+                    .count();
+                Ok(first + held)
+            }
+        }
+    }
+
+    /// Where blocks `first..last` start and where the last of them ends (`last - first +
+    /// 1` offsets), and their checksums.
+    fn block_table(&self, first: usize, last: usize) -> Result<BlockTable<'_>> {
+        match &self.table {
+            Table::Memory { starts, crcs, .. } => Ok((
+                Cow::Borrowed(&starts[first..=last]),
+                Cow::Borrowed(&crcs[first..last]),
+            )),
+            Table::Sparse {
+                blocks,
+                at,
+                data_len,
+                ..
+            } => {
+                let starts_at = at + (blocks * FENCE_LEN) as u64;
+                let crcs_at = starts_at + (blocks * 8) as u64;
+                let through = (last + 1).min(*blocks);
+                let mut starts: Vec<u64> = self
+                    .read_table(starts_at + (first * 8) as u64, through - first, 8)?
+                    .chunks_exact(8)
+                    .map(le_u64)
+                    .collect();
+                if last == *blocks {
+                    starts.push(*data_len);
+                }
+                let crcs = self
+                    .read_table(crcs_at + (first * 4) as u64, last - first, 4)?
+                    .chunks_exact(4)
+                    .map(le_u32)
+                    .collect();
+                Ok((Cow::Owned(starts), Cow::Owned(crcs)))
+            }
+        }
     }
 
     /// The entries of block `i`.
@@ -282,16 +415,25 @@ impl Run {
         if first >= last {
             return Ok(());
         }
-        let base = self.starts[first];
-        raw.resize((self.starts[last] - base) as usize, 0);
+        let (starts, crcs) = self.block_table(first, last)?;
+        let base = starts[0];
+        let end = starts[last - first];
+        if starts.windows(2).any(|w| w[0] >= w[1]) || end < base {
+            return Err(corrupt(
+                &self.path,
+                HEADER_LEN + base,
+                "index run block table is inconsistent",
+            ));
+        }
+        raw.resize((end - base) as usize, 0);
         self.file
             .read_exact_at(raw, HEADER_LEN + base)
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         for i in first..last {
-            let at = HEADER_LEN + self.starts[i];
-            let bytes =
-                &raw[(self.starts[i] - base) as usize..(self.starts[i + 1] - base) as usize];
-            if self.block_crcs.get(i) != Some(&crc32c::crc32c(bytes)) {
+            let k = i - first;
+            let at = HEADER_LEN + starts[k];
+            let bytes = &raw[(starts[k] - base) as usize..(starts[k + 1] - base) as usize];
+            if crcs[k] != crc32c::crc32c(bytes) {
                 return Err(corrupt(
                     &self.path,
                     at,
@@ -325,10 +467,7 @@ impl Run {
         match dir {
             Direction::Forward => {
                 let target = Entry::new(key, lo, 0);
-                let first = self
-                    .fences
-                    .partition_point(|f| *f < target)
-                    .saturating_sub(1);
+                let first = self.partition(|f| *f < target)?.saturating_sub(1);
                 for b in first..self.blocks() {
                     for e in self.block(b)? {
                         if e < target {
@@ -347,7 +486,7 @@ impl Run {
             }
             Direction::Backward => {
                 let target = Entry::new(key, hi, u64::MAX);
-                let end = self.fences.partition_point(|f| *f <= target);
+                let end = self.partition(|f| *f <= target)?;
                 for b in (0..end).rev() {
                     for e in self.block(b)?.into_iter().rev() {
                         if e > target {
@@ -479,6 +618,77 @@ mod tests {
         assert_eq!(all, entries);
     }
 
+    /// A run whose block table stays on disk but for every SPARSE-th fence answers every
+    /// scan, at group edges too, as one that holds the whole table.
+    #[test]
+    fn a_sparse_block_table_answers_as_a_whole_one() {
+        let fs = SimFs::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for k in 0..40u64 {
+            for s in 0..(k * 73 + 1) {
+                entries.push(Entry::new(k << 56, s * 3, s));
+            }
+        }
+        entries.sort();
+        let path = Path::new("/x/run-4.idx");
+        Run::write(&fs, path, 4, entries.iter().copied().map(Ok)).unwrap();
+        let whole = Run::open(&fs, path, 4).unwrap();
+        let sparse = Run::open_keeping(&fs, path, 4, FILTER_IN_MEMORY, 0).unwrap();
+        assert!(matches!(whole.table, Table::Memory { .. }));
+        assert!(matches!(sparse.table, Table::Sparse { .. }));
+        assert!(sparse.blocks() > 2 * SPARSE, "{} blocks", sparse.blocks());
+        assert!(sparse.memory().0 * 50 < whole.memory().0);
+        for k in 0..41u64 {
+            for (lo, hi, limit) in [(0, u64::MAX, usize::MAX), (30, 900, 25), (5, 5, 1)] {
+                for dir in [Direction::Forward, Direction::Backward] {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    whole.scan(k << 56, lo, hi, dir, limit, &mut a).unwrap();
+                    sparse.scan(k << 56, lo, hi, dir, limit, &mut b).unwrap();
+                    assert_eq!(a, b, "k={k} lo={lo} hi={hi} {dir:?}");
+                }
+            }
+        }
+        let all: Vec<Entry> = sparse.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(all, entries);
+        // The table a writer keeps of a large run is the one a reader keeps.
+        let Table::Memory {
+            fences,
+            starts,
+            crcs,
+        } = &whole.table
+        else {
+            unreachable!()
+        };
+        let Table::Sparse {
+            every,
+            blocks,
+            at,
+            data_len,
+        } = &sparse.table
+        else {
+            unreachable!()
+        };
+        let Table::Sparse {
+            every: e2,
+            blocks: b2,
+            at: a2,
+            data_len: d2,
+        } = Table::new(fences.clone(), starts.clone(), crcs.clone(), *at, 0)
+        else {
+            panic!("a table over its bound stays whole")
+        };
+        assert_eq!((every, blocks, at, data_len), (&e2, &b2, &a2, &d2));
+        // A flipped bit in the block table is found when the run is opened.
+        let mut bytes = fs.read_file(path).unwrap();
+        let table_at = (HEADER_LEN + le_u64(&bytes[36..44])) as usize;
+        bytes[table_at + 24 * 70 + 3] ^= 1;
+        fs.write_file(path, bytes);
+        let err = Run::open_keeping(&fs, path, 4, FILTER_IN_MEMORY, 0)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    }
+
     #[test]
     fn id_filter_has_no_false_negatives_and_few_false_positives() {
         let fs = SimFs::new();
@@ -498,7 +708,7 @@ mod tests {
         assert!(false_positives < 100, "{false_positives} of 20000");
         // Read from the file instead, the filter answers every id the same, alone or many
         // at a time.
-        let on_disk = Run::open_keeping(&fs, path, 3, 0).unwrap();
+        let on_disk = Run::open_keeping(&fs, path, 3, 0, TABLE_IN_MEMORY).unwrap();
         assert!(matches!(on_disk.filter, Filter::Disk { .. }));
         let keys: Vec<u64> = (0..25_000u64)
             .map(|i| key(KIND_ID, &i.to_le_bytes()))
@@ -518,7 +728,7 @@ mod tests {
         bytes[n - 9] ^= 1;
         fs.write_file(path, bytes);
         for keep in [0, u64::MAX] {
-            let err = Run::open_keeping(&fs, path, 3, keep)
+            let err = Run::open_keeping(&fs, path, 3, keep, keep)
                 .err()
                 .expect("refused");
             assert!(matches!(err, Error::Corruption { .. }), "{err}");
@@ -635,7 +845,8 @@ mod tests {
         let path = Path::new("/x/run-4.idx");
         let run = Run::write(&fs, path, 4, (0..1000u64).map(|i| Ok(Entry::new(1, i, i)))).unwrap();
         let mut bytes = fs.read_file(path).unwrap();
-        bytes[(HEADER_LEN + run.starts[1] + 9) as usize] ^= 0x20;
+        let second = run.block_table(1, 2).unwrap().0[0];
+        bytes[(HEADER_LEN + second + 9) as usize] ^= 0x20;
         fs.write_file(path, bytes);
         let run = Run::open(&fs, path, 4).unwrap();
         assert!(run.block(0).is_ok());

@@ -7,7 +7,10 @@ use std::path::Path;
 use annal_core::{Error, Result};
 use tracing::debug;
 
-use super::{Filter, Run, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION};
+use super::{
+    Filter, Run, Table, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION,
+    TABLE_IN_MEMORY,
+};
 use crate::index::block::{pack_entry, PACKED_MAX};
 use crate::index::filter::RunFilter;
 use crate::index::idfilter::IdFilter;
@@ -168,9 +171,13 @@ impl Run {
             count,
             file,
             path: path.to_path_buf(),
-            fences,
-            starts,
-            block_crcs,
+            table: Table::new(
+                fences,
+                starts,
+                block_crcs,
+                HEADER_LEN + data_len,
+                TABLE_IN_MEMORY,
+            ),
             filter: if filter.len() as u64 * 8 <= FILTER_IN_MEMORY {
                 Filter::Memory(filter)
             } else {
