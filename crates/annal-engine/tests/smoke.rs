@@ -672,7 +672,13 @@ async fn a_damaged_heads_block_is_reported_and_rebuilt_from_the_log() {
     let heads: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|f| f.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("heads-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("heads-")
+        })
         .collect();
     assert_eq!(heads.len(), 1, "{heads:?}");
     // A byte inside the first block, in the id of a stream near its start.
@@ -686,7 +692,11 @@ async fn a_damaged_heads_block_is_reported_and_rebuilt_from_the_log() {
         matches!(&err, annal_core::Error::Corruption { file, .. } if file.contains("heads-")),
         "{err:?}"
     );
-    let far = store.stream_info("acct-1999").await.unwrap().expect("present");
+    let far = store
+        .stream_info("acct-1999")
+        .await
+        .unwrap()
+        .expect("present");
     assert_eq!(far.revision, 0);
     store.close().unwrap();
     let report = annal_engine::check::check(dir.path(), &mut |_, _| {}).unwrap();

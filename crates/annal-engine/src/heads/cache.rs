@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::file::Block;
+use super::block::Block;
 
 type Key = (u64, usize);
 

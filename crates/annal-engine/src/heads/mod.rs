@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use annal_core::{category_of, CategoryInfo, RecordedEvent, Result, StreamInfo, Timestamp};
 
+pub mod block;
 pub mod cache;
 pub mod file;
 
