@@ -54,6 +54,9 @@ pub(crate) struct Writer {
     pending: Pending,
     /// The index keys of a request's event ids, and whether the index may hold each.
     id_keys: Vec<u64>,
+    /// The head of each stream of the request being prepared, as checked (a request names
+    /// a stream once), so that encoding it looks none up again.
+    priors: Vec<Option<Head>>,
     id_maybe: Vec<bool>,
     id_scratch: Vec<bool>,
     /// Keeps zeros ahead of the log in the active segment (`None` when turned off).
@@ -98,6 +101,7 @@ impl Writer {
             seq: 0,
             pending: Pending::default(),
             id_keys: Vec::new(),
+            priors: Vec::new(),
             id_maybe: Vec::new(),
             id_scratch: Vec::new(),
             filler,
@@ -263,8 +267,11 @@ impl Writer {
         if let Some(result) = self.check_ids(req)? {
             return Ok(result);
         }
+        self.priors.clear();
         for s in &req.streams {
-            let actual = self.current(&s.stream_id)?.map(|h| h.revision);
+            let prior = self.current(&s.stream_id)?;
+            self.priors.push(prior);
+            let actual = prior.map(|h| h.revision);
             if !s.expected.accepts(actual) {
                 return Err(Error::WrongExpectedRevision {
                     stream: s.stream_id.to_string(),
@@ -290,8 +297,7 @@ impl Writer {
         let mut position = first_position;
         // check_ids left the keys of this request's event ids in `id_keys`, in event order.
         let mut id_keys = &self.id_keys[..];
-        for s in &req.streams {
-            let prev = self.current(&s.stream_id)?;
+        for (s, &prev) in req.streams.iter().zip(&self.priors) {
             let first_revision = prev.map_or(0, |h| h.revision + 1);
             let count = s.events.len() as u64;
             let (keys, rest) = id_keys.split_at(s.events.len());
