@@ -9,6 +9,7 @@
 
 pub mod check;
 mod checkpoint;
+mod codec;
 mod config;
 mod heads;
 mod index;

@@ -8,6 +8,7 @@ use annal_core::{Error, Result};
 use tracing::{info, warn};
 
 use crate::checkpoint::Manifest;
+use crate::codec::io_err;
 use crate::heads::{open_chain, Heads};
 use crate::index::{decoded_batch_entries, Entry, Run};
 use crate::io::Fs;
@@ -32,10 +33,6 @@ pub(crate) struct Recovered {
     pub manifest: Manifest,
     pub runs: Vec<Arc<Run>>,
     pub entries: Vec<Entry>,
-}
-
-fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(format!("{op} {}", path.display()), e)
 }
 
 /// Lists and checks the segment files.

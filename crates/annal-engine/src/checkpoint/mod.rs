@@ -20,7 +20,6 @@ use crate::index::{merge, IdFilter, MemTable, Run};
 use crate::layout::{heads_path, index_dir, run_path};
 use crate::shared::Shared;
 
-mod codec;
 pub mod manifest;
 
 pub use manifest::Manifest;

@@ -2,21 +2,13 @@
 
 use std::path::Path;
 
-use annal_core::{Error, Result};
+use annal_core::Result;
 
 use super::Head;
+use crate::codec::corrupt;
 
 /// Bytes of a head after its id.
 const HEAD_BYTES: usize = 40;
-
-/// A heads file found damaged at `offset`.
-pub fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: path.display().to_string(),
-        offset,
-        problem: problem.into(),
-    }
-}
 
 /// One block of heads, decoded: ids laid end to end, where each ends, and the heads.
 #[derive(Debug, Default)]

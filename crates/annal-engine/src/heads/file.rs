@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use annal_core::{Error, Result};
 
-use super::block::{corrupt, Block};
+use super::block::Block;
 use super::cache::BlockCache;
 use super::{CategoryCount, Head};
+use crate::codec::{corrupt, io_err, Reader};
 use crate::index::filter::{holds, RunFilter};
 use crate::io::{FileRef, Fs};
 
@@ -47,10 +48,6 @@ pub const BITS_PER_STREAM: u64 = 10;
 /// The filter key of a stream id.
 pub fn stream_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
-}
-
-fn io(op: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(format!("{op} {}", path.display()), e)
 }
 
 /// An open heads file: its footer in memory, its blocks on disk.
@@ -83,8 +80,8 @@ impl std::fmt::Debug for HeadsFile {
 impl HeadsFile {
     /// Opens a heads file, reading its header and footer.
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<HeadsFile> {
-        let file = fs.open(path).map_err(|e| io("opening", path, e))?;
-        let len = file.len().map_err(|e| io("reading", path, e))?;
+        let file = fs.open(path).map_err(|e| io_err("opening", path, e))?;
+        let len = file.len().map_err(|e| io_err("reading", path, e))?;
         if len < HEADER_LEN + TRAILER_LEN {
             return Err(corrupt(
                 path,
@@ -94,7 +91,7 @@ impl HeadsFile {
         }
         let mut header = [0u8; HEADER_LEN as usize];
         file.read_exact_at(&mut header, 0)
-            .map_err(|e| io("reading", path, e))?;
+            .map_err(|e| io_err("reading", path, e))?;
         if &header[..8] != MAGIC {
             return Err(corrupt(path, 0, "bad magic"));
         }
@@ -108,7 +105,7 @@ impl HeadsFile {
         }
         let mut trailer = [0u8; TRAILER_LEN as usize];
         file.read_exact_at(&mut trailer, len - TRAILER_LEN)
-            .map_err(|e| io("reading", path, e))?;
+            .map_err(|e| io_err("reading", path, e))?;
         let footer_at = u64::from_le_bytes(trailer[..8].try_into().expect("8"));
         let crc = u32::from_le_bytes(trailer[8..].try_into().expect("4"));
         if footer_at < HEADER_LEN || footer_at > len - TRAILER_LEN {
@@ -120,16 +117,11 @@ impl HeadsFile {
         }
         let mut footer = vec![0u8; (len - TRAILER_LEN - footer_at) as usize];
         file.read_exact_at(&mut footer, footer_at)
-            .map_err(|e| io("reading", path, e))?;
+            .map_err(|e| io_err("reading", path, e))?;
         if crc32c::crc32c(&footer) != crc {
             return Err(corrupt(path, footer_at, "heads footer checksum mismatch"));
         }
-        let mut r = Fields {
-            b: &footer,
-            at: 0,
-            base: footer_at,
-            path,
-        };
+        let mut r = Reader::new(path, &footer, footer_at);
         let streams = r.u64()?;
         let mut categories = Vec::new();
         for _ in 0..r.u32()? {
@@ -219,7 +211,7 @@ impl HeadsFile {
         let mut buf = vec![0u8; (self.starts[i + 1] - offset) as usize];
         self.file
             .read_exact_at(&mut buf, offset)
-            .map_err(|e| io("reading", &self.path, e))?;
+            .map_err(|e| io_err("reading", &self.path, e))?;
         Block::decode(&self.path, offset, &buf)
     }
 
@@ -298,39 +290,6 @@ impl Iterator for Scan {
     }
 }
 
-/// Reads the footer's fields, naming the file offset of one that is cut short.
-struct Fields<'a> {
-    b: &'a [u8],
-    at: usize,
-    base: u64,
-    path: &'a Path,
-}
-
-impl Fields<'_> {
-    fn offset(&self) -> u64 {
-        self.base + self.at as u64
-    }
-    fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let Some(s) = self.b.get(self.at..self.at + n) else {
-            return Err(corrupt(self.path, self.offset(), "heads footer ends early"));
-        };
-        self.at += n;
-        Ok(s)
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    fn str16(&mut self) -> Result<String> {
-        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as usize;
-        let at = self.offset();
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| corrupt(self.path, at, "a name is not UTF-8"))
-    }
-}
-
 fn put_str16(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(&(s.len() as u16).to_le_bytes());
     b.extend_from_slice(s.as_bytes());
@@ -356,7 +315,7 @@ pub struct HeadsWriter {
 impl HeadsWriter {
     /// Creates the file, with a filter sized for at most `streams` heads.
     pub fn create(fs: &dyn Fs, path: &Path, streams: u64) -> Result<HeadsWriter> {
-        let file = fs.create(path).map_err(|e| io("creating", path, e))?;
+        let file = fs.create(path).map_err(|e| io_err("creating", path, e))?;
         let mut out = Vec::with_capacity(WRITE_CHUNK + BLOCK_BYTES * 2);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&HEADS_VERSION.to_le_bytes());
@@ -439,7 +398,7 @@ impl HeadsWriter {
     fn flush(&mut self) -> Result<()> {
         self.file
             .write_all_at(&self.out, self.written)
-            .map_err(|e| io("writing", &self.path, e))?;
+            .map_err(|e| io_err("writing", &self.path, e))?;
         self.written += self.out.len() as u64;
         self.out.clear();
         Ok(())
@@ -475,7 +434,7 @@ impl HeadsWriter {
         self.flush()?;
         self.file
             .sync_data()
-            .map_err(|e| io("syncing", &self.path, e))?;
+            .map_err(|e| io_err("syncing", &self.path, e))?;
         Ok(self.streams)
     }
 }

@@ -13,6 +13,7 @@ use super::file::{
     encode_delete, encode_put, end_group, header, start_group, GROUP_HEADER_LEN, HEADER_LEN,
 };
 use super::{Active, Kept};
+use crate::codec::io_err;
 use crate::io::FileRef;
 use crate::layout::{snapshot_file_path, snapshot_tmp_path, snapshots_dir};
 use crate::shared::Shared;
@@ -61,10 +62,6 @@ pub(crate) struct Keeper {
     sequence: u64,
     /// Dead bytes that make a compaction due again after one failed.
     retry_at: u64,
-}
-
-fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(format!("{op} {}", path.display()), e)
 }
 
 impl Keeper {

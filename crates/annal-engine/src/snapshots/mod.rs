@@ -16,6 +16,7 @@ use std::sync::RwLock;
 use annal_core::{keep_snapshot, latest_snapshot, Bytes, Error, Result, Snapshot};
 use tracing::warn;
 
+use crate::codec::io_err;
 use crate::io::{FileRef, Fs};
 use crate::layout::{
     is_snapshot_tmp, parse_snapshot_file_name, snapshot_file_name, snapshot_file_path,
@@ -147,10 +148,6 @@ impl Active {
             Err(Bad::Malformed) => Err(corrupt("a malformed snapshot record".into())),
         }
     }
-}
-
-fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::io(format!("{op} {}", path.display()), e)
 }
 
 /// What opening the snapshot file found.

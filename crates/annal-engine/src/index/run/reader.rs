@@ -10,6 +10,7 @@ use super::{
     Filter, Run, Table, BLOCK, FENCE_LEN, FILTER_IN_MEMORY, HEADER_LEN, MAGIC, RUN_VERSION, SPARSE,
     TABLE_IN_MEMORY,
 };
+use crate::codec::corrupt;
 use crate::index::block::unpack_block;
 use crate::index::filter::{self, BLOCK_WORDS, RUN_BITS_PER_ID};
 use crate::index::idfilter::IdFilter;
@@ -18,14 +19,6 @@ use crate::io::Fs;
 
 /// Blocks read at once when iterating a run or reading its id entries.
 const READ_BLOCKS: usize = 64;
-
-fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: path.display().to_string(),
-        offset,
-        problem: problem.into(),
-    }
-}
 
 fn le_u32(b: &[u8]) -> u32 {
     let mut w = [0u8; 4];

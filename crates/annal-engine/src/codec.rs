@@ -1,5 +1,6 @@
-//! The manifest's file handling: a whole file written durably, read back and checked
-//! (magic, format version, trailing CRC32C), and a reader of its fields.
+//! What the checkpoint's files share: errors that name a file, whole files written durably,
+//! read back and checked (magic, format version, trailing CRC32C), and a reader of
+//! little-endian fields that names the file offset of one cut short.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use annal_core::{Error, Result};
 
 use crate::io::Fs;
 
+/// A file found damaged at `offset`.
 pub fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
     Error::Corruption {
         file: path.display().to_string(),
@@ -15,28 +17,26 @@ pub fn corrupt(path: &Path, offset: u64, problem: impl Into<String>) -> Error {
     }
 }
 
+/// An I/O error of operation `op` ("reading", "syncing") on a file.
+pub fn io_err(op: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("{op} {}", path.display()), e)
+}
+
 pub fn read_all(fs: &dyn Fs, path: &Path) -> Result<Vec<u8>> {
-    let f = fs
-        .open(path)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let len = f
-        .len()
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let f = fs.open(path).map_err(|e| io_err("opening", path, e))?;
+    let len = f.len().map_err(|e| io_err("reading", path, e))?;
     let mut buf = vec![0u8; len as usize];
     f.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        .map_err(|e| io_err("reading", path, e))?;
     Ok(buf)
 }
 
 /// Writes a whole file durably (create, write, sync). The caller syncs the folder.
 pub fn write_all(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<()> {
-    let f = fs
-        .create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let f = fs.create(path).map_err(|e| io_err("creating", path, e))?;
     f.write_all_at(bytes, 0)
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    f.sync_data()
-        .map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+        .map_err(|e| io_err("writing", path, e))?;
+    f.sync_data().map_err(|e| io_err("syncing", path, e))
 }
 
 /// Checks the magic, the trailing CRC32C and the format version (`supported`) of a whole
@@ -90,7 +90,17 @@ pub struct Reader<'a> {
     at: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader of `b`, which starts at file offset `at` of `path`.
+    pub fn new(path: &'a Path, b: &'a [u8], at: u64) -> Reader<'a> {
+        Reader { b, path, at }
+    }
+
+    /// The file offset of the next field.
+    pub fn offset(&self) -> u64 {
+        self.at
+    }
+
     pub fn take(&mut self, n: usize) -> Result<&[u8]> {
         if self.b.len() < n {
             return Err(corrupt(
@@ -113,5 +123,12 @@ impl Reader<'_> {
         let mut a = [0u8; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
+    }
+    /// A string of at most 65,535 bytes after its u16 length.
+    pub fn str16(&mut self) -> Result<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        let at = self.offset();
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| corrupt(self.path, at, "a name is not UTF-8"))
     }
 }
