@@ -152,7 +152,6 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
     let mut expected: HashMap<u8, Digest> = HashMap::new();
     let mut heads_at_checkpoint: Option<BTreeMap<String, Head>> = None;
     let mut heads: BTreeMap<String, Head> = BTreeMap::new();
-    let mut revisions: HashMap<String, u64> = HashMap::new();
     let mut next_position = 0u64;
     let mut last_time = i64::MIN;
     let total = report.bytes.max(1);
@@ -261,7 +260,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                     let want = if e.stream_id.is_empty() {
                         no_stream_next
                     } else {
-                        revisions.get(e.stream_id.as_str()).copied().unwrap_or(0)
+                        heads.get(&*e.stream_id).map_or(0, |h| h.revision + 1)
                     };
                     if e.revision != want {
                         report.problems.push(format!(
@@ -272,9 +271,6 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                     if e.stream_id.is_empty() {
                         no_stream_next = e.revision + 1;
                     } else {
-                        revisions.insert(e.stream_id.to_string(), e.revision + 1);
-                    }
-                    if !e.stream_id.is_empty() {
                         let prior = heads.get(&*e.stream_id).copied();
                         heads.insert(e.stream_id.to_string(), next_head(prior, e));
                     }
@@ -296,8 +292,8 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
         }
     }
     progress(total, total);
-    report.streams = revisions.len() as u64;
-    check_snapshots(&fs, dir, &revisions, &mut report)?;
+    report.streams = heads.len() as u64;
+    check_snapshots(&fs, dir, &heads, &mut report)?;
     if let Some(m) = manifest {
         check_checkpoint(
             &fs,
@@ -318,7 +314,7 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
 fn check_snapshots(
     fs: &dyn Fs,
     dir: &Path,
-    revisions: &HashMap<String, u64>,
+    heads: &BTreeMap<String, Head>,
     report: &mut CheckReport,
 ) -> Result<()> {
     let (newest, stale) = crate::snapshots::files(fs, dir)?;
@@ -386,15 +382,14 @@ fn check_snapshots(
     streams.sort_by(|a, b| a.0.cmp(b.0));
     for (stream, list) in streams {
         let Some(last) = list.last() else { continue };
-        match revisions.get(&**stream) {
+        match heads.get(&**stream) {
             None => report.problems.push(format!(
                 "a snapshot of stream '{stream}' at revision {}, but the stream has no event",
                 last.revision
             )),
-            Some(&next) if last.revision >= next => report.problems.push(format!(
+            Some(h) if last.revision > h.revision => report.problems.push(format!(
                 "a snapshot of stream '{stream}' at revision {}, but the stream ends at revision {}",
-                last.revision,
-                next - 1
+                last.revision, h.revision
             )),
             Some(_) => {}
         }
