@@ -11,9 +11,14 @@
 //! | footer  | u64 streams; u32 categories, per category str16 name, u64 streams, u64 events; u32 blocks, per block u64 offset, u32 length, str16 first stream id; u32 filter words, the words |
 //! | trailer | u64 footer offset, u32 CRC32C of the footer                             |
 //!
-//! Opening a file reads only its footer: the fences (each block's first id) and a Bloom
-//! filter over its stream ids ([`BITS_PER_STREAM`] bits each), so that a stream the file
-//! does not hold costs no read. Blocks (`block.rs`) are read through the [`BlockCache`].
+//! Opening a file reads and checks only its footer: the fences (each block's first id) and
+//! a Bloom filter over its stream ids ([`BITS_PER_STREAM`] bits each), so that a stream the
+//! file does not hold costs no block read. What of the footer stays in memory depends on its
+//! size, as for index runs: the filter while it is at most `FILTER_IN_MEMORY` bytes (a larger
+//! one is probed by reading the one 64-byte filter block a stream needs), the fences while
+//! they are at most `TABLE_IN_MEMORY` bytes (of larger ones, every `SPARSE`th fence and
+//! where its group starts; a lookup reads its group's fences). Blocks (`block.rs`) are read
+//! through the [`BlockCache`].
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -26,7 +31,8 @@ use super::block::Block;
 use super::cache::BlockCache;
 use super::{CategoryCount, Head};
 use crate::codec::{corrupt, io_err, Reader};
-use crate::index::filter::{holds, RunFilter};
+use crate::index::filter::{holds, holds_on_disk, RunFilter};
+use crate::index::run::{FILTER_IN_MEMORY, SPARSE, TABLE_IN_MEMORY};
 use crate::io::{FileRef, Fs};
 
 const MAGIC: &[u8; 8] = b"ANNALHDS";
@@ -50,7 +56,7 @@ pub fn stream_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-/// An open heads file: its footer in memory, its blocks on disk.
+/// An open heads file: what it keeps of its footer in memory, its blocks on disk.
 pub struct HeadsFile {
     pub id: u64,
     path: PathBuf,
@@ -59,12 +65,62 @@ pub struct HeadsFile {
     pub streams: u64,
     /// Every category's counts at the checkpoint that wrote the file.
     pub categories: Vec<(String, CategoryCount)>,
-    /// Each block's first stream id, laid end to end, and where each ends.
-    fence_ids: String,
-    fence_ends: Vec<u32>,
-    /// Where each block starts, and where the last one ends (blocks lie end to end).
-    starts: Vec<u64>,
-    filter: Vec<u64>,
+    fences: Fences,
+    filter: Filter,
+}
+
+/// Where the blocks are. Fence ids are laid end to end in one string, with where each ends.
+enum Fences {
+    /// Every block's first id, and where each block starts and the last one ends (blocks
+    /// lie end to end).
+    Memory {
+        ids: String,
+        ends: Vec<u32>,
+        starts: Vec<u64>,
+    },
+    /// The first id of every `SPARSE`th block, and the file offset of that block's fence
+    /// entry (the last offset is the end of the fence entries); `blocks` in all.
+    Sparse {
+        ids: String,
+        ends: Vec<u32>,
+        at: Vec<u64>,
+        blocks: usize,
+    },
+}
+
+/// The filter over the file's stream ids: in memory, or where its words are in the file.
+enum Filter {
+    Memory(Vec<u64>),
+    Disk { at: u64, words: u64 },
+}
+
+/// The `i`th of ids laid end to end in `ids`, each ending at `ends[i]`.
+fn nth<'a>(ids: &'a str, ends: &[u32], i: usize) -> &'a str {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &ids[start..ends[i] as usize]
+}
+
+/// The number of the last of `n` ids in order whose id is at or before `id`.
+fn last_at_or_before<'a>(n: usize, nth: impl Fn(usize) -> &'a str, id: &str) -> Option<usize> {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if nth(mid) <= id {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo.checked_sub(1)
+}
+
+/// A group of sparse fences read from the file: the number of its first block, where each
+/// of its blocks starts and ends, and their first ids.
+#[derive(Default)]
+struct Group {
+    first: usize,
+    blocks: Vec<(u64, u64)>,
+    ids: Vec<String>,
 }
 
 impl std::fmt::Debug for HeadsFile {
@@ -73,6 +129,7 @@ impl std::fmt::Debug for HeadsFile {
             .field("id", &self.id)
             .field("streams", &self.streams)
             .field("blocks", &self.blocks())
+            .field("footer_bytes", &self.bytes())
             .finish()
     }
 }
@@ -80,6 +137,23 @@ impl std::fmt::Debug for HeadsFile {
 impl HeadsFile {
     /// Opens a heads file, reading its header and footer.
     pub fn open(fs: &dyn Fs, path: &Path, id: u64) -> Result<HeadsFile> {
+        // The crate's unit tests open every other file keeping nothing of its footer, so
+        // that small files take the paths of large ones.
+        if cfg!(test) && id % 2 == 1 {
+            return HeadsFile::open_keeping(fs, path, id, 0, 0);
+        }
+        HeadsFile::open_keeping(fs, path, id, FILTER_IN_MEMORY, TABLE_IN_MEMORY)
+    }
+
+    /// `open`, keeping the filter in memory when it is at most `filter_bytes` bytes and
+    /// every fence when the fences are at most `fence_bytes`.
+    fn open_keeping(
+        fs: &dyn Fs,
+        path: &Path,
+        id: u64,
+        filter_bytes: u64,
+        fence_bytes: u64,
+    ) -> Result<HeadsFile> {
         let file = fs.open(path).map_err(|e| io_err("opening", path, e))?;
         let len = file.len().map_err(|e| io_err("reading", path, e))?;
         if len < HEADER_LEN + TRAILER_LEN {
@@ -115,6 +189,7 @@ impl HeadsFile {
                 "footer offset out of range",
             ));
         }
+        // The footer is read whole for its checksum; what stays of it depends on its size.
         let mut footer = vec![0u8; (len - TRAILER_LEN - footer_at) as usize];
         file.read_exact_at(&mut footer, footer_at)
             .map_err(|e| io_err("reading", path, e))?;
@@ -135,110 +210,199 @@ impl HeadsFile {
             ));
         }
         let n = r.u32()? as usize;
-        let mut starts = Vec::with_capacity(n + 1);
-        starts.push(HEADER_LEN);
-        let mut fence_ids = String::new();
-        let mut fence_ends = Vec::with_capacity(n);
+        // Every fence is gathered, then thinned out when they take more than `fence_bytes`.
+        let (mut ids, mut ends) = (String::new(), Vec::new());
+        let (mut starts, mut at) = (vec![HEADER_LEN], Vec::new());
         for _ in 0..n {
+            at.push(r.offset());
             let offset = r.u64()?;
             let end = offset + u64::from(r.u32()?);
             if starts.last() != Some(&offset) || end > footer_at {
                 return Err(corrupt(path, r.offset(), "block out of place"));
             }
             starts.push(end);
-            fence_ids.push_str(&r.str16()?);
-            fence_ends.push(fence_ids.len() as u32);
+            ids.push_str(&r.str16()?);
+            ends.push(ids.len() as u32);
         }
+        let all = (ids.len() + ends.len() * 4 + starts.len() * 8) as u64;
+        let fences = if all <= fence_bytes {
+            Fences::Memory { ids, ends, starts }
+        } else {
+            let (mut kept, mut kept_ends, mut kept_at) = (String::new(), Vec::new(), Vec::new());
+            for g in (0..n).step_by(SPARSE) {
+                kept.push_str(nth(&ids, &ends, g));
+                kept_ends.push(kept.len() as u32);
+                kept_at.push(at[g]);
+            }
+            kept_at.push(r.offset());
+            Fences::Sparse {
+                ids: kept,
+                ends: kept_ends,
+                at: kept_at,
+                blocks: n,
+            }
+        };
         let words = r.u32()? as usize;
-        let mut filter = Vec::with_capacity(words);
-        for _ in 0..words {
-            filter.push(r.u64()?);
-        }
         if words == 0 || !words.is_multiple_of(crate::index::filter::BLOCK_WORDS) {
             return Err(corrupt(path, r.offset(), "bad filter size"));
         }
+        let filter = if words as u64 * 8 <= filter_bytes {
+            let mut filter = Vec::with_capacity(words);
+            for _ in 0..words {
+                filter.push(r.u64()?);
+            }
+            Filter::Memory(filter)
+        } else {
+            let at = r.offset();
+            r.take(words * 8)?;
+            Filter::Disk {
+                at,
+                words: words as u64,
+            }
+        };
         Ok(HeadsFile {
             id,
             path: path.to_path_buf(),
             file,
             streams,
             categories,
-            fence_ids,
-            fence_ends,
-            starts,
+            fences,
             filter,
         })
     }
 
     fn blocks(&self) -> usize {
-        self.fence_ends.len()
+        match &self.fences {
+            Fences::Memory { ends, .. } => ends.len(),
+            Fences::Sparse { blocks, .. } => *blocks,
+        }
     }
 
-    fn fence(&self, i: usize) -> &str {
-        let start = if i == 0 {
-            0
-        } else {
-            self.fence_ends[i - 1] as usize
+    /// The fences of sparse group `g`, read from the file.
+    fn group(&self, g: usize) -> Result<Group> {
+        let Fences::Sparse { at, blocks, .. } = &self.fences else {
+            return Err(Error::Internal(
+                "a heads file whose fences are all in memory has no groups".into(),
+            ));
         };
-        &self.fence_ids[start..self.fence_ends[i] as usize]
+        let (from, to) = (at[g], at[g + 1]);
+        let mut raw = vec![0u8; (to - from) as usize];
+        self.file
+            .read_exact_at(&mut raw, from)
+            .map_err(|e| io_err("reading", &self.path, e))?;
+        let mut r = Reader::new(&self.path, &raw, from);
+        let first = g * SPARSE;
+        let n = SPARSE.min(blocks - first);
+        let mut group = Group {
+            first,
+            blocks: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let offset = r.u64()?;
+            let len = u64::from(r.u32()?);
+            group.blocks.push((offset, offset + len));
+            group.ids.push(r.str16()?);
+        }
+        Ok(group)
     }
 
-    /// The block that would hold `id`: the last whose first id is at or before it.
-    fn block_for(&self, id: &str) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.blocks());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.fence(mid) <= id {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+    /// The number of the block that would hold `id` (the last whose first id is at or
+    /// before it), and where that block starts and ends.
+    fn block_for(&self, id: &str) -> Result<Option<(usize, u64, u64)>> {
+        match &self.fences {
+            Fences::Memory { ids, ends, starts } => {
+                Ok(last_at_or_before(ends.len(), |i| nth(ids, ends, i), id)
+                    .map(|b| (b, starts[b], starts[b + 1])))
+            }
+            Fences::Sparse { ids, ends, .. } => {
+                let Some(g) = last_at_or_before(ends.len(), |i| nth(ids, ends, i), id) else {
+                    return Ok(None);
+                };
+                let group = self.group(g)?;
+                // The group's first id is the sparse fence, at or before `id`.
+                let j = last_at_or_before(group.ids.len(), |i| &group.ids[i], id).unwrap_or(0);
+                let (offset, end) = group.blocks[j];
+                Ok(Some((group.first + j, offset, end)))
             }
         }
-        lo.checked_sub(1)
     }
 
-    /// Memory held by the footer.
+    /// Where block `i` starts and ends; `group` keeps the sparse group read last.
+    fn locate(&self, i: usize, group: &mut Group) -> Result<(u64, u64)> {
+        match &self.fences {
+            Fences::Memory { starts, .. } => Ok((starts[i], starts[i + 1])),
+            Fences::Sparse { .. } => {
+                if i < group.first || i >= group.first + group.blocks.len() {
+                    *group = self.group(i / SPARSE)?;
+                }
+                Ok(group.blocks[i - group.first])
+            }
+        }
+    }
+
+    /// Memory held by what is kept of the footer.
     pub fn bytes(&self) -> usize {
-        self.fence_ids.capacity()
-            + self.fence_ends.capacity() * 4
-            + self.starts.capacity() * 8
-            + self.filter.capacity() * 8
+        (match &self.fences {
+            Fences::Memory { ids, ends, starts } => {
+                ids.capacity() + ends.capacity() * 4 + starts.capacity() * 8
+            }
+            Fences::Sparse { ids, ends, at, .. } => {
+                ids.capacity() + ends.capacity() * 4 + at.capacity() * 8
+            }
+        }) + match &self.filter {
+            Filter::Memory(w) => w.capacity() * 8,
+            Filter::Disk { .. } => 0,
+        }
     }
 
-    /// Reads block `i` from disk.
-    fn read_block(&self, i: usize) -> Result<Block> {
-        let offset = self.starts[i];
-        let mut buf = vec![0u8; (self.starts[i + 1] - offset) as usize];
+    /// Reads the block that lies from `offset` to `end`.
+    fn read_block(&self, offset: u64, end: u64) -> Result<Block> {
+        let mut buf = vec![0u8; (end - offset) as usize];
         self.file
             .read_exact_at(&mut buf, offset)
             .map_err(|e| io_err("reading", &self.path, e))?;
         Block::decode(&self.path, offset, &buf)
     }
 
+    /// False when the file certainly does not hold the stream of `hash`.
+    fn may_hold(&self, hash: u64) -> Result<bool> {
+        match &self.filter {
+            Filter::Memory(words) => Ok(holds(words, hash)),
+            Filter::Disk { at, words } => holds_on_disk(&self.file, *at, *words, hash)
+                .map_err(|e| io_err("reading", &self.path, e)),
+        }
+    }
+
     /// The head of `id` (`hash` is its [`stream_hash`]), if this file holds it.
     pub fn get(&self, id: &str, hash: u64, cache: &BlockCache) -> Result<Option<Head>> {
-        if !holds(&self.filter, hash) {
+        if !self.may_hold(hash)? {
             return Ok(None);
         }
-        let Some(b) = self.block_for(id) else {
+        let Some((b, offset, end)) = self.block_for(id)? else {
             return Ok(None);
         };
         let block = match cache.get(self.id, b) {
             Some(block) => block,
-            None => cache.insert(self.id, b, Arc::new(self.read_block(b)?)),
+            None => cache.insert(self.id, b, Arc::new(self.read_block(offset, end)?)),
         };
         Ok(block.find(id))
     }
 
     /// The heads from `from` on, in id order, read block by block (past the cache).
     pub fn scan(self: &Arc<Self>, from: Bound<&str>) -> Scan {
-        let first = match from {
-            Bound::Unbounded => 0,
-            Bound::Included(id) | Bound::Excluded(id) => self.block_for(id).unwrap_or(0),
+        let (first, error) = match from {
+            Bound::Unbounded => (0, None),
+            Bound::Included(id) | Bound::Excluded(id) => match self.block_for(id) {
+                Ok(b) => (b.map_or(0, |b| b.0), None),
+                Err(e) => (self.blocks(), Some(e)),
+            },
         };
         Scan {
             file: self.clone(),
             next_block: first,
+            group: Group::default(),
+            error,
             block: Block::default(),
             at: 0,
             from: match from {
@@ -254,6 +418,9 @@ impl HeadsFile {
 pub struct Scan {
     file: Arc<HeadsFile>,
     next_block: usize,
+    group: Group,
+    /// An error finding where to start, reported first.
+    error: Option<Error>,
     block: Block,
     at: usize,
     from: Bound<String>,
@@ -263,11 +430,18 @@ impl Iterator for Scan {
     type Item = Result<(String, Head)>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
         while self.at >= self.block.len() {
             if self.next_block >= self.file.blocks() {
                 return None;
             }
-            match self.file.read_block(self.next_block) {
+            let read = self
+                .file
+                .locate(self.next_block, &mut self.group)
+                .and_then(|(offset, end)| self.file.read_block(offset, end));
+            match read {
                 Ok(b) => self.block = b,
                 Err(e) => {
                     self.next_block = self.file.blocks();
@@ -458,7 +632,7 @@ mod tests {
     fn a_file_finds_every_head_it_holds_scans_in_order_and_refuses_damage() {
         let fs = SimFs::new();
         let p = Path::new("/s/heads.snap");
-        let ids: Vec<String> = (0..3000).map(|i| format!("account-{i:05}")).collect();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("account-{i:05}")).collect();
         let mut w = HeadsWriter::create(&fs, p, ids.len() as u64).unwrap();
         for (i, id) in ids.iter().enumerate() {
             w.push(id, &head(i as u64)).unwrap();
@@ -471,38 +645,58 @@ mod tests {
         cats.insert(
             "account".to_string(),
             CategoryCount {
-                streams: 3000,
+                streams: 20_000,
                 events: 7,
             },
         );
-        assert_eq!(w.finish(&cats).unwrap(), 3000);
-        let f = Arc::new(HeadsFile::open(&fs, p, 1).unwrap());
-        assert!(f.blocks() > 10, "{} blocks", f.blocks());
-        assert_eq!(f.categories, vec![("account".to_string(), cats["account"])]);
-        let cache = BlockCache::new(1 << 20);
-        for (i, id) in ids.iter().enumerate() {
-            assert_eq!(
-                f.get(id, stream_hash(id), &cache).unwrap(),
-                Some(head(i as u64))
-            );
+        assert_eq!(w.finish(&cats).unwrap(), 20_000);
+        let whole = HeadsFile::open(&fs, p, 0).unwrap();
+        // The same file with its filter left on disk and one fence in `SPARSE` kept.
+        let thin = HeadsFile::open_keeping(&fs, p, 2, 0, 0).unwrap();
+        assert!(matches!(whole.fences, Fences::Memory { .. }));
+        assert!(matches!(whole.filter, Filter::Memory(_)));
+        assert!(matches!(thin.fences, Fences::Sparse { .. }));
+        assert!(matches!(thin.filter, Filter::Disk { .. }));
+        assert!(
+            thin.bytes() * 20 < whole.bytes(),
+            "{} bytes kept of {}",
+            thin.bytes(),
+            whole.bytes()
+        );
+        for f in [whole, thin] {
+            let f = Arc::new(f);
+            assert!(f.blocks() > 3 * SPARSE, "{} blocks", f.blocks());
+            assert_eq!(f.categories, vec![("account".to_string(), cats["account"])]);
+            let cache = BlockCache::new(1 << 20);
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(
+                    f.get(id, stream_hash(id), &cache).unwrap(),
+                    Some(head(i as u64))
+                );
+            }
+            for absent in ["account-", "account-20000x", "zzz", "", "account-00001a"] {
+                assert_eq!(f.get(absent, stream_hash(absent), &cache).unwrap(), None);
+            }
+            let all: Vec<_> = f.scan(Bound::Unbounded).map(Result::unwrap).collect();
+            assert_eq!(all.len(), 20_000);
+            assert!(all
+                .iter()
+                .zip(&ids)
+                .all(|((a, h), b)| a == b && *h == head(b[8..].parse().unwrap())));
+            // From every block edge of a few groups, and from ids between.
+            for k in (0..20_000).step_by(97).chain([0, 1, 19_998, 19_999]) {
+                let after: Vec<_> = f
+                    .scan(Bound::Excluded(&ids[k]))
+                    .map(|r| r.unwrap().0)
+                    .collect();
+                assert_eq!(after.len(), 19_999 - k);
+                assert_eq!(after.first(), ids.get(k + 1));
+                let from = ids[k][..12].to_string();
+                let n = f.scan(Bound::Included(&from)).count();
+                let want = ids.iter().filter(|i| i.as_str() >= from.as_str()).count();
+                assert_eq!(n, want, "from {from}");
+            }
         }
-        for absent in ["account-", "account-03000x", "zzz", "", "account-00001a"] {
-            assert_eq!(f.get(absent, stream_hash(absent), &cache).unwrap(), None);
-        }
-        let all: Vec<_> = f.scan(Bound::Unbounded).map(Result::unwrap).collect();
-        assert_eq!(all.len(), 3000);
-        assert!(all.iter().zip(&ids).all(|((a, _), b)| a == b));
-        let after: Vec<_> = f
-            .scan(Bound::Excluded("account-01500"))
-            .map(|r| r.unwrap().0)
-            .collect();
-        assert_eq!(after.first().map(String::as_str), Some("account-01501"));
-        assert_eq!(after.len(), 1499);
-        let from: Vec<_> = f
-            .scan(Bound::Included("account-015"))
-            .map(|r| r.unwrap().0)
-            .collect();
-        assert_eq!(from.first().map(String::as_str), Some("account-01500"));
 
         // A flipped bit in a block is found when the block is read.
         let mut bytes = fs.read_file(p).unwrap();

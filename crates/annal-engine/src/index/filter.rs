@@ -64,6 +64,26 @@ pub fn holds(words: &[u64], key: u64) -> bool {
     bits(key, words.len() / BLOCK_WORDS).all(|(w, m)| words[w] & m != 0)
 }
 
+/// True when every bit of `key` is set in a filter of `words` words kept in `file` at
+/// offset `at`: one read of the key's 64-byte block.
+pub fn holds_on_disk(
+    file: &crate::io::FileRef,
+    at: u64,
+    words: u64,
+    key: u64,
+) -> std::io::Result<bool> {
+    let blocks = words as usize / BLOCK_WORDS;
+    let first = first_word(key, blocks);
+    let mut raw = [0u8; BLOCK_WORDS * 8];
+    file.read_exact_at(&mut raw, at + first as u64 * 8)?;
+    Ok(bits(key, blocks).all(|(w, m)| {
+        let i = (w - first) * 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[i..i + 8]);
+        u64::from_le_bytes(b) & m != 0
+    }))
+}
+
 /// A run's filter, built as its id keys are written.
 pub struct RunFilter {
     pub words: Vec<u64>,

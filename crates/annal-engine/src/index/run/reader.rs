@@ -248,20 +248,7 @@ impl Run {
         match &self.filter {
             Filter::Memory(words) => words.is_empty() || filter::holds(words, key),
             Filter::Disk { at, words } => {
-                let blocks = *words as usize / BLOCK_WORDS;
-                let first = filter::first_word(key, blocks);
-                let mut raw = [0u8; BLOCK_WORDS * 8];
-                if self
-                    .file
-                    .read_exact_at(&mut raw, at + first as u64 * 8)
-                    .is_err()
-                {
-                    return true;
-                }
-                filter::bits(key, blocks).all(|(w, m)| {
-                    let i = (w - first) * 8;
-                    le_u64(&raw[i..i + 8]) & m != 0
-                })
+                filter::holds_on_disk(&self.file, *at, *words, key).unwrap_or(true)
             }
         }
     }
