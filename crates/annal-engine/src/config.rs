@@ -34,6 +34,12 @@ pub struct Config {
     /// Bytes of stream heads blocks read from the heads files kept in memory. Heads changed
     /// since the last checkpoint are in memory besides, whatever this says.
     pub head_cache_bytes: usize,
+    /// The most bytes the id filter (one Bloom filter over the event ids of many index runs,
+    /// 10 bits an id) may take; 0 turns it off. When the ids of every run do not fit in two
+    /// thirds of it, it holds the newest runs' and the others' own filters answer for
+    /// theirs, read from disk when large: memory stays bounded, and a new id costs a read
+    /// of the page cache per run left out.
+    pub id_filter_bytes: u64,
     /// The file system (the real one unless a test supplies another).
     pub fs: Arc<dyn Fs>,
 }
@@ -49,6 +55,7 @@ impl Default for Config {
             preallocate: 8 << 20,
             snapshot_compact_after: 16 << 20,
             head_cache_bytes: 64 << 20,
+            id_filter_bytes: 128 << 20,
             fs: Arc::new(StdFs),
         }
     }
@@ -90,6 +97,11 @@ impl Config {
     /// Bytes of heads blocks cached (see [`Config::head_cache_bytes`]).
     pub fn head_cache_bytes(mut self, bytes: usize) -> Self {
         self.head_cache_bytes = bytes;
+        self
+    }
+    /// Bytes the id filter may take (see [`Config::id_filter_bytes`]).
+    pub fn id_filter_bytes(mut self, bytes: u64) -> Self {
+        self.id_filter_bytes = bytes;
         self
     }
     pub fn fs(mut self, fs: Arc<dyn Fs>) -> Self {

@@ -454,10 +454,26 @@ async fn retries_conditions_and_id_reuse_against_requests_still_in_flight() {
 /// (where the filter is built from the runs again).
 #[test]
 fn ids_of_every_run_are_found_after_the_id_filter_grows_and_after_reopening() {
+    ids_of_every_run_are_found(annal_engine::Config::default().checkpoint_entries(3_000));
+}
+
+/// The same with an id filter bounded far below the 20,000 ids: it covers only the newest
+/// runs, stays within its bound, and the runs left out answer for their own ids.
+#[test]
+fn ids_of_every_run_are_found_with_the_id_filter_bounded_below_them() {
+    ids_of_every_run_are_found(
+        annal_engine::Config::default()
+            .checkpoint_entries(3_000)
+            .id_filter_bytes(8 << 10),
+    );
+}
+
+/// Appends 20,000 events in 400 requests, then retries some and reuses their ids, while
+/// open and after reopening; the id filter stays within `config.id_filter_bytes`.
+fn ids_of_every_run_are_found(config: annal_engine::Config) {
     use annal_core::{AppendResult, Error};
-    use annal_engine::Config;
     let dir = tempfile::tempdir().unwrap();
-    let config = || Config::default().checkpoint_entries(3_000);
+    let config = || config.clone();
     let batch = |i: u64| {
         AppendRequest::stream(
             format!("s-{}", i % 7),
@@ -489,6 +505,8 @@ fn ids_of_every_run_are_found_after_the_id_filter_grows_and_after_reopening() {
             .map(|r| store.append_blocking(r.clone()).unwrap())
             .collect();
         store.checkpoint_blocking().unwrap();
+        let m = store.memory();
+        assert!(m.id_filter <= config().id_filter_bytes, "{m:?}");
         check(&store, &results, "while open");
         store.close().unwrap();
         results
@@ -500,6 +518,8 @@ fn ids_of_every_run_are_found_after_the_id_filter_grows_and_after_reopening() {
         store.head_now(),
         Some(results.last().unwrap().last_position)
     );
+    let m = store.memory();
+    assert!(m.id_filter <= config().id_filter_bytes, "{m:?}");
 }
 
 /// Events of no stream are found by tag after a reopen and after their indexes are rebuilt

@@ -229,6 +229,9 @@ settings! {
     /// Bytes of stream heads blocks the store caches from its heads files (the heads
     /// changed since the last checkpoint are in memory besides).
     head_cache_bytes: u64 = 64 << 20, flag "head-cache-bytes", value "BYTES";
+    /// Bytes the Bloom filter over the event ids of many index runs may take; the runs it
+    /// leaves out answer for their ids from their own filters, read from disk when large.
+    id_filter_bytes: u64 = 128 << 20, flag "id-filter-bytes", value "BYTES";
     /// Events per streamed batch (and at most about 4 MiB).
     read_batch_events: u64 = 2048, flag "read-batch-events", value "N";
     /// Batches queued per subscriber before it is paused.
@@ -315,6 +318,7 @@ pub struct Limits {
     pub max_event_bytes: usize,
     pub max_append_bytes: usize,
     pub head_cache_bytes: usize,
+    pub id_filter_bytes: u64,
     pub read_batch_events: usize,
     pub subscription_buffer: usize,
     pub heartbeat: Duration,
@@ -568,6 +572,12 @@ impl Settings {
             d.head_cache_bytes,
             1 << 40,
         );
+        let id_filter_bytes = count(
+            "id_filter_bytes",
+            self.id_filter_bytes,
+            d.id_filter_bytes,
+            1 << 40,
+        ) as u64;
         let max_inflight_append_bytes = count(
             "max_inflight_append_bytes",
             self.max_inflight_append_bytes,
@@ -631,6 +641,7 @@ impl Settings {
             max_event_bytes,
             max_append_bytes,
             head_cache_bytes,
+            id_filter_bytes,
             read_batch_events,
             subscription_buffer,
             heartbeat: duration("heartbeat", self.heartbeat, d.heartbeat),

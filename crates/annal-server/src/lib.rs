@@ -751,7 +751,8 @@ impl Server {
         let engine = annal_engine::Config::default()
             .max_event_size(config.limits.max_event_bytes)
             .max_append_size(config.limits.max_append_bytes)
-            .head_cache_bytes(config.limits.head_cache_bytes);
+            .head_cache_bytes(config.limits.head_cache_bytes)
+            .id_filter_bytes(config.limits.id_filter_bytes);
         let data = config.data.clone();
         let store = tokio::task::spawn_blocking(move || Store::open_with(&data, engine))
             .await?

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::heads::{write_merged, HeadsWrite};
+use crate::index::idfilter::MIN_IDS;
 use crate::index::{merge, IdFilter, MemTable, Run};
 use crate::layout::{heads_path, index_dir, run_path};
 use crate::shared::Shared;
@@ -149,17 +150,31 @@ impl Checkpointer {
     }
 
     /// The id filter, with room for `n` more ids. When it has none (or does not exist yet),
-    /// a filter for one and a half times the ids of every run and the `n` is built from the
-    /// runs' id entries and installed, covering them all. `None` when the runs cannot be
-    /// read: the runs' own filters then answer alone, as they would without it.
+    /// a new one is built from the runs' id entries and installed: over every run when
+    /// their ids and the `n` fit in two thirds of `Config::id_filter_bytes`, else over the
+    /// newest runs that do, sized for one and a half times their ids and the `n`. `None`
+    /// when the `n` alone do not fit (the run being written is then left to its own
+    /// filter, and the filter in force stays), or when the runs cannot be read: the runs'
+    /// own filters then answer alone, as they would without it.
     fn id_filter(&mut self, n: u64) -> Option<Arc<IdFilter>> {
         if let Some(f) = self.shared.index.id_filter().filter(|f| f.has_room(n)) {
             return Some(f);
         }
+        let most = IdFilter::ids_within(self.shared.config.id_filter_bytes);
+        let budget = most / 3 * 2;
+        if most < MIN_IDS || n > budget {
+            return None;
+        }
         let runs = self.shared.index.runs();
-        let ids: u64 = runs.iter().map(|r| r.estimated_ids()).sum();
+        let (mut ids, mut covered) = (0, Vec::new());
+        for r in runs.iter().rev() {
+            if ids + r.estimated_ids() + n <= budget {
+                ids += r.estimated_ids();
+                covered.push(r.clone());
+            }
+        }
         let filter = Arc::new(IdFilter::with_capacity((ids + n) * 3 / 2));
-        for r in &runs {
+        for r in &covered {
             if let Err(e) = r.add_ids_to(&filter) {
                 warn!(error = %e, "could not read the event ids of an index run; every run's own filter answers for it");
                 self.shared.index.set_id_filter(None, Vec::new());
@@ -168,6 +183,7 @@ impl Checkpointer {
         }
         debug!(
             runs = runs.len(),
+            covered = covered.len(),
             ids = filter.added(),
             capacity = filter.capacity(),
             bytes = filter.bytes(),
@@ -175,7 +191,7 @@ impl Checkpointer {
         );
         self.shared
             .index
-            .set_id_filter(Some(filter.clone()), runs.iter().map(|r| r.id).collect());
+            .set_id_filter(Some(filter.clone()), covered.iter().map(|r| r.id).collect());
         Some(filter)
     }
 

@@ -6,12 +6,13 @@
 //! read. The id filter holds the ids of every run it *covers*, so a new id costs one probe;
 //! a covered run is asked on its own only for the rare id the id filter may hold.
 //!
-//! It lives in memory only. The checkpoint thread builds it from the runs' id entries when
-//! the store opens, and again (with room for half as many ids again) when it fills up; in
-//! between, each run it writes adds its ids as it is written, and a run is marked covered
-//! only once all of its ids are in. Until the filter exists, and for runs it does not
-//! cover, the runs' own filters answer, so the filter changes how fast a new id is found,
-//! never the answer.
+//! It lives in memory only, within `Config::id_filter_bytes`. The checkpoint thread builds
+//! it from the runs' id entries when the store opens, and again (with room for half as many
+//! ids again) when it fills up; in between, each run it writes adds its ids as it is
+//! written, and a run is marked covered only once all of its ids are in. When the ids of
+//! every run do not fit in two thirds of the bound, it is built over the newest runs that
+//! do. Until the filter exists, and for runs it does not cover, the runs' own filters
+//! answer, so the filter changes how fast a new id is found, never the answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -51,6 +52,11 @@ impl IdFilter {
             added: AtomicU64::new(0),
             adding: Mutex::new(()),
         }
+    }
+
+    /// The most ids a filter of at most `bytes` bytes is sized for.
+    pub fn ids_within(bytes: u64) -> u64 {
+        bytes * 8 / BITS_PER_ID
     }
 
     /// True while `n` more ids keep it within the ids it was sized for.
