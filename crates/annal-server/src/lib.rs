@@ -31,6 +31,7 @@ mod backend;
 mod budget;
 pub mod config;
 mod conns;
+pub mod extract;
 pub mod groups;
 mod grpc;
 pub mod http;

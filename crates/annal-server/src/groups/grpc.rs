@@ -70,7 +70,7 @@ pub async fn admin(
         GroupCall::Parked => {
             let limit = match r.limit {
                 0 => 100,
-                n => n.min(super::http::MAX_PARKED_PAGE as u64) as usize,
+                n => n.min(super::MAX_PARKED_PAGE as u64) as usize,
             };
             let after = r.after;
             let parked = ask(&groups.sender(&r.name)?, |reply| Cmd::Parked {

@@ -16,12 +16,9 @@ use super::json::{
     ParkedJson, ParkedPageJson,
 };
 use super::runtime::{ask, Cmd};
-use crate::http::{json_response, ok_json, ApiError, JsonBody, Params};
+use crate::extract::{json_response, ok_json, ApiError, JsonBody, Params};
 use crate::json::ErrorJson;
 use crate::State;
-
-/// The most parked events one page lists.
-pub const MAX_PARKED_PAGE: usize = 10_000;
 
 /// The path's group name, checked.
 pub struct GroupPath(pub String);
@@ -143,7 +140,7 @@ pub(crate) async fn list_parked(
     GroupPath(name): GroupPath,
     Params(p): Params<ParkedParams>,
 ) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(100).min(MAX_PARKED_PAGE as u64) as usize;
+    let limit = p.limit.unwrap_or(100).min(super::MAX_PARKED_PAGE as u64) as usize;
     let tx = state.groups.sender(&name)?;
     let parked = ask(&tx, |reply| Cmd::Parked {
         after: p.after,

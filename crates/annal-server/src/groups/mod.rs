@@ -37,6 +37,9 @@ use def::{GroupDef, GroupSettings, Start};
 use journal::{Journal, Kept, Rec};
 use runtime::{ask, Cmd, Status};
 
+/// The most parked events one page lists, over HTTP and gRPC.
+pub const MAX_PARKED_PAGE: usize = 10_000;
+
 /// How many requests wait for one group's task at most.
 const COMMAND_QUEUE: usize = 4096;
 
