@@ -114,6 +114,94 @@ fn last_at_or_before<'a>(n: usize, nth: impl Fn(usize) -> &'a str, id: &str) -> 
     lo.checked_sub(1)
 }
 
+/// Bytes of a footer read at once (a few in unit tests, so that fields cross chunks).
+const FOOTER_CHUNK: usize = if cfg!(test) { 61 } else { 1 << 20 };
+
+/// A footer read a chunk at a time, its CRC32C taken over every byte as it is read, so that
+/// a large footer is never held whole.
+struct Chunked<'a> {
+    file: &'a FileRef,
+    path: &'a Path,
+    /// The file offset of `buf[0]`, and where the footer ends.
+    base: u64,
+    end: u64,
+    buf: Vec<u8>,
+    /// The next byte of `buf` to read.
+    at: usize,
+    crc: u32,
+}
+
+impl Chunked<'_> {
+    /// The file offset of the next field.
+    fn offset(&self) -> u64 {
+        self.base + self.at as u64
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.buf.len() - self.at < n {
+            self.buf.drain(..self.at);
+            self.base += self.at as u64;
+            self.at = 0;
+            let have = self.base + self.buf.len() as u64;
+            let more = ((n - self.buf.len()).max(FOOTER_CHUNK) as u64).min(self.end - have);
+            if self.buf.len() + (more as usize) < n {
+                return Err(corrupt(
+                    self.path,
+                    self.base,
+                    format!("footer ends early: a field of {n} bytes"),
+                ));
+            }
+            let old = self.buf.len();
+            self.buf.resize(old + more as usize, 0);
+            self.file
+                .read_exact_at(&mut self.buf[old..], have)
+                .map_err(|e| io_err("reading", self.path, e))?;
+            self.crc = crc32c::crc32c_append(self.crc, &self.buf[old..]);
+        }
+        let field = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Ok(field)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    /// A string of at most 65,535 bytes after its u16 length.
+    fn str16(&mut self) -> Result<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        let at = self.offset();
+        let path = self.path;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| corrupt(path, at, "a name is not UTF-8"))
+    }
+
+    /// Passes over `n` bytes, taking them into the checksum.
+    fn skip(&mut self, mut n: u64) -> Result<()> {
+        while n > 0 {
+            let step = n.min(FOOTER_CHUNK as u64) as usize;
+            self.take(step)?;
+            n -= step as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads what is left of the footer; returns the checksum of all of it.
+    fn finish(mut self) -> Result<u32> {
+        let left = self.end - self.offset();
+        self.skip(left)?;
+        Ok(self.crc)
+    }
+}
+
 /// A group of sparse fences read from the file: the number of its first block, where each
 /// of its blocks starts and ends, and their first ids.
 #[derive(Default)]
@@ -189,14 +277,17 @@ impl HeadsFile {
                 "footer offset out of range",
             ));
         }
-        // The footer is read whole for its checksum; what stays of it depends on its size.
-        let mut footer = vec![0u8; (len - TRAILER_LEN - footer_at) as usize];
-        file.read_exact_at(&mut footer, footer_at)
-            .map_err(|e| io_err("reading", path, e))?;
-        if crc32c::crc32c(&footer) != crc {
-            return Err(corrupt(path, footer_at, "heads footer checksum mismatch"));
-        }
-        let mut r = Reader::new(path, &footer, footer_at);
+        // The footer is read a chunk at a time, its checksum taken as it goes: what stays of
+        // it depends on its size, and nothing it says is kept unless the checksum matches.
+        let mut r = Chunked {
+            file: &file,
+            path,
+            base: footer_at,
+            end: len - TRAILER_LEN,
+            buf: Vec::new(),
+            at: 0,
+            crc: 0,
+        };
         let streams = r.u64()?;
         let mut categories = Vec::new();
         for _ in 0..r.u32()? {
@@ -210,26 +301,38 @@ impl HeadsFile {
             ));
         }
         let n = r.u32()? as usize;
-        // Every fence is gathered, then thinned out when they take more than `fence_bytes`.
+        // Each fence takes at least 12 bytes in memory: past that many, only one in `SPARSE`
+        // is kept as it is read; below, every one, thinned out at the end if they take more
+        // than `fence_bytes`.
+        let surely_sparse = n as u64 * 12 > fence_bytes;
         let (mut ids, mut ends) = (String::new(), Vec::new());
-        let (mut starts, mut at) = (vec![HEADER_LEN], Vec::new());
-        for _ in 0..n {
-            at.push(r.offset());
+        let (mut starts, mut at) = (Vec::new(), Vec::new());
+        let mut end_of_last = HEADER_LEN;
+        for i in 0..n {
+            let entry_at = r.offset();
             let offset = r.u64()?;
             let end = offset + u64::from(r.u32()?);
-            if starts.last() != Some(&offset) || end > footer_at {
+            if offset != end_of_last || end > footer_at {
                 return Err(corrupt(path, r.offset(), "block out of place"));
             }
-            starts.push(end);
-            ids.push_str(&r.str16()?);
+            end_of_last = end;
+            let first = r.str16()?;
+            if surely_sparse && !i.is_multiple_of(SPARSE) {
+                continue;
+            }
+            starts.push(offset);
+            at.push(entry_at);
+            ids.push_str(&first);
             ends.push(ids.len() as u32);
         }
-        let all = (ids.len() + ends.len() * 4 + starts.len() * 8) as u64;
-        let fences = if all <= fence_bytes {
+        starts.push(end_of_last);
+        let whole = (ids.len() + ends.len() * 4 + starts.len() * 8) as u64;
+        let fences = if !surely_sparse && whole <= fence_bytes {
             Fences::Memory { ids, ends, starts }
         } else {
+            let step = if surely_sparse { 1 } else { SPARSE };
             let (mut kept, mut kept_ends, mut kept_at) = (String::new(), Vec::new(), Vec::new());
-            for g in (0..n).step_by(SPARSE) {
+            for g in (0..ends.len()).step_by(step) {
                 kept.push_str(nth(&ids, &ends, g));
                 kept_ends.push(kept.len() as u32);
                 kept_at.push(at[g]);
@@ -247,19 +350,22 @@ impl HeadsFile {
             return Err(corrupt(path, r.offset(), "bad filter size"));
         }
         let filter = if words as u64 * 8 <= filter_bytes {
-            let mut filter = Vec::with_capacity(words);
+            let mut filter = Vec::with_capacity(words.min((r.end - r.offset()) as usize / 8));
             for _ in 0..words {
                 filter.push(r.u64()?);
             }
             Filter::Memory(filter)
         } else {
             let at = r.offset();
-            r.take(words * 8)?;
+            r.skip(words as u64 * 8)?;
             Filter::Disk {
                 at,
                 words: words as u64,
             }
         };
+        if r.finish()? != crc {
+            return Err(corrupt(path, footer_at, "heads footer checksum mismatch"));
+        }
         Ok(HeadsFile {
             id,
             path: path.to_path_buf(),
@@ -707,14 +813,20 @@ mod tests {
             .get(&ids[0], stream_hash(&ids[0]), &BlockCache::new(1 << 20))
             .unwrap_err();
         assert!(matches!(err, Error::Corruption { .. }), "{err}");
-        // One in the footer stops the open.
+        // One anywhere in the footer or trailer stops the open, kept whole or not.
         bytes[40] ^= 1;
         let n = bytes.len();
-        bytes[n - 20] ^= 1;
-        fs.write_file(p, bytes);
-        assert!(matches!(
-            HeadsFile::open(&fs, p, 3),
-            Err(Error::Corruption { .. })
-        ));
+        let footer_at = u64::from_le_bytes(bytes[n - 12..n - 4].try_into().unwrap()) as usize;
+        for at in (footer_at..n).step_by(53).chain([footer_at, n - 13, n - 1]) {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            fs.write_file(p, damaged);
+            for open in [HeadsFile::open(&fs, p, 4), HeadsFile::open(&fs, p, 5)] {
+                assert!(
+                    matches!(open, Err(Error::Corruption { .. })),
+                    "a flipped bit at {at} of {n}: {open:?}"
+                );
+            }
+        }
     }
 }
