@@ -83,7 +83,37 @@ pub fn checked<'a>(
     })
 }
 
-/// Reads little-endian fields in order, naming the file offset of one that is cut short.
+/// Little-endian fields read in order from a file, naming the file offset of one that is
+/// cut short or malformed. A [`Reader`] reads them from bytes in memory; a source that reads
+/// the file as it goes gives only `take`, `offset` and `path`.
+pub trait Fields {
+    /// The next `n` bytes.
+    fn take(&mut self, n: usize) -> Result<&[u8]>;
+    /// The file offset of the next field.
+    fn offset(&self) -> u64;
+    /// The file the fields are read from.
+    fn path(&self) -> &Path;
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    /// A string of at most 65,535 bytes after its u16 length.
+    fn str16(&mut self) -> Result<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
+        let at = self.offset();
+        let bytes = self.take(n)?.to_vec();
+        String::from_utf8(bytes).map_err(|_| corrupt(self.path(), at, "a name is not UTF-8"))
+    }
+}
+
+/// Reads little-endian fields from bytes in memory.
 pub struct Reader<'a> {
     b: &'a [u8],
     path: &'a Path,
@@ -95,13 +125,10 @@ impl<'a> Reader<'a> {
     pub fn new(path: &'a Path, b: &'a [u8], at: u64) -> Reader<'a> {
         Reader { b, path, at }
     }
+}
 
-    /// The file offset of the next field.
-    pub fn offset(&self) -> u64 {
-        self.at
-    }
-
-    pub fn take(&mut self, n: usize) -> Result<&[u8]> {
+impl Fields for Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
         if self.b.len() < n {
             return Err(corrupt(
                 self.path,
@@ -114,21 +141,12 @@ impl<'a> Reader<'a> {
         self.at += n as u64;
         Ok(a)
     }
-    pub fn u64(&mut self) -> Result<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
+
+    fn offset(&self) -> u64 {
+        self.at
     }
-    pub fn u32(&mut self) -> Result<u32> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(a))
-    }
-    /// A string of at most 65,535 bytes after its u16 length.
-    pub fn str16(&mut self) -> Result<String> {
-        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
-        let at = self.offset();
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| corrupt(self.path, at, "a name is not UTF-8"))
+
+    fn path(&self) -> &Path {
+        self.path
     }
 }

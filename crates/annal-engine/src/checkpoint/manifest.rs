@@ -20,7 +20,7 @@ use std::path::Path;
 
 use annal_core::{Error, Result};
 
-use crate::codec::{checked, read_all, write_all};
+use crate::codec::{checked, read_all, write_all, Fields};
 use crate::io::Fs;
 use crate::layout::{manifest_path, manifest_tmp_path};
 

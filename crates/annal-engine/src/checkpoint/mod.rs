@@ -153,9 +153,10 @@ impl Checkpointer {
     /// a new one is built from the runs' id entries and installed: over every run when
     /// their ids and the `n` fit in two thirds of `Config::id_filter_bytes`, else over the
     /// newest runs that do, sized for one and a half times their ids and the `n`. `None`
-    /// when the `n` alone do not fit (the run being written is then left to its own
-    /// filter, and the filter in force stays), or when the runs cannot be read: the runs'
-    /// own filters then answer alone, as they would without it.
+    /// when the bound is below the smallest filter (there is none), when the `n` alone do
+    /// not fit (the run being written is then left to its own filter, and the filter in
+    /// force stays), or when the runs cannot be read: the runs' own filters then answer
+    /// alone, as they would without it.
     fn id_filter(&mut self, n: u64) -> Option<Arc<IdFilter>> {
         if let Some(f) = self.shared.index.id_filter().filter(|f| f.has_room(n)) {
             return Some(f);

@@ -30,7 +30,7 @@ use annal_core::{Error, Result};
 use super::block::Block;
 use super::cache::BlockCache;
 use super::{CategoryCount, Head};
-use crate::codec::{corrupt, io_err, Reader};
+use crate::codec::{corrupt, io_err, Fields, Reader};
 use crate::index::filter::{holds, holds_on_disk, RunFilter};
 use crate::index::run::{FILTER_IN_MEMORY, SPARSE, TABLE_IN_MEMORY};
 use crate::io::{FileRef, Fs};
@@ -131,10 +131,13 @@ struct Chunked<'a> {
     crc: u32,
 }
 
-impl Chunked<'_> {
-    /// The file offset of the next field.
+impl Fields for Chunked<'_> {
     fn offset(&self) -> u64 {
         self.base + self.at as u64
+    }
+
+    fn path(&self) -> &Path {
+        self.path
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8]> {
@@ -162,28 +165,9 @@ impl Chunked<'_> {
         self.at += n;
         Ok(field)
     }
+}
 
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    /// A string of at most 65,535 bytes after its u16 length.
-    fn str16(&mut self) -> Result<String> {
-        let n = u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
-        let at = self.offset();
-        let path = self.path;
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| corrupt(path, at, "a name is not UTF-8"))
-    }
-
+impl Chunked<'_> {
     /// Passes over `n` bytes, taking them into the checksum.
     fn skip(&mut self, mut n: u64) -> Result<()> {
         while n > 0 {
@@ -320,7 +304,9 @@ impl HeadsFile {
             if surely_sparse && !i.is_multiple_of(SPARSE) {
                 continue;
             }
-            starts.push(offset);
+            if !surely_sparse {
+                starts.push(offset);
+            }
             at.push(entry_at);
             ids.push_str(&first);
             ends.push(ids.len() as u32);
@@ -330,18 +316,24 @@ impl HeadsFile {
         let fences = if !surely_sparse && whole <= fence_bytes {
             Fences::Memory { ids, ends, starts }
         } else {
-            let step = if surely_sparse { 1 } else { SPARSE };
-            let (mut kept, mut kept_ends, mut kept_at) = (String::new(), Vec::new(), Vec::new());
-            for g in (0..ends.len()).step_by(step) {
-                kept.push_str(nth(&ids, &ends, g));
-                kept_ends.push(kept.len() as u32);
-                kept_at.push(at[g]);
-            }
-            kept_at.push(r.offset());
+            // Kept as read when surely sparse; else thinned out to one in `SPARSE` now.
+            let (ids, ends, mut at) = if surely_sparse {
+                (ids, ends, at)
+            } else {
+                let (mut kept, mut kept_ends, mut kept_at) =
+                    (String::new(), Vec::new(), Vec::new());
+                for g in (0..ends.len()).step_by(SPARSE) {
+                    kept.push_str(nth(&ids, &ends, g));
+                    kept_ends.push(kept.len() as u32);
+                    kept_at.push(at[g]);
+                }
+                (kept, kept_ends, kept_at)
+            };
+            at.push(r.offset());
             Fences::Sparse {
-                ids: kept,
-                ends: kept_ends,
-                at: kept_at,
+                ids,
+                ends,
+                at,
                 blocks: n,
             }
         };

@@ -78,9 +78,7 @@ pub fn holds_on_disk(
     file.read_exact_at(&mut raw, at + first as u64 * 8)?;
     Ok(bits(key, blocks).all(|(w, m)| {
         let i = (w - first) * 8;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&raw[i..i + 8]);
-        u64::from_le_bytes(b) & m != 0
+        u64::from_le_bytes(raw[i..i + 8].try_into().expect("8 bytes")) & m != 0
     }))
 }
 
