@@ -168,7 +168,7 @@ async fn annal_appends(
     for _ in 0..n {
         conns.push(
             Client::builder(url.to_string())
-                .framed_appends(framed)
+                .framed(framed)
                 .connect()
                 .await?,
         );
@@ -734,7 +734,7 @@ async fn annal_flood(
     let mut conns = Vec::new();
     for _ in 0..W7_CLIENTS {
         let client = Client::builder(server.url.clone())
-            .framed_appends(framed)
+            .framed(framed)
             .connect()
             .await?;
         conns.push(Arc::new(client));

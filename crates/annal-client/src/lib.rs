@@ -17,10 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Appends go over Annal's framed protocol on the same port (plain TCP, many appends in
-//! flight on one connection, none of HTTP/2's per-request framing) when the URL is
-//! `http://`; everything else, and every request over `https://`, goes over gRPC. See
-//! [`ClientBuilder::framed_appends`].
+//! Appends and reads go over Annal's framed protocol on the same port (plain TCP, many
+//! requests in flight on one connection, none of HTTP/2's per-request framing) when the URL
+//! is `http://`, a read a page at a time; everything else, and every request over
+//! `https://`, goes over gRPC. See
+//! [`ClientBuilder::framed`].
 //!
 //! Every error the server returns comes back as the same [`Error`] variant the engine would
 //! have returned; a server that cannot be reached is [`Error::Unavailable`]. Reads and
@@ -69,7 +70,7 @@ pub struct ClientBuilder {
     ca_pem: Option<Vec<u8>>,
     domain: Option<String>,
     connect_timeout: Duration,
-    framed_appends: bool,
+    framed: bool,
 }
 
 impl ClientBuilder {
@@ -97,13 +98,13 @@ impl ClientBuilder {
         self
     }
 
-    /// Whether appends go over Annal's framed protocol (the default for `http://` URLs;
+    /// Whether appends and reads go over Annal's framed protocol (the default for `http://` URLs;
     /// `https://` always uses gRPC). Turn it off when only HTTP/2 reaches the server, such
     /// as behind a gRPC proxy; left on, the client falls back to gRPC by itself for a server
     /// whose answer to the protocol is not Annal's, and for a minute after one that did not
     /// answer at all.
-    pub fn framed_appends(mut self, on: bool) -> Self {
-        self.framed_appends = on;
+    pub fn framed(mut self, on: bool) -> Self {
+        self.framed = on;
         self
     }
 
@@ -176,7 +177,7 @@ impl ClientBuilder {
             ),
         };
         let framed = self
-            .framed_appends
+            .framed
             .then(|| wire::Framed::new(&self.url, self.token.as_deref(), self.connect_timeout))
             .flatten()
             .map(Arc::new);
@@ -206,7 +207,7 @@ pub struct ServerInfo {
 pub struct Client {
     grpc: pb::event_store_client::EventStoreClient<Channel>,
     token: Option<AsciiMetadataValue>,
-    /// Appends over the framed protocol, when the URL and the builder allow it.
+    /// Appends and reads over the framed protocol, when the URL and the builder allow it.
     framed: Option<Arc<wire::Framed>>,
 }
 
@@ -224,7 +225,7 @@ impl Client {
             ca_pem: None,
             domain: None,
             connect_timeout: Duration::from_secs(5),
-            framed_appends: true,
+            framed: true,
         }
     }
 
@@ -301,6 +302,11 @@ impl EventStore for Client {
     }
 
     async fn read(&self, request: ReadRequest) -> Result<EventStream> {
+        if let Some(framed) = &self.framed {
+            if let Some(pages) = framed.read(request.clone()).await? {
+                return Ok(EventStream::new(pages.head(), pages));
+            }
+        }
         let mut message = pb::ReadRequest::from(request);
         message.packed = true;
         let response = self

@@ -1,6 +1,8 @@
-//! Appends over Annal's framed protocol (`annal_wire`, docs/wire-protocol.md): one
-//! plain TCP connection per [`Client`](crate::Client), opened on the first append, shared by
-//! every clone, with as many appends in flight as the callers make.
+//! Appends and reads over Annal's framed protocol (`annal_wire`, docs/wire-protocol.md): one
+//! plain TCP connection per [`Client`](crate::Client), opened on the first request, shared
+//! by every clone, with as many requests in flight as the callers make. A read comes a page
+//! at a time ([`Pages`]): the first with the read's answer, the next ones asked for as the
+//! caller reaches the end of the one before.
 //!
 //! A frame is written by the caller itself through a [`FrameWriter`], in one non-blocking
 //! write; what the socket does not take at once is queued whole and sent by a flusher task,
@@ -12,18 +14,23 @@
 //! on a new connection, as such a retry: a server closes connections it finds idle.
 //!
 //! A server whose answer to the Hello is not the protocol's (a proxy that speaks only HTTP,
-//! an older server) is remembered, and this client's appends go over gRPC instead; after no
+//! an older server) is remembered, and this client's requests go over gRPC instead; after no
 //! answer at all (a timeout, a closed connection) they go over gRPC for a minute, and then
-//! the protocol is tried again.
+//! the protocol is tried again. A server that takes framed appends but refuses a Read frame
+//! (a server older than framed reads) is remembered too: reads then go over gRPC.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use annal_core::{Error, Result};
+use annal_core::{Bytes, Direction, Error, ReadRequest, RecordedEvent, Result, Source};
 use annal_proto as pb;
 use annal_wire::{self as wire, FrameWriter, Header, Kind, HEADER_LEN};
+use futures_core::Stream;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
@@ -52,6 +59,8 @@ pub(crate) struct Framed {
     unsupported: AtomicBool,
     /// The Hello got no answer at this time: gRPC until [`RETRY_AFTER`] has passed.
     unanswered: Mutex<Option<std::time::Instant>>,
+    /// The server refused a Read frame as a kind it does not know: reads go over gRPC.
+    no_reads: AtomicBool,
 }
 
 /// What a Hello got.
@@ -98,6 +107,7 @@ impl Framed {
             opening: tokio::sync::Mutex::new(()),
             unsupported: AtomicBool::new(false),
             unanswered: Mutex::new(None),
+            no_reads: AtomicBool::new(false),
         })
     }
 
@@ -107,26 +117,14 @@ impl Framed {
         &self,
         request: &annal_core::AppendRequest,
     ) -> Result<Option<pb::AppendResponse>> {
-        let Some(conn) = self.conn().await? else {
+        // Events keep their ids, so an append the server did write and that is sent again
+        // is answered with its first result.
+        let Some((kind, payload)) = self
+            .call(|out, id| wire::put_append(out, id, request))
+            .await?
+        else {
             return Ok(None);
         };
-        let answer = match conn
-            .call(|out, id| wire::put_append(out, id, request))
-            .await
-        {
-            // The connection ended first (a server closes one it finds idle, or to make
-            // room): sent again once, on a new connection. Events keep their ids, so an
-            // append the server did write is answered with its first result.
-            Err(Error::Unavailable(_)) if !conn.is_open() => {
-                let Some(conn) = self.conn().await? else {
-                    return Ok(None);
-                };
-                conn.call(|out, id| wire::put_append(out, id, request))
-                    .await
-            }
-            other => other,
-        };
-        let (kind, payload) = answer?;
         match kind {
             Kind::Appended => pb::AppendResponse::decode(payload.as_slice())
                 .map(Some)
@@ -137,6 +135,74 @@ impl Framed {
                 }),
             _ => Err(status_error(&payload)),
         }
+    }
+
+    /// Reads, a page at a time; `Ok(None)` when the server does not take reads over the
+    /// framed protocol (the caller uses gRPC).
+    pub async fn read(self: &Arc<Self>, request: ReadRequest) -> Result<Option<Pages>> {
+        if self.no_reads.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(first) = self.page(&request).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Pages {
+            framed: Arc::clone(self),
+            head: first.head,
+            buf: first.events.into_iter(),
+            more: first.more,
+            remaining: request.limit,
+            request,
+            fetching: None,
+            done: false,
+        }))
+    }
+
+    /// One page of a read.
+    async fn page(&self, request: &ReadRequest) -> Result<Option<Fetched>> {
+        let message = pb::ReadRequest::from(request.clone()).encode_to_vec();
+        let Some((kind, payload)) = self
+            .call(|out, id| wire::put_frame(out, Kind::Read, id, &message))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if kind != Kind::Page {
+            return match status_error(&payload) {
+                Error::InvalidArgument { field, .. } if field == "frame" => {
+                    self.no_reads.store(true, Ordering::Relaxed);
+                    Ok(None)
+                }
+                e => Err(e),
+            };
+        }
+        let bad = |why: &str| Error::Internal(format!("the server's Page frame {why}"));
+        let page = wire::parse_page(&payload).ok_or_else(|| bad("is malformed"))?;
+        let (head, more) = (page.head, page.more);
+        let packed = Bytes::from(payload).slice(9..);
+        let events = pb::packed::decode(&packed)
+            .map_err(|e| bad(&format!("holds malformed events: {e}")))?;
+        Ok(Some(Fetched { head, more, events }))
+    }
+
+    /// Sends the frame `frame` writes and waits for its answer; `Ok(None)` when the server
+    /// does not speak the framed protocol. A request whose connection ends before its answer
+    /// is sent again once, on a new connection (a server closes connections it finds idle,
+    /// or to make room): requests are safe to send twice (an append's events keep their ids).
+    async fn call(&self, frame: impl Fn(&mut Vec<u8>, u32)) -> Result<Option<(Kind, Vec<u8>)>> {
+        let Some(conn) = self.conn().await? else {
+            return Ok(None);
+        };
+        let answer = match conn.call(&frame).await {
+            Err(Error::Unavailable(_)) if !conn.is_open() => {
+                let Some(conn) = self.conn().await? else {
+                    return Ok(None);
+                };
+                conn.call(&frame).await
+            }
+            other => other,
+        };
+        answer.map(Some)
     }
 
     /// The open connection, opening one if there is none.
@@ -334,7 +400,7 @@ async fn read_answers(mut read: BufReader<OwnedReadHalf>, conn: Arc<Conn>) {
         }
         let h = Header::parse(&h);
         let kind = match Kind::from_u8(h.kind) {
-            Some(k @ (Kind::Appended | Kind::Error)) => k,
+            Some(k @ (Kind::Appended | Kind::Page | Kind::Error)) => k,
             _ => {
                 break Error::Internal(format!(
                     "the server sent a frame of kind {} where an answer belongs",
@@ -367,6 +433,109 @@ async fn read_answers(mut read: BufReader<OwnedReadHalf>, conn: Arc<Conn>) {
         }
     };
     conn.close(why);
+}
+
+/// A page as received.
+struct Fetched {
+    head: Option<u64>,
+    more: bool,
+    events: Vec<RecordedEvent>,
+}
+
+type Fetching = Pin<Box<dyn Future<Output = Result<Option<Fetched>>> + Send>>;
+
+/// A read's events, a page at a time. Each page after the first is a read of the same
+/// request from after the last event handed out, with what is left of its limit; a forward
+/// read ends at the head the first page was served at, so that events appended since are
+/// not part of it, as they are not of a read over gRPC.
+pub(crate) struct Pages {
+    framed: Arc<Framed>,
+    /// The request of the next page.
+    request: ReadRequest,
+    head: Option<u64>,
+    buf: std::vec::IntoIter<RecordedEvent>,
+    more: bool,
+    /// What is left of the read's limit.
+    remaining: Option<u64>,
+    fetching: Option<Fetching>,
+    done: bool,
+}
+
+impl Pages {
+    /// The head the read was served at.
+    pub fn head(&self) -> Option<u64> {
+        self.head
+    }
+
+    /// Moves the next page's request past `e`.
+    fn advance(&mut self, e: &RecordedEvent) {
+        if let Some(n) = &mut self.remaining {
+            *n = n.saturating_sub(1);
+            self.request.limit = Some(*n);
+            if *n == 0 {
+                self.more = false;
+            }
+        }
+        let at = match self.request.source {
+            Source::Stream(_) => e.revision,
+            _ => e.position,
+        };
+        self.request.from = match self.request.direction {
+            Direction::Forward => at.checked_add(1),
+            Direction::Backward => at.checked_sub(1),
+        };
+        if self.request.from.is_none() {
+            self.more = false;
+        }
+    }
+}
+
+impl Stream for Pages {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(e) = self.buf.next() {
+                let forward = self.request.direction == Direction::Forward;
+                if forward && self.head.is_none_or(|h| e.position > h) {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                self.advance(&e);
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if !self.more {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            let this = &mut *self;
+            let fetching = this.fetching.get_or_insert_with(|| {
+                let (framed, request) = (Arc::clone(&this.framed), this.request.clone());
+                Box::pin(async move { framed.page(&request).await })
+            });
+            let fetched = ready!(fetching.as_mut().poll(cx));
+            self.fetching = None;
+            match fetched {
+                Ok(Some(page)) => {
+                    self.buf = page.events.into_iter();
+                    self.more = page.more;
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Error::Unavailable(
+                        "the server stopped taking framed reads in the middle of one".into(),
+                    ))));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +607,61 @@ mod tests {
                 assert!(!framed.use_grpc(), "tried again after a while");
             }
         }
+    }
+
+    /// A server that takes the Hello, then answers the first request as a server older than
+    /// framed reads answers a Read (an unknown kind) and closes; the number of connections
+    /// it has taken.
+    async fn server_without_reads() -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&taken);
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 8];
+                    s.read_exact(&mut preface).await.unwrap();
+                    let mut frames = Vec::new();
+                    for i in 0..2 {
+                        let mut h = [0u8; HEADER_LEN];
+                        s.read_exact(&mut h).await.unwrap();
+                        let h = Header::parse(&h);
+                        let mut payload = vec![0u8; h.len as usize];
+                        s.read_exact(&mut payload).await.unwrap();
+                        frames.push(h);
+                        if i == 0 {
+                            let mut ready = Vec::new();
+                            wire::put_frame(&mut ready, Kind::Ready, 0, wire::PREFACE);
+                            s.write_all(&ready).await.unwrap();
+                        }
+                    }
+                    let mut out = Vec::new();
+                    let e = Error::invalid(
+                        "frame",
+                        format!("kind {} is not a frame a client sends", frames[1].kind),
+                    );
+                    let status = wire::encode_status(&pb::status_from_error(&e));
+                    wire::put_frame(&mut out, Kind::Error, frames[1].id, &status);
+                    let _ = s.write_all(&out).await;
+                });
+            }
+        });
+        (url, taken)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_read_frames_is_read_over_grpc() {
+        let (url, taken) = server_without_reads().await;
+        let framed = Arc::new(Framed::new(&url, None, Duration::from_secs(5)).unwrap());
+        assert!(framed.read(ReadRequest::all()).await.unwrap().is_none());
+        assert!(framed.no_reads.load(Ordering::Relaxed));
+        assert!(!framed.use_grpc(), "appends still go framed");
+        // Known now: the next read asks nothing of the server.
+        assert!(framed.read(ReadRequest::all()).await.unwrap().is_none());
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The client, talking to a real server over loopback, passes the same conformance suite as
-//! the embedded engine, one test per check: with its appends over the framed protocol, with
-//! everything over gRPC, and with the in-memory reference store behind the server (the
-//! server's handlers are the same whatever store they serve).
+//! the embedded engine, one test per check: with its appends and reads over the framed
+//! protocol, with everything over gRPC, and with the in-memory reference store behind the
+//! server (the server's handlers are the same whatever store they serve; its framed reads
+//! take the path of stores without stored reads).
 
 use annal_client::Client;
 use annal_core::testkit::MemoryStore;
@@ -26,7 +27,7 @@ impl Drop for Served {
 }
 
 /// A client of a new server over `store` (the engine in a folder of its own when `None`).
-async fn client_of<S: Backend>(store: Option<S>, framed_appends: bool) -> (Client, Served) {
+async fn client_of<S: Backend>(store: Option<S>, framed: bool) -> (Client, Served) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
     let server = match store {
@@ -35,7 +36,7 @@ async fn client_of<S: Backend>(store: Option<S>, framed_appends: bool) -> (Clien
     }
     .unwrap();
     let client = Client::builder(format!("http://{}", server.local_addr()))
-        .framed_appends(framed_appends)
+        .framed(framed)
         .connect()
         .await
         .unwrap();
@@ -55,8 +56,8 @@ annal_core::conformance_tests!(
     new_store
 );
 
-/// Appends over gRPC too (as over `https://`, or when a server does not speak the framed
-/// protocol), not only over the framed protocol that is the default for `http://`.
+/// Appends and reads over gRPC too (as over `https://`, or when a server does not speak the
+/// framed protocol), not only over the framed protocol that is the default for `http://`.
 mod appends_over_grpc {
     use super::*;
 

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use annal_core::Error;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -96,6 +97,26 @@ impl Answers {
         let held = tx.q.hold(base, BASE);
         *tx.q.base.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
         Ok((tx, rx))
+    }
+
+    /// Takes `bytes` of the budget for an answer sent outside any queue (a page of a framed
+    /// read), waiting at most `wait` for room once the queues over their share are stopped.
+    /// Given back when the permit is dropped.
+    pub async fn hold(&self, bytes: usize, wait: Duration) -> Result<OwnedSemaphorePermit, Error> {
+        let n = u32::try_from(bytes.clamp(1, self.total)).unwrap_or(u32::MAX);
+        if let Ok(p) = Arc::clone(&self.budget).try_acquire_many_owned(n) {
+            return Ok(p);
+        }
+        self.stop_over_share();
+        match tokio::time::timeout(wait, Arc::clone(&self.budget).acquire_many_owned(n)).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(Error::Unavailable("the server is shutting down".into())),
+            Err(_) => Err(Error::Unavailable(format!(
+                "the server's memory for answers (max_answer_bytes, {} bytes) stayed spent for {}; try again later",
+                self.total,
+                humantime::format_duration(wait)
+            ))),
+        }
     }
 
     /// Stops the queues that hold more than their share of the budget.

@@ -247,6 +247,46 @@ enum Gathered {
     Gone,
 }
 
+/// A page of a read ends once it has been read for this long (checked every 8 events): a
+/// page is read on a worker of the runtime, and a read of events scattered over a cold disk
+/// must not hold it.
+pub const PAGE_TIME: Duration = Duration::from_millis(1);
+
+/// A page of a read: its packed events, the head it was served at, and whether the read
+/// holds more.
+pub struct Page {
+    pub head: Option<u64>,
+    pub more: bool,
+    pub packed: Vec<u8>,
+}
+
+impl Page {
+    fn new(head: Option<u64>, more: bool, packed: Vec<u8>) -> Page {
+        Page { head, more, packed }
+    }
+}
+
+/// Appends an event as stored to a packed batch.
+fn pack(e: &annal_engine::StoredEvent<'_>, buf: &mut Vec<u8>) {
+    annal_proto::packed::Parts {
+        position: e.position,
+        revision: e.revision,
+        recorded_at: e.recorded_at,
+        schema_version: e.schema_version,
+        id: e.id,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+        actor: e.actor,
+        stream_id: e.stream_id,
+        event_type: e.event_type,
+        content_type: e.content_type,
+        tags: e.tags.clone(),
+        extra: e.extra.clone(),
+        data: e.data,
+    }
+    .encode(buf);
+}
+
 /// The next events of a read, up to `batch` of them and about [`BATCH_BYTES`].
 async fn gather(
     events: &mut annal_core::EventStream,
@@ -402,23 +442,7 @@ impl State {
             let mut count = 0;
             let mut gone = false;
             let result = read.visit(|e| {
-                annal_proto::packed::Parts {
-                    position: e.position,
-                    revision: e.revision,
-                    recorded_at: e.recorded_at,
-                    schema_version: e.schema_version,
-                    id: e.id,
-                    correlation_id: e.correlation_id,
-                    causation_id: e.causation_id,
-                    actor: e.actor,
-                    stream_id: e.stream_id,
-                    event_type: e.event_type,
-                    content_type: e.content_type,
-                    tags: e.tags.clone(),
-                    extra: e.extra.clone(),
-                    data: e.data,
-                }
-                .encode(&mut buf);
+                pack(e, &mut buf);
                 count += 1;
                 if count == batch || buf.len() >= BATCH_BYTES {
                     let size = buf.len();
@@ -446,6 +470,82 @@ impl State {
             });
         })
         .map(|rx| (head, rx))
+    }
+
+    /// The first page of a read: its events up to `read_batch_events` of them, about
+    /// `max_bytes` (at least one event) or what [`PAGE_TIME`] of reading gives, packed,
+    /// with the head it was served at and whether more events follow. It holds a read
+    /// permit while it reads, and returns the page's share of the answer budget
+    /// (`max_answer_bytes`), which the caller keeps until the page is sent.
+    ///
+    /// It reads on the caller's thread, a worker of the runtime: handing a short read to
+    /// the blocking pool cost a quarter of the commands a server handles (W8). The page's
+    /// bounds keep that short, and the time bound keeps it short when the events must come
+    /// from disk.
+    pub async fn read_page(
+        &self,
+        request: ReadRequest,
+        max_bytes: usize,
+    ) -> Result<(Page, tokio::sync::OwnedSemaphorePermit), Error> {
+        let permit = self.read_permit()?;
+        let wait = self.config.limits.write_timeout;
+        let mut held = self.answers.hold(max_bytes, wait).await?;
+        let page = self.build_page(request, max_bytes, permit).await?;
+        if page.packed.len() > max_bytes {
+            // One event larger than a page.
+            held.merge(
+                self.answers
+                    .hold(page.packed.len() - max_bytes, wait)
+                    .await?,
+            );
+        }
+        Ok((page, held))
+    }
+
+    async fn build_page(
+        &self,
+        request: ReadRequest,
+        max_bytes: usize,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Page, Error> {
+        let batch = self.config.limits.read_batch_events;
+        let Some(read) = self.store.read_stored(&request) else {
+            let mut events = self.store.read(request).await?;
+            let head = events.head();
+            let mut buf = Vec::new();
+            let mut count = 0;
+            while let Some(e) = next_item(&mut events).await {
+                if count == batch || buf.len() >= max_bytes {
+                    return Ok(Page::new(head, true, buf));
+                }
+                let e = e?;
+                annal_proto::packed::parts(&e).encode(&mut buf);
+                count += 1;
+            }
+            return Ok(Page::new(head, false, buf));
+        };
+        let read = read?;
+        let head = read.head();
+        let _permit = permit;
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let (mut count, mut more) = (0, false);
+        let visited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read.visit(|e| {
+                let late = count % 8 == 7 && started.elapsed() >= PAGE_TIME;
+                if count == batch || buf.len() >= max_bytes || late {
+                    more = true;
+                    return false;
+                }
+                pack(e, &mut buf);
+                count += 1;
+                true
+            })
+        }));
+        match visited {
+            Ok(visited) => visited.map(|()| Page::new(head, more, buf)),
+            Err(_) => Err(Error::Internal("the read stopped on a panic".into())),
+        }
     }
 
     fn read_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {

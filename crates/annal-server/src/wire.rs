@@ -1,9 +1,12 @@
-//! The framed append protocol (`annal_wire`, docs/wire-protocol.md) on a plain TCP
-//! connection that opened with its preface.
+//! The framed protocol (`annal_wire`, docs/wire-protocol.md) on a plain TCP connection that
+//! opened with its preface.
 //!
-//! One task reads frames; each append runs in a task of its own, so that many are in flight
-//! on one connection (at most `max_streams_per_connection`, the same bound as HTTP/2
-//! streams) and are answered as they finish. Every append pays into the in-flight append
+//! One task reads frames; each append or read runs in a task of its own, so that many are
+//! in flight on one connection (at most `max_streams_per_connection`, the same bound as
+//! HTTP/2 streams) and are answered as they finish. A read is answered with one page of at
+//! most `read_batch_events` events and about [`wire::PAGE_BYTES`], built under one of the
+//! server's `max_reads` read permits and one of the connection's
+//! [`PAGES_PER_CONNECTION`]. Every append pays into the in-flight append
 //! budget for each piece of its payload before reading it, as a gRPC or HTTP append does, so
 //! a flood of appends waits in TCP flow control instead of in the server's memory, and a
 //! header whose payload never comes holds nothing. Each append's task writes its answer
@@ -40,6 +43,11 @@ use crate::{metrics, public, stopping, Budget, State};
 /// Answers waiting to be sent beyond which no more requests are read: a client that does not
 /// read its answers stops being served instead of growing the server's memory.
 const MAX_UNSENT: usize = 1 << 20;
+
+/// Pages of reads one connection builds at once: each holds up to about
+/// [`wire::PAGE_BYTES`] until it is sent, so a connection holds a few of them, not one for
+/// each of its requests in flight.
+const PAGES_PER_CONNECTION: usize = 4;
 
 /// A failure that ends the connection: the request id it concerns (0 for none) and why.
 type Fatal = (u32, Error);
@@ -338,6 +346,7 @@ async fn read_frames(
     gone(writer.send(&ready))?;
 
     let max_len = state.max_append_message();
+    let pages = Arc::new(Semaphore::new(PAGES_PER_CONNECTION));
     let mut shutdown = state.shutdown.clone();
     // Closed for idleness or to make room, the connection stops reading as at shutdown. One
     // watch serves the connection's life: it wakes only at its deadlines and looks again at
@@ -356,10 +365,15 @@ async fn read_frames(
             () = &mut closed => return Ok(()),
         };
         let header = tokio::select! {
-            h = read_header(read) => match h? {
+            h = read_header(read), if !writer.failed() => match h? {
                 Some(h) => h,
                 None => return Ok(()),
             },
+            // Given up (a client that took no answer for the write timeout) or broken.
+            () = writer.given_up() => return Err((
+                0,
+                Error::Unavailable("the connection's answers could not be sent".into()),
+            )),
             () = stopping(&mut shutdown) => return Ok(()),
             () = &mut closed => return Ok(()),
         };
@@ -373,13 +387,35 @@ async fn read_frames(
                 ),
             ));
         }
+        if header.kind == Kind::Read as u8 {
+            let Some(payload) =
+                read_request(read, header, state, &mut shutdown, &mut closed).await?
+            else {
+                return Ok(());
+            };
+            let (state, writer, pages) =
+                (Arc::clone(state), Arc::clone(writer), Arc::clone(&pages));
+            tokio::spawn(async move {
+                match payload {
+                    Ok(payload) => {
+                        let _page = pages.acquire().await.expect("never closed");
+                        answer_read(&state, &writer, header.id, &payload).await;
+                    }
+                    Err(refusal) => {
+                        let _ = writer.send(&refusal);
+                    }
+                }
+                drop((place, busy));
+            });
+            continue;
+        }
         if header.kind != Kind::Append as u8 {
             return Err((
                 header.id,
                 Error::invalid(
                     "frame",
                     format!(
-                        "kind {} is not a frame a client sends after Hello (Append is 3)",
+                        "kind {} is not a frame a client sends after Hello (Append is 3, Read 6)",
                         header.kind
                     ),
                 ),
@@ -436,6 +472,98 @@ async fn read_frames(
             let _ = writer.send(&frame);
             drop((place, busy));
         });
+    }
+}
+
+/// A Read frame's payload, read whole (`Ok(Ok)`), or read past and refused alone with the
+/// Error frame that answers it (`Ok(Err)`); `None` when the server stops or the connection
+/// is closed for idleness meanwhile.
+async fn read_request(
+    read: &mut BufReader<OwnedReadHalf>,
+    header: Header,
+    state: &State,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    closed: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Option<Result<Vec<u8>, Vec<u8>>>, Fatal> {
+    let len = header.len as usize;
+    if len > wire::MAX_READ_REQUEST {
+        read_payload(read, header, state, None).await?;
+        metrics::request("wire", "4xx");
+        let e = Error::TooLarge {
+            what: "read request".into(),
+            size: len,
+            limit: wire::MAX_READ_REQUEST,
+        };
+        return Ok(Some(Err(error_frame(header.id, e))));
+    }
+    // Paid for while it arrives, like an append's; small, and let go once read.
+    let budget = Budget::default();
+    tokio::select! {
+        p = read_payload(read, header, state, Some(&budget)) => Ok(Some(Ok(p?))),
+        () = stopping(shutdown) => Ok(None),
+        () = closed.as_mut() => Ok(None),
+    }
+}
+
+/// Answers a Read. The page's share of the answer budget is kept until the page has left
+/// (but for the 1 MiB a connection may have unsent); a client that takes nothing for
+/// `write_timeout` meanwhile is given up.
+async fn answer_read(state: &State, writer: &FrameWriter, id: u32, payload: &[u8]) {
+    if writer.failed() {
+        return;
+    }
+    let (frame, held) = page(state, id, payload).await;
+    // A connection that failed is noticed by the reader; this answer is lost with it.
+    let _ = writer.send(&frame);
+    drop(frame);
+    if held.is_some() {
+        let wait = state.config.limits.write_timeout;
+        if tokio::time::timeout(wait, writer.room(MAX_UNSENT))
+            .await
+            .is_err()
+        {
+            tracing::debug!("a framed client took no answer for the write timeout");
+            writer.abandon();
+        }
+    }
+}
+
+/// The answer to a Read: a Page frame with the read's first page and its share of the
+/// answer budget, or an Error frame.
+async fn page(
+    state: &State,
+    id: u32,
+    payload: &[u8],
+) -> (Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>) {
+    let request = pb::ReadRequest::decode(payload)
+        .map_err(|e| {
+            Error::invalid(
+                "request",
+                format!("the Read frame does not hold an annal.v1.ReadRequest: {e}"),
+            )
+        })
+        .and_then(pb::read_request);
+    let page = match request {
+        Ok(request) => state.read_page(request, wire::PAGE_BYTES).await,
+        Err(e) => Err(e),
+    };
+    match page {
+        Ok((page, held)) => {
+            metrics::request("wire", "2xx");
+            let mut out = Vec::with_capacity(HEADER_LEN + 9 + page.packed.len());
+            let page = wire::Page {
+                head: page.head,
+                more: page.more,
+                packed: &page.packed,
+            };
+            wire::put_page(&mut out, id, page);
+            (out, Some(held))
+        }
+        Err(e) => {
+            let status = crate::json::ErrorJson::from_error(&e).0;
+            metrics::request("wire", metrics::class(status));
+            (error_frame(id, e), None)
+        }
     }
 }
 

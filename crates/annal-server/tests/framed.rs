@@ -265,7 +265,7 @@ async fn appends_from_many_tasks_share_one_connection_and_are_counted() {
 
     // The same appends through gRPC, when the client is told to.
     let grpc = Client::builder(s.url.clone())
-        .framed_appends(false)
+        .framed(false)
         .connect()
         .await
         .unwrap();
@@ -347,5 +347,214 @@ async fn a_client_that_never_says_hello_is_let_go() {
         frame(&mut c).await.is_none(),
         "then the connection is closed"
     );
+    s.server.shutdown().await.unwrap();
+}
+
+/// Events in three streams, interleaved, with a type each that alternates.
+async fn fill_three(client: &Client) {
+    for i in 0..10u32 {
+        for (stream, upto) in [("acct-1", 10), ("acct-2", 7), ("other-1", 5)] {
+            if i < upto {
+                let ty = if i % 2 == 0 { "Even" } else { "Odd" };
+                client
+                    .append(AppendRequest::stream(
+                        stream,
+                        ExpectedRevision::Any,
+                        vec![NewEvent::new(ty, format!("{{\"i\":{i}}}").into_bytes())],
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framed_reads_come_a_page_at_a_time_and_match_grpc_reads() {
+    const WIRE_OK: &str = r#"api="wire",status="2xx""#;
+    let _serial = SERIAL.lock().await;
+    // Pages of three events, so that every read below takes several.
+    let s = start_with(|c| c.limits.read_batch_events = 3).await;
+    let framed = s.client().await;
+    let grpc = Client::builder(s.url.clone())
+        .framed(false)
+        .connect()
+        .await
+        .unwrap();
+    fill_three(&framed).await;
+    use annal_core::AsOf;
+    let reads = [
+        ReadRequest::stream("acct-1"),
+        ReadRequest::stream("acct-1").backward(),
+        ReadRequest::stream("acct-1").from(2).limit(5),
+        ReadRequest::stream("acct-1").backward().from(8).limit(4),
+        ReadRequest::stream("acct-2").backward().from(1),
+        ReadRequest::stream("nobody"),
+        ReadRequest::all(),
+        ReadRequest::all().backward(),
+        ReadRequest::all().from(5).limit(7),
+        ReadRequest::all().backward().limit(10),
+        ReadRequest::all().limit(3),
+        ReadRequest::all().as_of(AsOf::Position(10)),
+        ReadRequest::category("acct"),
+        ReadRequest::category("acct").backward().limit(8),
+        ReadRequest::event_types(["Odd"]),
+        ReadRequest::event_types(["Odd"]).backward().from(20),
+    ];
+    for request in reads {
+        let before = requests(s.addr(), WIRE_OK).await;
+        let by_pages = framed.read(request.clone()).await.unwrap();
+        let by_grpc = grpc.read(request.clone()).await.unwrap();
+        assert_eq!(by_pages.head(), by_grpc.head(), "{request:?}");
+        let (by_pages, by_grpc) = (collect(by_pages).await, collect(by_grpc).await);
+        let ids = |v: &[annal_core::RecordedEvent]| -> Vec<(u64, u64)> {
+            v.iter().map(|e| (e.position, e.revision)).collect()
+        };
+        assert_eq!(ids(&by_pages), ids(&by_grpc), "{request:?}");
+        assert_eq!(by_pages, by_grpc, "{request:?}");
+        // One page for every three events, and one more when the last page was full.
+        let pages = requests(s.addr(), WIRE_OK).await - before;
+        let full = by_pages.len() as u64 / 3;
+        assert!(
+            pages == full || pages == full + 1,
+            "{request:?}: {} events in {pages} pages",
+            by_pages.len()
+        );
+        assert!(pages >= 1, "{request:?}");
+    }
+
+    // A forward read ends at the head of its first page: events appended while it is read
+    // are not part of it.
+    let mut read = framed.read(ReadRequest::all()).await.unwrap();
+    let head = read.head().expect("a head");
+    let first = annal_core::next_item(&mut read).await.unwrap().unwrap();
+    assert_eq!(first.position, 0);
+    for _ in 0..5 {
+        framed
+            .append(one("late-1", ExpectedRevision::Any))
+            .await
+            .unwrap();
+    }
+    let rest = collect(read).await;
+    assert_eq!(rest.len() as u64, head, "positions 1 to the head, {head}");
+    assert!(rest.iter().all(|e| e.position <= head));
+    s.server.shutdown().await.unwrap();
+}
+
+async fn collect(mut read: annal_core::EventStream) -> Vec<annal_core::RecordedEvent> {
+    let mut out = Vec::new();
+    while let Some(e) = annal_core::next_item(&mut read).await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_frames_too_large_or_malformed_are_refused_alone() {
+    let _serial = SERIAL.lock().await;
+    let s = start().await;
+    s.client()
+        .await
+        .append(one("r-1", ExpectedRevision::NoStream))
+        .await
+        .unwrap();
+    let mut c = raw(s.addr()).await;
+    hello(&mut c, "").await;
+    send(
+        &mut c,
+        Kind::Read as u8,
+        4,
+        &vec![0u8; wire::MAX_READ_REQUEST + 1],
+    )
+    .await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 4);
+    assert!(
+        matches!(&e, Error::TooLarge { what, limit, .. } if what == "read request" && *limit == wire::MAX_READ_REQUEST),
+        "{e:?}"
+    );
+    send(&mut c, Kind::Read as u8, 5, &[0xff, 0xff, 0xff]).await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 5);
+    assert!(
+        problem(&e).contains("does not hold an annal.v1.ReadRequest"),
+        "{e}"
+    );
+    // A read of no source names what is missing, as over gRPC.
+    send(&mut c, Kind::Read as u8, 6, &[]).await;
+    let (id, e) = error(&mut c).await;
+    assert_eq!(id, 6);
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+    // The connection goes on: a valid read is answered with its page.
+    let request = pb::ReadRequest::from(ReadRequest::stream("r-1")).encode_to_vec();
+    send(&mut c, Kind::Read as u8, 7, &request).await;
+    let (h, payload) = frame(&mut c).await.expect("a Page");
+    assert_eq!((h.kind, h.id), (Kind::Page as u8, 7));
+    let page = wire::parse_page(&payload).expect("a page");
+    assert_eq!((page.head, page.more), (Some(0), false));
+    let events = pb::packed::decode(&annal_core::Bytes::copy_from_slice(page.packed)).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].stream_id.as_str(), "r-1");
+    s.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_no_pages_is_let_go_and_stalls_nobody() {
+    let _serial = SERIAL.lock().await;
+    let write_timeout = Duration::from_secs(3);
+    let s = start_with(|c| {
+        c.limits.write_timeout = write_timeout;
+        c.limits.max_answer_bytes = 8 << 20;
+    })
+    .await;
+    let client = s.client().await;
+    // About 4 MiB of events: a read of the whole log is 16 pages.
+    for i in 0..64 {
+        let events = (0..64)
+            .map(|_| NewEvent::new("Big", vec![b'x'; 1000]))
+            .collect();
+        client
+            .append(AppendRequest::stream(
+                format!("big-{i}"),
+                ExpectedRevision::Any,
+                events,
+            ))
+            .await
+            .unwrap();
+    }
+    // A client that asks for the whole log a hundred times and reads nothing.
+    let mut c = raw(s.addr()).await;
+    hello(&mut c, "").await;
+    let request = pb::ReadRequest::from(ReadRequest::all()).encode_to_vec();
+    let started = std::time::Instant::now();
+    for id in 1..=100 {
+        send(&mut c, Kind::Read as u8, id, &request).await;
+    }
+    // Meanwhile another client reads the whole log, page by page, and appends.
+    for round in 0..3 {
+        let all = client.read_to_vec(ReadRequest::all()).await.unwrap();
+        assert_eq!(all.len(), 64 * 64 + round);
+        client
+            .append(one("meanwhile", ExpectedRevision::Any))
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < write_timeout,
+        "the others were served while the silent client held its pages: {:?}",
+        started.elapsed()
+    );
+    // The silent client is let go after the write timeout: it gets some of its pages, then
+    // the connection ends.
+    tokio::time::sleep(write_timeout * 2).await;
+    let mut pages = 0;
+    while let Some((h, _)) = frame(&mut c).await {
+        assert_eq!(h.kind, Kind::Page as u8, "{h:?}");
+        pages += 1;
+    }
+    assert!(pages < 100, "{pages} pages of 100 were sent");
+    // And its pages gave their share of the answer budget back.
+    let all = client.read_to_vec(ReadRequest::all()).await.unwrap();
+    assert!(all.len() > 64 * 64);
     s.server.shutdown().await.unwrap();
 }

@@ -1,5 +1,6 @@
-//! The framed append protocol: appends over plain TCP on the server's port, beside gRPC and
-//! HTTP, without HTTP/2's per-request framing. docs/wire-protocol.md describes it in full.
+//! The framed protocol: appends and short reads over plain TCP on the server's port, beside
+//! gRPC and HTTP, without HTTP/2's per-request framing. docs/wire-protocol.md describes it in
+//! full.
 //!
 //! A client opens the connection with [`PREFACE`], then sends frames. Every frame is a
 //! 9-byte header (payload length `u32`, kind `u8`, request id `u32`, all little-endian)
@@ -8,7 +9,10 @@
 //! [`Kind::Error`] and closes. Then [`Kind::Append`] frames carry an `annal.v1.AppendRequest`
 //! and are answered, in any order and matched by request id, with [`Kind::Appended`]
 //! (an `annal.v1.AppendResponse`) or [`Kind::Error`] (a status: see [`encode_status`]).
-//! Many appends may be in flight on one connection.
+//! [`Kind::Read`] frames carry an `annal.v1.ReadRequest` and are answered with one
+//! [`Kind::Page`] (see [`put_page`]): the read's first events, at most a page of them; the
+//! client asks for the rest, if any, with further reads that start after the last event it
+//! got. Many requests may be in flight on one connection.
 //!
 //! Both ends write frames through a [`FrameWriter`]; each brings its own reading. The
 //! messages are `annal-proto`'s, and an Append is encoded straight from the core types
@@ -40,6 +44,10 @@ pub enum Kind {
     /// when it concerns the connection itself (a refused Hello, say). After one that
     /// answers a breach of the protocol, the server closes the connection.
     Error = 5,
+    /// Client: an `annal.v1.ReadRequest`.
+    Read = 6,
+    /// Server, to a Read: a page of its events (see [`put_page`]).
+    Page = 7,
 }
 
 impl Kind {
@@ -50,6 +58,8 @@ impl Kind {
             3 => Kind::Append,
             4 => Kind::Appended,
             5 => Kind::Error,
+            6 => Kind::Read,
+            7 => Kind::Page,
             _ => return None,
         })
     }
@@ -120,6 +130,53 @@ pub fn put_append(out: &mut Vec<u8>, id: u32, request: &annal_core::AppendReques
     let mut header = Vec::with_capacity(HEADER_LEN);
     put_header(&mut header, Kind::Append, id, len);
     out[start..start + HEADER_LEN].copy_from_slice(&header);
+}
+
+/// The largest Read payload (an `annal.v1.ReadRequest`: a source, a position, a limit).
+pub const MAX_READ_REQUEST: usize = 64 << 10;
+
+/// A page ends once it holds this many bytes of packed events (it always holds at least one
+/// event, however large), or the server's `read_batch_events` events.
+pub const PAGE_BYTES: usize = 256 << 10;
+
+/// A page, as [`put_page`] writes it and [`parse_page`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page<'a> {
+    /// The log's last position when the read was served; `None` when the log was empty.
+    pub head: Option<u64>,
+    /// The read holds more events than the page: ask again from after its last event.
+    pub more: bool,
+    /// The page's events in `annal_proto::packed`'s encoding.
+    pub packed: &'a [u8],
+}
+
+/// Flag bits of a page's first byte.
+const PAGE_HEAD: u8 = 1;
+const PAGE_MORE: u8 = 2;
+
+/// Appends a Page frame: flags `u8` (1: the head is known, 2: more events follow),
+/// the head `u64` (0 when unknown), then the packed events to the end.
+pub fn put_page(out: &mut Vec<u8>, id: u32, page: Page<'_>) {
+    put_header(out, Kind::Page, id, 9 + page.packed.len());
+    let flags =
+        if page.head.is_some() { PAGE_HEAD } else { 0 } | if page.more { PAGE_MORE } else { 0 };
+    out.push(flags);
+    out.extend_from_slice(&page.head.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(page.packed);
+}
+
+/// The page of a Page payload; `None` when it is not one.
+pub fn parse_page(payload: &[u8]) -> Option<Page<'_>> {
+    let (&flags, rest) = payload.split_first()?;
+    if flags & !(PAGE_HEAD | PAGE_MORE) != 0 {
+        return None;
+    }
+    let head = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    Some(Page {
+        head: (flags & PAGE_HEAD != 0).then_some(head),
+        more: flags & PAGE_MORE != 0,
+        packed: &rest[8..],
+    })
 }
 
 /// A status as an Error payload: code `u32`, message length `u32`, the message (UTF-8), then
@@ -231,6 +288,22 @@ impl FrameWriter {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// True once a write failed or the connection was given up.
+    pub fn failed(&self) -> bool {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).failed
+    }
+
+    /// Returns once a write failed or the connection was given up.
+    pub async fn given_up(&self) {
+        loop {
+            let sent = self.sent.notified();
+            if self.failed() {
+                return;
+            }
+            sent.await;
+        }
     }
 
     /// Makes [`run`](FrameWriter::run) return once everything queued is sent.
@@ -432,6 +505,32 @@ mod tests {
     }
 
     #[test]
+    fn pages_round_trip_and_odd_flags_are_refused() {
+        for (head, more) in [(None, false), (Some(0), true), (Some(u64::MAX), false)] {
+            let mut out = Vec::new();
+            let page = Page {
+                head,
+                more,
+                packed: b"events",
+            };
+            put_page(&mut out, 9, page);
+            let h = Header::parse(out[..HEADER_LEN].try_into().unwrap());
+            assert_eq!(
+                (h.len as usize, h.kind, h.id),
+                (out.len() - HEADER_LEN, 7, 9)
+            );
+            assert_eq!(parse_page(&out[HEADER_LEN..]), Some(page));
+        }
+        assert_eq!(parse_page(&[PAGE_HEAD, 1, 0, 0]), None, "a short head");
+        assert_eq!(
+            parse_page(&[4, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "an unknown flag"
+        );
+        assert_eq!(parse_page(&[]), None);
+    }
+
+    #[test]
     fn message_frames_hold_their_length() {
         let m = annal_proto::ServerInfoRequest {};
         let mut out = Vec::new();
@@ -443,6 +542,7 @@ mod tests {
         assert_eq!((second.len, second.kind), (5, 1));
         assert_eq!(&out[2 * HEADER_LEN..], b"token");
         assert_eq!(Kind::from_u8(5), Some(Kind::Error));
+        assert_eq!(Kind::from_u8(7), Some(Kind::Page));
         assert_eq!(Kind::from_u8(9), None);
     }
 }

@@ -828,7 +828,7 @@ fn flood(framed: bool) {
         let mut tasks = Vec::new();
         for c in 0..64 {
             let client = Client::builder(s.url.clone())
-                .framed_appends(framed)
+                .framed(framed)
                 .connect()
                 .await
                 .unwrap();
