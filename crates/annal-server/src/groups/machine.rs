@@ -937,9 +937,11 @@ impl<E> Machine<E> {
                 self.dead.insert(q, letter);
             }
         }
-        if !p.from_dead {
-            self.move_floor();
-        }
+        // Even when the parked event was a replayed letter (never in the window), the key's
+        // events now waiting behind it left the window: the floor may pass them. Left where
+        // it was, nothing moves it once the feed has caught up, and the acknowledged positions
+        // above it fill the buffer.
+        self.move_floor();
         self.refresh(&key, now.at);
         self.forget_key(&key);
     }

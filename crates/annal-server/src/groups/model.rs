@@ -583,3 +583,29 @@ fn reasons_and_names_are_bounded() {
     );
     assert!(letter.reason.ends_with('…'));
 }
+
+#[test]
+fn parking_a_replayed_event_lets_the_floor_pass_what_waits_behind_it() {
+    let mut h = Harness::new(settings(false));
+    h.step(Op::Append(0));
+    h.step(Op::Append(0));
+    h.step(Op::Join);
+    h.step(Op::Park(0)); // 0 parked, 1 waits behind it
+    h.step(Op::ReplayAll);
+    h.step(Op::Poll);
+    h.step(Op::Ack(0)); // 0 settles: 1 is released, and delivered
+    assert_eq!(
+        h.held.values().map(|d| d.position).collect::<Vec<_>>(),
+        vec![1]
+    );
+    h.step(Op::Append(0)); // 2 joins the window, queued behind 1
+    assert_eq!(h.m.floor(), 2);
+    h.step(Op::Park(0)); // 1 parked again: 2 waits behind it, out of the window
+    let letters: Vec<(u64, bool)> =
+        h.m.dead_letters()
+            .map(|d| (d.position, d.waiting))
+            .collect();
+    assert_eq!(letters, vec![(1, false), (2, true)]);
+    assert_eq!(h.m.floor(), 3, "the window is empty");
+    h.drain();
+}
