@@ -35,11 +35,14 @@ fn nth(tag: &str, handler: usize, i: u64) -> (String, Command) {
 }
 
 /// W8 against Annal (embedded, or a client of a server): `handlers` tasks each running
-/// commands on accounts of their own for `duration`. Returns commands per second.
+/// commands on accounts of their own for `duration`. With `kept`, each handler keeps the
+/// state its last command left (`with_state_cache`), so that only an account's first
+/// command reads its stream. Returns commands per second.
 pub async fn annal<S: EventStore + Clone + 'static>(
     store: S,
     tag: &str,
     handlers: usize,
+    kept: bool,
     duration: Duration,
     progress: &Progress,
 ) -> anyhow::Result<f64> {
@@ -47,7 +50,7 @@ pub async fn annal<S: EventStore + Clone + 'static>(
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for h in 0..handlers {
-        let handler = CommandHandler::new(store.clone());
+        let handler = CommandHandler::new(store.clone()).with_state_cache(usize::from(kept) * 16);
         let (tag, progress) = (tag.to_string(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;

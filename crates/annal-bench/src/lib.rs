@@ -780,12 +780,26 @@ async fn toolkit_workloads(
     if wants(opts, "W8") {
         for handlers in [1usize, 16] {
             let p = Progress::spinner(&format!("W8 annal embedded x{handlers}"));
-            let embedded =
-                commands::annal(store.clone(), &format!("e{handlers}"), handlers, dur, &p).await?;
+            let embedded = commands::annal(
+                store.clone(),
+                &format!("e{handlers}"),
+                handlers,
+                false,
+                dur,
+                &p,
+            )
+            .await?;
             p.done();
             let p = Progress::spinner(&format!("W8 annal server x{handlers}"));
-            let served =
-                commands::annal(client.clone(), &format!("s{handlers}"), handlers, dur, &p).await?;
+            let served = commands::annal(
+                client.clone(),
+                &format!("s{handlers}"),
+                handlers,
+                false,
+                dur,
+                &p,
+            )
+            .await?;
             p.done();
             let pgv = match pg {
                 Some(pg) => {
@@ -797,14 +811,29 @@ async fn toolkit_workloads(
                 }
                 None => None,
             };
-            for (how, v) in [("embedded", embedded), ("through the server", served)] {
-                report.rows.push(row(
-                    &format!("W8 commands, {handlers} handler(s), {how}"),
-                    "commands/s",
-                    Some(v),
-                    pgv,
-                    true,
-                ));
+            let mut w8_rows = |note: &str, embedded, served| {
+                for (how, v) in [("embedded", embedded), ("through the server", served)] {
+                    report.rows.push(row(
+                        &format!("W8 commands, {handlers} handler(s), {how}{note}"),
+                        "commands/s",
+                        Some(v),
+                        pgv,
+                        true,
+                    ));
+                }
+            };
+            w8_rows("", embedded, served);
+            if handlers == 16 {
+                // The same with each handler keeping the states its commands leave: an
+                // account's later commands decide without reading it. PostgreSQL's loop,
+                // beside it, still reads each time.
+                let p = Progress::spinner("W8 annal embedded x16, states kept");
+                let embedded = commands::annal(store.clone(), "ek", 16, true, dur, &p).await?;
+                p.done();
+                let p = Progress::spinner("W8 annal server x16, states kept");
+                let served = commands::annal(client.clone(), "sk", 16, true, dur, &p).await?;
+                p.done();
+                w8_rows(", states kept", embedded, served);
             }
         }
     }

@@ -11,7 +11,7 @@ pub trait Decider: Send + Sync + 'static {
     /// The category of the aggregate's streams: instance `42` lives in `{CATEGORY}-42`.
     const CATEGORY: &'static str;
     /// The state decisions need; `Default` is the state before the first event.
-    type State: Default + Send + Sync;
+    type State: Default + Send + Sync + 'static;
     type Command: Send + Sync;
     type Event: Event;
     /// Why a command is refused.

@@ -1,5 +1,6 @@
 //! Command handling: load, decide, append on the revision that was read; on a conflict,
-//! load again and decide again.
+//! load again and decide again. With a state cache, the state a command left is kept for
+//! the next command on the same aggregate (`cache.rs`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use annal_core::{
     ReadRequest, NO_STREAM,
 };
 
+use crate::cache::StateCache;
 use crate::{
     decode_each, encode, load, load_as_of, stream_id, At, CommandError, Context, Decider, Decision,
     LoadError, Loaded, Retry, Snapshotting, Upcasters,
@@ -35,6 +37,8 @@ pub struct CommandHandler<S> {
     store: S,
     retry: Retry,
     upcasters: Arc<Upcasters>,
+    /// States kept between commands ([`CommandHandler::with_state_cache`]); none by default.
+    cache: Option<Arc<StateCache>>,
 }
 
 impl<S: EventStore> CommandHandler<S> {
@@ -44,7 +48,22 @@ impl<S: EventStore> CommandHandler<S> {
             store,
             retry: Retry::default(),
             upcasters: Arc::new(Upcasters::new()),
+            cache: None,
         }
+    }
+
+    /// Keeps the state each command leaves, for up to `aggregates` aggregates (the one kept
+    /// longest ago goes first), so that the next command on one decides on it without
+    /// reading its stream. The handler and its clones share it; 0 keeps none (the default).
+    ///
+    /// It is safe whoever else writes: a command on a kept state appends with the revision
+    /// the state was kept at, so a stream another writer reached first refuses the append,
+    /// and the command loads, decides and appends again, as after any lost race. What it
+    /// costs is memory (each kept state, as `D::State` holds it) and, per command on a kept
+    /// state that another writer moved on, one refused append.
+    pub fn with_state_cache(mut self, aggregates: usize) -> Self {
+        self.cache = (aggregates > 0).then(|| Arc::new(StateCache::new(aggregates)));
+        self
     }
 
     /// How conflicts and unanswered appends are retried.
@@ -81,6 +100,26 @@ impl<S: EventStore> CommandHandler<S> {
             }
         }
         Ok(loaded)
+    }
+
+    /// The state the cache kept for `stream`, taken out of it.
+    fn kept<D: Decider>(&self, stream: &str) -> Option<Loaded<D::State>> {
+        let (state, revision) = self.cache.as_ref()?.take::<D::State>(stream)?;
+        Some(Loaded {
+            state,
+            revision: Some(revision),
+            position: None,
+            replayed: 0,
+            snapshot: None,
+        })
+    }
+
+    /// Keeps `state` in the cache, if there is one, for the next command on `stream`; a
+    /// stream with no event has nothing worth keeping.
+    fn keep<D: Decider>(&self, stream: &str, state: D::State, revision: Option<u64>) {
+        if let (Some(cache), Some(revision)) = (&self.cache, revision) {
+            cache.put(stream, state, revision);
+        }
     }
 
     /// Keeps a snapshot of `state` at `revision`. A snapshot is a cache: one that cannot be
@@ -130,10 +169,31 @@ impl<S: EventStore> CommandHandler<S> {
     ) -> Result<Handled, CommandError<D::Error>> {
         let stream = stream_id::<D>(id);
         let mut attempt = 1;
+        let mut fresh = false;
         loop {
-            let loaded = self.load_stream::<D>(&stream).await?;
-            let events = D::decide(&loaded.state, command).map_err(CommandError::Rejected)?;
+            let kept = if fresh { None } else { self.kept::<D>(&stream) };
+            let from_cache = kept.is_some();
+            let loaded = match kept {
+                Some(kept) => kept,
+                None => self.load_stream::<D>(&stream).await?,
+            };
+            let events = D::decide(&loaded.state, command);
+            // A kept state may be stale. An append checks that for the events it carries;
+            // a refusal or a decision of nothing appends nothing, so it is made again on
+            // the stream as it is.
+            if from_cache && events.as_ref().map_or(true, Vec::is_empty) {
+                fresh = true;
+                continue;
+            }
+            let events = match events {
+                Ok(events) => events,
+                Err(refused) => {
+                    self.keep::<D>(&stream, loaded.state, loaded.revision);
+                    return Err(CommandError::Rejected(refused));
+                }
+            };
             if events.is_empty() {
+                self.keep::<D>(&stream, loaded.state, loaded.revision);
                 return Ok(Handled {
                     stream_id: stream,
                     revision: loaded.revision,
@@ -152,10 +212,13 @@ impl<S: EventStore> CommandHandler<S> {
                 Ok(r) => {
                     let how = D::snapshots()
                         .filter(|how| how.due_after_command(loaded.revision, r.revision()));
-                    if let Some(how) = how {
+                    if how.is_some() || self.cache.is_some() {
                         let state = events.iter().fold(loaded.state, D::evolve);
-                        self.keep_snapshot(&stream, r.revision(), &state, &how)
-                            .await;
+                        if let Some(how) = how {
+                            self.keep_snapshot(&stream, r.revision(), &state, &how)
+                                .await;
+                        }
+                        self.keep::<D>(&stream, state, Some(r.revision()));
                     }
                     return Ok(Handled {
                         stream_id: stream,

@@ -4,7 +4,8 @@
 //!
 //! - [`Event`]: an aggregate's events as a serde enum; the variant is the event type.
 //! - [`Decider`]: an aggregate as two pure functions, `decide` and `evolve`.
-//! - [`CommandHandler`]: load, decide, append on the revision read, retry on conflict.
+//! - [`CommandHandler`]: load, decide, append on the revision read, retry on conflict; with
+//!   a state cache, the next command on an aggregate decides on the state the last one left.
 //! - [`Decision`]: a rule whose boundary is a tag query, not a stream (Dynamic Consistency
 //!   Boundaries); its events belong to no stream and are guarded by a condition.
 //! - [`Context`]: the correlation id, causation id and actor every event carries.
@@ -16,6 +17,7 @@
 //!   rebuilt blue/green, reconciled against a replay.
 //! - [`render_history`]: an aggregate's history, or any read's, as lines for people.
 
+mod cache;
 mod context;
 mod decider;
 mod decision;

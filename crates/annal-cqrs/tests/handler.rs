@@ -27,6 +27,8 @@ both_ways!(
     attempts_are_bounded,
     an_unanswered_append_is_sent_again_and_lands_once,
     concurrent_handlers_lose_no_decision,
+    concurrent_handlers_sharing_kept_states_lose_no_decision,
+    a_kept_state_decides_the_next_command_and_is_checked_when_stale,
     events_carry_the_context,
     a_reaction_joins_the_transaction_of_its_cause,
 );
@@ -252,8 +254,21 @@ async fn an_unanswered_append_is_sent_again_and_lands_once<S: EventStore + Clone
 }
 
 async fn concurrent_handlers_lose_no_decision<S: EventStore + Clone + 'static>(store: S) {
+    race_on_one_account(CommandHandler::new(store)).await;
+}
+
+async fn concurrent_handlers_sharing_kept_states_lose_no_decision<
+    S: EventStore + Clone + 'static,
+>(
+    store: S,
+) {
+    race_on_one_account(CommandHandler::new(store).with_state_cache(4)).await;
+}
+
+/// 16 clones of `h` deposit 5 times each into one account at once.
+async fn race_on_one_account<S: EventStore + Clone + 'static>(h: CommandHandler<S>) {
     let ctx = Context::new();
-    let h = CommandHandler::new(store.clone()).with_retry(Retry {
+    let h = h.with_retry(Retry {
         attempts: 200,
         first_pause: Duration::from_millis(1),
         max_pause: Duration::from_millis(20),
@@ -284,6 +299,98 @@ async fn concurrent_handlers_lose_no_decision<S: EventStore + Clone + 'static>(s
     assert_eq!(revisions, (1..=80).collect::<Vec<u64>>());
     let loaded = h.load::<BankAccount>("1").await.unwrap();
     assert_eq!((loaded.state.balance, loaded.revision), (80, Some(80)));
+}
+
+async fn a_kept_state_decides_the_next_command_and_is_checked_when_stale<
+    S: EventStore + Clone + 'static,
+>(
+    store: S,
+) {
+    let ctx = Context::new();
+    let cached = CommandHandler::new(store.clone()).with_state_cache(8);
+    let plain = CommandHandler::new(store.clone());
+    let deposit = |amount| C::Deposit { amount };
+    cached
+        .handle::<BankAccount>("1", &open("ann"), &ctx)
+        .await
+        .unwrap();
+    let r = cached
+        .handle::<BankAccount>("1", &deposit(100), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((r.attempts, r.revision), (1, Some(1)));
+    // Another writer moves the stream on: the state kept at revision 1 is stale. Decided
+    // on it, the append is refused; loaded again, the command lands. (Without the kept
+    // state, the handler would have read the stream first and decided once.)
+    plain
+        .handle::<BankAccount>("1", &deposit(1), &ctx)
+        .await
+        .unwrap();
+    let r = cached
+        .handle::<BankAccount>("1", &deposit(5), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((r.attempts, r.revision), (2, Some(3)));
+    let r = cached
+        .handle::<BankAccount>("1", &deposit(1), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((r.attempts, r.revision), (1, Some(4)));
+    // A refusal is never made on a kept state alone: the kept balance (107) would refuse
+    // this withdrawal, but another writer has deposited since.
+    plain
+        .handle::<BankAccount>("1", &deposit(100), &ctx)
+        .await
+        .unwrap();
+    let r = cached
+        .handle::<BankAccount>("1", &C::Withdraw { amount: 200 }, &ctx)
+        .await
+        .unwrap();
+    assert_eq!((r.revision, r.written), (Some(6), 1));
+    // And a refusal on the stream as it is stands.
+    let refused = cached
+        .handle::<BankAccount>("1", &C::Withdraw { amount: 8 }, &ctx)
+        .await;
+    assert_eq!(
+        refused,
+        Err(CommandError::Rejected(Refused::InsufficientFunds {
+            balance: 7,
+            wanted: 8
+        }))
+    );
+    let loaded = plain.load::<BankAccount>("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.revision), (7, Some(6)));
+
+    // A cache of one state keeps the last aggregate's: the first is loaded again, so a
+    // writer that moved it on costs no refused append.
+    let one = CommandHandler::new(store.clone()).with_state_cache(1);
+    for id in ["2", "3"] {
+        one.handle::<BankAccount>(id, &open("bob"), &ctx)
+            .await
+            .unwrap();
+    }
+    plain
+        .handle::<BankAccount>("2", &deposit(3), &ctx)
+        .await
+        .unwrap();
+    plain
+        .handle::<BankAccount>("3", &deposit(3), &ctx)
+        .await
+        .unwrap();
+    let r = one
+        .handle::<BankAccount>("3", &deposit(1), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((r.attempts, r.revision), (2, Some(2)), "account 3 was kept");
+    let r = one
+        .handle::<BankAccount>("2", &deposit(1), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.attempts, r.revision),
+        (1, Some(2)),
+        "account 2 was not kept"
+    );
 }
 
 async fn events_carry_the_context<S: EventStore + Clone + 'static>(store: S) {
