@@ -9,7 +9,7 @@
 //! | `annal_fsync_seconds` | histogram | the engine's fdatasync calls (recorded by the engine) |
 //! | `annal_subscriptions_active` | gauge | open subscriptions, gRPC and SSE |
 //! | `annal_subscriber_lag_events` | histogram | how far behind the head a subscriber's batch was when sent |
-//! | `annal_requests_total{api,status}` | counter | requests by API (`grpc`, `http`) and status class |
+//! | `annal_requests_total{api,status}` | counter | requests by API (`grpc`, `http`, `wire`: framed appends and read pages) and status class |
 //! | `annal_head_position` | gauge | the log's last position, set at each scrape |
 //! | `annal_append_overdrafts_total` | counter | appends that went over the in-flight budget so that appends holding parts of it could not wait on each other |
 //! | `annal_connections_closed_total{reason}` | counter | connections the server closed: `idle`, `unauthenticated`, `evicted` (idle the longest when a new client came at the cap), `full` (a new client, when every connection was busy) |
