@@ -8,7 +8,7 @@ use std::sync::Arc;
 use annal_core::{Error, RecordedEvent, Result};
 
 use crate::checkpoint::Manifest;
-use crate::heads::{categories_of, next_head, open_chain, read_chain, Head};
+use crate::heads::{categories_of, next_head, open_chain, scan_chain, Head};
 use crate::index::{decoded_batch_entries, merge_runs, Entry, Run};
 use crate::io::{Fs, StdFs};
 use crate::layout::{run_path, segments_dir, snapshot_file_path, snapshots_dir};
@@ -18,6 +18,7 @@ use crate::log::{
     SeqReader, Tail,
 };
 use crate::snapshots::file as snapfile;
+use crate::snapshots::Table;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -29,6 +30,9 @@ pub struct CheckReport {
     pub index_entries: u64,
     /// Snapshots kept.
     pub snapshots: u64,
+    /// Passes over the log: one, or more when the streams' heads would not fit the memory
+    /// given (`check_with`).
+    pub passes: u64,
     /// Damage: the store is not what it should be.
     pub problems: Vec<String>,
     /// Findings that the next open repairs by itself (a torn tail).
@@ -125,41 +129,195 @@ fn segments(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Vec<Arc
     Ok(out)
 }
 
+/// About the bytes a stream's head takes while `check` tracks it: its id, the head, and its
+/// share of the map.
+const HEAD_BYTES: u64 = 300;
+
+/// What `check` keeps of stream heads at most, by default (`check_with`).
+pub const DEFAULT_CHECK_MEMORY: u64 = 2 << 30;
+
+/// Which streams a pass over the log tracks: those whose id hashes to `index`, of `of`.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    index: u64,
+    of: u64,
+}
+
+impl Part {
+    fn holds(self, stream: &str) -> bool {
+        self.of == 1 || xxhash_rust::xxh3::xxh3_64(stream.as_bytes()) % self.of == self.index
+    }
+}
+
+/// The stream heads files of the checkpoint, as far as they could be opened, and what the
+/// passes found comparing them with the log.
+struct StoredHeads {
+    files: Vec<Arc<crate::heads::HeadsFile>>,
+    /// The first difference found, reported once.
+    differs: Option<String>,
+    /// Category counts of the log's streams at the checkpoint, summed over the passes.
+    categories: BTreeMap<String, crate::heads::CategoryCount>,
+    /// Passes that reached the checkpoint and compared their part.
+    compared: u64,
+    problems: Vec<String>,
+}
+
+impl StoredHeads {
+    /// Compares the heads of `part` at the checkpoint with the files' heads of that part.
+    fn compare(&mut self, part: Part, want: &BTreeMap<String, Head>) {
+        self.compared += 1;
+        for (category, c) in categories_of(want) {
+            let sum = self.categories.entry(category).or_default();
+            sum.streams += c.streams;
+            sum.events += c.events;
+        }
+        if self.differs.is_some() || !self.problems.is_empty() {
+            return;
+        }
+        let mut stored = scan_chain(&self.files).filter(|h| match h {
+            Ok((id, _)) => part.holds(id),
+            Err(_) => true,
+        });
+        let mut want = want.iter();
+        let (mut s, mut w) = (stored.next(), want.next());
+        loop {
+            match (s, w) {
+                (None, None) => return,
+                (Some(Err(e)), _) => {
+                    self.problems.push(format!("stream heads: {e}"));
+                    return;
+                }
+                (Some(Ok((sid, sh))), Some((wid, wh))) if sid == *wid => {
+                    if sh != *wh {
+                        self.differs = Some(sid);
+                        return;
+                    }
+                    (s, w) = (stored.next(), want.next());
+                }
+                // The smaller id is in one of them only.
+                (Some(Ok((sid, _))), Some((wid, _))) => {
+                    self.differs = Some(if sid < *wid { sid } else { wid.clone() });
+                    return;
+                }
+                (Some(Ok((sid, _))), None) => {
+                    self.differs = Some(sid);
+                    return;
+                }
+                (None, Some((wid, _))) => {
+                    self.differs = Some(wid.clone());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What the passes found, once every part was compared.
+    fn report(self, passes: u64, report: &mut CheckReport) {
+        report.problems.extend(self.problems);
+        if let Some(stream) = self.differs {
+            report.problems.push(format!(
+                "the stream heads files disagree with the log (first difference: stream '{stream}')"
+            ));
+        }
+        if self.compared < passes {
+            return;
+        }
+        let stored: BTreeMap<_, _> = self
+            .files
+            .last()
+            .map(|f| f.categories.iter().cloned().collect())
+            .unwrap_or_default();
+        if stored != self.categories {
+            report
+                .problems
+                .push("the category counts of the stream heads files disagree with the log".into());
+        }
+    }
+}
+
+/// The streams of `part` as a pass over the log finds them.
+struct Tracked {
+    part: Part,
+    heads: BTreeMap<String, Head>,
+}
+
+impl Tracked {
+    /// Checks that `e`, an event of a stream, has the revision after its stream's last, and
+    /// moves the stream's head on; events of streams of other parts are left to their pass.
+    fn track(&mut self, e: &RecordedEvent, report: &mut CheckReport) {
+        if !self.part.holds(&e.stream_id) {
+            return;
+        }
+        let prior = self.heads.get(&*e.stream_id).copied();
+        let want = prior.map_or(0, |h| h.revision + 1);
+        if e.revision != want {
+            report.problems.push(format!(
+                "position {}: stream '{}' has revision {}, expected {want}",
+                e.position, e.stream_id, e.revision
+            ));
+        }
+        self.heads
+            .insert(e.stream_id.to_string(), next_head(prior, e));
+    }
+}
+
+/// Verifies a store folder, with at most [`DEFAULT_CHECK_MEMORY`] of stream heads in
+/// memory (see [`check_with`]).
+pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
+    check_with(dir, DEFAULT_CHECK_MEMORY, progress)
+}
+
 /// Verifies a store folder: segment headers and continuity, every record's frame and
 /// checksum, gapless positions and revisions, non-decreasing times, and that the
 /// checkpointed indexes and stream heads agree with the log. `progress` is called with
 /// (bytes read, total bytes).
-pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
+///
+/// Stream heads take about 300 bytes each while they are followed. When the checkpoint's
+/// streams (with a quarter more, and a million, for those created since) would take more
+/// than `memory`, the log is read again for each further share of the streams, by a hash of
+/// their ids: the first pass checks everything else as well, the later ones only the
+/// revisions and heads of their share. Many streams created since the last checkpoint can
+/// take the heads past `memory`.
+pub fn check_with(
+    dir: &Path,
+    memory: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CheckReport> {
     let fs = StdFs;
     let mut report = CheckReport::default();
     let segs = segments(&fs, dir, &mut report)?;
-    let manifest = match Manifest::load(&fs, dir) {
-        Ok(m) => m,
-        // Derived data: the next open rebuilds a checkpoint of an older version.
-        Err(e) if older(&e).is_some() => {
-            report.notes.push(older_note(
-                &e,
-                "checkpoint version",
-                "rebuilds it from the log",
-            ));
-            None
-        }
-        Err(e) => {
-            report.problems.push(format!("manifest: {e}"));
-            None
-        }
-    };
+    // Derived data: the next open rebuilds a checkpoint of an older version.
+    let manifest = or_noted(
+        Manifest::load(&fs, dir),
+        ("checkpoint version", "rebuilds it from the log"),
+        "manifest",
+        &mut report,
+    )
+    .flatten();
+    let mut stored = manifest
+        .as_ref()
+        .and_then(|m| stored_heads(&fs, dir, m, &mut report));
+    let passes = passes(stored.as_ref(), memory);
+    report.passes = passes;
+    let snapshots = load_snapshots(&fs, dir, &mut report)?;
     let mut expected: HashMap<u8, Digest> = HashMap::new();
-    let mut heads_at_checkpoint: Option<BTreeMap<String, Head>> = None;
-    let mut heads: BTreeMap<String, Head> = BTreeMap::new();
+    let mut tracked = Tracked {
+        part: Part {
+            index: 0,
+            of: passes,
+        },
+        heads: BTreeMap::new(),
+    };
     let mut next_position = 0u64;
     let mut last_time = i64::MIN;
-    let total = report.bytes.max(1);
+    let total = report.bytes.max(1) * passes;
     let mut entries = Vec::new();
     let mut reader = SeqReader::new(segs.clone(), 0);
     let checkpoint_at = manifest.as_ref().map_or(0, |m| m.next_position);
     if checkpoint_at == 0 {
-        heads_at_checkpoint = Some(BTreeMap::new());
+        if let Some(stored) = &mut stored {
+            stored.compare(tracked.part, &tracked.heads);
+        }
     }
     let mut done_bytes = 0u64;
     loop {
@@ -257,23 +415,17 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 // Events of no stream count their revisions from 0 in every record.
                 let mut no_stream_next = 0;
                 for e in &events {
-                    let want = if e.stream_id.is_empty() {
-                        no_stream_next
-                    } else {
-                        heads.get(&*e.stream_id).map_or(0, |h| h.revision + 1)
-                    };
-                    if e.revision != want {
+                    if !e.stream_id.is_empty() {
+                        tracked.track(e, &mut report);
+                        continue;
+                    }
+                    if e.revision != no_stream_next {
                         report.problems.push(format!(
-                            "position {}: stream '{}' has revision {}, expected {want}",
-                            e.position, e.stream_id, e.revision
+                            "position {}: stream '' has revision {}, expected {no_stream_next}",
+                            e.position, e.revision
                         ));
                     }
-                    if e.stream_id.is_empty() {
-                        no_stream_next = e.revision + 1;
-                    } else {
-                        let prior = heads.get(&*e.stream_id).copied();
-                        heads.insert(e.stream_id.to_string(), next_head(prior, e));
-                    }
+                    no_stream_next = e.revision + 1;
                 }
                 if last < checkpoint_at {
                     for en in &entries {
@@ -283,7 +435,9 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
                 next_position = last + 1;
                 report.events += events.len() as u64;
                 if next_position == checkpoint_at {
-                    heads_at_checkpoint = Some(heads.clone());
+                    if let Some(stored) = &mut stored {
+                        stored.compare(tracked.part, &tracked.heads);
+                    }
                 }
                 if report.events % 4096 < events.len() as u64 {
                     progress(done_bytes, total);
@@ -291,32 +445,155 @@ pub fn check(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckRepo
             }
         }
     }
-    progress(total, total);
-    report.streams = heads.len() as u64;
-    check_snapshots(&fs, dir, &heads, &mut report)?;
-    if let Some(m) = manifest {
-        check_checkpoint(
-            &fs,
-            dir,
-            &m,
+    finish_part(&tracked, snapshots.as_ref(), &mut report);
+    // The later passes: the revisions and heads of the other shares of the streams, up to
+    // where the first pass found the log to end.
+    for index in 1..passes {
+        let mut tracked = Tracked {
+            part: Part { index, of: passes },
+            heads: BTreeMap::new(),
+        };
+        let base = index * report.bytes.max(1);
+        heads_pass(
+            &segs,
             next_position,
-            &expected,
-            heads_at_checkpoint,
+            checkpoint_at,
+            &mut tracked,
+            stored.as_mut(),
             &mut report,
-        );
+            &mut |done| progress(base + done, total),
+        )?;
+        finish_part(&tracked, snapshots.as_ref(), &mut report);
+    }
+    progress(total, total);
+    if let Some(m) = manifest {
+        check_checkpoint(&fs, dir, &m, next_position, &expected, &mut report);
+    }
+    if let Some(stored) = stored {
+        stored.report(passes, &mut report);
     }
     Ok(report)
 }
 
-/// Verifies the snapshot file: its header, every group as recovery reads it (a torn last
-/// group is a note, damage a problem), and that each kept snapshot is of a revision its
-/// stream has reached.
-fn check_snapshots(
+/// How many passes keep the heads within `memory`: one per share of the streams that fits.
+fn passes(stored: Option<&StoredHeads>, memory: u64) -> u64 {
+    let at_checkpoint: u64 = stored
+        .and_then(|s| s.files.last())
+        .map_or(0, |f| f.categories.iter().map(|(_, c)| c.streams).sum());
+    let streams = at_checkpoint + at_checkpoint / 4 + 1_000_000;
+    (streams * HEAD_BYTES)
+        .div_ceil(memory.max(HEAD_BYTES))
+        .max(1)
+}
+
+/// The checkpoint's stream heads files; `None` (with a note or a problem) when they cannot
+/// be opened.
+fn stored_heads(
     fs: &dyn Fs,
     dir: &Path,
-    heads: &BTreeMap<String, Head>,
+    m: &Manifest,
     report: &mut CheckReport,
+) -> Option<StoredHeads> {
+    let files = or_noted(
+        open_chain(fs, dir, &m.heads),
+        (
+            "stream heads file of version",
+            "rebuilds the checkpoint from the log",
+        ),
+        "stream heads",
+        report,
+    )?;
+    Some(StoredHeads {
+        files,
+        differs: None,
+        categories: BTreeMap::new(),
+        compared: 0,
+        problems: Vec::new(),
+    })
+}
+
+/// `r`'s value; or, when opening a derived file failed, `None` with a note if the file is of
+/// an older version (`older_file`: what it is, and what the next open does about it), and with
+/// a problem named `what` otherwise.
+fn or_noted<T>(
+    r: Result<T>,
+    older_file: (&str, &str),
+    what: &str,
+    report: &mut CheckReport,
+) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) if older(&e).is_some() => {
+            report
+                .notes
+                .push(older_note(&e, older_file.0, older_file.1));
+            None
+        }
+        Err(e) => {
+            report.problems.push(format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
+/// What a pass leaves once it has read the log: its streams counted, and the snapshots of
+/// its streams checked against their heads.
+fn finish_part(tracked: &Tracked, snapshots: Option<&Table>, report: &mut CheckReport) {
+    report.streams += tracked.heads.len() as u64;
+    if let Some(table) = snapshots {
+        check_snapshot_streams(table, tracked, report);
+    }
+}
+
+/// A later pass: reads the log up to `end` (where the first pass found it to end, having
+/// reported any damage) and checks the revisions and heads of `tracked`'s streams.
+fn heads_pass(
+    segs: &[Arc<Segment>],
+    end: u64,
+    checkpoint_at: u64,
+    tracked: &mut Tracked,
+    mut stored: Option<&mut StoredHeads>,
+    report: &mut CheckReport,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    if checkpoint_at == 0 {
+        if let Some(stored) = stored.as_deref_mut() {
+            stored.compare(tracked.part, &tracked.heads);
+        }
+    }
+    let mut reader = SeqReader::new(segs.to_vec(), 0);
+    let (mut done, mut records) = (0u64, 0u64);
+    while let Next::Record(_, payload) = reader.next_record()? {
+        done += payload.len() as u64 + 8;
+        let Ok(events) = decode_batch(&payload) else {
+            break;
+        };
+        let Some(last) = events.last().map(|e| e.position) else {
+            break;
+        };
+        if last >= end {
+            break;
+        }
+        for e in events.iter().filter(|e| !e.stream_id.is_empty()) {
+            tracked.track(e, report);
+        }
+        if last + 1 == checkpoint_at {
+            if let Some(stored) = stored.as_deref_mut() {
+                stored.compare(tracked.part, &tracked.heads);
+            }
+        }
+        records += 1;
+        if records % 4096 == 0 {
+            progress(done);
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the snapshot file: its header and every group as recovery reads it (a torn last
+/// group is a note, damage a problem). Returns its table, for [`check_snapshot_streams`];
+/// `None` when there is none to check.
+fn load_snapshots(fs: &dyn Fs, dir: &Path, report: &mut CheckReport) -> Result<Option<Table>> {
     let (newest, stale) = crate::snapshots::files(fs, dir)?;
     for name in stale {
         report.notes.push(format!(
@@ -325,7 +602,7 @@ fn check_snapshots(
         ));
     }
     let Some(id) = newest else {
-        return Ok(());
+        return Ok(None);
     };
     let path = snapshot_file_path(dir, id);
     let shown = path.display();
@@ -340,7 +617,7 @@ fn check_snapshots(
         report
             .problems
             .push(format!("{shown}: shorter than its header"));
-        return Ok(());
+        return Ok(None);
     }
     match snapfile::check_header(&header) {
         Ok(()) => {}
@@ -349,7 +626,7 @@ fn check_snapshots(
                 "{shown}: snapshot file version {v}, older than this build's {}; the next open drops its snapshots (loads replay)",
                 snapfile::VERSION
             ));
-            return Ok(());
+            return Ok(None);
         }
         Err(version) => {
             report.problems.push(match version {
@@ -359,7 +636,7 @@ fn check_snapshots(
                 ),
                 None => format!("{shown}: not a snapshot file header"),
             });
-            return Ok(());
+            return Ok(None);
         }
     }
     let table = match crate::snapshots::scan(&*file, &path) {
@@ -373,16 +650,26 @@ fn check_snapshots(
         }
         Err(e @ Error::Corruption { .. }) => {
             report.problems.push(e.to_string());
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(e),
     };
     report.snapshots = table.count() as u64;
-    let mut streams: Vec<_> = table.streams.iter().collect();
+    Ok(Some(table))
+}
+
+/// Checks that each kept snapshot of a stream of `tracked`'s part is of a revision its stream
+/// has reached.
+fn check_snapshot_streams(table: &Table, tracked: &Tracked, report: &mut CheckReport) {
+    let mut streams: Vec<_> = table
+        .streams
+        .iter()
+        .filter(|(stream, _)| tracked.part.holds(stream))
+        .collect();
     streams.sort_by(|a, b| a.0.cmp(b.0));
     for (stream, list) in streams {
         let Some(last) = list.last() else { continue };
-        match heads.get(&**stream) {
+        match tracked.heads.get(&**stream) {
             None => report.problems.push(format!(
                 "a snapshot of stream '{stream}' at revision {}, but the stream has no event",
                 last.revision
@@ -394,7 +681,6 @@ fn check_snapshots(
             Some(_) => {}
         }
     }
-    Ok(())
 }
 
 /// The file, version found and version read of a derived file older than this build reads.
@@ -423,7 +709,6 @@ fn check_checkpoint(
     m: &Manifest,
     log_end_position: u64,
     expected: &HashMap<u8, Digest>,
-    heads_at_checkpoint: Option<BTreeMap<String, Head>>,
     report: &mut CheckReport,
 ) {
     if m.next_position > log_end_position {
@@ -435,15 +720,13 @@ fn check_checkpoint(
     }
     let mut runs = Vec::new();
     for id in &m.runs {
-        match Run::open(fs, &run_path(dir, *id), *id) {
-            Ok(r) => runs.push(Arc::new(r)),
-            Err(e) if older(&e).is_some() => report.notes.push(older_note(
-                &e,
-                "index run of version",
-                "rebuilds the indexes from the log",
-            )),
-            Err(e) => report.problems.push(format!("index run {id}: {e}")),
-        }
+        let run = or_noted(
+            Run::open(fs, &run_path(dir, *id), *id),
+            ("index run of version", "rebuilds the indexes from the log"),
+            &format!("index run {id}"),
+            report,
+        );
+        runs.extend(run.map(Arc::new));
     }
     if runs.len() == m.runs.len() {
         let mut found: HashMap<u8, Digest> = HashMap::new();
@@ -481,49 +764,6 @@ fn check_checkpoint(
             }
         }
     }
-    let files = match open_chain(fs, dir, &m.heads) {
-        Ok(files) => files,
-        Err(e) if older(&e).is_some() => {
-            report.notes.push(older_note(
-                &e,
-                "stream heads file of version",
-                "rebuilds the checkpoint from the log",
-            ));
-            return;
-        }
-        Err(e) => {
-            report.problems.push(format!("stream heads: {e}"));
-            return;
-        }
-    };
-    match read_chain(&files) {
-        Ok(stored) => {
-            let Some(want) = heads_at_checkpoint else {
-                return;
-            };
-            if stored != want {
-                let differing = want
-                    .iter()
-                    .find(|(id, h)| stored.get(*id) != Some(h))
-                    .map(|(id, _)| id.clone())
-                    .or_else(|| stored.keys().find(|id| !want.contains_key(*id)).cloned())
-                    .unwrap_or_default();
-                report.problems.push(format!(
-                    "the stream heads files disagree with the log (first difference: stream '{differing}')"
-                ));
-            }
-            let categories: BTreeMap<_, _> = files
-                .last()
-                .map(|f| f.categories.iter().cloned().collect())
-                .unwrap_or_default();
-            if categories != categories_of(&want) {
-                report.problems.push(
-                    "the category counts of the stream heads files disagree with the log".into(),
-                );
-            }
-        }
-        Err(e) => report.problems.push(format!("stream heads: {e}")),
-    }
 }
 
 /// Calls `f` with every event from `from` on, in log order, reading the segment files
@@ -550,5 +790,143 @@ pub fn scan_events(dir: &Path, from: u64, f: &mut dyn FnMut(RecordedEvent) -> bo
             }
             Next::End | Next::Torn { .. } => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heads::{write_merged, CategoryCount, Taken};
+
+    fn head(n: u64) -> Head {
+        Head {
+            revision: n % 3,
+            first_position: n,
+            last_position: n + 10,
+            created_at: 1,
+            last_written_at: 2,
+        }
+    }
+
+    /// Heads files holding `heads`, as a checkpoint writes them.
+    fn stored(dir: &Path, heads: &BTreeMap<String, Head>) -> StoredHeads {
+        let taken = Taken {
+            heads: Arc::new(heads.clone()),
+            categories: categories_of(heads),
+            streams: heads.len() as u64,
+        };
+        let file = write_merged(&StdFs, dir, 1, &[], &taken).unwrap();
+        StoredHeads {
+            files: vec![Arc::new(file)],
+            differs: None,
+            categories: BTreeMap::new(),
+            compared: 0,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Compares `want` with the files part by part, as the passes of `check` do.
+    fn compare_in(
+        passes: u64,
+        files: &BTreeMap<String, Head>,
+        want: &BTreeMap<String, Head>,
+    ) -> CheckReport {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = stored(dir.path(), files);
+        for index in 0..passes {
+            let part = Part { index, of: passes };
+            let mine: BTreeMap<String, Head> = want
+                .iter()
+                .filter(|(id, _)| part.holds(id))
+                .map(|(id, h)| (id.clone(), *h))
+                .collect();
+            s.compare(part, &mine);
+        }
+        let mut report = CheckReport::default();
+        s.report(passes, &mut report);
+        report
+    }
+
+    #[test]
+    fn heads_compared_part_by_part_find_what_a_whole_comparison_finds() {
+        let heads: BTreeMap<String, Head> = (0..2_000u64)
+            .map(|n| {
+                (
+                    format!("{}-{n}", ["account", "order", "user"][n as usize % 3]),
+                    head(n),
+                )
+            })
+            .collect();
+        // The parts split the streams: each is in exactly one.
+        for id in heads.keys() {
+            assert_eq!(
+                (0..7)
+                    .filter(|&i| Part { index: i, of: 7 }.holds(id))
+                    .count(),
+                1
+            );
+        }
+        for passes in [1, 2, 7] {
+            let report = compare_in(passes, &heads, &heads);
+            assert!(
+                report.problems.is_empty(),
+                "{passes}: {:?}",
+                report.problems
+            );
+
+            // One head differs, one stream is missing from the files, one is only in them:
+            // each is found, whichever part it falls in.
+            let victims: Vec<&String> = heads.keys().step_by(223).take(9).collect();
+            assert!(victims.iter().any(|v| !Part { index: 0, of: 7 }.holds(v)));
+            for &victim in &victims {
+                let mut changed = heads.clone();
+                changed.get_mut(victim).unwrap().revision += 1;
+                let mut fewer = heads.clone();
+                fewer.remove(victim);
+                for (files, want) in [(&heads, &changed), (&fewer, &heads), (&heads, &fewer)] {
+                    let report = compare_in(passes, files, want);
+                    let differs = format!("(first difference: stream '{victim}')");
+                    assert!(
+                        report.problems.iter().any(|p| p.ends_with(&differs)),
+                        "{passes}: {:?}",
+                        report.problems
+                    );
+                }
+            }
+            let mut fewer = heads.clone();
+            fewer.remove(victims[0]);
+            // Counts that disagree are found once every part was compared.
+            let report = compare_in(passes, &fewer, &fewer);
+            assert!(
+                report.problems.is_empty(),
+                "{passes}: {:?}",
+                report.problems
+            );
+        }
+        let mut wrong_counts = stored(tempfile::tempdir().unwrap().path(), &heads);
+        wrong_counts
+            .categories
+            .insert("ghost".into(), CategoryCount::default());
+        wrong_counts.compared = 1;
+        let mut report = CheckReport::default();
+        wrong_counts.report(1, &mut report);
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains("category counts")),
+            "{:?}",
+            report.problems
+        );
+    }
+
+    #[test]
+    fn passes_keep_the_heads_within_the_memory_given() {
+        assert_eq!(passes(None, DEFAULT_CHECK_MEMORY), 1);
+        // No checkpoint: a million streams are assumed, 300 MB of heads.
+        assert_eq!(passes(None, 100_000_000), 3);
+        assert_eq!(passes(None, 299_999_999), 2);
+        assert_eq!(passes(None, 300_000_000), 1);
+        assert_eq!(passes(None, 1), 1_000_000, "at least a head's bytes");
     }
 }

@@ -94,10 +94,16 @@ enum Cmd {
         cmd: groups::GroupCmd,
     },
     /// Verify a store folder offline: frames, checksums, gapless positions and revisions,
-    /// and that the indexes agree with the log. Exits 1 when it finds a problem.
+    /// and that the indexes, stream heads and snapshots agree with the log. Exits 1 when it
+    /// finds a problem.
     Check {
         /// The store folder.
         dir: PathBuf,
+        /// Memory for stream heads, in bytes (about 300 a stream). A store with more streams
+        /// than fit is read in several passes, each following a share of them.
+        #[arg(long, value_name = "BYTES", default_value_t = annal_engine::check::DEFAULT_CHECK_MEMORY,
+              value_parser = clap::value_parser!(u64).range(1 << 20..))]
+        memory: u64,
     },
     /// Run the benchmark workloads against Annal and, in the same run, PostgreSQL (or, with
     /// --network, against Annal's server and the UmaDB server). Built with the `bench`
@@ -230,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 || async move { groups::group(&r, cmd).await },
             )
         }
-        Cmd::Check { dir } => check(dir),
+        Cmd::Check { dir, memory } => check(dir, memory),
         #[cfg(feature = "bench")]
         Cmd::Bench(args) => bench::run(args),
         #[cfg(feature = "bench")]
@@ -250,14 +256,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
+fn check(dir: PathBuf, memory: u64) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "checking {bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = annal_engine::check::check(&dir, &mut |done, total| {
+    let report = annal_engine::check::check_with(&dir, memory, &mut |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
@@ -275,6 +281,13 @@ fn check(dir: PathBuf) -> anyhow::Result<ExitCode> {
         report.index_entries,
         report.snapshots
     )?;
+    if report.passes > 1 {
+        writeln!(
+            out,
+            "read in {} passes: every stream's head at once would take more than --memory {memory}",
+            report.passes
+        )?;
+    }
     for n in &report.notes {
         writeln!(out, "note: {n}")?;
     }

@@ -48,6 +48,16 @@ fn check_passes_a_healthy_store_and_dump_prints_it() {
     assert!(out.contains("40 events in 4 streams"), "{out}");
     assert!(out.trim_end().ends_with("ok"), "{out}");
 
+    // With too little memory for every head at once, in passes, to the same result.
+    let (code, out, err) = annal(&["check", d, "--memory", "45000000"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("40 events in 4 streams"), "{out}");
+    assert!(out.contains("read in 7 passes"), "{out}");
+    assert!(out.trim_end().ends_with("ok"), "{out}");
+    let (code, _, err) = annal(&["check", d, "--memory", "1000"]);
+    assert_eq!(code, 2, "a memory below 1 MiB is refused: {err}");
+    assert!(err.contains("--memory"), "{err}");
+
     let (code, out, _) = annal(&["dump", d, "--json", "--stream", "account-1"]);
     assert_eq!(code, 0);
     let lines: Vec<serde_json::Value> = out

@@ -428,13 +428,19 @@ pub fn open_chain(fs: &dyn Fs, dir: &Path, ids: &[u64]) -> Result<Vec<Arc<HeadsF
         .collect()
 }
 
-/// Every head the files hold, the newest of each stream, read whole (for checks).
-pub fn read_chain(files: &[Arc<HeadsFile>]) -> Result<BTreeMap<String, Head>> {
+/// Every head the files hold, the newest of each stream, in stream id order (for checks).
+pub fn scan_chain(files: &[Arc<HeadsFile>]) -> Merged<'static> {
     let sources = files
         .iter()
         .map(|f| Box::new(f.scan(Bound::Unbounded)) as Source)
         .collect();
-    Merged::new(sources).collect()
+    Merged::new(sources)
+}
+
+/// Every head the files hold, the newest of each stream, read whole.
+#[cfg(test)]
+pub fn read_chain(files: &[Arc<HeadsFile>]) -> Result<BTreeMap<String, Head>> {
+    scan_chain(files).collect()
 }
 
 /// The category counts of a set of heads.
