@@ -491,6 +491,11 @@ impl State {
         let wait = self.config.limits.write_timeout;
         let mut held = self.answers.hold(max_bytes, wait).await?;
         let page = self.build_page(request, max_bytes, permit).await?;
+        // A page held room for a whole page while it was read; it keeps what it takes.
+        let extra = held.num_permits().saturating_sub(page.packed.len().max(1));
+        if extra > 0 {
+            drop(held.split(extra));
+        }
         if page.packed.len() > max_bytes {
             // One event larger than a page.
             held.merge(
