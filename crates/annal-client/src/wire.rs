@@ -151,7 +151,6 @@ impl Framed {
             head: first.head,
             buf: first.events.into_iter(),
             more: first.more,
-            remaining: request.limit,
             request,
             fetching: None,
             done: false,
@@ -179,7 +178,7 @@ impl Framed {
         let bad = |why: &str| Error::Internal(format!("the server's Page frame {why}"));
         let page = wire::parse_page(&payload).ok_or_else(|| bad("is malformed"))?;
         let (head, more) = (page.head, page.more);
-        let packed = Bytes::from(payload).slice(9..);
+        let packed = Bytes::from(payload).slice(wire::PAGE_PREFIX..);
         let events = pb::packed::decode(&packed)
             .map_err(|e| bad(&format!("holds malformed events: {e}")))?;
         Ok(Some(Fetched { head, more, events }))
@@ -450,13 +449,11 @@ type Fetching = Pin<Box<dyn Future<Output = Result<Option<Fetched>>> + Send>>;
 /// not part of it, as they are not of a read over gRPC.
 pub(crate) struct Pages {
     framed: Arc<Framed>,
-    /// The request of the next page.
+    /// The request of the next page: its `limit` is what is left of the read's.
     request: ReadRequest,
     head: Option<u64>,
     buf: std::vec::IntoIter<RecordedEvent>,
     more: bool,
-    /// What is left of the read's limit.
-    remaining: Option<u64>,
     fetching: Option<Fetching>,
     done: bool,
 }
@@ -469,9 +466,8 @@ impl Pages {
 
     /// Moves the next page's request past `e`.
     fn advance(&mut self, e: &RecordedEvent) {
-        if let Some(n) = &mut self.remaining {
+        if let Some(n) = &mut self.request.limit {
             *n = n.saturating_sub(1);
-            self.request.limit = Some(*n);
             if *n == 0 {
                 self.more = false;
             }

@@ -242,6 +242,14 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// The streams of share `index` of `of`, none found yet.
+    fn new(index: u64, of: u64) -> Tracked {
+        Tracked {
+            part: Part { index, of },
+            heads: BTreeMap::new(),
+        }
+    }
+
     /// Checks that `e`, an event of a stream, has the revision after its stream's last, and
     /// moves the stream's head on; events of streams of other parts are left to their pass.
     fn track(&mut self, e: &RecordedEvent, report: &mut CheckReport) {
@@ -301,13 +309,7 @@ pub fn check_with(
     report.passes = passes;
     let snapshots = load_snapshots(&fs, dir, &mut report)?;
     let mut expected: HashMap<u8, Digest> = HashMap::new();
-    let mut tracked = Tracked {
-        part: Part {
-            index: 0,
-            of: passes,
-        },
-        heads: BTreeMap::new(),
-    };
+    let mut tracked = Tracked::new(0, passes);
     let mut next_position = 0u64;
     let mut last_time = i64::MIN;
     let total = report.bytes.max(1) * passes;
@@ -449,10 +451,7 @@ pub fn check_with(
     // The later passes: the revisions and heads of the other shares of the streams, up to
     // where the first pass found the log to end.
     for index in 1..passes {
-        let mut tracked = Tracked {
-            part: Part { index, of: passes },
-            heads: BTreeMap::new(),
-        };
+        let mut tracked = Tracked::new(index, passes);
         let base = index * report.bytes.max(1);
         heads_pass(
             &segs,

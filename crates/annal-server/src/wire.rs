@@ -190,6 +190,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// The Error frame that answers request `id` with `e`, counted in the requests metric by
+/// its status class.
+fn answer_error(id: u32, e: Error) -> Vec<u8> {
+    let status = crate::json::ErrorJson::from_error(&e).0;
+    metrics::request("wire", metrics::class(status));
+    error_frame(id, e)
+}
+
 fn error_frame(id: u32, e: Error) -> Vec<u8> {
     let status = pb::status_from_error(&public(e));
     let mut out = Vec::new();
@@ -439,8 +447,7 @@ async fn read_frames(
             // Read past without being kept, refused alone; the connection goes on, as over
             // gRPC.
             read_payload(read, header, state, None).await?;
-            metrics::request("wire", "4xx");
-            gone(writer.send(&error_frame(header.id, e)))?;
+            gone(writer.send(&answer_error(header.id, e)))?;
             drop(place);
             continue;
         }
@@ -462,11 +469,7 @@ async fn read_frames(
                     wire::put_message(&mut out, Kind::Appended, header.id, &response);
                     out
                 }
-                Err(e) => {
-                    let status = crate::json::ErrorJson::from_error(&e).0;
-                    metrics::request("wire", metrics::class(status));
-                    error_frame(header.id, e)
-                }
+                Err(e) => answer_error(header.id, e),
             };
             // A connection that failed is noticed by the reader; this answer is lost with it.
             let _ = writer.send(&frame);
@@ -488,13 +491,12 @@ async fn read_request(
     let len = header.len as usize;
     if len > wire::MAX_READ_REQUEST {
         read_payload(read, header, state, None).await?;
-        metrics::request("wire", "4xx");
         let e = Error::TooLarge {
             what: "read request".into(),
             size: len,
             limit: wire::MAX_READ_REQUEST,
         };
-        return Ok(Some(Err(error_frame(header.id, e))));
+        return Ok(Some(Err(answer_error(header.id, e))));
     }
     // Paid for while it arrives, like an append's; small, and let go once read.
     let budget = Budget::default();
@@ -550,7 +552,7 @@ async fn page(
     match page {
         Ok((page, held)) => {
             metrics::request("wire", "2xx");
-            let mut out = Vec::with_capacity(HEADER_LEN + 9 + page.packed.len());
+            let mut out = Vec::with_capacity(HEADER_LEN + wire::PAGE_PREFIX + page.packed.len());
             let page = wire::Page {
                 head: page.head,
                 more: page.more,
@@ -559,11 +561,7 @@ async fn page(
             wire::put_page(&mut out, id, page);
             (out, Some(held))
         }
-        Err(e) => {
-            let status = crate::json::ErrorJson::from_error(&e).0;
-            metrics::request("wire", metrics::class(status));
-            (error_frame(id, e), None)
-        }
+        Err(e) => (answer_error(id, e), None),
     }
 }
 

@@ -154,10 +154,13 @@ pub struct Page<'a> {
 const PAGE_HEAD: u8 = 1;
 const PAGE_MORE: u8 = 2;
 
+/// Bytes of a Page payload before its packed events: the flags and the head.
+pub const PAGE_PREFIX: usize = 9;
+
 /// Appends a Page frame: flags `u8` (1: the head is known, 2: more events follow),
 /// the head `u64` (0 when unknown), then the packed events to the end.
 pub fn put_page(out: &mut Vec<u8>, id: u32, page: Page<'_>) {
-    put_header(out, Kind::Page, id, 9 + page.packed.len());
+    put_header(out, Kind::Page, id, PAGE_PREFIX + page.packed.len());
     let flags =
         if page.head.is_some() { PAGE_HEAD } else { 0 } | if page.more { PAGE_MORE } else { 0 };
     out.push(flags);
@@ -167,15 +170,15 @@ pub fn put_page(out: &mut Vec<u8>, id: u32, page: Page<'_>) {
 
 /// The page of a Page payload; `None` when it is not one.
 pub fn parse_page(payload: &[u8]) -> Option<Page<'_>> {
-    let (&flags, rest) = payload.split_first()?;
+    let flags = *payload.first()?;
     if flags & !(PAGE_HEAD | PAGE_MORE) != 0 {
         return None;
     }
-    let head = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let head = u64::from_le_bytes(payload.get(1..PAGE_PREFIX)?.try_into().ok()?);
     Some(Page {
         head: (flags & PAGE_HEAD != 0).then_some(head),
         more: flags & PAGE_MORE != 0,
-        packed: &rest[8..],
+        packed: &payload[PAGE_PREFIX..],
     })
 }
 
